@@ -1,0 +1,317 @@
+"""Settings: shipped defaults, then an optional file, then the environment.
+
+Order (later wins):
+1. ``default.toml`` shipped in the package (``config/default.toml`` in the
+   repository): every key, documented;
+2. the TOML file named by ``MDS_CONFIG``, if set;
+3. environment variables ``MDS_<SECTION>_<KEY>`` (``MDS_COORDINATOR_CAPACITY``,
+   ``MDS_FEEDBACK_WEBHOOK_URL``...); ``DATABASE_URL`` and ``ADMIN_TOKEN`` are
+   also accepted without the prefix (the prefixed form wins).
+
+A bad value refuses to load with a ``ConfigError`` naming the key, where the
+value came from and the rule it breaks - never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_type_hints
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+DEFAULTS_FILE = Path(__file__).with_name("default.toml")
+ENV_PREFIX = "MDS_"
+UNPREFIXED = {"DATABASE_URL": ("database_url",), "ADMIN_TOKEN": ("admin_token",)}
+NOT_SETTINGS = ("MDS_CONFIG", "MDS_TEST_")
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class CoordinatorSettings(_Section, kw_only=True, frozen=True):
+    capacity: Positive
+    workers: Positive
+    batch_size: Positive
+    flush_interval: Seconds
+    high_watermark: NonNegative | None = None
+    low_watermark: NonNegative | None = None
+    overflow_strategy: Literal["block", "drop_oldest", "error"]
+    submit_timeout: NonNegativeSeconds
+    drain_timeout: NonNegativeSeconds
+    dead_letter_path: str
+
+    @property
+    def resolved_high_watermark(self) -> int:
+        """The high watermark, defaulting to 80 % of capacity."""
+        if self.high_watermark is not None:
+            return self.high_watermark
+        return max(1, int(0.8 * self.capacity))
+
+    @property
+    def resolved_low_watermark(self) -> int:
+        """The low watermark, defaulting to 50 % of capacity."""
+        if self.low_watermark is not None:
+            return self.low_watermark
+        return min(int(0.5 * self.capacity), self.resolved_high_watermark - 1)
+
+
+class RetrySettings(_Section, kw_only=True, frozen=True):
+    max_attempts: Positive
+    initial_backoff_ms: NonNegative
+    max_backoff_ms: NonNegative
+    backoff_multiplier: Annotated[float, msgspec.Meta(ge=1)]
+    jitter: bool
+
+
+class CircuitBreakerSettings(_Section, kw_only=True, frozen=True):
+    failure_threshold: Positive
+    half_open_after_sec: Seconds
+
+
+class SseSettings(_Section, kw_only=True, frozen=True):
+    enabled: bool
+    heartbeat_sec: Seconds
+    subscriber_queue: Positive
+    send_timeout: Seconds
+
+
+class WebhookSettings(_Section, kw_only=True, frozen=True):
+    url: str | None = None
+    timeout: Seconds
+    max_attempts: Positive
+    queue_size: Positive
+
+
+class RedisSettings(_Section, kw_only=True, frozen=True):
+    url: str | None = None
+    channel: str
+    queue_size: Positive
+
+
+class FeedbackSettings(_Section, kw_only=True, frozen=True):
+    sse: SseSettings
+    webhook: WebhookSettings
+    redis: RedisSettings
+
+
+class Settings(_Section, kw_only=True, frozen=True):
+    env: Literal["dev", "production"]
+    admin_token: Annotated[str, msgspec.Meta(min_length=1)]
+    database_url: str | None = None
+    coordinator: CoordinatorSettings
+    retry: RetrySettings
+    circuit_breaker: CircuitBreakerSettings
+    feedback: FeedbackSettings
+
+    @property
+    def admin_token_is_default(self) -> bool:
+        return self.admin_token == DEFAULT_ADMIN_TOKEN
+
+
+DEFAULT_ADMIN_TOKEN = "changeme"
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names key, source and rule."""
+
+
+@dataclass
+class _Sources:
+    """Where each dotted key's value came from, for error messages."""
+
+    by_key: dict[str, str]
+
+    def describe(self, key: str) -> str:
+        source = self.by_key.get(key)
+        return f" (from {source})" if source else ""
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, config_file: str | os.PathLike[str] | None = None
+) -> Settings:
+    """Build the settings from defaults, ``MDS_CONFIG``/``config_file`` and ``environ``."""
+    environ = os.environ if environ is None else environ
+    sources = _Sources({})
+    data: dict[str, Any] = {}
+    _merge(data, _read_toml(DEFAULTS_FILE), lambda _: DEFAULTS_FILE.name, sources, ())
+    path = config_file if config_file is not None else environ.get("MDS_CONFIG")
+    if path:
+        _merge(data, _read_toml(Path(path)), lambda _: str(path), sources, ())
+    env_data, env_sources = _from_environ(environ)
+    _merge(data, env_data, env_sources.__getitem__, sources, ())
+    try:
+        settings = msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(str(exc), data, sources)) from None
+    _check_rules(settings, sources)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = msgspec.toml.decode(path.read_bytes(), type=dict[str, Any])
+        return data
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _merge(
+    into: dict[str, Any],
+    overlay: Mapping[str, Any],
+    source_of: Callable[[str], str],
+    sources: _Sources,
+    prefix: tuple[str, ...],
+) -> None:
+    for key, value in overlay.items():
+        path = (*prefix, key)
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value, source_of, sources, path)
+            continue
+        into[key] = dict(value) if isinstance(value, Mapping) else value
+        dotted = ".".join(path)
+        sources.by_key[dotted] = source_of(dotted)
+
+
+def _from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Nested dict of the settings given as environment variables, and their names."""
+    out: dict[str, Any] = {}
+    found: dict[tuple[str, ...], tuple[str, str]] = {}
+    for name, value in environ.items():
+        if name in UNPREFIXED:
+            found.setdefault(UNPREFIXED[name], (name, value))
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(NOT_SETTINGS):
+            continue
+        path = _env_path(name[len(ENV_PREFIX) :].lower(), Settings)
+        if path is None:
+            log.warning("environment variable %s does not name a setting; ignored", name)
+            continue
+        found[path] = (name, value)  # prefixed wins over unprefixed
+    names: dict[str, str] = {}
+    for path, (name, value) in found.items():
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+        names[".".join(path)] = name
+    return out, names
+
+
+def _env_path(rest: str, struct: type[msgspec.Struct]) -> tuple[str, ...] | None:
+    """Map ``coordinator_high_watermark`` to ``("coordinator", "high_watermark")``."""
+    hints = get_type_hints(struct, include_extras=True)
+    for field in struct.__struct_fields__:
+        kind = hints[field]
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            if rest.startswith(field + "_"):
+                sub = _env_path(rest[len(field) + 1 :], kind)
+                if sub is not None:
+                    return (field, *sub)
+        elif rest == field:
+            return (field,)
+    return None
+
+
+def _explain(message: str, data: Mapping[str, Any], sources: _Sources) -> str:
+    """Turn msgspec's ``Expected ... - at `$.a.b``` into ``a.b = v (from X): expected ...``."""
+    rule, _, where = message.partition(" - at ")
+    key = where.strip("`").removeprefix("$").lstrip(".")
+    if rule.startswith("Object contains unknown field"):
+        unknown = rule.split("`")[1]
+        full = f"{key}.{unknown}" if key else unknown
+        return f"{full}{sources.describe(full)}: unknown setting"
+    if rule.startswith("Object missing required field"):
+        missing = rule.split("`")[1]
+        full = f"{key}.{missing}" if key else missing
+        return f"{full}: required setting is missing"
+    value: Any = data
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    rule = rule[0].lower() + rule[1:] if rule else rule
+    shown = f" = {value!r}" if value is not None and not isinstance(value, Mapping) else ""
+    return f"{key}{shown}{sources.describe(key)}: {rule}"
+
+
+def _check_rules(s: Settings, sources: _Sources) -> None:
+    """Rules spanning several keys, or beyond what a type can say."""
+    c = s.coordinator
+    high, low = c.resolved_high_watermark, c.resolved_low_watermark
+    problems: list[str] = []
+    if high > c.capacity:
+        problems.append(
+            f"coordinator.high_watermark ({high}) must not exceed coordinator.capacity "
+            f"({c.capacity})"
+        )
+    if low >= high:
+        problems.append(
+            f"coordinator.low_watermark ({low}) must be below coordinator.high_watermark ({high})"
+        )
+    if c.batch_size > c.capacity:
+        problems.append(
+            f"coordinator.batch_size ({c.batch_size}) must not exceed coordinator.capacity "
+            f"({c.capacity})"
+        )
+    r = s.retry
+    if r.max_backoff_ms < r.initial_backoff_ms:
+        problems.append(
+            f"retry.max_backoff_ms ({r.max_backoff_ms}) must be at least "
+            f"retry.initial_backoff_ms ({r.initial_backoff_ms})"
+        )
+    schemes = {
+        "database_url": (s.database_url, ("postgres://", "postgresql://")),
+        "feedback.webhook.url": (s.feedback.webhook.url, ("http://", "https://")),
+        "feedback.redis.url": (s.feedback.redis.url, ("redis://", "rediss://", "unix://")),
+    }
+    for key, (url, allowed) in schemes.items():
+        if url is not None and not url.startswith(allowed):
+            problems.append(f"{key}{sources.describe(key)}: must start with {' or '.join(allowed)}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data with secrets masked (for logs and ``mds-store config``)."""
+    data: dict[str, Any] = msgspec.to_builtins(settings)
+    data["admin_token"] = "<default>" if settings.admin_token_is_default else "<set>"
+    if settings.database_url:
+        data["database_url"] = _mask_password(settings.database_url)
+    return data
+
+
+def _mask_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}"
+
+
+__all__ = [
+    "DEFAULTS_FILE",
+    "CircuitBreakerSettings",
+    "ConfigError",
+    "CoordinatorSettings",
+    "FeedbackSettings",
+    "RedisSettings",
+    "RetrySettings",
+    "Settings",
+    "SseSettings",
+    "WebhookSettings",
+    "load_settings",
+    "redacted",
+]

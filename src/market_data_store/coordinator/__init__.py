@@ -1,0 +1,48 @@
+"""Write coordinator: bounded queue → batching workers → sink, with backpressure feedback.
+
+No HTTP and no SQL here: sinks are injected, feedback goes to a ``FeedbackBus``.
+The public names below are those of the original coordinator library, so its
+users can switch without changing imports.
+"""
+
+from .dlq import DeadLetterQueue, DLQRecord
+from .events import BackpressureLevel, FeedbackEvent
+from .feedback import FeedbackBus, FeedbackSubscriber, feedback_bus
+from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy, default_retry_classifier
+from .queue import BoundedQueue
+from .stats import CoordinatorStats
+from .types import (
+    BackpressureCallback,
+    OverflowStrategy,
+    QueueClosedError,
+    QueueFullError,
+    Sink,
+    T,
+)
+from .worker import SinkWorker
+from .write_coordinator import CoordinatorHealth, WriteCoordinator
+
+__all__ = [
+    "BackpressureCallback",
+    "BackpressureLevel",
+    "BoundedQueue",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "CoordinatorHealth",
+    "CoordinatorStats",
+    "DLQRecord",
+    "DeadLetterQueue",
+    "FeedbackBus",
+    "FeedbackEvent",
+    "FeedbackSubscriber",
+    "OverflowStrategy",
+    "QueueClosedError",
+    "QueueFullError",
+    "RetryPolicy",
+    "Sink",
+    "SinkWorker",
+    "T",
+    "WriteCoordinator",
+    "default_retry_classifier",
+    "feedback_bus",
+]

@@ -1,0 +1,145 @@
+"""Dead-letter queue: items that could not be written, kept on disk as NDJSON.
+
+One record per line, appended and fsynced before ``save`` returns, so a record
+survives a crash right after. Items are encoded with msgspec; when the queue is
+typed (``DeadLetterQueue[Bar](path)`` or ``item_type=Bar``) replayed items are
+decoded back into that type, so Decimal and datetime fields come back exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import msgspec
+from pydantic import BaseModel
+
+from .types import T
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DLQRecord(Generic[T]):
+    """One dead-lettered batch: when, why, context, and the items themselves."""
+
+    ts: float
+    error: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    items: list[T] = field(default_factory=list)
+
+
+class _Line(msgspec.Struct):
+    ts: float
+    error: str
+    metadata: dict[str, Any]
+    items: list[Any]
+
+
+def _encode_other(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    if hasattr(obj, "__dict__"):
+        return vars(obj)
+    return str(obj)
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_encode_other, decimal_format="string")
+_line_decoder = msgspec.json.Decoder(_Line)
+
+
+def describe_error(error: BaseException | str) -> str:
+    """``"TypeName: message"`` for exceptions, the text itself for strings."""
+    if isinstance(error, BaseException):
+        return f"{type(error).__name__}: {error}"
+    return error
+
+
+class DeadLetterQueue(Generic[T]):
+    """Append-only NDJSON file of failed batches."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], mkdirs: bool = True, *, item_type: Any = None
+    ) -> None:
+        self.path = Path(path)
+        if mkdirs:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._item_type = item_type
+        self._lock = asyncio.Lock()
+
+    @property
+    def item_type(self) -> Any:
+        """The item type to decode into: explicit, else ``DeadLetterQueue[X]``'s X."""
+        if self._item_type is not None:
+            return self._item_type
+        orig = getattr(self, "__orig_class__", None)
+        args = getattr(orig, "__args__", ())
+        return args[0] if args and not isinstance(args[0], TypeVar) else None
+
+    async def save(
+        self,
+        items: list[T] | tuple[T, ...],
+        error: BaseException | str,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one record; returns once it is flushed to disk."""
+        record = _Line(
+            ts=time.time(),
+            error=describe_error(error),
+            metadata=dict(metadata or {}),
+            items=list(items),
+        )
+        line = _encoder.encode(record) + b"\n"
+        async with self._lock:
+            await asyncio.to_thread(self._append, line)
+
+    def _append(self, line: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    async def replay(self, max_records: int = 100) -> list[DLQRecord[T]]:
+        """The oldest ``max_records`` records (the file is left as it is)."""
+        return await asyncio.to_thread(self._read, max_records)
+
+    async def count(self) -> int:
+        """Number of records in the file."""
+        return len(await asyncio.to_thread(self._read, None))
+
+    def _read(self, max_records: int | None) -> list[DLQRecord[T]]:
+        if not self.path.exists():
+            return []
+        item_type = self.item_type
+        records: list[DLQRecord[T]] = []
+        with self.path.open("rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if max_records is not None and len(records) >= max_records:
+                    break
+                if not raw.strip():
+                    continue
+                try:
+                    line = _line_decoder.decode(raw)
+                except msgspec.DecodeError:
+                    log.warning("%s:%d: unreadable dead-letter line skipped", self.path, lineno)
+                    continue
+                items = line.items
+                if item_type is not None:
+                    items = [_decode_item(item, item_type) for item in items]
+                records.append(DLQRecord(line.ts, line.error, line.metadata, items))
+        return records
+
+
+def _decode_item(raw: Any, item_type: Any) -> Any:
+    if isinstance(item_type, type) and issubclass(item_type, BaseModel):
+        return item_type.model_validate(raw)
+    return msgspec.convert(raw, item_type, strict=False)

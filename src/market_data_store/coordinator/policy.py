@@ -1,0 +1,115 @@
+"""Retry policy (exponential backoff with jitter) and circuit breaker."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+CircuitState = Literal["closed", "open", "half_open"]
+
+_TRANSIENT_WORDS = (
+    "timeout",
+    "timed out",
+    "temporar",
+    "busy",
+    "retry",
+    "unavailable",
+    "connection",
+    "deadlock",
+    "serializ",
+    "too many",
+)
+
+
+def default_retry_classifier(exc: BaseException) -> bool:
+    """Is ``exc`` worth retrying? Timeouts, lost connections, 'try again' messages.
+
+    Sinks with precise error types (the PostgreSQL sink) pass their own classifier.
+    """
+    if isinstance(exc, TimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, ValueError | TypeError | KeyError | AttributeError | PermissionError):
+        return False
+    text = str(exc).lower()
+    return any(word in text for word in _TRANSIENT_WORDS)
+
+
+@dataclass
+class RetryPolicy:
+    """Backoff schedule for retryable write failures.
+
+    ``next_backoff_ms(n)`` = ``initial * multiplier**(n-1)``, capped at ``max``;
+    with ``jitter`` a random 50-100 % of that, so workers do not retry in lockstep.
+    Workers retry a retryable failure at this schedule for ``max_attempts``
+    attempts and then keep retrying at the capped delay (gated by the circuit
+    breaker): an outage delays accepted items, it never discards them.
+    """
+
+    max_attempts: int = 5
+    initial_backoff_ms: int = 50
+    max_backoff_ms: int = 2_000
+    backoff_multiplier: float = 2.0
+    jitter: bool = True
+    classify_retryable: Callable[[BaseException], bool] = field(default=default_retry_classifier)
+
+    def next_backoff_ms(self, attempt: int) -> int:
+        """Delay before retry number ``attempt`` (1-based)."""
+        exponent = max(0, min(attempt, max(self.max_attempts, 1)) - 1)
+        base = min(self.initial_backoff_ms * self.backoff_multiplier**exponent, self.max_backoff_ms)
+        if self.jitter:
+            base *= random.uniform(0.5, 1.0)
+        return int(base)
+
+
+class CircuitOpenError(RuntimeError):
+    """The breaker is open: the sink is failing, calls are not attempted."""
+
+
+class CircuitBreaker:
+    """Stops hammering a failing sink.
+
+    ``closed`` → ``open`` after ``failure_threshold`` consecutive failures;
+    ``open`` → ``half_open`` once ``half_open_after_sec`` have passed (the next
+    ``allow``); ``half_open`` → ``closed`` on a success, back to ``open`` on a
+    failure.
+    """
+
+    def __init__(self, *, failure_threshold: int = 5, half_open_after_sec: float = 60.0) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be >= 1")
+        self._threshold = failure_threshold
+        self._half_open_after = half_open_after_sec
+        self._state: CircuitState = "closed"
+        self._failures = 0
+        self._opened_at = 0.0
+
+    @property
+    def state(self) -> CircuitState:
+        return self._state
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until an open breaker lets a probe through (0 when not open)."""
+        if self._state != "open":
+            return 0.0
+        return max(0.0, self._opened_at + self._half_open_after - time.monotonic())
+
+    async def allow(self) -> None:
+        """Raise ``CircuitOpenError`` unless a call may proceed now."""
+        if self._state == "open":
+            if self.retry_after > 0:
+                raise CircuitOpenError(f"circuit open, retry in {self.retry_after:.2f}s")
+            self._state = "half_open"
+
+    async def on_success(self) -> None:
+        self._failures = 0
+        self._state = "closed"
+
+    async def on_failure(self) -> None:
+        self._failures += 1
+        if self._state == "half_open" or self._failures >= self._threshold:
+            self._state = "open"
+            self._opened_at = time.monotonic()

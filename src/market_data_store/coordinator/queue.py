@@ -1,0 +1,422 @@
+"""Bounded FIFO queue with watermarks, overflow strategies and batch reads.
+
+Why not ``asyncio.Queue``: it moves one item per call and wakes a getter per
+item. This queue lets producers add many items at once (one watermark check per
+call), lets workers take whole batches, wakes a worker only when its batch is
+ready, and never yields to the event loop on the hot path while there is room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Sequence
+from typing import Generic
+
+from .events import BackpressureLevel, FeedbackEvent
+from .feedback import FeedbackBus, feedback_bus
+from .types import (
+    OVERFLOW_STRATEGIES,
+    BackpressureCallback,
+    DropCallback,
+    OverflowStrategy,
+    QueueClosedError,
+    QueueFullError,
+    T,
+)
+from .watermarks import NEVER, Transition, WatermarkTracker
+
+log = logging.getLogger(__name__)
+
+_Waiter = tuple[int, "asyncio.Future[None]"]
+
+
+class BoundedQueue(Generic[T]):
+    """Bounded queue emitting backpressure feedback as it fills and drains.
+
+    Overflow strategies when full: ``block`` waits for room (optionally up to a
+    timeout, then ``QueueFullError``), ``drop_oldest`` evicts the oldest items
+    (``drop_callback`` awaited for each), ``error`` raises ``QueueFullError``.
+    Defaults: high watermark 80 % and low watermark 50 % of ``capacity``.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        high_watermark: int | None = None,
+        low_watermark: int | None = None,
+        *,
+        coord_id: str = "default",
+        overflow_strategy: OverflowStrategy = "block",
+        on_high: BackpressureCallback | None = None,
+        on_low: BackpressureCallback | None = None,
+        drop_callback: DropCallback[T] | None = None,
+        bus: FeedbackBus | None = None,
+    ) -> None:
+        if capacity <= 0:
+            raise ValueError("capacity must be > 0")
+        if overflow_strategy not in OVERFLOW_STRATEGIES:
+            raise ValueError(f"overflow_strategy must be one of {OVERFLOW_STRATEGIES}")
+        high = high_watermark if high_watermark is not None else max(1, int(0.8 * capacity))
+        low = low_watermark if low_watermark is not None else min(int(0.5 * capacity), high - 1)
+        if high > capacity:
+            raise ValueError(f"high_watermark ({high}) must not exceed capacity ({capacity})")
+        self._capacity = capacity
+        self._coord_id = coord_id
+        self._overflow: OverflowStrategy = overflow_strategy
+        self._on_high = on_high
+        self._on_low = on_low
+        self._drop_cb = drop_callback
+        self._bus = bus if bus is not None else feedback_bus()
+        self._marks = WatermarkTracker(high, low)
+
+        self._items: deque[T] = deque()
+        self._reserved = 0  # room promised to woken putters that have not appended yet
+        self._room_waiters: deque[_Waiter] = deque()  # FIFO of (items needed, future)
+        self._item_waiters: list[_Waiter] = []  # (size wanted, future)
+        self._wake_getters_at = NEVER
+        self._unfinished = 0
+        self._join_waiters: list[asyncio.Future[None]] = []
+        self._closed = False
+        self.dropped = 0
+        """Items evicted by ``drop_oldest`` since creation."""
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def size(self) -> int:
+        return len(self._items)
+
+    @property
+    def high_watermark(self) -> int:
+        return self._marks.high
+
+    @property
+    def low_watermark(self) -> int:
+        return self._marks.low
+
+    @property
+    def level(self) -> BackpressureLevel:
+        """Current backpressure level (ok, soft or hard)."""
+        return self._marks.level
+
+    @property
+    def overflow_strategy(self) -> OverflowStrategy:
+        return self._overflow
+
+    @property
+    def unfinished(self) -> int:
+        """Items put but not yet marked done with ``task_done``."""
+        return self._unfinished
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def free(self) -> int:
+        """Room available right now to a new put."""
+        return self._capacity - len(self._items) - self._reserved
+
+    def feedback_event(self, reason: str | None = None) -> FeedbackEvent:
+        """A FeedbackEvent describing the queue as it is now."""
+        return FeedbackEvent.create(
+            self._coord_id, len(self._items), self._capacity, self._marks.level, reason
+        )
+
+    # -- producers -----------------------------------------------------------
+
+    async def put(self, item: T, timeout: float | None = None) -> None:
+        """Add one item, applying the overflow strategy when there is no room."""
+        if self._closed:
+            raise QueueClosedError("queue is closed")
+        items = self._items
+        if len(items) + self._reserved >= self._capacity or self._room_waiters:
+            if self._overflow == "error":
+                raise QueueFullError(f"queue is full ({self._capacity} items)")
+            if self._overflow == "block":
+                await self._wait_for_room(1, timeout)
+                self._reserved -= 1
+            else:
+                await self._append_evicting((item,))
+                return
+        items.append(item)
+        self._unfinished += 1
+        size = len(items)
+        if size >= self._wake_getters_at:
+            self._wake_getters(size)
+        if size >= self._marks.next_rise:
+            await self._emit(self._marks.rise(size - 1, size))
+
+    async def put_many(self, items: Sequence[T], timeout: float | None = None) -> None:
+        """Add ``items`` with one watermark check, as one unit when they fit.
+
+        ``error`` raises with nothing enqueued when they do not all fit; ``block``
+        waits until they all fit (a call larger than the capacity is streamed in
+        as room appears); ``drop_oldest`` evicts what it must.
+        """
+        if self._closed:
+            raise QueueClosedError("queue is closed")
+        n = len(items)
+        if n == 0:
+            return
+        if n <= self.free() and not self._room_waiters:
+            await self._extend(items)
+            return
+        if self._overflow == "error":
+            raise QueueFullError(f"no room for {n} items (free: {max(self.free(), 0)})")
+        if self._overflow == "drop_oldest":
+            await self._append_evicting(items)
+            return
+        if n <= self._capacity:
+            await self._wait_for_room(n, timeout)
+            self._reserved -= n
+            await self._extend(items)
+            return
+        await self._stream(items, timeout)
+
+    async def _stream(self, items: Sequence[T], timeout: float | None) -> None:
+        """Enqueue more items than fit at once, in pieces as room appears."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        done = 0
+        n = len(items)
+        piece = max(1, self._capacity // 4)
+        while done < n:
+            want = min(piece, n - done)
+            remaining = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                await self._wait_for_room(want, remaining)
+            except QueueFullError as exc:
+                raise QueueFullError(str(exc), enqueued=done) from None
+            self._reserved -= want
+            take = min(n - done, self.free())
+            await self._extend(items[done : done + take])
+            done += take
+
+    async def _extend(self, batch: Sequence[T]) -> None:
+        items = self._items
+        old = len(items)
+        items.extend(batch)
+        self._unfinished += len(batch)
+        size = len(items)
+        if size >= self._wake_getters_at:
+            self._wake_getters(size)
+        if size >= self._marks.next_rise:
+            await self._emit(self._marks.rise(old, size))
+
+    async def _append_evicting(self, batch: Sequence[T]) -> None:
+        """drop_oldest: make room by evicting the oldest items (FIFO kept)."""
+        items = self._items
+        old = len(items)
+        overflow = old + len(batch) - self._capacity
+        evicted: list[T] = []
+        if overflow > 0:
+            from_queue = min(overflow, old)
+            evicted = [items.popleft() for _ in range(from_queue)]
+            evicted.extend(batch[: overflow - from_queue])
+            batch = batch[overflow - from_queue :]
+            self.dropped += len(evicted)
+            self.task_done(min(len(evicted), from_queue))
+        await self._extend(batch)
+        if self._drop_cb is not None:
+            for item in evicted:
+                await self._drop_cb(item)
+
+    async def _wait_for_room(self, n: int, timeout: float | None) -> None:
+        """Wait until ``n`` slots are reserved for the caller (FIFO among waiters)."""
+        if n <= self.free() and not self._room_waiters:
+            self._reserved += n
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        waiter = (n, fut)
+        self._room_waiters.append(waiter)
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._expire_room_waiter, waiter)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._reserved -= n  # woken and cancelled at once: give the room back
+                self._wake_putters()
+            else:
+                self._discard_room_waiter(waiter)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _expire_room_waiter(self, waiter: _Waiter) -> None:
+        n, fut = waiter
+        if not fut.done():
+            self._discard_room_waiter(waiter)
+            fut.set_exception(
+                QueueFullError(f"no room for {n} items within the timeout (queue is full)")
+            )
+
+    def _discard_room_waiter(self, waiter: _Waiter) -> None:
+        try:
+            self._room_waiters.remove(waiter)
+        except ValueError:
+            return
+        self._wake_putters()  # the head may have changed
+
+    def _wake_putters(self) -> None:
+        waiters = self._room_waiters
+        while waiters:
+            n, fut = waiters[0]
+            if fut.done():
+                waiters.popleft()
+                continue
+            if n > self.free():
+                return
+            waiters.popleft()
+            self._reserved += n
+            fut.set_result(None)
+
+    # -- consumers -----------------------------------------------------------
+
+    async def get(self, timeout: float | None = None) -> T:
+        """Remove and return the oldest item (``TimeoutError`` after ``timeout``)."""
+        items = self._items
+        while not items:
+            if self._closed:
+                raise QueueClosedError("queue is closed and empty")
+            await self._wait_for_items(1, timeout)
+        item = items.popleft()
+        await self._after_take((item,))
+        return item
+
+    async def get_batch(self, max_items: int, max_wait: float) -> list[T]:
+        """Take up to ``max_items``, waiting at most ``max_wait`` after the first arrives.
+
+        Returns ``[]`` only when the queue is closed and empty.
+        """
+        items = self._items
+        while True:
+            while not items:
+                if self._closed:
+                    return []
+                await self._wait_for_items(1, None)
+            if len(items) < max_items and max_wait > 0 and not self._closed:
+                with contextlib.suppress(TimeoutError):  # flush what we have
+                    await self._wait_for_items(max_items, max_wait)
+            n = min(max_items, len(items))
+            if n:
+                break
+        if n == len(items):
+            batch = list(items)
+            items.clear()
+        else:
+            batch = [items.popleft() for _ in range(n)]
+        await self._after_take(batch)
+        return batch
+
+    def task_done(self, n: int = 1) -> None:
+        """Mark ``n`` taken items as finished (written, dead-lettered or given up)."""
+        self._unfinished -= n
+        if self._unfinished <= 0:
+            self._unfinished = 0
+            for fut in self._join_waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._join_waiters.clear()
+
+    async def join(self) -> None:
+        """Wait until every item put so far has been marked done."""
+        if self._unfinished == 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._join_waiters.append(fut)
+        await fut
+
+    def close(self) -> None:
+        """Refuse new items; wake waiting putters (with QueueClosedError) and getters."""
+        self._closed = True
+        while self._room_waiters:
+            _, fut = self._room_waiters.popleft()
+            if not fut.done():
+                fut.set_exception(QueueClosedError("queue closed while waiting for room"))
+        self._wake_getters(NEVER)
+
+    def take_all(self) -> list[T]:
+        """Remove everything still queued (used to rescue items at forced shutdown)."""
+        batch = list(self._items)
+        self._items.clear()
+        self.task_done(len(batch))
+        self._wake_putters()
+        return batch
+
+    async def _wait_for_items(self, wanted: int, timeout: float | None) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        waiter = (wanted, fut)
+        self._item_waiters.append(waiter)
+        if wanted < self._wake_getters_at:
+            self._wake_getters_at = wanted
+        try:
+            if timeout is None:
+                await fut
+            else:
+                async with asyncio.timeout(timeout):
+                    await fut
+        finally:
+            if not fut.done() or fut.cancelled():  # timed out or cancelled: unregister
+                fut.cancel()
+                with contextlib.suppress(ValueError):
+                    self._item_waiters.remove(waiter)
+                self._wake_getters_at = min((w for w, _ in self._item_waiters), default=NEVER)
+
+    def _wake_getters(self, size: int) -> None:
+        keep: list[_Waiter] = []
+        for waiter in self._item_waiters:
+            wanted, fut = waiter
+            if wanted <= size:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append(waiter)
+        self._item_waiters = keep
+        self._wake_getters_at = min((w for w, _ in keep), default=NEVER)
+
+    async def _after_take(self, batch: Sequence[T]) -> None:
+        if self._room_waiters:
+            self._wake_putters()
+        recovered = self._marks.fall(len(self._items))
+        if recovered is None:
+            return
+        try:
+            await self._emit((recovered,))
+        except asyncio.CancelledError:
+            # Cancelled while announcing: the items were not handed out; put them back.
+            self._items.extendleft(reversed(batch))
+            raise
+
+    # -- feedback ------------------------------------------------------------
+
+    async def _emit(self, transitions: Sequence[Transition]) -> None:
+        """Publish each transition (then run the matching callback) before returning."""
+        for t in transitions:
+            event = FeedbackEvent.create(
+                self._coord_id, t.queue_size, self._capacity, t.level, t.reason
+            )
+            await self._bus.publish(event)
+            callback = (
+                self._on_high
+                if t.level is BackpressureLevel.hard
+                else self._on_low
+                if t.level is BackpressureLevel.ok
+                else None
+            )
+            if callback is not None:
+                try:
+                    await callback()
+                except Exception:
+                    log.exception("backpressure callback %r failed", callback)

@@ -1,0 +1,190 @@
+"""A worker moving batches from the queue into the sink. It never dies.
+
+- Retryable failures (timeouts, lost connections...) are retried with backoff,
+  gated by the circuit breaker: while it is open the worker waits, it does not
+  drop the batch, so an outage delays items and loses none.
+- A batch failing non-retryably is split in halves until the poison items are
+  isolated; the good items are written, only the poison ones are dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Generic
+
+from .dlq import DeadLetterQueue, describe_error
+from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy
+from .queue import BoundedQueue
+from .stats import CoordinatorStats
+from .throttled_log import ThrottledLog
+from .types import Sink, T
+
+log = logging.getLogger(__name__)
+
+_DLQ_RETRY_SEC = 1.0
+_PAUSE_AFTER_BUG_SEC = 1.0
+
+
+class SinkWorker(Generic[T]):
+    """Takes batches (flushed by size or by time) and delivers them to the sink."""
+
+    def __init__(
+        self,
+        worker_id: int,
+        queue: BoundedQueue[T],
+        sink: Sink[T],
+        batch_size: int = 500,
+        flush_interval: float = 0.25,
+        retry_policy: RetryPolicy | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        coord_id: str = "default",
+        *,
+        dead_letters: DeadLetterQueue[T] | None = None,
+        stats: CoordinatorStats | None = None,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError("batch_size must be > 0")
+        self.worker_id = worker_id
+        self._q = queue
+        self._sink = sink
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._retry = retry_policy or RetryPolicy()
+        self._cb = circuit_breaker or CircuitBreaker()
+        self._coord_id = coord_id
+        self._dlq = dead_letters
+        self.stats = stats or CoordinatorStats()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.inflight: list[T] | None = None
+        """The batch being delivered; rescued by the coordinator if it must cancel us."""
+        self._log = ThrottledLog(log)
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._stopping = False
+            self._task = asyncio.create_task(
+                self._run(), name=f"sink-worker-{self._coord_id}-{self.worker_id}"
+            )
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Finish the batch in hand, then exit; cancel after ``timeout`` seconds."""
+        task = self._task
+        if task is None or task.done():
+            return
+        self._stopping = True
+        if self.inflight is None:
+            task.cancel()  # idle in get_batch: nothing taken, nothing to lose
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
+            task.cancel()
+        except asyncio.CancelledError:
+            if not task.done():
+                raise
+        await asyncio.gather(task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        q = self._q
+        while not self._stopping:
+            batch = await q.get_batch(self._batch_size, self._flush_interval)
+            if not batch:
+                return  # closed and drained
+            self.inflight = batch
+            while True:
+                try:
+                    await self._deliver(batch)
+                    break
+                except Exception:
+                    # A bug in a classifier or listener must not kill the worker or
+                    # lose the batch: keep it and try again (sinks are idempotent).
+                    self._log.log(
+                        logging.ERROR,
+                        "deliver",
+                        "worker %s: delivery failed",
+                        self.worker_id,
+                        exc=True,
+                    )
+                    await asyncio.sleep(_PAUSE_AFTER_BUG_SEC)
+            self.inflight = None
+            q.task_done(len(batch))
+
+    async def _deliver(self, batch: Sequence[T]) -> None:
+        """Write ``batch``, isolating non-retryable items by bisection."""
+        error = await self._write_retrying(batch)
+        if error is None:
+            return
+        if len(batch) == 1:
+            await self._dead_letter(batch, error)
+            return
+        mid = len(batch) // 2
+        await self._deliver(batch[:mid])
+        await self._deliver(batch[mid:])
+
+    async def _write_retrying(self, batch: Sequence[T]) -> BaseException | None:
+        """Write until success (None) or a non-retryable error (returned)."""
+        attempt = 0
+        while True:
+            await self._wait_for_breaker()
+            attempt += 1
+            started = time.perf_counter()
+            try:
+                await self._sink.write(batch)
+            except Exception as exc:
+                self.stats.write_errors[type(exc).__name__] += 1
+                if not self._retry.classify_retryable(exc):
+                    await self._cb.on_success()  # the sink answered: it is up, the data is bad
+                    return exc
+                await self._cb.on_failure()
+                self._log.log(
+                    logging.WARNING,
+                    ("retry", type(exc)),
+                    "worker %s: write of %d items failed (attempt %d), retrying: %s",
+                    self.worker_id,
+                    len(batch),
+                    attempt,
+                    describe_error(exc),
+                )
+                await asyncio.sleep(self._retry.next_backoff_ms(attempt) / 1000)
+                continue
+            await self._cb.on_success()
+            self.stats.record_write(len(batch), time.perf_counter() - started)
+            return None
+
+    async def _wait_for_breaker(self) -> None:
+        while True:
+            try:
+                await self._cb.allow()
+            except CircuitOpenError:
+                await asyncio.sleep(max(self._cb.retry_after, 0.01))
+            else:
+                return
+
+    async def _dead_letter(self, items: Sequence[T], error: BaseException) -> None:
+        self.stats.dead_lettered += len(items)
+        if self._dlq is None:
+            log.error(
+                "worker %s: %d item(s) rejected by the sink and no dead-letter queue is "
+                "configured; discarding: %s; items: %.500r",
+                self.worker_id,
+                len(items),
+                describe_error(error),
+                list(items),
+            )
+            return
+        metadata = {"coordinator_id": self._coord_id, "worker_id": self.worker_id}
+        while True:
+            try:
+                await self._dlq.save(list(items), error, metadata)
+                return
+            except Exception:
+                # Disk full or similar: keep the items in hand and try again.
+                self._log.log(logging.ERROR, "dlq", "dead-letter save failed; retrying", exc=True)
+                await asyncio.sleep(_DLQ_RETRY_SEC)
