@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint format bench clean
+.PHONY: run demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,27 +12,34 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
 
-## run: the coordinator demo (a slow sink, feedback events printed as levels change)
+## run: the service on http://127.0.0.1:8081 (embedded PostgreSQL unless DATABASE_URL is set)
 run: $(STAMP)
+	$(BIN)/mds-store serve
+
+## demo: the coordinator demo (a slow sink, feedback events printed as levels change)
+demo: $(STAMP)
 	$(BIN)/python examples/run_coordinator_demo.py
 
 ## test: the whole suite, with coverage of src/ (fails under 85 %)
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=85
 
-## lint: ruff (lint + format check) and mypy --strict
+## lint: ruff (lint + format check), mypy --strict, k8s manifests, Containerfile
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/kubernetes-validate --quiet k8s/*.yaml
+	$(BIN)/hadolint Containerfile
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: coordinator throughput against a naive asyncio.Queue baseline
+## bench: coordinator throughput; /healthz against a trivial route
 bench: $(STAMP)
 	$(BIN)/python bench/coordinator.py
+	$(BIN)/python bench/health.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .mds

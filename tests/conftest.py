@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
 from market_data_store.coordinator import FeedbackBus, FeedbackEvent, feedback_bus
+from tests.support.postgres import REQUIRE_SERVICES, DatabaseFactory, start_embedded
 
 
 class Recorder:
@@ -45,3 +48,37 @@ def fresh_bus() -> Iterator[FeedbackBus]:
     b._subs.clear()
     yield b
     b._subs.clear()
+
+
+# -- PostgreSQL -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server for the session: the CI one, or an embedded one."""
+    url = os.environ.get("MDS_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if REQUIRE_SERVICES:
+        pytest.fail("MDS_TEST_REQUIRE_SERVICES=1 but MDS_TEST_DATABASE_URL is not set")
+    server, uri = start_embedded(Path(tmp_path_factory.mktemp("pg")) / "data")
+    try:
+        yield uri
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def db_factory(pg_server_url: str) -> DatabaseFactory:
+    return DatabaseFactory(pg_server_url)
+
+
+@pytest.fixture
+async def database_url(db_factory: DatabaseFactory) -> AsyncIterator[str]:
+    """A brand-new, empty database for this test."""
+    url = await db_factory.create()
+    try:
+        yield url
+    finally:
+        await db_factory.drop(url)

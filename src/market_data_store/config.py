@@ -40,6 +40,24 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=
     pass
 
 
+class ServerSettings(_Section, kw_only=True, frozen=True):
+    host: str
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    graceful_timeout: Seconds
+
+
+class DatabaseSettings(_Section, kw_only=True, frozen=True):
+    auto_migrate: bool
+    embedded_dir: str
+    pool_min_size: NonNegative
+    pool_max_size: Positive
+    connect_timeout: Seconds
+    startup_timeout: Seconds
+    command_timeout: Seconds
+    health_interval: Seconds
+    health_timeout: Seconds
+
+
 class CoordinatorSettings(_Section, kw_only=True, frozen=True):
     capacity: Positive
     workers: Positive
@@ -110,6 +128,8 @@ class Settings(_Section, kw_only=True, frozen=True):
     env: Literal["dev", "production"]
     admin_token: Annotated[str, msgspec.Meta(min_length=1)]
     database_url: str | None = None
+    server: ServerSettings
+    database: DatabaseSettings
     coordinator: CoordinatorSettings
     retry: RetrySettings
     circuit_breaker: CircuitBreakerSettings
@@ -265,6 +285,17 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
             f"coordinator.batch_size ({c.batch_size}) must not exceed coordinator.capacity "
             f"({c.capacity})"
         )
+    d = s.database
+    if d.pool_min_size > d.pool_max_size:
+        problems.append(
+            f"database.pool_min_size ({d.pool_min_size}) must not exceed database.pool_max_size "
+            f"({d.pool_max_size})"
+        )
+    if d.health_timeout > d.health_interval:
+        problems.append(
+            f"database.health_timeout ({d.health_timeout}) must not exceed "
+            f"database.health_interval ({d.health_interval})"
+        )
     r = s.retry
     if r.max_backoff_ms < r.initial_backoff_ms:
         problems.append(
@@ -306,9 +337,11 @@ __all__ = [
     "CircuitBreakerSettings",
     "ConfigError",
     "CoordinatorSettings",
+    "DatabaseSettings",
     "FeedbackSettings",
     "RedisSettings",
     "RetrySettings",
+    "ServerSettings",
     "Settings",
     "SseSettings",
     "WebhookSettings",

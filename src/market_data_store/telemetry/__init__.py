@@ -1,5 +1,14 @@
-"""OpenTelemetry instruments of the service (exported to Prometheus at /metrics)."""
+"""OpenTelemetry: the meter provider, the service's instruments, HTTP server metrics."""
 
-from .instruments import CoordinatorInstruments
+from .http_metrics import HttpServerMetrics
+from .instruments import CoordinatorInstruments, SinkInstruments
+from .provider import PROMETHEUS_CONTENT_TYPE, Telemetry, build_telemetry
 
-__all__ = ["CoordinatorInstruments"]
+__all__ = [
+    "PROMETHEUS_CONTENT_TYPE",
+    "CoordinatorInstruments",
+    "HttpServerMetrics",
+    "SinkInstruments",
+    "Telemetry",
+    "build_telemetry",
+]

@@ -13,7 +13,7 @@ exporter adds those (``mds_coordinator_items_submitted_total``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -121,5 +121,46 @@ class CoordinatorInstruments:
                 base = {"coordinator_id": coordinator.coord_id}
                 for value, extra in reading(coordinator):
                     yield Observation(value, {**base, **extra})
+
+        return observe
+
+
+class _SinkStats(Protocol):
+    rows_received: int
+    rows_written: int
+
+
+class _HasSinkStats(Protocol):
+    @property
+    def stats(self) -> _SinkStats: ...
+
+
+class SinkInstruments:
+    """``mds.sink.rows.received`` / ``mds.sink.rows.written`` of the tracked sinks."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._tracked: dict[str, _HasSinkStats] = {}
+        meter.create_observable_counter(
+            "mds.sink.rows.received",
+            callbacks=[self._reading(lambda s: s.rows_received)],
+            unit="{row}",
+            description="Rows handed to the sink in successful writes",
+        )
+        meter.create_observable_counter(
+            "mds.sink.rows.written",
+            callbacks=[self._reading(lambda s: s.rows_written)],
+            unit="{row}",
+            description="Rows inserted or changed by the sink (unchanged duplicates excluded)",
+        )
+
+    def track(self, sink: _HasSinkStats, name: str) -> None:
+        """Report ``sink`` labelled ``sink=name``."""
+        self._tracked[name] = sink
+
+    def _reading(
+        self, value: Callable[[_SinkStats], int]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(value(s.stats), {"sink": n}) for n, s in self._tracked.items()]
 
         return observe

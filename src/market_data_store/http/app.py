@@ -1,0 +1,70 @@
+"""The application factory: ``create_app(settings) -> Litestar``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from market_data_store import __version__
+from market_data_store.config import ConfigError, Settings
+from market_data_store.telemetry import (
+    CoordinatorInstruments,
+    HttpServerMetrics,
+    SinkInstruments,
+    build_telemetry,
+)
+
+from .controllers import AdminController, HealthController, MetricsController
+from .dependencies import DEPENDENCIES
+from .lifecycle import Lifecycle
+from .lifespan import service_lifespan
+from .problems import EXCEPTION_HANDLERS
+
+
+def check_startup_safety(settings: Settings) -> None:
+    """Refuse to run a production service with the well-known default admin token."""
+    if settings.env == "production" and settings.admin_token_is_default:
+        raise ConfigError(
+            "env is production but admin_token is still the default; set ADMIN_TOKEN "
+            "(or MDS_ADMIN_TOKEN) to a secret"
+        )
+
+
+def create_app(
+    settings: Settings, *, dependencies: Mapping[str, Provide] | None = None
+) -> Litestar:
+    """Build the service. ``dependencies`` replaces providers by key (tests)."""
+    check_startup_safety(settings)
+    telemetry = build_telemetry(__version__)
+    app = Litestar(
+        route_handlers=[HealthController, AdminController, MetricsController],
+        lifespan=[service_lifespan],
+        dependencies={**DEPENDENCIES, **(dependencies or {})},
+        exception_handlers=EXCEPTION_HANDLERS,
+        logging_config=None,  # the process (CLI, uvicorn, tests) owns logging
+        state=State(
+            {
+                "settings": settings,
+                "lifecycle": Lifecycle(),
+                "telemetry": telemetry,
+                "coordinator_instruments": CoordinatorInstruments(telemetry.meter),
+                "sink_instruments": SinkInstruments(telemetry.meter),
+            }
+        ),
+        openapi_config=OpenAPIConfig(
+            title="market-data-store",
+            version=__version__,
+            components=Components(
+                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}
+            ),
+        ),
+    )
+    # Measure every request, routed or not (404/405 too): wrap the whole ASGI
+    # handler, as Litestar's own OpenTelemetry plugin does.
+    app.asgi_handler = HttpServerMetrics(app.asgi_handler, telemetry.meter)
+    return app

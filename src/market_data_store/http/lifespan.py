@@ -1,0 +1,149 @@
+"""Start-up and shut-down of the service's components, in order.
+
+Up: database (embedded when no URL is configured) → pool → migrations →
+feedback bus → bars coordinator (PostgreSQL sink) → database monitor; each
+stored on ``app.state`` for the dependency providers.
+Down, in reverse: readiness fails at once → monitor stops → the coordinator
+drains (bounded by ``coordinator.drain_timeout``; the rest is dead-lettered) →
+the pool closes → the embedded database stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from litestar import Litestar
+
+from market_data_store.config import Settings
+from market_data_store.coordinator import (
+    CircuitBreaker,
+    DeadLetterQueue,
+    FeedbackBus,
+    RetryPolicy,
+    WriteCoordinator,
+)
+from market_data_store.storage import (
+    BarRow,
+    BarsSink,
+    DatabaseMonitor,
+    DbPool,
+    apply_migrations,
+    is_retryable,
+    open_pool,
+)
+from market_data_store.storage.embedded import EmbeddedPostgres
+from market_data_store.telemetry import CoordinatorInstruments, SinkInstruments, Telemetry
+
+from .health import HealthSources
+from .lifecycle import Lifecycle
+
+log = logging.getLogger(__name__)
+
+POOL_CLOSE_TIMEOUT = 10.0
+
+
+@asynccontextmanager
+async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    lifecycle: Lifecycle = app.state.lifecycle
+    telemetry: Telemetry = app.state.telemetry
+    lifecycle.bind(asyncio.get_running_loop())
+    async with AsyncExitStack() as stack:
+        stack.callback(telemetry.shutdown)
+        url = settings.database_url
+        if url is None:
+            embedded = EmbeddedPostgres(settings.database.embedded_dir)
+            url = await embedded.start()
+            stack.push_async_callback(embedded.stop)
+        db = settings.database
+        pool = await open_pool(
+            url,
+            min_size=db.pool_min_size,
+            max_size=db.pool_max_size,
+            connect_timeout=db.connect_timeout,
+            command_timeout=db.command_timeout,
+            startup_timeout=db.startup_timeout,
+        )
+        stack.push_async_callback(_close_pool, pool)
+        if db.auto_migrate:
+            async with pool.acquire() as conn:
+                applied = await apply_migrations(conn)
+            log.info("schema up to date (%d migration(s) applied now)", len(applied))
+
+        bus = FeedbackBus()
+        sink = BarsSink(pool)
+        coordinator = build_coordinator(settings, sink, bus)
+        await coordinator.start()
+        stack.push_async_callback(
+            coordinator.stop, drain=True, timeout=settings.coordinator.drain_timeout
+        )
+        instruments: CoordinatorInstruments = app.state.coordinator_instruments
+        instruments.track(coordinator)
+        stack.callback(instruments.untrack, coordinator)
+        sink_instruments: SinkInstruments = app.state.sink_instruments
+        sink_instruments.track(sink, "bars")
+
+        monitor = DatabaseMonitor(pool, db.health_interval, db.health_timeout)
+        await monitor.start()
+        stack.push_async_callback(monitor.stop)
+
+        app.state.update(
+            {
+                "db_pool": pool,
+                "feedback_bus": bus,
+                "coordinator": coordinator,
+                "bars_sink": sink,
+                "db_monitor": monitor,
+                "health_sources": HealthSources(
+                    monitor, coordinator, bus, lifecycle, settings.coordinator.workers
+                ),
+            }
+        )
+        log.info("market-data-store ready")
+        try:
+            yield
+        finally:
+            lifecycle.begin_shutdown()
+
+
+def build_coordinator(
+    settings: Settings, sink: BarsSink, bus: FeedbackBus
+) -> WriteCoordinator[BarRow]:
+    c, r, cb = settings.coordinator, settings.retry, settings.circuit_breaker
+    return WriteCoordinator[BarRow](
+        sink=sink,
+        capacity=c.capacity,
+        workers=c.workers,
+        batch_size=c.batch_size,
+        flush_interval=c.flush_interval,
+        high_watermark=c.resolved_high_watermark,
+        low_watermark=c.resolved_low_watermark,
+        overflow_strategy=c.overflow_strategy,
+        retry_policy=RetryPolicy(
+            max_attempts=r.max_attempts,
+            initial_backoff_ms=r.initial_backoff_ms,
+            max_backoff_ms=r.max_backoff_ms,
+            backoff_multiplier=r.backoff_multiplier,
+            jitter=r.jitter,
+            classify_retryable=is_retryable,
+        ),
+        circuit_breaker=CircuitBreaker(
+            failure_threshold=cb.failure_threshold, half_open_after_sec=cb.half_open_after_sec
+        ),
+        coord_id="bars",
+        dead_letter_queue=DeadLetterQueue[BarRow](c.dead_letter_path),
+        bus=bus,
+        submit_timeout=c.submit_timeout if c.overflow_strategy == "block" else None,
+    )
+
+
+async def _close_pool(pool: DbPool) -> None:
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.warning("pool did not close within %ss; terminating connections", POOL_CLOSE_TIMEOUT)
+        pool.terminate()
+    log.info("database pool closed")

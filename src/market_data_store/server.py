@@ -1,0 +1,76 @@
+"""Run the app under uvicorn, announcing shutdown the moment SIGTERM arrives.
+
+uvicorn, on SIGTERM, first waits for open connections and only then runs the
+lifespan shutdown. The service must know earlier - readiness has to fail at
+once and long-lived responses (SSE) must end by themselves - so the signal
+handler also flips the app's ``Lifecycle`` before uvicorn's own handling.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from types import FrameType
+
+import uvicorn
+from litestar import Litestar
+
+from market_data_store.config import Settings
+from market_data_store.http import Lifecycle, create_app
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self._lifecycle = lifecycle
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._lifecycle.begin_shutdown_threadsafe()
+        super().handle_exit(sig, frame)
+
+
+def build_server(
+    app: Litestar, settings: Settings, *, host: str | None = None, port: int | None = None
+) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=host or settings.server.host,
+        port=settings.server.port if port is None else port,
+        lifespan="on",
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.server.graceful_timeout),
+        log_config=None,
+    )
+    # With log_config=None uvicorn leaves logging alone, access_log=False included:
+    # detach its access logger so per-request lines stay off (metrics count requests).
+    access = logging.getLogger("uvicorn.access")
+    access.handlers.clear()
+    access.propagate = False
+    lifecycle: Lifecycle = app.state.lifecycle
+    return _Server(config, lifecycle)
+
+
+def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> bool:
+    """Serve until SIGTERM/SIGINT; False when start-up failed.
+
+    uvicorn re-raises SIGTERM once its graceful shutdown is over (so the exit
+    status would say "killed"); a shutdown that completed is a clean exit here.
+    """
+    server = build_server(create_app(settings), settings, host=host, port=port)
+    previous = signal.signal(signal.SIGTERM, _ignore_after_shutdown)
+    try:
+        server.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return bool(server.started)
+
+
+def _ignore_after_shutdown(sig: int, frame: FrameType | None) -> None:
+    """Receives the SIGTERM uvicorn re-raises after it finished shutting down."""
+
+
+async def serve_on(server: uvicorn.Server, sock: socket.socket) -> None:
+    """Serve on an already bound socket (tests and benchmarks pick a free port this way)."""
+    await server.serve(sockets=[sock])

@@ -1,0 +1,28 @@
+"""PostgreSQL storage: pool, migrations, the bars sink, health checks, embedded server.
+
+Nothing here knows about HTTP or the coordinator: ``BarsSink`` satisfies the
+coordinator's ``Sink`` protocol structurally, and ``is_retryable`` is handed to
+the coordinator's retry policy by the application that wires them together.
+"""
+
+from .bars_sink import BarsSink
+from .errors import is_retryable
+from .migrate import Migration, MigrationError, apply_migrations, load_migrations, schema_state
+from .monitor import DatabaseMonitor, DatabaseStatus
+from .pool import DbPool, open_pool
+from .rows import BarRow
+
+__all__ = [
+    "BarRow",
+    "BarsSink",
+    "DatabaseMonitor",
+    "DatabaseStatus",
+    "DbPool",
+    "Migration",
+    "MigrationError",
+    "apply_migrations",
+    "is_retryable",
+    "load_migrations",
+    "open_pool",
+    "schema_state",
+]

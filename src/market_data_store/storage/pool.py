@@ -1,0 +1,58 @@
+"""The asyncpg connection pool, opened patiently at startup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from .bars_sink import prepare_connection
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    DbPool = asyncpg.Pool[asyncpg.Record]
+    DbConnection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
+else:  # asyncpg.Pool is not subscriptable at runtime, and Litestar evaluates annotations
+    DbPool = asyncpg.Pool
+    DbConnection = asyncpg.Connection
+
+
+async def open_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    connect_timeout: float = 5.0,
+    command_timeout: float = 60.0,
+    startup_timeout: float = 30.0,
+) -> DbPool:
+    """Open a pool, retrying while the database is not reachable yet.
+
+    A database that is still starting (a fresh pod, a failover) is waited for up
+    to ``startup_timeout`` seconds; after that the last error is raised.
+    """
+    deadline = time.monotonic() + startup_timeout
+    delay = 0.2
+    while True:
+        try:
+            pool: DbPool = await asyncpg.create_pool(
+                url,
+                min_size=min_size,
+                max_size=max_size,
+                timeout=connect_timeout,
+                command_timeout=command_timeout,
+                init=prepare_connection,
+            )
+            return pool
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database not reachable yet (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)

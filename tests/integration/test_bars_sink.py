@@ -1,0 +1,164 @@
+"""BarsSink against a real PostgreSQL: idempotent upsert, exact decimals, error classes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+
+from market_data_store.storage import (
+    BarRow,
+    BarsSink,
+    DbPool,
+    apply_migrations,
+    is_retryable,
+    open_pool,
+)
+from market_data_store.storage.bars_sink import encode_csv
+
+T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+ACCEPTED = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def row(
+    minute: int = 0, close: str = "187.02", *, accepted: datetime = ACCEPTED, **kw: Any
+) -> BarRow:
+    fields: dict[str, Any] = {
+        "provider": "ibkr", "symbol": "AAPL", "resolution": "1m",
+        "ts": T0 + timedelta(minutes=minute), "open": "187.15", "high": "187.40",
+        "low": "186.90", "close": close, "volume": "120034", "delayed": False,
+        "received_at": accepted,
+    }  # fmt: skip
+    fields.update(kw)
+    return BarRow(**fields)
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[DbPool]:
+    p = await open_pool(database_url, min_size=1, max_size=4)
+    async with p.acquire() as conn:
+        await apply_migrations(conn)
+    yield p
+    await p.close()
+
+
+async def stored(pool: DbPool) -> list[asyncpg.Record]:
+    async with pool.acquire() as conn:
+        return await conn.fetch("SELECT * FROM bars ORDER BY provider, symbol, ts")
+
+
+async def test_rows_land_with_exact_decimals(pool: DbPool) -> None:
+    sink = BarsSink(pool)
+    await sink.write([row(0, close="187.0200"), row(1, volume="0.000000000000000001")])
+    first, second = await stored(pool)
+    assert first["close"] == Decimal("187.0200")
+    assert str(first["close"]) == "187.0200"  # the scale as sent, not a float
+    assert second["volume"] == Decimal("0.000000000000000001")
+    assert first["ts"] == T0
+    assert first["ingested_at"] == first["updated_at"] == ACCEPTED
+    assert sink.stats.rows_received == 2
+    assert sink.stats.rows_written == 2
+
+
+async def test_same_rows_twice_is_one_row_and_newer_values_win(pool: DbPool) -> None:
+    sink = BarsSink(pool)
+    await sink.write([row(0, close="1.00")])
+    later = ACCEPTED + timedelta(seconds=5)
+    await sink.write([row(0, close="2.00", accepted=later)])
+    (only,) = await stored(pool)
+    assert only["close"] == Decimal("2.00")
+    assert only["ingested_at"] == ACCEPTED  # first seen
+    assert only["updated_at"] == later  # version stored now
+
+
+async def test_an_older_version_never_overwrites_a_newer_one(pool: DbPool) -> None:
+    """A dead-letter replay or a slower worker must not roll a bar back."""
+    sink = BarsSink(pool)
+    await sink.write([row(0, close="2.00", accepted=ACCEPTED + timedelta(seconds=5))])
+    await sink.write([row(0, close="1.00", accepted=ACCEPTED)])
+    (only,) = await stored(pool)
+    assert only["close"] == Decimal("2.00")
+
+
+async def test_unchanged_rows_are_not_rewritten(pool: DbPool) -> None:
+    sink = BarsSink(pool)
+    await sink.write([row(0), row(1)])
+    await sink.write([row(0, accepted=ACCEPTED + timedelta(seconds=1)), row(1)])
+    assert sink.stats.rows_written == 2  # the second batch changed nothing
+    assert sink.stats.rows_received == 4
+    assert {r["updated_at"] for r in await stored(pool)} == {ACCEPTED}
+
+
+async def test_duplicate_keys_inside_one_batch_keep_the_latest(pool: DbPool) -> None:
+    sink = BarsSink(pool)
+    await sink.write(
+        [
+            row(0, close="1"),
+            row(0, close="3", accepted=ACCEPTED + timedelta(seconds=2)),
+            row(0, close="2", accepted=ACCEPTED + timedelta(seconds=1)),
+        ]
+    )
+    (only,) = await stored(pool)
+    assert only["close"] == Decimal("3")
+
+
+async def test_text_needing_csv_quoting_round_trips(pool: DbPool) -> None:
+    sink = BarsSink(pool)
+    odd = ["we,ird", 'quo"te', "multi\nline", ""]
+    await sink.write([row(i, provider=p) for i, p in enumerate(odd)])
+    assert sorted(r["provider"] for r in await stored(pool)) == sorted(odd)
+
+
+async def test_bad_number_is_a_non_retryable_data_error_and_nothing_lands(pool: DbPool) -> None:
+    sink = BarsSink(pool)
+    with pytest.raises(asyncpg.DataError) as info:
+        await sink.write([row(0), row(1, close="not-a-number")])
+    assert not is_retryable(info.value)
+    assert await stored(pool) == []  # the batch is all or nothing
+
+
+async def test_lost_connection_is_retryable(pool: DbPool, database_url: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        pid = conn.get_server_pid()
+        async with pool.acquire() as killer:
+            await killer.execute("SELECT pg_terminate_backend($1)", pid)
+        lost = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+        with pytest.raises(lost) as info:
+            await conn.fetchval("SELECT 1")
+        assert is_retryable(info.value)
+    finally:
+        conn.terminate()
+
+
+@pytest.mark.parametrize(
+    ("exc", "retryable"),
+    [
+        (asyncpg.exceptions.SerializationError("could not serialize"), True),
+        (asyncpg.exceptions.DeadlockDetectedError("deadlock detected"), True),
+        (asyncpg.exceptions.TooManyConnectionsError("too many clients"), True),
+        (asyncpg.exceptions.AdminShutdownError("terminating connection"), True),
+        (asyncpg.exceptions.QueryCanceledError("statement timeout"), True),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed"), True),
+        (ConnectionRefusedError(), True),
+        (TimeoutError(), True),
+        (asyncpg.exceptions.NumericValueOutOfRangeError("overflow"), False),
+        (asyncpg.exceptions.NotNullViolationError("null"), False),
+        (asyncpg.exceptions.InvalidTextRepresentationError("bad"), False),
+        (ValueError("bug"), False),
+    ],
+)
+def test_error_classification(exc: BaseException, retryable: bool) -> None:
+    assert is_retryable(exc) is retryable
+
+
+def test_csv_fast_path_output() -> None:
+    out = encode_csv([row(0)]).decode()
+    assert out == (
+        "ibkr,AAPL,1m,2024-01-02T14:30:00+00:00,187.15,187.40,186.90,187.02,120034,f,"
+        "2026-01-01T00:00:00+00:00\n"
+    )

@@ -1,0 +1,101 @@
+"""The service's bars coordinator writing to a real PostgreSQL through outages and bad rows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from market_data_store.coordinator import DeadLetterQueue, WriteCoordinator
+from market_data_store.storage import BarRow
+from tests.support.service import RunningService, running_service, service_settings
+from tests.support.tcp_proxy import TcpProxy, upstream_of
+
+T0 = datetime(2024, 1, 2, tzinfo=UTC)
+
+
+def bars(n: int, *, start: int = 0, bad: set[int] | None = None) -> list[BarRow]:
+    now = datetime.now(UTC)
+    return [
+        BarRow(
+            provider="ibkr",
+            symbol=f"S{i % 7}",
+            resolution="1m",
+            ts=T0 + timedelta(minutes=i),
+            open="1.10",
+            high="1.30",
+            low="1.00",
+            close="x" if bad and i in bad else f"1.{i % 100:02d}",
+            volume=str(i),
+            delayed=False,
+            received_at=now,
+        )
+        for i in range(start, start + n)
+    ]
+
+
+async def count_rows(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM bars"))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
+    p = await TcpProxy(upstream_of(database_url)).start()
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def service(
+    database_url: str, proxy: TcpProxy, tmp_path: Path
+) -> AsyncIterator[RunningService]:
+    settings = service_settings(
+        proxy.url_for(database_url), str(tmp_path), MDS_COORDINATOR_BATCH_SIZE="100"
+    )
+    async with running_service(settings) as svc:
+        yield svc
+
+
+async def test_accepted_rows_survive_a_database_outage(
+    service: RunningService, proxy: TcpProxy, database_url: str
+) -> None:
+    coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+    await coordinator.submit_many(bars(500))
+    await asyncio.wait_for(coordinator.wait_idle(), 30)
+    assert await count_rows(database_url) == 500
+
+    proxy.cut()
+    await coordinator.submit_many(bars(1500, start=500))  # accepted while the database is gone
+    await asyncio.sleep(0.5)
+    assert coordinator.queue.unfinished > 0  # waiting, not dropped
+    assert coordinator.health().workers_alive == 4
+    assert coordinator.stats.dead_lettered == 0
+
+    proxy.restore()
+    await asyncio.wait_for(coordinator.wait_idle(), 30)
+    assert await count_rows(database_url) == 2000
+    assert coordinator.stats.dead_lettered == 0
+    assert coordinator.stats.write_errors  # the outage was seen, and retried through
+
+
+async def test_bad_rows_are_dead_lettered_good_rows_written(
+    service: RunningService, database_url: str, tmp_path: Path
+) -> None:
+    coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+    await coordinator.submit_many(bars(300, bad={17, 250}))
+    await asyncio.wait_for(coordinator.wait_idle(), 30)
+    assert await count_rows(database_url) == 298
+    records = await DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson").replay()
+    poisoned = sorted(int(r.items[0].volume) for r in records)
+    assert poisoned == [17, 250]
+    assert all("InvalidTextRepresentation" in r.error for r in records)
+    assert isinstance(records[0].items[0], BarRow)
+    assert records[0].items[0].ts.tzinfo is not None

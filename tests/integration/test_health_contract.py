@@ -1,0 +1,171 @@
+"""/healthz and /readyz over real HTTP, against a real PostgreSQL behind a real proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from litestar.datastructures import State
+from litestar.di import Provide
+from market_data_core.telemetry import HealthStatus
+
+from market_data_store.http.health import HealthSources
+from market_data_store.storage import DatabaseMonitor, DatabaseStatus
+from tests.support.service import RunningService, running_service, service_settings
+from tests.support.tcp_proxy import TcpProxy, upstream_of
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
+    p = await TcpProxy(upstream_of(database_url)).start()
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def service(
+    database_url: str, proxy: TcpProxy, tmp_path: Path
+) -> AsyncIterator[RunningService]:
+    settings = service_settings(proxy.url_for(database_url), str(tmp_path))
+    async with running_service(settings) as svc:
+        yield svc
+
+
+def component(status: HealthStatus, name: str) -> dict[str, str]:
+    (found,) = [c for c in status.components if c.name == name]
+    return {"state": found.state, **found.details}
+
+
+async def wait_for_status(client: httpx.AsyncClient, path: str, code: int) -> httpx.Response:
+    deadline = time.monotonic() + 10
+    while True:
+        response = await client.get(path)
+        if response.status_code == code or time.monotonic() > deadline:
+            return response
+        await asyncio.sleep(0.05)
+
+
+async def test_healthz_returns_health_status(service: RunningService) -> None:
+    for path in ("/healthz", "/health"):
+        response = await service.client.get(path)
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/json")
+        status = HealthStatus.model_validate_json(response.content)
+        assert status.service == "market-data-store"
+        assert status.version == "0.4.0"
+        assert status.state == "healthy"
+        assert abs(status.ts - time.time()) < 5
+        assert {c.name for c in status.components} >= {"database", "coordinator", "feedback"}
+        assert response.json()["ok"] is True  # old consumers expecting {"ok": true}
+        coord = component(status, "coordinator")
+        assert coord["capacity"] == "10000"
+        assert coord["queue_size"] == "0"
+        assert coord["utilization"] == "0.000"
+        assert coord["circuit_state"] == "closed"
+        assert coord["workers_alive"] == "4"
+
+
+async def test_readyz_returns_health_status(service: RunningService) -> None:
+    response = await service.client.get("/readyz")
+    assert response.status_code == 200
+    status = HealthStatus.model_validate_json(response.content)
+    assert status.state == "healthy"
+    assert component(status, "database")["reachable"] == "true"
+
+
+async def test_readyz_503_when_database_goes_away_and_200_when_it_returns(
+    service: RunningService, proxy: TcpProxy
+) -> None:
+    proxy.cut()
+    response = await wait_for_status(service.client, "/readyz", 503)
+    assert response.status_code == 503
+    status = HealthStatus.model_validate_json(response.content)
+    assert status.state == "unhealthy"
+    database = component(status, "database")
+    assert database["state"] == "unhealthy"
+    assert database["reachable"] == "false"
+    assert database["error"]
+    assert response.json()["ok"] is False
+
+    proxy.restore()
+    response = await wait_for_status(service.client, "/readyz", 200)
+    assert response.status_code == 200
+    assert (
+        component(HealthStatus.model_validate_json(response.content), "database")["reachable"]
+        == "true"
+    )
+
+
+async def test_health_degraded_when_component_fails(
+    service: RunningService, proxy: TcpProxy
+) -> None:
+    proxy.cut()
+    await wait_for_status(service.client, "/readyz", 503)
+    response = await service.client.get("/healthz")
+    assert response.status_code == 200  # liveness never fails because a dependency does
+    status = HealthStatus.model_validate_json(response.content)
+    assert status.state == "degraded"
+    assert component(status, "database")["state"] == "unhealthy"
+    assert response.json()["ok"] is True
+
+
+async def test_probes_answer_while_the_database_hangs(
+    service: RunningService, proxy: TcpProxy
+) -> None:
+    proxy.hang()  # connections stay open, nothing comes back
+    response = await wait_for_status(service.client, "/readyz", 503)
+    assert response.status_code == 503
+    assert (
+        "no answer within"
+        in component(HealthStatus.model_validate_json(response.content), "database")["error"]
+    )
+    # Probes read the cached result: each answers although the database never does.
+    for _ in range(20):
+        r = await service.client.get("/healthz", timeout=1.0)
+        assert r.status_code == 200
+    proxy.restore()
+
+
+async def test_readyz_503_while_shutting_down(service: RunningService) -> None:
+    service.app.state.lifecycle.begin_shutdown()
+    response = await service.client.get("/readyz")
+    assert response.status_code == 503
+    status = HealthStatus.model_validate_json(response.content)
+    assert component(status, "lifecycle") == {"state": "unhealthy", "phase": "shutting_down"}
+    assert component(status, "database")["state"] == "healthy"  # the reason is named, not guessed
+
+
+async def test_readyz_503_when_circuit_breaker_is_open(service: RunningService) -> None:
+    breaker = service.app.state.coordinator.breaker
+    for _ in range(5):
+        await breaker.on_failure()
+    response = await service.client.get("/readyz")
+    assert response.status_code == 503
+    coordinator = component(HealthStatus.model_validate_json(response.content), "coordinator")
+    assert coordinator["state"] == "unhealthy"
+    assert coordinator["circuit_state"] == "open"
+    await breaker.on_success()
+    assert (await service.client.get("/readyz")).status_code == 200
+
+
+async def test_providers_can_be_overridden(database_url: str, tmp_path: Path) -> None:
+    class DownMonitor(DatabaseMonitor):
+        def __init__(self) -> None:
+            self.status = DatabaseStatus(False, time.time(), error="overridden for the test")
+
+    def sources_with_monitor_down(state: State) -> HealthSources:
+        sources: HealthSources = state.health_sources
+        return dataclasses.replace(sources, db_monitor=DownMonitor())
+
+    settings = service_settings(database_url, str(tmp_path))
+    override = Provide(sources_with_monitor_down, sync_to_thread=False)
+    async with running_service(settings, dependencies={"health_sources": override}) as svc:
+        response = await svc.client.get("/readyz")
+    assert response.status_code == 503
+    database = component(HealthStatus.model_validate_json(response.content), "database")
+    assert database["error"] == "overridden for the test"

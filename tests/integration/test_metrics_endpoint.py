@@ -1,0 +1,104 @@
+"""/metrics: Prometheus text from the OpenTelemetry SDK, parsed by prometheus_client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from litestar import get
+from litestar.params import FromPath
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from market_data_store.storage import BarRow
+from tests.support.service import RunningService, running_service, service_settings
+
+
+@get("/test/echo/{name:str}", sync_to_thread=False)
+def echo(name: FromPath[str]) -> dict[str, str]:
+    return {"name": name}
+
+
+@pytest.fixture
+async def service(database_url: str, tmp_path: Path) -> AsyncIterator[RunningService]:
+    async with running_service(service_settings(database_url, str(tmp_path))) as svc:
+        svc.app.register(echo)
+        yield svc
+
+
+async def scrape(service: RunningService) -> dict[str, list[Sample]]:
+    response = await service.client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {f.name: f.samples for f in text_string_to_metric_families(response.text)}
+
+
+def bar(i: int) -> BarRow:
+    now = datetime.now(UTC)
+    ts = datetime(2024, 1, 2, 14, i % 60, tzinfo=UTC)
+    return BarRow("test", "AAPL", "1m", ts, "1", "2", "0.5", "1.5", "10", False, now)
+
+
+async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningService) -> None:
+    coordinator = service.app.state.coordinator
+    await coordinator.submit_many([bar(i) for i in range(30)])
+    await coordinator.wait_idle()
+    families = await scrape(service)
+    for name in (
+        "mds_coordinator_items_submitted",
+        "mds_coordinator_items_dropped",
+        "mds_coordinator_items_dead_lettered",
+        "mds_coordinator_queue_depth",
+        "mds_coordinator_queue_capacity",
+        "mds_coordinator_workers_alive",
+        "mds_coordinator_circuit_state",
+        "mds_coordinator_backpressure_level",
+        "mds_coordinator_batches_written",
+        "mds_coordinator_write_duration_seconds",
+        "mds_sink_rows_written",
+        "mds_sink_rows_received",
+        "target_info",
+    ):
+        assert name in families, name
+
+    def value(name: str, suffix: str = "") -> float:
+        (sample,) = [s for s in families[name] if s.name == name + suffix]
+        return sample.value
+
+    assert value("mds_coordinator_items_submitted", "_total") == 30
+    assert value("mds_coordinator_queue_capacity") == 10_000
+    assert value("mds_coordinator_workers_alive") == 4
+    assert value("mds_sink_rows_written", "_total") == 30
+    assert value("mds_coordinator_write_duration_seconds", "_count") >= 1
+    labels = families["mds_coordinator_queue_depth"][0].labels
+    assert labels["coordinator_id"] == "bars"
+    (info,) = families["target_info"]
+    assert info.labels["service_name"] == "market-data-store"
+    assert info.labels["service_version"] == "0.4.0"
+
+
+async def test_http_duration_is_labelled_by_route_template(service: RunningService) -> None:
+    for name in ("alice", "bob", "carol"):
+        assert (await service.client.get(f"/test/echo/{name}")).status_code == 200
+    await service.client.get("/healthz")
+    await service.client.get("/no/such/route")
+    families = await scrape(service)
+    samples = families["http_server_request_duration_seconds"]
+    routes = {s.labels.get("http_route") for s in samples}
+    assert "/test/echo/{name}" in routes
+    assert "/healthz" in routes
+    assert not any(r and ("alice" in r or "bob" in r) for r in routes)  # never the raw path
+    count = [
+        s
+        for s in samples
+        if s.name.endswith("_count") and s.labels.get("http_route") == "/test/echo/{name}"
+    ]
+    assert count[0].value == 3
+    assert count[0].labels["http_request_method"] == "GET"
+    assert count[0].labels["http_response_status_code"] == "200"
+    not_found = [s for s in samples if s.labels.get("http_response_status_code") == "404"]
+    assert not_found  # unrouted requests are measured too,
+    # ...without a route (Prometheus renders an absent label as empty)
+    assert all(s.labels.get("http_route", "") == "" for s in not_found)

@@ -1,0 +1,105 @@
+"""The real process: `mds-store serve` starts, answers, and exits on its own on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(port)],
+        env={**os.environ, "MDS_CONFIG": "", **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.1)
+        yield proc, base
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)  # exits by itself, no SIGKILL needed
+    assert proc.returncode == 0, output
+    return output
+
+
+def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> None:
+    env = {
+        "DATABASE_URL": database_url,
+        "MDS_DATABASE_HEALTH_INTERVAL": "0.2",
+        "MDS_DATABASE_HEALTH_TIMEOUT": "0.2",
+    }
+    with serve(env, tmp_path) as (proc, base):
+        assert httpx.get(f"{base}/healthz").json()["ok"] is True
+        output = stop(proc)
+    order = [
+        "shutdown started",
+        "coordinator bars stopped",
+        "database pool closed",
+    ]
+    positions = [output.index(line) for line in order]
+    assert positions == sorted(positions), output
+
+
+def test_embedded_database_when_no_url_is_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("DATABASE_URL", "MDS_DATABASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    env = {"MDS_DATABASE_EMBEDDED_DIR": str(tmp_path / "pgdata")}
+    with serve(env, tmp_path) as (proc, base):
+        assert httpx.get(f"{base}/readyz").json()["state"] == "healthy"
+        output = stop(proc)
+    assert "embedded PostgreSQL running: postgresql://" in output
+    assert "embedded PostgreSQL stopped" in output
+    assert (tmp_path / "pgdata" / "PG_VERSION").exists()
+
+
+def test_production_with_default_token_refuses_to_start(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
+        env={**os.environ, "MDS_ENV": "production"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "admin_token is still the default" in proc.stderr

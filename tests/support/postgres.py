@@ -1,0 +1,61 @@
+"""Where test databases come from.
+
+``MDS_TEST_DATABASE_URL`` (set by ``.ci/run``) names a server and a database
+owned by this run; without it an embedded PostgreSQL (pgserver) is started for
+the session. Each test that needs one gets a brand-new database on that server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+REQUIRE_SERVICES = os.environ.get("MDS_TEST_REQUIRE_SERVICES") == "1"
+
+
+def start_embedded(data_dir: Path) -> tuple[Any, str]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # XDG_RUNTIME_DIR unset
+        from pgserver.postgres_server import get_server
+
+        server = get_server(data_dir, cleanup_mode="stop")
+    return server, str(server.get_uri())
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+
+
+class DatabaseFactory:
+    """Creates and drops throw-away databases on one server."""
+
+    def __init__(self, server_url: str) -> None:
+        self.server_url = server_url
+        base = urlsplit(server_url).path.lstrip("/") or "postgres"
+        self.prefix = f"{base[:30]}_t{os.getpid()}"
+        self._created: list[str] = []
+
+    async def create(self) -> str:
+        name = f"{self.prefix}_{uuid.uuid4().hex[:8]}"
+        conn = await asyncpg.connect(self.server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        self._created.append(name)
+        return with_database(self.server_url, name)
+
+    async def drop(self, url: str) -> None:
+        name = urlsplit(url).path.lstrip("/")
+        conn = await asyncpg.connect(self.server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
