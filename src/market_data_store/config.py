@@ -58,6 +58,12 @@ class DatabaseSettings(_Section, kw_only=True, frozen=True):
     health_timeout: Seconds
 
 
+class IngestSettings(_Section, kw_only=True, frozen=True):
+    max_bars_per_request: Positive
+    max_body_bytes: Positive
+    commit_timeout: Seconds
+
+
 class CoordinatorSettings(_Section, kw_only=True, frozen=True):
     capacity: Positive
     workers: Positive
@@ -130,6 +136,7 @@ class Settings(_Section, kw_only=True, frozen=True):
     database_url: str | None = None
     server: ServerSettings
     database: DatabaseSettings
+    ingest: IngestSettings
     coordinator: CoordinatorSettings
     retry: RetrySettings
     circuit_breaker: CircuitBreakerSettings
@@ -339,6 +346,7 @@ __all__ = [
     "CoordinatorSettings",
     "DatabaseSettings",
     "FeedbackSettings",
+    "IngestSettings",
     "RedisSettings",
     "RetrySettings",
     "ServerSettings",

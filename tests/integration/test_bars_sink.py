@@ -66,11 +66,11 @@ async def test_rows_land_with_exact_decimals(pool: DbPool) -> None:
 
 async def test_same_rows_twice_is_one_row_and_newer_values_win(pool: DbPool) -> None:
     sink = BarsSink(pool)
-    await sink.write([row(0, close="1.00")])
+    await sink.write([row(0, close="187.00")])
     later = ACCEPTED + timedelta(seconds=5)
-    await sink.write([row(0, close="2.00", accepted=later)])
+    await sink.write([row(0, close="187.20", accepted=later)])
     (only,) = await stored(pool)
-    assert only["close"] == Decimal("2.00")
+    assert only["close"] == Decimal("187.20")
     assert only["ingested_at"] == ACCEPTED  # first seen
     assert only["updated_at"] == later  # version stored now
 
@@ -78,10 +78,10 @@ async def test_same_rows_twice_is_one_row_and_newer_values_win(pool: DbPool) -> 
 async def test_an_older_version_never_overwrites_a_newer_one(pool: DbPool) -> None:
     """A dead-letter replay or a slower worker must not roll a bar back."""
     sink = BarsSink(pool)
-    await sink.write([row(0, close="2.00", accepted=ACCEPTED + timedelta(seconds=5))])
-    await sink.write([row(0, close="1.00", accepted=ACCEPTED)])
+    await sink.write([row(0, close="187.20", accepted=ACCEPTED + timedelta(seconds=5))])
+    await sink.write([row(0, close="187.00", accepted=ACCEPTED)])
     (only,) = await stored(pool)
-    assert only["close"] == Decimal("2.00")
+    assert only["close"] == Decimal("187.20")
 
 
 async def test_unchanged_rows_are_not_rewritten(pool: DbPool) -> None:
@@ -97,13 +97,13 @@ async def test_duplicate_keys_inside_one_batch_keep_the_latest(pool: DbPool) -> 
     sink = BarsSink(pool)
     await sink.write(
         [
-            row(0, close="1"),
-            row(0, close="3", accepted=ACCEPTED + timedelta(seconds=2)),
-            row(0, close="2", accepted=ACCEPTED + timedelta(seconds=1)),
+            row(0, close="187.01"),
+            row(0, close="187.03", accepted=ACCEPTED + timedelta(seconds=2)),
+            row(0, close="187.02", accepted=ACCEPTED + timedelta(seconds=1)),
         ]
     )
     (only,) = await stored(pool)
-    assert only["close"] == Decimal("3")
+    assert only["close"] == Decimal("187.03")
 
 
 async def test_text_needing_csv_quoting_round_trips(pool: DbPool) -> None:
@@ -119,6 +119,25 @@ async def test_bad_number_is_a_non_retryable_data_error_and_nothing_lands(pool: 
         await sink.write([row(0), row(1, close="not-a-number")])
     assert not is_retryable(info.value)
     assert await stored(pool) == []  # the batch is all or nothing
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"low": "188"},  # low above open/close
+        {"volume": "-1"},
+        {"close": "187.0000000000000000001"},  # 19 decimals
+        {"high": "1e25", "close": "1e24"},
+    ],
+)
+async def test_the_table_itself_refuses_bars_outside_the_domain(
+    pool: DbPool, bad: dict[str, Any]
+) -> None:
+    sink = BarsSink(pool)
+    with pytest.raises(asyncpg.CheckViolationError) as info:
+        await sink.write([row(0, **bad)])
+    assert not is_retryable(info.value)
+    assert await stored(pool) == []
 
 
 async def test_lost_connection_is_retryable(pool: DbPool, database_url: str) -> None:

@@ -29,7 +29,7 @@ def bars(n: int, *, start: int = 0, bad: set[int] | None = None) -> list[BarRow]
             open="1.10",
             high="1.30",
             low="1.00",
-            close="x" if bad and i in bad else f"1.{i % 100:02d}",
+            close="x" if bad and i in bad else f"1.{i % 31:02d}",
             volume=str(i),
             delayed=False,
             received_at=now,

@@ -5,7 +5,8 @@ The public names below are those of the original coordinator library, so its
 users can switch without changing imports.
 """
 
-from .dlq import DeadLetterQueue, DLQRecord
+from .completions import Ticket
+from .dlq import ClaimInProgress, DeadLetterQueue, DLQRecord
 from .events import BackpressureLevel, FeedbackEvent
 from .feedback import FeedbackBus, FeedbackSubscriber, feedback_bus
 from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy, default_retry_classifier
@@ -28,6 +29,7 @@ __all__ = [
     "BoundedQueue",
     "CircuitBreaker",
     "CircuitOpenError",
+    "ClaimInProgress",
     "CoordinatorHealth",
     "CoordinatorStats",
     "DLQRecord",
@@ -42,6 +44,7 @@ __all__ = [
     "Sink",
     "SinkWorker",
     "T",
+    "Ticket",
     "WriteCoordinator",
     "default_retry_classifier",
     "feedback_bus",

@@ -34,6 +34,18 @@ class DLQRecord(Generic[T]):
     items: list[T] = field(default_factory=list)
 
 
+class ClaimInProgress(RuntimeError):
+    """Another replay holds the records (one claim at a time)."""
+
+
+@dataclass
+class Claim(Generic[T]):
+    """Records taken out of the dead-letter queue for a replay, and their files."""
+
+    records: list[DLQRecord[T]]
+    paths: list[Path]
+
+
 class _Line(msgspec.Struct):
     ts: float
     error: str
@@ -71,6 +83,7 @@ class DeadLetterQueue(Generic[T]):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._item_type = item_type
         self._lock = asyncio.Lock()
+        self._claimed = False
 
     @property
     def item_type(self) -> Any:
@@ -94,9 +107,11 @@ class DeadLetterQueue(Generic[T]):
             metadata=dict(metadata or {}),
             items=list(items),
         )
-        line = _encoder.encode(record) + b"\n"
+        await self._write(_encoder.encode(record) + b"\n")
+
+    async def _write(self, lines: bytes) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._append, line)
+            await asyncio.to_thread(self._append, lines)
 
     def _append(self, line: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
@@ -110,18 +125,55 @@ class DeadLetterQueue(Generic[T]):
 
     async def replay(self, max_records: int = 100) -> list[DLQRecord[T]]:
         """The oldest ``max_records`` records (the file is left as it is)."""
-        return await asyncio.to_thread(self._read, max_records)
+        return await asyncio.to_thread(self._read, self.path, max_records)
 
     async def count(self) -> int:
         """Number of records in the file."""
-        return len(await asyncio.to_thread(self._read, None))
+        return len(await self.records())
 
-    def _read(self, max_records: int | None) -> list[DLQRecord[T]]:
-        if not self.path.exists():
+    async def records(self) -> list[DLQRecord[T]]:
+        """Every record, oldest first."""
+        return await asyncio.to_thread(self._read, self.path, None)
+
+    async def claim(self) -> Claim[T]:
+        """Take every record out of the queue for a replay.
+
+        The file is renamed aside (new failures start a fresh file meanwhile);
+        files left claimed by an interrupted replay are picked up again. Hand the
+        claim to ``settle`` when the replay is over.
+        """
+        if self._claimed:
+            raise ClaimInProgress("a replay already holds this dead-letter queue's records")
+        self._claimed = True
+        async with self._lock:
+            paths = sorted(self.path.parent.glob(f"{self.path.name}.claimed-*"))
+            if self.path.exists():
+                target = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
+                os.replace(self.path, target)
+                paths.append(target)
+        records: list[DLQRecord[T]] = []
+        for path in paths:
+            records.extend(await asyncio.to_thread(self._read, path, None))
+        return Claim(records, paths)
+
+    async def settle(self, claim: Claim[T], unreplayed: list[DLQRecord[T]]) -> None:
+        """Put back the records that were not replayed, then drop the claimed files."""
+        if unreplayed:
+            lines = b"".join(
+                _encoder.encode(_Line(r.ts, r.error, r.metadata, list(r.items))) + b"\n"
+                for r in unreplayed
+            )
+            await self._write(lines)
+        for path in claim.paths:
+            await asyncio.to_thread(path.unlink, missing_ok=True)
+        self._claimed = False
+
+    def _read(self, path: Path, max_records: int | None) -> list[DLQRecord[T]]:
+        if not path.exists():
             return []
         item_type = self.item_type
         records: list[DLQRecord[T]] = []
-        with self.path.open("rb") as fh:
+        with path.open("rb") as fh:
             for lineno, raw in enumerate(fh, 1):
                 if max_records is not None and len(records) >= max_records:
                     break
@@ -130,7 +182,7 @@ class DeadLetterQueue(Generic[T]):
                 try:
                     line = _line_decoder.decode(raw)
                 except msgspec.DecodeError:
-                    log.warning("%s:%d: unreadable dead-letter line skipped", self.path, lineno)
+                    log.warning("%s:%d: unreadable dead-letter line skipped", path, lineno)
                     continue
                 items = line.items
                 if item_type is not None:

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic
 
+from .completions import Completions
 from .events import BackpressureLevel, FeedbackEvent
 from .feedback import FeedbackBus, feedback_bus
 from .types import (
@@ -31,6 +32,8 @@ from .watermarks import NEVER, Transition, WatermarkTracker
 log = logging.getLogger(__name__)
 
 _Waiter = tuple[int, "asyncio.Future[None]"]
+EnqueuedCallback = Callable[[int, int], None]
+EvictedCallback = Callable[[list[T]], Awaitable[None]]
 
 
 class BoundedQueue(Generic[T]):
@@ -54,6 +57,7 @@ class BoundedQueue(Generic[T]):
         on_low: BackpressureCallback | None = None,
         drop_callback: DropCallback[T] | None = None,
         bus: FeedbackBus | None = None,
+        evicted_callback: EvictedCallback[T] | None = None,
     ) -> None:
         if capacity <= 0:
             raise ValueError("capacity must be > 0")
@@ -69,6 +73,7 @@ class BoundedQueue(Generic[T]):
         self._on_high = on_high
         self._on_low = on_low
         self._drop_cb = drop_callback
+        self._evicted_cb = evicted_callback
         self._bus = bus if bus is not None else feedback_bus()
         self._marks = WatermarkTracker(high, low)
 
@@ -80,6 +85,8 @@ class BoundedQueue(Generic[T]):
         self._unfinished = 0
         self._join_waiters: list[asyncio.Future[None]] = []
         self._closed = False
+        self._next_seq = 0  # sequence number the next enqueued item gets
+        self.completions = Completions()
         self.dropped = 0
         """Items evicted by ``drop_oldest`` since creation."""
 
@@ -119,6 +126,11 @@ class BoundedQueue(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def head_seq(self) -> int:
+        """Sequence number of the oldest queued item (of the next one, when empty)."""
+        return self._next_seq - len(self._items)
+
     def free(self) -> int:
         """Room available right now to a new put."""
         return self._capacity - len(self._items) - self._reserved
@@ -139,13 +151,13 @@ class BoundedQueue(Generic[T]):
         if len(items) + self._reserved >= self._capacity or self._room_waiters:
             if self._overflow == "error":
                 raise QueueFullError(f"queue is full ({self._capacity} items)")
-            if self._overflow == "block":
-                await self._wait_for_room(1, timeout)
-                self._reserved -= 1
-            else:
-                await self._append_evicting((item,))
+            if self._overflow == "drop_oldest":
+                await self._append_evicting((item,), None)
                 return
+            await self._wait_for_room(1, timeout)
+            self._reserved -= 1
         items.append(item)
+        self._next_seq += 1
         self._unfinished += 1
         size = len(items)
         if size >= self._wake_getters_at:
@@ -153,84 +165,92 @@ class BoundedQueue(Generic[T]):
         if size >= self._marks.next_rise:
             await self._emit(self._marks.rise(size - 1, size))
 
-    async def put_many(self, items: Sequence[T], timeout: float | None = None) -> None:
-        """Add ``items`` with one watermark check, as one unit when they fit.
+    async def put_many(
+        self,
+        items: Sequence[T],
+        timeout: float | None = None,
+        *,
+        on_enqueued: EnqueuedCallback | None = None,
+    ) -> None:
+        """Add ``items`` as one unit, with one watermark check.
 
-        ``error`` raises with nothing enqueued when they do not all fit; ``block``
-        waits until they all fit (a call larger than the capacity is streamed in
-        as room appears); ``drop_oldest`` evicts what it must.
+        ``block`` waits until they all fit (raising ``QueueFullError`` after
+        ``timeout``, nothing enqueued); a call larger than the whole capacity waits
+        for the queue to empty and then goes in whole. ``error`` raises at once,
+        nothing enqueued, when they do not fit. ``drop_oldest`` evicts the oldest
+        items, as that many single puts would. ``on_enqueued(start, end)`` receives
+        the items' sequence numbers the moment they are in the queue.
         """
         if self._closed:
             raise QueueClosedError("queue is closed")
         n = len(items)
         if n == 0:
             return
-        if n <= self.free() and not self._room_waiters:
-            await self._extend(items)
+        if self._overflow == "drop_oldest":
+            await self._append_evicting(items, on_enqueued)
+            return
+        if self._fits(n) and not self._room_waiters:
+            await self._extend(items, on_enqueued)
             return
         if self._overflow == "error":
             raise QueueFullError(f"no room for {n} items (free: {max(self.free(), 0)})")
-        if self._overflow == "drop_oldest":
-            await self._append_evicting(items)
-            return
-        if n <= self._capacity:
-            await self._wait_for_room(n, timeout)
-            self._reserved -= n
-            await self._extend(items)
-            return
-        await self._stream(items, timeout)
+        await self._wait_for_room(n, timeout)
+        self._reserved -= n
+        await self._extend(items, on_enqueued)
 
-    async def _stream(self, items: Sequence[T], timeout: float | None) -> None:
-        """Enqueue more items than fit at once, in pieces as room appears."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        done = 0
-        n = len(items)
-        piece = max(1, self._capacity // 4)
-        while done < n:
-            want = min(piece, n - done)
-            remaining = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                await self._wait_for_room(want, remaining)
-            except QueueFullError as exc:
-                raise QueueFullError(str(exc), enqueued=done) from None
-            self._reserved -= want
-            take = min(n - done, self.free())
-            await self._extend(items[done : done + take])
-            done += take
+    def _fits(self, n: int) -> bool:
+        """Room for ``n`` now? A request larger than the queue fits an empty queue."""
+        return n <= self.free() or (not self._items and not self._reserved)
 
-    async def _extend(self, batch: Sequence[T]) -> None:
+    async def _extend(self, batch: Sequence[T], on_enqueued: EnqueuedCallback | None) -> None:
         items = self._items
         old = len(items)
+        start = self._next_seq
         items.extend(batch)
+        self._next_seq += len(batch)
         self._unfinished += len(batch)
+        if on_enqueued is not None:
+            on_enqueued(start, self._next_seq)
         size = len(items)
         if size >= self._wake_getters_at:
             self._wake_getters(size)
         if size >= self._marks.next_rise:
             await self._emit(self._marks.rise(old, size))
 
-    async def _append_evicting(self, batch: Sequence[T]) -> None:
-        """drop_oldest: make room by evicting the oldest items (FIFO kept)."""
+    async def _append_evicting(
+        self, batch: Sequence[T], on_enqueued: EnqueuedCallback | None
+    ) -> None:
+        """drop_oldest: enqueue, then evict the oldest beyond capacity (FIFO kept)."""
         items = self._items
         old = len(items)
-        overflow = old + len(batch) - self._capacity
+        start = self._next_seq
+        items.extend(batch)
+        self._next_seq += len(batch)
+        self._unfinished += len(batch)
+        if on_enqueued is not None:
+            on_enqueued(start, self._next_seq)
+        overflow = len(items) - self._capacity
         evicted: list[T] = []
         if overflow > 0:
-            from_queue = min(overflow, old)
-            evicted = [items.popleft() for _ in range(from_queue)]
-            evicted.extend(batch[: overflow - from_queue])
-            batch = batch[overflow - from_queue :]
-            self.dropped += len(evicted)
-            self.task_done(min(len(evicted), from_queue))
-        await self._extend(batch)
+            head = self.head_seq
+            evicted = [items.popleft() for _ in range(overflow)]
+            self.dropped += overflow
+            self.completions.lost(head, head + overflow)
+            self.finish(head, overflow)
+        size = len(items)
+        if size >= self._wake_getters_at:
+            self._wake_getters(size)
+        if size >= self._marks.next_rise:
+            await self._emit(self._marks.rise(old, size))
+        if evicted and self._evicted_cb is not None:
+            await self._evicted_cb(evicted)
         if self._drop_cb is not None:
             for item in evicted:
                 await self._drop_cb(item)
 
     async def _wait_for_room(self, n: int, timeout: float | None) -> None:
         """Wait until ``n`` slots are reserved for the caller (FIFO among waiters)."""
-        if n <= self.free() and not self._room_waiters:
+        if self._fits(n) and not self._room_waiters:
             self._reserved += n
             return
         loop = asyncio.get_running_loop()
@@ -275,7 +295,7 @@ class BoundedQueue(Generic[T]):
             if fut.done():
                 waiters.popleft()
                 continue
-            if n > self.free():
+            if not self._fits(n):
                 return
             waiters.popleft()
             self._reserved += n
@@ -299,11 +319,17 @@ class BoundedQueue(Generic[T]):
 
         Returns ``[]`` only when the queue is closed and empty.
         """
+        _, batch = await self.take_batch(max_items, max_wait)
+        return batch
+
+    async def take_batch(self, max_items: int, max_wait: float) -> tuple[int, list[T]]:
+        """``get_batch`` that also returns the sequence number of the first item
+        (a batch is always a contiguous run), for ``finish``."""
         items = self._items
         while True:
             while not items:
                 if self._closed:
-                    return []
+                    return self._next_seq, []
                 await self._wait_for_items(1, None)
             if len(items) < max_items and max_wait > 0 and not self._closed:
                 with contextlib.suppress(TimeoutError):  # flush what we have
@@ -311,13 +337,19 @@ class BoundedQueue(Generic[T]):
             n = min(max_items, len(items))
             if n:
                 break
+        start = self.head_seq
         if n == len(items):
             batch = list(items)
             items.clear()
         else:
             batch = [items.popleft() for _ in range(n)]
         await self._after_take(batch)
-        return batch
+        return start, batch
+
+    def finish(self, start: int, n: int) -> None:
+        """Items ``start .. start+n`` are done (written, dead-lettered or evicted)."""
+        self.completions.finish(start, start + n)
+        self.task_done(n)
 
     def task_done(self, n: int = 1) -> None:
         """Mark ``n`` taken items as finished (written, dead-lettered or given up)."""
@@ -346,13 +378,14 @@ class BoundedQueue(Generic[T]):
                 fut.set_exception(QueueClosedError("queue closed while waiting for room"))
         self._wake_getters(NEVER)
 
-    def take_all(self) -> list[T]:
-        """Remove everything still queued (used to rescue items at forced shutdown)."""
+    def take_all(self) -> tuple[int, list[T]]:
+        """Remove everything still queued, with the first item's sequence number
+        (used to rescue items at a forced shutdown; ``finish`` them afterwards)."""
+        start = self.head_seq
         batch = list(self._items)
         self._items.clear()
-        self.task_done(len(batch))
         self._wake_putters()
-        return batch
+        return start, batch
 
     async def _wait_for_items(self, wanted: int, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()

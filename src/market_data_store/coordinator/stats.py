@@ -6,11 +6,37 @@ instruments), so the per-item cost of metrics is one integer add.
 
 from __future__ import annotations
 
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 WriteListener = Callable[[int, float], None]
+
+
+class DrainMeter:
+    """Items finished per second over the last ``window`` seconds (for Retry-After)."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        self._window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def record(self, finished_total: int) -> None:
+        now = time.monotonic()
+        samples = self._samples
+        samples.append((now, finished_total))
+        while len(samples) > 2 and now - samples[1][0] > self._window:
+            samples.popleft()
+
+    def rate(self) -> float:
+        """Items/s; 0.0 when nothing was finished within the window."""
+        samples = self._samples
+        if len(samples) < 2 or time.monotonic() - samples[-1][0] > self._window:
+            return 0.0
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+
 """Called with (items, seconds) after each successful batch write."""
 
 
@@ -22,7 +48,13 @@ class CoordinatorStats:
     items_written: int = 0
     write_errors: Counter[str] = field(default_factory=Counter)
     dead_lettered: int = 0
+    finished: int = 0  # written, dead-lettered or evicted
     write_listeners: list[WriteListener] = field(default_factory=list)
+    drain: DrainMeter = field(default_factory=lambda: DrainMeter())
+
+    def record_finished(self, items: int) -> None:
+        self.finished += items
+        self.drain.record(self.finished)
 
     def record_write(self, items: int, seconds: float) -> None:
         self.batches_written += 1

@@ -31,14 +31,7 @@ class Sink(Protocol[T_contra]):
 
 class QueueFullError(Exception):
     """The queue has no room: strategy ``error``, or ``block`` past its timeout.
-
-    ``enqueued`` tells how many items of the call were accepted before it gave up
-    (0 unless the call was larger than the queue's capacity).
-    """
-
-    def __init__(self, message: str = "queue is full", *, enqueued: int = 0) -> None:
-        super().__init__(message)
-        self.enqueued = enqueued
+    Nothing of the refused call was enqueued."""
 
 
 class QueueClosedError(RuntimeError):

@@ -59,8 +59,9 @@ class SinkWorker(Generic[T]):
         self.stats = stats or CoordinatorStats()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.inflight: list[T] | None = None
-        """The batch being delivered; rescued by the coordinator if it must cancel us."""
+        self.inflight: tuple[int, list[T]] | None = None
+        """(first sequence number, batch) being delivered; rescued by the coordinator
+        if it must cancel us."""
         self._log = ThrottledLog(log)
 
     @property
@@ -94,13 +95,13 @@ class SinkWorker(Generic[T]):
     async def _run(self) -> None:
         q = self._q
         while not self._stopping:
-            batch = await q.get_batch(self._batch_size, self._flush_interval)
+            start, batch = await q.take_batch(self._batch_size, self._flush_interval)
             if not batch:
                 return  # closed and drained
-            self.inflight = batch
+            self.inflight = (start, batch)
             while True:
                 try:
-                    await self._deliver(batch)
+                    await self._deliver(batch, start)
                     break
                 except Exception:
                     # A bug in a classifier or listener must not kill the worker or
@@ -114,19 +115,21 @@ class SinkWorker(Generic[T]):
                     )
                     await asyncio.sleep(_PAUSE_AFTER_BUG_SEC)
             self.inflight = None
-            q.task_done(len(batch))
+            q.finish(start, len(batch))
+            self.stats.record_finished(len(batch))
 
-    async def _deliver(self, batch: Sequence[T]) -> None:
-        """Write ``batch``, isolating non-retryable items by bisection."""
+    async def _deliver(self, batch: Sequence[T], start: int) -> None:
+        """Write ``batch`` (items ``start``...), isolating non-retryable items by bisection."""
         error = await self._write_retrying(batch)
         if error is None:
             return
         if len(batch) == 1:
             await self._dead_letter(batch, error)
+            self._q.completions.lost(start, start + 1)
             return
         mid = len(batch) // 2
-        await self._deliver(batch[:mid])
-        await self._deliver(batch[mid:])
+        await self._deliver(batch[:mid], start)
+        await self._deliver(batch[mid:], start + mid)
 
     async def _write_retrying(self, batch: Sequence[T]) -> BaseException | None:
         """Write until success (None) or a non-retryable error (returned)."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic
 
+from .completions import Ticket
 from .dlq import DeadLetterQueue
 from .events import BackpressureLevel, FeedbackEvent
 from .feedback import FeedbackBus
@@ -86,6 +88,7 @@ class WriteCoordinator(Generic[T]):
             on_low=on_backpressure_low,
             drop_callback=self._on_drop if overflow_strategy == "drop_oldest" else None,
             bus=bus,
+            evicted_callback=self._on_evicted if dead_letter_queue is not None else None,
         )
         retry = retry_policy or RetryPolicy()
         self._workers = [
@@ -158,13 +161,14 @@ class WriteCoordinator(Generic[T]):
         log.info("coordinator %s stopped", self.coord_id)
 
     async def _rescue_unwritten(self) -> None:
-        leftovers: list[T] = []
+        ranges = [w.inflight for w in self._workers if w.inflight is not None]
         for worker in self._workers:
-            if worker.inflight is not None:
-                leftovers.extend(worker.inflight)
-                self._queue.task_done(len(worker.inflight))
-                worker.inflight = None
-        leftovers.extend(self._queue.take_all())
+            worker.inflight = None
+        ranges.append(self._queue.take_all())
+        leftovers = [item for _, batch in ranges for item in batch]
+        for start, batch in ranges:
+            self._queue.completions.lost(start, start + len(batch))
+            self._queue.finish(start, len(batch))
         if not leftovers:
             return
         self.stats.dropped["shutdown"] += len(leftovers)
@@ -202,6 +206,41 @@ class WriteCoordinator(Generic[T]):
         await self._queue.put_many(items, self._submit_timeout)
         self.stats.submitted += len(items)
 
+    async def submit_all(self, items: Sequence[T]) -> Ticket:
+        """Enqueue ``items`` whole or not at all (``QueueFullError`` / ``QueueClosedError``);
+        the returned ticket can be awaited with ``wait_finished``."""
+        if self._stopping:
+            raise QueueClosedError(f"coordinator {self.coord_id} is stopping")
+        ticket = Ticket()
+        track = self._queue.completions.track
+        await self._queue.put_many(
+            items, self._submit_timeout, on_enqueued=lambda s, e: track(ticket, s, e)
+        )
+        self.stats.submitted += len(items)
+        return ticket
+
+    async def wait_finished(self, ticket: Ticket, timeout: float | None = None) -> bool:
+        """Wait until every item of ``ticket`` is written or dead-lettered (then
+        ``ticket.written`` / ``ticket.lost`` are final); False after ``timeout``."""
+        return await self._queue.completions.wait(ticket, timeout)
+
+    def retry_after(self) -> int:
+        """Seconds a refused producer should wait: queue depth over the measured
+        drain rate (at least 1; 5 when nothing drained lately; at most 300)."""
+        size = self._queue.size
+        rate = self.stats.drain.rate()
+        seconds = size / rate if rate > 0 else (5.0 if size else 1.0)
+        seconds = max(seconds, self.breaker.retry_after)
+        return max(1, min(300, math.ceil(seconds)))
+
+    async def _on_evicted(self, items: list[T]) -> None:
+        """drop_oldest made room: keep what it evicted in the dead-letter queue."""
+        assert self._dlq is not None
+        await self._dlq.save(
+            items, "evicted by drop_oldest overflow", {"coordinator_id": self.coord_id}
+        )
+        self.stats.dead_lettered += len(items)
+
     async def _on_drop(self, item: T) -> None:
         self.stats.dropped["overflow"] += 1
         if self._user_drop_cb is not None:
@@ -220,6 +259,10 @@ class WriteCoordinator(Generic[T]):
     @property
     def workers_alive(self) -> int:
         return sum(1 for w in self._workers if w.alive)
+
+    @property
+    def dead_letter_queue(self) -> DeadLetterQueue[T] | None:
+        return self._dlq
 
     @property
     def queue(self) -> BoundedQueue[T]:

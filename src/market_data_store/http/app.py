@@ -19,7 +19,13 @@ from market_data_store.telemetry import (
     build_telemetry,
 )
 
-from .controllers import AdminController, HealthController, MetricsController
+from .controllers import (
+    AdminController,
+    BarsController,
+    DeadLetterController,
+    HealthController,
+    MetricsController,
+)
 from .dependencies import DEPENDENCIES
 from .lifecycle import Lifecycle
 from .lifespan import service_lifespan
@@ -41,16 +47,26 @@ def create_app(
     """Build the service. ``dependencies`` replaces providers by key (tests)."""
     check_startup_safety(settings)
     telemetry = build_telemetry(__version__)
+    lifecycle = Lifecycle()
     app = Litestar(
-        route_handlers=[HealthController, AdminController, MetricsController],
+        route_handlers=[
+            HealthController,
+            BarsController,
+            AdminController,
+            DeadLetterController,
+            MetricsController,
+        ],
         lifespan=[service_lifespan],
         dependencies={**DEPENDENCIES, **(dependencies or {})},
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,  # the process (CLI, uvicorn, tests) owns logging
+        request_max_body_size=settings.ingest.max_body_bytes,
         state=State(
             {
                 "settings": settings,
-                "lifecycle": Lifecycle(),
+                "lifecycle": lifecycle,
+                # set when shutdown starts (SIGTERM): long-lived responses end on it
+                "shutdown_event": lifecycle.shutdown_event,
                 "telemetry": telemetry,
                 "coordinator_instruments": CoordinatorInstruments(telemetry.meter),
                 "sink_instruments": SinkInstruments(telemetry.meter),

@@ -8,7 +8,7 @@ from litestar.di import Provide
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import FeedbackBus, WriteCoordinator
-from market_data_store.storage import BarRow, DatabaseMonitor, DbPool
+from market_data_store.storage import BarRow, DbPool
 from market_data_store.telemetry import Telemetry
 
 from .health import HealthSources
@@ -30,19 +30,14 @@ def provide_feedback_bus(state: State) -> FeedbackBus:
     return bus
 
 
-def provide_db_monitor(state: State) -> DatabaseMonitor:
-    monitor: DatabaseMonitor = state.db_monitor
-    return monitor
+def provide_health_sources(state: State) -> HealthSources:
+    sources: HealthSources = state.health_sources
+    return sources
 
 
 def provide_lifecycle(state: State) -> Lifecycle:
     lifecycle: Lifecycle = state.lifecycle
     return lifecycle
-
-
-def provide_health_sources(state: State) -> HealthSources:
-    sources: HealthSources = state.health_sources
-    return sources
 
 
 def provide_settings(state: State) -> Settings:
@@ -59,9 +54,8 @@ DEPENDENCIES: dict[str, Provide] = {
     "db_pool": Provide(provide_db_pool, sync_to_thread=False),
     "coordinator": Provide(provide_coordinator, sync_to_thread=False),
     "feedback_bus": Provide(provide_feedback_bus, sync_to_thread=False),
-    "db_monitor": Provide(provide_db_monitor, sync_to_thread=False),
-    "lifecycle": Provide(provide_lifecycle, sync_to_thread=False),
     "health_sources": Provide(provide_health_sources, sync_to_thread=False),
+    "lifecycle": Provide(provide_lifecycle, sync_to_thread=False),
     "settings": Provide(provide_settings, sync_to_thread=False),
     "telemetry": Provide(provide_telemetry, sync_to_thread=False),
 }

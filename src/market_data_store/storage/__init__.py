@@ -10,6 +10,7 @@ from .errors import is_retryable
 from .migrate import Migration, MigrationError, apply_migrations, load_migrations, schema_state
 from .monitor import DatabaseMonitor, DatabaseStatus
 from .pool import DbPool, open_pool
+from .queries import StoredBar, fetch_bars
 from .rows import BarRow
 
 __all__ = [
@@ -20,7 +21,9 @@ __all__ = [
     "DbPool",
     "Migration",
     "MigrationError",
+    "StoredBar",
     "apply_migrations",
+    "fetch_bars",
     "is_retryable",
     "load_migrations",
     "open_pool",

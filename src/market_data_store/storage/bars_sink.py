@@ -10,9 +10,8 @@ merge share one transaction: a batch lands whole or not at all.
 
 from __future__ import annotations
 
-import io
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -90,11 +89,18 @@ class BarsSink:
         payload = encode_csv(rows)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.copy_to_table(
-                STAGING, source=io.BytesIO(payload), columns=COLUMNS, format="csv"
+                STAGING, source=_chunks(payload), columns=COLUMNS, format="csv"
             )
             status = await conn.execute(_MERGE)
         self.stats.rows_received += len(batch)
         self.stats.rows_written += int(status.rsplit(" ", 1)[-1])
+
+
+async def _chunks(payload: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    """COPY data as an async iterator: asyncpg reads file objects in a thread pool."""
+    view = memoryview(payload)
+    for start in range(0, len(view), size):
+        yield bytes(view[start : start + size])
 
 
 def latest_versions(batch: Sequence[BarRow]) -> Sequence[BarRow]:
@@ -119,12 +125,17 @@ def encode_csv(rows: Sequence[BarRow]) -> bytes:
     append = out.append
     last_received: datetime | None = None
     received = ""
+    last_ts: datetime | None = None
+    ts = ""
     for r in rows:
         if r.received_at is not last_received:  # one request shares one timestamp
             last_received = r.received_at
             received = r.received_at.isoformat()
+        if r.ts != last_ts:  # bars of many symbols often share a timestamp
+            last_ts = r.ts
+            ts = r.ts.isoformat()
         line = (
-            f"{r.provider},{r.symbol},{r.resolution},{r.ts.isoformat()},{r.open},{r.high},"
+            f"{r.provider},{r.symbol},{r.resolution},{ts},{r.open},{r.high},"
             f"{r.low},{r.close},{r.volume},{'t' if r.delayed else 'f'},{received}\n"
         )
         if (

@@ -86,9 +86,11 @@ async def test_take_all_empties_queue_and_frees_waiting_producers(bus: FeedbackB
     await q.put_many([1, 2])
     waiting = asyncio.create_task(q.put(3))
     await asyncio.sleep(0.01)
-    assert q.take_all() == [1, 2]
+    assert q.take_all() == (0, [1, 2])
     await asyncio.wait_for(waiting, 1)
-    assert q.take_all() == [3]
+    assert q.take_all() == (2, [3])
+    assert q.unfinished == 3  # taken, not finished
+    q.finish(0, 3)
     assert q.unfinished == 0
 
 

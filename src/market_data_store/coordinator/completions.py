@@ -1,0 +1,85 @@
+"""Which accepted items are finished, tracked by their FIFO sequence number.
+
+Every item enqueued gets the next sequence number, and workers take batches
+off the head of the queue, so each batch is a contiguous range of numbers.
+Marking ranges finished and advancing a "done until" watermark costs O(1) per
+batch, whatever the batch size; a producer that needs to know when *its* items
+are written (``?wait=commit``) waits for the watermark to pass its range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+
+@dataclass(eq=False)
+class Ticket:
+    """A submitted range of items and what became of them."""
+
+    start: int = 0
+    end: int = 0
+    lost: int = 0  # dead-lettered or evicted instead of written
+    _done: asyncio.Future[None] | None = field(default=None, repr=False)
+
+    @property
+    def count(self) -> int:
+        return self.end - self.start
+
+    @property
+    def written(self) -> int:
+        return self.count - self.lost
+
+
+class Completions:
+    def __init__(self) -> None:
+        self.done_until = 0
+        """Every sequence number below this is finished."""
+        self._ahead: dict[int, int] = {}  # finished ranges beyond the watermark: start -> end
+        self._tickets: list[Ticket] = []
+
+    def track(self, ticket: Ticket, start: int, end: int) -> None:
+        """Follow ``[start, end)`` for ``ticket``; call as the items are enqueued."""
+        ticket.start, ticket.end = start, end
+        if end > self.done_until:
+            ticket._done = asyncio.get_running_loop().create_future()
+            self._tickets.append(ticket)
+
+    def finish(self, start: int, end: int) -> None:
+        """``[start, end)`` is finished (written, dead-lettered or evicted)."""
+        if start != self.done_until:
+            self._ahead[start] = end
+            return
+        while end in self._ahead:
+            end = self._ahead.pop(end)
+        self.done_until = end
+        if self._tickets:
+            self._release()
+
+    def lost(self, start: int, end: int) -> None:
+        """``[start, end)`` was dead-lettered or evicted rather than written."""
+        for ticket in self._tickets:
+            overlap = min(end, ticket.end) - max(start, ticket.start)
+            if overlap > 0:
+                ticket.lost += overlap
+
+    async def wait(self, ticket: Ticket, timeout: float | None = None) -> bool:
+        """True once every item of ``ticket`` is finished; False after ``timeout``."""
+        if ticket._done is None or ticket._done.done():
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(ticket._done)
+        except TimeoutError:
+            return False
+        return True
+
+    def _release(self) -> None:
+        keep: list[Ticket] = []
+        for ticket in self._tickets:
+            if ticket.end <= self.done_until:
+                if ticket._done is not None and not ticket._done.done():
+                    ticket._done.set_result(None)
+            else:
+                keep.append(ticket)
+        self._tickets = keep

@@ -1,0 +1,214 @@
+"""POST /v1/bars (ingest) and GET /v1/bars (read)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.exceptions import ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.params import FromQuery, QueryParameter
+
+from market_data_store.config import Settings
+from market_data_store.coordinator import QueueClosedError, QueueFullError, WriteCoordinator
+from market_data_store.storage import BarRow, DbPool, fetch_bars
+
+from ..bars_input import (
+    MEDIA_TYPES,
+    RESOLUTION,
+    InvalidBody,
+    MalformedBody,
+    TooManyBars,
+    decode,
+    to_rows,
+)
+from ..lifecycle import Lifecycle
+from ..problems import problem
+
+DEFAULT_LIMIT = 1_000
+MAX_LIMIT = 10_000
+SHUTDOWN_RETRY_AFTER = 5
+
+
+class IngestResult(msgspec.Struct, omit_defaults=True):
+    accepted: int
+    level: str
+    queue_size: int
+    capacity: int
+    committed: int | None = None  # ?wait=commit: rows written
+    dead_lettered: int | None = None  # ?wait=commit: rows rejected by the database
+    pending: bool = False  # ?wait=commit timed out: accepted, still being written
+
+
+class BarOut(msgspec.Struct):
+    """Core ``Bar`` fields plus the provider; prices as exact decimal strings."""
+
+    provider: str
+    symbol: str
+    resolution: str
+    ts: datetime
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+    delayed: bool
+
+
+class BarsPage(msgspec.Struct):
+    bars: list[BarOut]
+    count: int
+    truncated: bool  # limit reached: more bars may follow the last ts
+
+
+def _unavailable(coordinator: WriteCoordinator[BarRow], detail: str, reason: str) -> Response[Any]:
+    retry_after = coordinator.retry_after() if reason == "queue_full" else SHUTDOWN_RETRY_AFTER
+    return problem(
+        503,
+        detail,
+        headers={"Retry-After": str(retry_after)},
+        retry_after=retry_after,
+        feedback=coordinator.feedback_event(reason).model_dump(mode="json"),
+    )
+
+
+class BarsController(Controller):
+    path = "/v1/bars"
+    tags = ["bars"]
+
+    @post(
+        "/",
+        summary="Ingest bars",
+        description=(
+            'Body (application/json or application/msgpack): {"provider": "...", "bars": '
+            "[Core Bar, ...]}. All or nothing: 422 lists every bad field by bar index. "
+            "202 when queued; with ?wait=commit, 201 once every bar is committed (or "
+            "dead-lettered, counted as such). 503 with Retry-After and the current "
+            "FeedbackEvent when the queue has no room or the service is stopping."
+        ),
+        status_code=202,
+        responses={
+            201: ResponseSpec(data_container=IngestResult, description="Committed"),
+            503: ResponseSpec(data_container=dict[str, Any], description="Back off"),
+        },
+    )
+    async def ingest(
+        self,
+        request: Request[Any, Any, Any],
+        coordinator: NamedDependency[WriteCoordinator[BarRow]],
+        lifecycle: NamedDependency[Lifecycle],
+        settings: NamedDependency[Settings],
+        wait: FromQuery[Literal["commit"] | None] = None,
+    ) -> Response[Any]:
+        if lifecycle.shutting_down:
+            return _unavailable(coordinator, "the service is shutting down", "shutting_down")
+        limits = settings.ingest
+        raw_type = request.headers.get("content-type", "")
+        media_type = MEDIA_TYPES.get(raw_type.split(";", 1)[0].strip().lower())
+        if media_type is None:
+            supported = ", ".join(sorted(MEDIA_TYPES))
+            return problem(415, f"content type {raw_type!r} is not accepted; use {supported}")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return problem(413, f"body larger than {limits.max_body_bytes} bytes")
+        body = await request.body()
+        try:
+            parsed = decode(body, media_type, limits.max_bars_per_request)
+            rows = to_rows(parsed, datetime.now(UTC))
+        except MalformedBody as exc:
+            return problem(400, str(exc))
+        except TooManyBars as exc:
+            return problem(413, str(exc))
+        except InvalidBody as exc:
+            return _invalid(exc)
+        try:
+            ticket = await coordinator.submit_all(rows)
+        except QueueFullError:
+            return _unavailable(coordinator, "the write queue is full; retry later", "queue_full")
+        except QueueClosedError:
+            return _unavailable(coordinator, "the service is shutting down", "shutting_down")
+        queue = coordinator.queue
+        result = IngestResult(len(rows), queue.level.value, queue.size, queue.capacity)
+        if wait != "commit":
+            return Response(result, status_code=202)
+        if not await coordinator.wait_finished(ticket, limits.commit_timeout):
+            result.pending = True
+            return Response(result, status_code=202)
+        result.committed, result.dead_lettered = ticket.written, ticket.lost
+        return Response(result, status_code=201)
+
+    @get(
+        "/",
+        summary="Read bars",
+        description=(
+            "One provider's bars of one symbol and resolution in [start, end), ordered by "
+            "ts; prices as exact decimal strings."
+        ),
+    )
+    async def read(
+        self,
+        db_pool: NamedDependency[DbPool],
+        provider: FromQuery[str],
+        symbol: FromQuery[str],
+        resolution: FromQuery[str],
+        start: FromQuery[datetime | None] = None,
+        end: FromQuery[datetime | None] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    ) -> BarsPage:
+        errors = _query_errors(provider, symbol, resolution, start, end)
+        if errors:
+            raise ValidationException("invalid query parameters", extra=errors)
+        bars = await fetch_bars(
+            db_pool,
+            provider=provider.strip(),
+            symbol=symbol.strip().upper(),
+            resolution=resolution,
+            start=start,
+            end=end,
+            limit=limit,
+        )
+        out = [
+            BarOut(
+                provider=b.provider,
+                symbol=b.symbol,
+                resolution=b.resolution,
+                ts=b.ts,
+                open=str(b.open),
+                high=str(b.high),
+                low=str(b.low),
+                close=str(b.close),
+                volume=str(b.volume),
+                delayed=b.delayed,
+            )
+            for b in bars
+        ]
+        return BarsPage(out, len(out), len(out) == limit)
+
+
+def _invalid(exc: InvalidBody) -> Response[Any]:
+    errors = exc.errors
+    shown = [msgspec.to_builtins(e) for e in errors[:100]]
+    extra: dict[str, Any] = {"errors": shown}
+    if len(errors) > len(shown):
+        extra["more_errors"] = len(errors) - len(shown)
+    return problem(422, f"{len(errors)} invalid field(s); nothing was stored", **extra)
+
+
+def _query_errors(
+    provider: str, symbol: str, resolution: str, start: datetime | None, end: datetime | None
+) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+    for key, text in (("provider", provider), ("symbol", symbol)):
+        if not text.strip():
+            errors.append({"key": key, "message": "must not be empty"})
+    if not RESOLUTION.match(resolution):
+        errors.append({"key": "resolution", "message": "must be <n><s|m|h|d|w|mo>, e.g. 1m"})
+    for key, moment in (("start", start), ("end", end)):
+        if moment is not None and moment.utcoffset() is None:
+            errors.append({"key": key, "message": "must include a timezone"})
+    if not errors and start is not None and end is not None and start >= end:
+        errors.append({"key": "end", "message": "must be after start"})
+    return errors

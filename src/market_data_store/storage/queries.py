@@ -1,0 +1,52 @@
+"""Reads of the bars table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .pool import DbPool
+
+_SELECT_BARS = """
+SELECT provider, symbol, resolution, ts, open, high, low, close, volume, delayed
+FROM bars
+WHERE provider = $1 AND symbol = $2 AND resolution = $3
+  AND ($4::timestamptz IS NULL OR ts >= $4)
+  AND ($5::timestamptz IS NULL OR ts < $5)
+ORDER BY ts
+LIMIT $6
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBar:
+    provider: str
+    symbol: str
+    resolution: str
+    ts: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    delayed: bool
+
+
+async def fetch_bars(
+    pool: DbPool,
+    *,
+    provider: str,
+    symbol: str,
+    resolution: str,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    limit: int = 1000,
+) -> list[StoredBar]:
+    """One provider's bars of one symbol and resolution in ``[start, end)``, oldest
+    first (a range scan of the primary key)."""
+    async with pool.acquire() as conn:
+        records = await conn.fetch(_SELECT_BARS, provider, symbol, resolution, start, end, limit)
+    return [StoredBar(*r.values()) for r in records]

@@ -1,0 +1,458 @@
+"""POST/GET /v1/bars over real HTTP into a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import pytest
+from market_data_core import Bar
+from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
+
+from market_data_store.coordinator import DeadLetterQueue
+from market_data_store.storage import BarRow
+from tests.support.service import RunningService, running_service, service_settings
+from tests.support.tcp_proxy import TcpProxy, upstream_of
+
+T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+TOKEN = "admin-token-for-tests"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def bar(i: int = 0, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "symbol": "aapl",
+        "ts": (T0 + timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
+        "open": "187.15",
+        "high": "187.40",
+        "low": "186.90",
+        "close": "187.02",
+        "volume": "120034",
+        "resolution": "1m",
+        "delayed": False,
+    }
+    body.update(overrides)
+    return body
+
+
+def payload(*bars: dict[str, Any], provider: str = "ibkr") -> dict[str, Any]:
+    return {"provider": provider, "bars": list(bars)}
+
+
+async def rows_in_db(url: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch("SELECT * FROM bars ORDER BY provider, symbol, ts")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def service(database_url: str, tmp_path: Path) -> AsyncIterator[RunningService]:
+    settings = service_settings(
+        database_url,
+        str(tmp_path),
+        ADMIN_TOKEN=TOKEN,
+        MDS_INGEST_MAX_BARS_PER_REQUEST="500",
+        MDS_INGEST_MAX_BODY_BYTES="200000",
+    )
+    async with running_service(settings) as svc:
+        yield svc
+
+
+async def post(
+    client: httpx.AsyncClient, body: Any, *, wait: bool = False, **kwargs: Any
+) -> httpx.Response:
+    params = {"wait": "commit"} if wait else {}
+    return await client.post("/v1/bars", json=body, params=params, **kwargs)
+
+
+# -- round trips ---------------------------------------------------------------
+
+
+async def test_post_then_get_round_trip_is_exact(service: RunningService) -> None:
+    sent = [bar(0, close="187.020"), bar(1, open=187.5, high="188", low=187, close=187.25)]
+    response = await post(service.client, payload(*sent), wait=True)
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["accepted"] == body["committed"] == 2
+    assert body["dead_lettered"] == 0
+    assert body["capacity"] == 10_000
+
+    got = await service.client.get(
+        "/v1/bars", params={"symbol": "AAPL", "resolution": "1m", "provider": "ibkr"}
+    )
+    assert got.status_code == 200
+    page = got.json()
+    assert page["count"] == 2
+    assert page["truncated"] is False
+    first, second = page["bars"]
+    assert first["close"] == "187.020"  # the scale as sent
+    assert (second["open"], second["high"], second["low"]) == ("187.5", "188", "187")
+    assert first["symbol"] == "AAPL"  # normalised
+    core = Bar.model_validate({k: v for k, v in first.items() if k != "provider"})
+    assert core.close == Decimal("187.020")
+    assert core.ts == T0
+
+
+async def test_plain_202_then_rows_arrive(service: RunningService, database_url: str) -> None:
+    response = await post(service.client, payload(*(bar(i) for i in range(50))))
+    assert response.status_code == 202
+    body = response.json()
+    assert body["accepted"] == 50
+    assert body["level"] in ("ok", "soft", "hard")
+    assert set(body) == {"accepted", "level", "queue_size", "capacity"}
+    await asyncio.wait_for(service.app.state.coordinator.wait_idle(), 10)
+    assert len(await rows_in_db(database_url)) == 50
+
+
+async def test_wait_commit_rows_are_visible_to_another_connection(
+    service: RunningService, database_url: str
+) -> None:
+    response = await post(service.client, payload(*(bar(i) for i in range(300))), wait=True)
+    assert response.status_code == 201
+    assert response.json()["committed"] == 300
+    assert len(await rows_in_db(database_url)) == 300  # no waiting: already committed
+
+
+async def test_same_request_twice_is_one_row_per_key_newer_values_win(
+    service: RunningService, database_url: str
+) -> None:
+    first = payload(*(bar(i) for i in range(10)))
+    assert (await post(service.client, first, wait=True)).status_code == 201
+    assert (await post(service.client, first, wait=True)).status_code == 201
+    assert len(await rows_in_db(database_url)) == 10
+    changed = payload(bar(3, close="187.33"))
+    assert (await post(service.client, changed, wait=True)).status_code == 201
+    rows = await rows_in_db(database_url)
+    assert len(rows) == 10
+    assert rows[3]["close"] == Decimal("187.33")
+    assert rows[3]["updated_at"] > rows[3]["ingested_at"]
+
+
+async def test_msgpack_and_json_give_identical_rows(
+    service: RunningService, database_url: str
+) -> None:
+    bars = [bar(i, close=f"187.{i:02d}", open=187.1, volume=1000 + i) for i in range(5)]
+    json_body = payload(*bars, provider="json")
+    packed = msgspec.msgpack.encode(payload(*bars, provider="msgpack"))
+    r1 = await post(service.client, json_body, wait=True)
+    r2 = await service.client.post(
+        "/v1/bars",
+        content=packed,
+        params={"wait": "commit"},
+        headers={"content-type": "application/msgpack"},
+    )
+    assert (r1.status_code, r2.status_code) == (201, 201)
+    rows = await rows_in_db(database_url)
+    by_provider: dict[str, list[tuple[Any, ...]]] = {"json": [], "msgpack": []}
+    for r in rows:
+        by_provider[r["provider"]].append(
+            tuple(r[k] for k in ("symbol", "ts", "open", "close", "volume"))
+        )
+    assert by_provider["json"] == by_provider["msgpack"]
+    assert len(by_provider["json"]) == 5
+    assert by_provider["json"][0][2] == Decimal("187.1")  # a float 187.1 kept exact
+
+
+async def test_json_with_charset_is_accepted(service: RunningService) -> None:
+    response = await service.client.post(
+        "/v1/bars",
+        content=json.dumps(payload(bar())),
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert response.status_code == 202
+
+
+# -- refusals: every rule, nothing stored --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"symbol": ""}, "symbol"),
+        ({"symbol": "   "}, "symbol"),
+        ({"symbol": "X" * 33}, "symbol"),
+        ({"symbol": "BAD SYMBOL"}, "symbol"),
+        ({"ts": "2024-01-02T14:30:00"}, "ts"),
+        ({"ts": "yesterday"}, "ts"),
+        ({"open": "NaN"}, "open"),
+        ({"high": "Infinity"}, "high"),
+        ({"close": "abc"}, "close"),
+        ({"close": "187.0000000000000000001"}, "close"),
+        ({"high": "1e25", "close": "1e21"}, "high"),
+        ({"low": "187.10"}, "low"),
+        ({"high": "187.00"}, "high"),
+        ({"volume": "-1"}, "volume"),
+        ({"resolution": "1x"}, "resolution"),
+        ({"resolution": "0m"}, "resolution"),
+        ({"resolution": "m"}, "resolution"),
+        ({"delayed": "perhaps"}, "delayed"),
+    ],
+)
+async def test_each_rule_gives_422_naming_bar_and_field(
+    service: RunningService, database_url: str, bad: dict[str, Any], field: str
+) -> None:
+    response = await post(service.client, payload(bar(0), bar(1, **bad), bar(2)))
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == 422
+    assert {"index": 1, "field": field} in [
+        {"index": e["index"], "field": e["field"]} for e in body["errors"]
+    ]
+    assert all(e["index"] == 1 for e in body["errors"])
+    await asyncio.sleep(0.05)
+    assert await rows_in_db(database_url) == []  # all or nothing: bars 0 and 2 not stored
+
+
+async def test_all_errors_are_reported_at_once(service: RunningService) -> None:
+    bars = [bar(0, open="x", volume="-"), bar(1), bar(2, symbol="", low="999", volume="-5")]
+    body = (await post(service.client, payload(*bars))).json()
+    reported = {(e["index"], e["field"]) for e in body["errors"]}
+    assert reported == {(0, "open"), (0, "volume")}  # typing errors first, all of them
+    body = (await post(service.client, payload(bar(0, symbol="", low="999", volume="-5")))).json()
+    assert {(e["index"], e["field"]) for e in body["errors"]} == {
+        (0, "symbol"),
+        (0, "low"),
+        (0, "volume"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"bars": [bar()]}, "provider"),
+        ({"provider": "  ", "bars": [bar()]}, "provider"),
+        ({"provider": "ibkr", "bars": []}, "bars"),
+        ({"provider": "ibkr"}, "bars"),
+        ({"provider": "ibkr", "bars": [5]}, "$"),
+        ([1, 2], "$"),
+        ({"provider": "ibkr", "bars": [{"symbol": "A"}]}, "ts"),
+    ],
+)
+async def test_bad_shapes_are_422(service: RunningService, body: Any, field: str) -> None:
+    response = await post(service.client, body)
+    assert response.status_code == 422
+    assert field in {e["field"] for e in response.json()["errors"]}
+
+
+async def test_malformed_bodies_are_400(service: RunningService) -> None:
+    bad_json = await service.client.post(
+        "/v1/bars",
+        content=b'{"provider": "x", "bars": [',
+        headers={"content-type": "application/json"},
+    )
+    assert bad_json.status_code == 400
+    assert "not valid application/json" in bad_json.json()["detail"]
+    bad_pack = await service.client.post(
+        "/v1/bars", content=b"\xc1\xc1", headers={"content-type": "application/msgpack"}
+    )
+    assert bad_pack.status_code == 400
+
+
+async def test_other_content_types_are_415(service: RunningService) -> None:
+    for content_type in ("text/plain", "application/xml", ""):
+        response = await service.client.post(
+            "/v1/bars", content=b"{}", headers={"content-type": content_type}
+        )
+        assert response.status_code == 415
+        assert "application/msgpack" in response.json()["detail"]
+
+
+async def test_too_many_bars_and_too_big_bodies_are_413(
+    service: RunningService, database_url: str
+) -> None:
+    too_many = await post(service.client, payload(*(bar(i) for i in range(501))))
+    assert too_many.status_code == 413
+    assert "at most 500" in too_many.json()["detail"]
+    padding = "x" * 250_000
+    too_big = await post(service.client, {**payload(bar()), "padding": padding})
+    assert too_big.status_code == 413
+    assert await rows_in_db(database_url) == []
+
+
+# -- backpressure -------------------------------------------------------------
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
+    p = await TcpProxy(upstream_of(database_url)).start()
+    yield p
+    await p.close()
+
+
+@pytest.mark.parametrize("strategy", ["block", "error"])
+async def test_full_queue_answers_503_with_retry_after_and_stores_nothing_refused(
+    database_url: str, proxy: TcpProxy, tmp_path: Path, strategy: str
+) -> None:
+    settings = service_settings(
+        proxy.url_for(database_url),
+        str(tmp_path),
+        MDS_COORDINATOR_CAPACITY="100",
+        MDS_COORDINATOR_BATCH_SIZE="10",
+        MDS_COORDINATOR_WORKERS="1",
+        MDS_COORDINATOR_SUBMIT_TIMEOUT="0.3",
+        MDS_COORDINATOR_OVERFLOW_STRATEGY=strategy,
+    )
+    async with running_service(settings) as svc:
+        proxy.hang()  # the database stops answering: writes stall, the queue fills
+        accepted = await post(svc.client, payload(*(bar(i) for i in range(100))))
+        assert accepted.status_code == 202
+        refused = await post(svc.client, payload(*(bar(i) for i in range(100, 150))))
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+        problem = refused.json()
+        assert problem["status"] == 503
+        assert problem["retry_after"] == int(refused.headers["retry-after"])
+        event = CoreFeedbackEvent.model_validate(problem["feedback"])
+        assert event.level.value == "hard"
+        assert event.capacity == 100
+        assert problem["feedback"]["reason"] == "queue_full"
+
+        proxy.restore()
+        await asyncio.wait_for(svc.app.state.coordinator.wait_idle(), 30)
+    stored = await rows_in_db(database_url)
+    minutes = {int((r["ts"] - T0).total_seconds() // 60) for r in stored}
+    assert minutes == set(range(100))  # the accepted request, whole; none of the refused one
+
+
+async def test_ingest_refused_while_shutting_down(service: RunningService) -> None:
+    service.app.state.lifecycle.begin_shutdown()
+    response = await post(service.client, payload(bar()))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert "shutting down" in response.json()["detail"]
+
+
+# -- reads ---------------------------------------------------------------------
+
+
+async def test_get_filters_orders_and_limits(service: RunningService) -> None:
+    await post(service.client, payload(*(bar(i) for i in range(20)), provider="a"), wait=True)
+    await post(service.client, payload(*(bar(i) for i in range(5)), provider="b"), wait=True)
+    params: dict[str, Any] = {
+        "provider": "b",
+        "symbol": "aapl",
+        "resolution": "1m",
+        "start": (T0 + timedelta(minutes=2)).isoformat(),
+        "end": (T0 + timedelta(minutes=4)).isoformat(),
+    }
+    page = (await service.client.get("/v1/bars", params=params)).json()
+    assert [(b["provider"], b["ts"]) for b in page["bars"]] == [
+        ("b", "2024-01-02T14:32:00Z"),
+        ("b", "2024-01-02T14:33:00Z"),
+    ]
+    limited = (
+        await service.client.get(
+            "/v1/bars", params={"symbol": "AAPL", "resolution": "1m", "provider": "a", "limit": 7}
+        )
+    ).json()
+    assert limited["count"] == 7
+    assert limited["truncated"] is True
+    empty = (
+        await service.client.get(
+            "/v1/bars", params={"provider": "a", "symbol": "MSFT", "resolution": "1m"}
+        )
+    ).json()
+    assert empty == {"bars": [], "count": 0, "truncated": False}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"symbol": "AAPL", "resolution": "1m"},
+        {"provider": "a", "resolution": "1m"},
+        {"provider": "a", "symbol": "AAPL"},
+        {"provider": " ", "symbol": "AAPL", "resolution": "1m"},
+        {"provider": "a", "symbol": "AAPL", "resolution": "1x"},
+        {"provider": "a", "symbol": " ", "resolution": "1m"},
+        {"provider": "a", "symbol": "AAPL", "resolution": "1m", "start": "2024-01-02T14:30:00"},
+        {"provider": "a", "symbol": "AAPL", "resolution": "1m", "start": "not-a-date"},
+        {
+            "provider": "a",
+            "symbol": "AAPL",
+            "resolution": "1m",
+            "start": "2024-01-03T00:00:00Z",
+            "end": "2024-01-02T00:00:00Z",
+        },
+        {"provider": "a", "symbol": "AAPL", "resolution": "1m", "limit": "0"},
+        {"provider": "a", "symbol": "AAPL", "resolution": "1m", "limit": "10001"},
+        {"provider": "a", "symbol": "AAPL", "resolution": "1m", "limit": "many"},
+    ],
+)
+async def test_bad_read_parameters_are_400(service: RunningService, params: dict[str, str]) -> None:
+    response = await service.client.get("/v1/bars", params=params)
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+# -- dead letters --------------------------------------------------------------
+
+
+def row(i: int, **overrides: Any) -> BarRow:
+    fields: dict[str, Any] = {
+        "provider": "dlq", "symbol": "AAPL", "resolution": "1m",
+        "ts": T0 + timedelta(minutes=i), "open": "10", "high": "11", "low": "9",
+        "close": "10.5", "volume": "100", "delayed": False,
+        "received_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }  # fmt: skip
+    fields.update(overrides)
+    return BarRow(**fields)
+
+
+async def test_dead_letter_inspection_and_replay(
+    service: RunningService, database_url: str, tmp_path: Path
+) -> None:
+    dlq = DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson")
+    await dlq.save([row(0), row(1)], "ConnectionError: lost during a forced stop")
+    await dlq.save([row(2, low="12")], "CheckViolationError: bars_ohlc_consistent")
+    await dlq.save([row(3)], "something transient")
+
+    assert (await service.client.get("/admin/dlq")).status_code == 401
+    summary = (await service.client.get("/admin/dlq", headers=AUTH)).json()
+    assert (summary["records"], summary["items"]) == (3, 4)
+    assert summary["recent"][-1]["items"][0]["ts"] == "2024-01-02T14:33:00Z"
+    assert "ConnectionError" in summary["recent"][0]["error"]
+
+    assert (await service.client.post("/admin/dlq/replay")).status_code == 401
+    replay = await service.client.post("/admin/dlq/replay", headers=AUTH)
+    assert replay.status_code == 200
+    assert replay.json() == {
+        "records": 3,
+        "items": 4,
+        "written": 3,
+        "dead_lettered_again": 1,
+        "requeued_records": 0,
+        "pending": False,
+    }
+    stored = await rows_in_db(database_url)
+    assert [r["ts"] for r in stored] == [T0 + timedelta(minutes=m) for m in (0, 1, 3)]
+
+    after = (await service.client.get("/admin/dlq", headers=AUTH)).json()
+    assert (after["records"], after["items"]) == (1, 1)  # only the poison bar remains
+    assert "bars_ohlc_consistent" in after["recent"][0]["error"]
+    assert not [name for name in os.listdir(tmp_path) if ".claimed-" in name]
+
+
+async def test_replay_does_not_roll_back_newer_data(
+    service: RunningService, database_url: str, tmp_path: Path
+) -> None:
+    newer = payload(bar(0, close="187.30"), provider="dlq")
+    newer["bars"][0]["symbol"] = "AAPL"
+    assert (await post(service.client, newer, wait=True)).status_code == 201
+    dlq = DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson")
+    await dlq.save([row(0, open="187.15", high="187.40", low="186.90", close="187.00")], "old")
+    result = (await service.client.post("/admin/dlq/replay", headers=AUTH)).json()
+    assert result["written"] == 1  # it landed (nothing lost)...
+    (stored,) = await rows_in_db(database_url)
+    assert stored["close"] == Decimal("187.30")  # ...without overwriting the newer version

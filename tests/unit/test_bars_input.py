@@ -1,0 +1,114 @@
+"""Request decoding and validation without HTTP: fast path and slow path agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import pytest
+
+from market_data_store.http.bars_input import (
+    JSON,
+    MSGPACK,
+    InvalidBody,
+    MalformedBody,
+    TooManyBars,
+    decode,
+    to_rows,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def body(**bar: Any) -> dict[str, Any]:
+    base = {"symbol": "msft", "ts": "2024-01-02T14:30:00+01:00", "open": "10", "high": "12",
+            "low": "9", "close": "11", "volume": "5"}  # fmt: skip
+    return {"provider": " ibkr ", "bars": [{**base, **bar}]}
+
+
+def rows_of(payload: dict[str, Any], media_type: str = JSON) -> list[Any]:
+    encode = msgspec.json.encode if media_type == JSON else msgspec.msgpack.encode
+    return to_rows(decode(encode(payload), media_type, 100), NOW)
+
+
+def test_valid_bar_becomes_a_row() -> None:
+    (row,) = rows_of(body())
+    assert (row.provider, row.symbol, row.resolution) == ("ibkr", "MSFT", "1d")
+    assert row.ts == datetime(2024, 1, 2, 13, 30, tzinfo=UTC)
+    assert (row.open, row.volume, row.delayed, row.received_at) == ("10", "5", False, NOW)
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("1E+2", "1E+2"), ("100.00", "100.00"), (1e2, "100.0"), ("0.000000000000000001", "1E-18")],
+)
+def test_unusual_but_valid_numbers_pass_the_slow_path(given: Any, stored: str) -> None:
+    (row,) = rows_of(body(open=given, close=given, high="1000", low="0", volume=given))
+    assert row.open == stored
+    assert Decimal(row.open) == Decimal(str(given))
+
+
+def test_msgpack_numbers_decode_exactly() -> None:
+    (row,) = rows_of(body(open=10.1, close=11.25, high=12, low=9), MSGPACK)
+    assert (row.open, row.close, row.high) == ("10.1", "11.25", "12")
+
+
+def test_errors_of_many_bars_are_all_reported() -> None:
+    payload = body()
+    payload["bars"] = [payload["bars"][0], {**payload["bars"][0], "low": "20"}, payload["bars"][0]]
+    payload["bars"].append({**payload["bars"][0], "volume": "-3", "resolution": "7y"})
+    with pytest.raises(InvalidBody) as info:
+        rows_of(payload)
+    assert [(e.index, e.field) for e in info.value.errors] == [
+        (1, "low"),
+        (3, "resolution"),
+        (3, "volume"),
+    ]
+
+
+def test_limits_and_malformed_bodies() -> None:
+    with pytest.raises(TooManyBars):
+        decode(msgspec.json.encode({"provider": "p", "bars": [body()["bars"][0]] * 3}), JSON, 2)
+    with pytest.raises(TooManyBars):  # counted on the slow path too
+        decode(msgspec.json.encode({"provider": "p", "bars": [{"open": "x"}] * 3}), JSON, 2)
+    with pytest.raises(MalformedBody):
+        decode(b"[", JSON, 10)
+
+
+def test_mangled_bodies_only_ever_raise_client_errors() -> None:
+    """Seeded fuzzing: truncations, byte flips, swapped values. Any other exception
+    would surface as a 500."""
+    import random
+
+    rng = random.Random(20261126)
+    good = [
+        msgspec.json.encode(body()),
+        msgspec.msgpack.encode(body()),
+        msgspec.json.encode(body(open=1e308, close=-0.0, ts=0, resolution=None)),
+    ]
+    replacements: list[Any] = [None, 0, -1, 1e400, "", "x", [], {}, True, "9" * 400, 2**70]
+    seen = 0
+    for _ in range(3000):
+        base = rng.choice(good)
+        media = MSGPACK if base is good[1] else JSON
+        kind = rng.randrange(3)
+        if kind == 0:
+            data = base[: rng.randrange(len(base))]
+        elif kind == 1:
+            mutable = bytearray(base)
+            for _ in range(rng.randrange(1, 4)):
+                mutable[rng.randrange(len(mutable))] = rng.randrange(256)
+            data = bytes(mutable)
+        else:
+            payload = body()
+            bar = payload["bars"][0]
+            bar[rng.choice(list(bar))] = rng.choice(replacements)
+            data = msgspec.json.encode(payload)
+            media = JSON
+        try:
+            to_rows(decode(data, media, 10), NOW)
+        except (InvalidBody, MalformedBody, TooManyBars):
+            seen += 1
+    assert seen > 1000  # most mutations are indeed refused
