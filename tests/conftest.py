@@ -10,6 +10,7 @@ import pytest
 
 from market_data_store.coordinator import FeedbackBus, FeedbackEvent, feedback_bus
 from tests.support.postgres import REQUIRE_SERVICES, DatabaseFactory, start_embedded
+from tests.support.tcp_proxy import TcpProxy, upstream_of
 
 
 class Recorder:
@@ -82,3 +83,11 @@ async def database_url(db_factory: DatabaseFactory) -> AsyncIterator[str]:
         yield url
     finally:
         await db_factory.drop(url)
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of this test's database, to cut or hang it for real."""
+    p = await TcpProxy(upstream_of(database_url)).start()
+    yield p
+    await p.close()

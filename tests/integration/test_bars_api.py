@@ -21,7 +21,7 @@ from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
 from market_data_store.coordinator import DeadLetterQueue
 from market_data_store.storage import BarRow
 from tests.support.service import RunningService, running_service, service_settings
-from tests.support.tcp_proxy import TcpProxy, upstream_of
+from tests.support.tcp_proxy import TcpProxy
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 TOKEN = "admin-token-for-tests"
@@ -282,13 +282,6 @@ async def test_too_many_bars_and_too_big_bodies_are_413(
 
 
 # -- backpressure -------------------------------------------------------------
-
-
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
-    p = await TcpProxy(upstream_of(database_url)).start()
-    yield p
-    await p.close()
 
 
 @pytest.mark.parametrize("strategy", ["block", "error"])

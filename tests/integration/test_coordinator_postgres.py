@@ -13,7 +13,7 @@ import pytest
 from market_data_store.coordinator import DeadLetterQueue, WriteCoordinator
 from market_data_store.storage import BarRow
 from tests.support.service import RunningService, running_service, service_settings
-from tests.support.tcp_proxy import TcpProxy, upstream_of
+from tests.support.tcp_proxy import TcpProxy
 
 T0 = datetime(2024, 1, 2, tzinfo=UTC)
 
@@ -44,13 +44,6 @@ async def count_rows(url: str) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM bars"))
     finally:
         await conn.close()
-
-
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
-    p = await TcpProxy(upstream_of(database_url)).start()
-    yield p
-    await p.close()
 
 
 @pytest.fixture

@@ -17,14 +17,7 @@ from market_data_core.telemetry import HealthStatus
 from market_data_store.http.health import HealthSources
 from market_data_store.storage import DatabaseMonitor, DatabaseStatus
 from tests.support.service import RunningService, running_service, service_settings
-from tests.support.tcp_proxy import TcpProxy, upstream_of
-
-
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
-    p = await TcpProxy(upstream_of(database_url)).start()
-    yield p
-    await p.close()
+from tests.support.tcp_proxy import TcpProxy
 
 
 @pytest.fixture

@@ -203,6 +203,11 @@ class BoundedQueue(Generic[T]):
         return n <= self.free() or (not self._items and not self._reserved)
 
     async def _extend(self, batch: Sequence[T], on_enqueued: EnqueuedCallback | None) -> None:
+        old = self._append(batch, on_enqueued)
+        await self._announce_growth(old)
+
+    def _append(self, batch: Sequence[T], on_enqueued: EnqueuedCallback | None) -> int:
+        """Append without yielding; numbers the items. Returns the previous size."""
         items = self._items
         old = len(items)
         start = self._next_seq
@@ -211,7 +216,11 @@ class BoundedQueue(Generic[T]):
         self._unfinished += len(batch)
         if on_enqueued is not None:
             on_enqueued(start, self._next_seq)
-        size = len(items)
+        return old
+
+    async def _announce_growth(self, old: int) -> None:
+        """Wake batch readers and publish the transitions of growing from ``old``."""
+        size = len(self._items)
         if size >= self._wake_getters_at:
             self._wake_getters(size)
         if size >= self._marks.next_rise:
@@ -222,13 +231,7 @@ class BoundedQueue(Generic[T]):
     ) -> None:
         """drop_oldest: enqueue, then evict the oldest beyond capacity (FIFO kept)."""
         items = self._items
-        old = len(items)
-        start = self._next_seq
-        items.extend(batch)
-        self._next_seq += len(batch)
-        self._unfinished += len(batch)
-        if on_enqueued is not None:
-            on_enqueued(start, self._next_seq)
+        old = self._append(batch, on_enqueued)
         overflow = len(items) - self._capacity
         evicted: list[T] = []
         if overflow > 0:
@@ -237,11 +240,7 @@ class BoundedQueue(Generic[T]):
             self.dropped += overflow
             self.completions.lost(head, head + overflow)
             self.finish(head, overflow)
-        size = len(items)
-        if size >= self._wake_getters_at:
-            self._wake_getters(size)
-        if size >= self._marks.next_rise:
-            await self._emit(self._marks.rise(old, size))
+        await self._announce_growth(old)
         if evicted and self._evicted_cb is not None:
             await self._evicted_cb(evicted)
         if self._drop_cb is not None:
