@@ -26,7 +26,7 @@ from .controllers import (
     HealthController,
     MetricsController,
 )
-from .dependencies import DEPENDENCIES
+from .dependencies import build_dependencies
 from .lifecycle import Lifecycle
 from .lifespan import service_lifespan
 from .problems import EXCEPTION_HANDLERS
@@ -48,6 +48,17 @@ def create_app(
     check_startup_safety(settings)
     telemetry = build_telemetry(__version__)
     lifecycle = Lifecycle()
+    state = State(
+        {
+            "settings": settings,
+            "lifecycle": lifecycle,
+            # set when shutdown starts (SIGTERM): long-lived responses end on it
+            "shutdown_event": lifecycle.shutdown_event,
+            "telemetry": telemetry,
+            "coordinator_instruments": CoordinatorInstruments(telemetry.meter),
+            "sink_instruments": SinkInstruments(telemetry.meter),
+        }
+    )
     app = Litestar(
         route_handlers=[
             HealthController,
@@ -57,21 +68,11 @@ def create_app(
             MetricsController,
         ],
         lifespan=[service_lifespan],
-        dependencies={**DEPENDENCIES, **(dependencies or {})},
+        dependencies={**build_dependencies(state), **(dependencies or {})},
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,  # the process (CLI, uvicorn, tests) owns logging
         request_max_body_size=settings.ingest.max_body_bytes,
-        state=State(
-            {
-                "settings": settings,
-                "lifecycle": lifecycle,
-                # set when shutdown starts (SIGTERM): long-lived responses end on it
-                "shutdown_event": lifecycle.shutdown_event,
-                "telemetry": telemetry,
-                "coordinator_instruments": CoordinatorInstruments(telemetry.meter),
-                "sink_instruments": SinkInstruments(telemetry.meter),
-            }
-        ),
+        state=state,
         openapi_config=OpenAPIConfig(
             title="market-data-store",
             version=__version__,

@@ -1,7 +1,14 @@
-"""What controllers receive, and only this way: each provider reads ``app.state``,
-filled by the lifespan. Tests replace any of them by key in ``create_app``."""
+"""What controllers receive, and only this way: providers read the app's ``State``,
+filled by the lifespan. Tests replace any of them by key in ``create_app``.
+
+Providers close over the ``State`` object instead of declaring a ``state``
+parameter: a provider without parameters skips Litestar's per-request argument
+parsing, which for a probe costs more than the probe itself.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from litestar.datastructures import State
 from litestar.di import Provide
@@ -14,48 +21,30 @@ from market_data_store.telemetry import Telemetry
 from .health import HealthSources
 from .lifecycle import Lifecycle
 
-
-def provide_db_pool(state: State) -> DbPool:
-    pool: DbPool = state.db_pool
-    return pool
-
-
-def provide_coordinator(state: State) -> WriteCoordinator[BarRow]:
-    coordinator: WriteCoordinator[BarRow] = state.coordinator
-    return coordinator
-
-
-def provide_feedback_bus(state: State) -> FeedbackBus:
-    bus: FeedbackBus = state.feedback_bus
-    return bus
-
-
-def provide_health_sources(state: State) -> HealthSources:
-    sources: HealthSources = state.health_sources
-    return sources
-
-
-def provide_lifecycle(state: State) -> Lifecycle:
-    lifecycle: Lifecycle = state.lifecycle
-    return lifecycle
-
-
-def provide_settings(state: State) -> Settings:
-    settings: Settings = state.settings
-    return settings
-
-
-def provide_telemetry(state: State) -> Telemetry:
-    telemetry: Telemetry = state.telemetry
-    return telemetry
-
-
-DEPENDENCIES: dict[str, Provide] = {
-    "db_pool": Provide(provide_db_pool, sync_to_thread=False),
-    "coordinator": Provide(provide_coordinator, sync_to_thread=False),
-    "feedback_bus": Provide(provide_feedback_bus, sync_to_thread=False),
-    "health_sources": Provide(provide_health_sources, sync_to_thread=False),
-    "lifecycle": Provide(provide_lifecycle, sync_to_thread=False),
-    "settings": Provide(provide_settings, sync_to_thread=False),
-    "telemetry": Provide(provide_telemetry, sync_to_thread=False),
+# key on app.state -> the type its provider returns (for the signature Litestar reads)
+PROVIDED: dict[str, Any] = {
+    "db_pool": DbPool,
+    "coordinator": WriteCoordinator[BarRow],
+    "feedback_bus": FeedbackBus,
+    "health_sources": HealthSources,
+    "lifecycle": Lifecycle,
+    "settings": Settings,
+    "telemetry": Telemetry,
 }
+
+
+def _reader(state: State, key: str, kind: Any) -> Any:
+    def provide() -> Any:
+        return state[key]
+
+    provide.__annotations__["return"] = kind
+    provide.__name__ = f"provide_{key}"
+    return provide
+
+
+def build_dependencies(state: State) -> dict[str, Provide]:
+    """One ``Provide`` per component, each reading ``state[key]`` when a request needs it."""
+    return {
+        key: Provide(_reader(state, key, kind), sync_to_thread=False)
+        for key, kind in PROVIDED.items()
+    }
