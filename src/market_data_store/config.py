@@ -292,6 +292,12 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
             f"coordinator.batch_size ({c.batch_size}) must not exceed coordinator.capacity "
             f"({c.capacity})"
         )
+    if c.overflow_strategy == "error" and s.ingest.max_bars_per_request > c.capacity:
+        problems.append(
+            f"ingest.max_bars_per_request ({s.ingest.max_bars_per_request}) must not exceed "
+            f"coordinator.capacity ({c.capacity}) with overflow_strategy 'error': a larger "
+            "request could only ever enter an empty queue"
+        )
     d = s.database
     if d.pool_min_size > d.pool_max_size:
         problems.append(

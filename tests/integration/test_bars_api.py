@@ -194,9 +194,14 @@ async def test_json_with_charset_is_accepted(service: RunningService) -> None:
         ({"high": "187.00"}, "high"),
         ({"volume": "-1"}, "volume"),
         ({"resolution": "1x"}, "resolution"),
+        ({"resolution": "1m\n"}, "resolution"),
+        ({"ts": "9999-12-31T23:00:00-05:00"}, "ts"),
+        ({"ts": "0001-01-01T00:00:00+01:00"}, "ts"),
+        ({"ts": 1704205800}, "ts"),
         ({"resolution": "0m"}, "resolution"),
         ({"resolution": "m"}, "resolution"),
         ({"delayed": "perhaps"}, "delayed"),
+        ({"delayed": "false"}, "delayed"),
     ],
 )
 async def test_each_rule_gives_422_naming_bar_and_field(
@@ -296,6 +301,7 @@ async def test_full_queue_answers_503_with_retry_after_and_stores_nothing_refuse
         MDS_COORDINATOR_WORKERS="1",
         MDS_COORDINATOR_SUBMIT_TIMEOUT="0.3",
         MDS_COORDINATOR_OVERFLOW_STRATEGY=strategy,
+        MDS_INGEST_MAX_BARS_PER_REQUEST="100",
     )
     async with running_service(settings) as svc:
         proxy.hang()  # the database stops answering: writes stall, the queue fills
@@ -381,6 +387,14 @@ async def test_get_filters_orders_and_limits(service: RunningService) -> None:
         {"provider": "a", "symbol": "AAPL", "resolution": "1m", "limit": "0"},
         {"provider": "a", "symbol": "AAPL", "resolution": "1m", "limit": "10001"},
         {"provider": "a", "symbol": "AAPL", "resolution": "1m", "limit": "many"},
+        {"provider": "p\x00", "symbol": "AAPL", "resolution": "1m"},
+        {"provider": "a", "symbol": "AAPL", "resolution": "1m\n"},
+        {
+            "provider": "a",
+            "symbol": "AAPL",
+            "resolution": "1m",
+            "start": "0001-01-01T00:00:00+01:00",
+        },
     ],
 )
 async def test_bad_read_parameters_are_400(service: RunningService, params: dict[str, str]) -> None:
@@ -449,3 +463,14 @@ async def test_replay_does_not_roll_back_newer_data(
     assert result["written"] == 1  # it landed (nothing lost)...
     (stored,) = await rows_in_db(database_url)
     assert stored["close"] == Decimal("187.30")  # ...without overwriting the newer version
+
+
+async def test_same_key_twice_in_one_request_keeps_the_last(
+    service: RunningService, database_url: str
+) -> None:
+    sent = payload(*(bar(0, close=f"187.{i:02d}") for i in range(10)), bar(1))
+    response = await post(service.client, sent, wait=True)
+    assert response.status_code == 201
+    assert response.json()["accepted"] == 2  # one row per key
+    rows = await rows_in_db(database_url)
+    assert [r["close"] for r in rows] == [Decimal("187.09"), Decimal("187.02")]

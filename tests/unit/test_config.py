@@ -183,3 +183,12 @@ def test_redacted_hides_secrets() -> None:
     plain = redacted(load_settings({"DATABASE_URL": "postgresql://db/x"}))
     assert plain["database_url"] == "postgresql://db/x"
     assert plain["admin_token"] == "<default>"
+
+
+def test_error_strategy_needs_requests_that_fit_the_queue() -> None:
+    with pytest.raises(ConfigError, match=r"ingest.max_bars_per_request \(50000\) must not exceed"):
+        load_settings({"MDS_COORDINATOR_OVERFLOW_STRATEGY": "error"})
+    ok = load_settings(
+        {"MDS_COORDINATOR_OVERFLOW_STRATEGY": "error", "MDS_INGEST_MAX_BARS_PER_REQUEST": "10000"}
+    )
+    assert ok.coordinator.overflow_strategy == "error"

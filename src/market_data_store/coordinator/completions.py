@@ -30,6 +30,11 @@ class Ticket:
     def written(self) -> int:
         return self.count - self.lost
 
+    @property
+    def finished(self) -> bool:
+        """Every item written or dead-lettered (``written``/``lost`` are final)."""
+        return self._done is None or self._done.done()
+
 
 class Completions:
     def __init__(self) -> None:

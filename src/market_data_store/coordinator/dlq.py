@@ -39,11 +39,18 @@ class ClaimInProgress(RuntimeError):
 
 
 @dataclass
+class Scan(Generic[T]):
+    records: list[DLQRecord[T]]
+    unreadable: list[bytes]  # lines that do not decode (torn write, changed item type)
+
+
+@dataclass
 class Claim(Generic[T]):
     """Records taken out of the dead-letter queue for a replay, and their files."""
 
     records: list[DLQRecord[T]]
     paths: list[Path]
+    unreadable: list[bytes]
 
 
 class _Line(msgspec.Struct):
@@ -114,8 +121,11 @@ class DeadLetterQueue(Generic[T]):
             await asyncio.to_thread(self._append, lines)
 
     def _append(self, line: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a torn last line must not swallow this record
             view = memoryview(line)
             while view:
                 view = view[os.write(fd, view) :]
@@ -125,14 +135,18 @@ class DeadLetterQueue(Generic[T]):
 
     async def replay(self, max_records: int = 100) -> list[DLQRecord[T]]:
         """The oldest ``max_records`` records (the file is left as it is)."""
-        return await asyncio.to_thread(self._read, self.path, max_records)
+        return (await asyncio.to_thread(self._read, self.path, max_records)).records
 
     async def count(self) -> int:
-        """Number of records in the file."""
+        """Number of readable records in the file."""
         return len(await self.records())
 
     async def records(self) -> list[DLQRecord[T]]:
-        """Every record, oldest first."""
+        """Every readable record, oldest first."""
+        return (await self.scan()).records
+
+    async def scan(self) -> Scan[T]:
+        """Every record, and the lines that cannot be read back (kept, never dropped)."""
         return await asyncio.to_thread(self._read, self.path, None)
 
     async def claim(self) -> Claim[T]:
@@ -140,55 +154,68 @@ class DeadLetterQueue(Generic[T]):
 
         The file is renamed aside (new failures start a fresh file meanwhile);
         files left claimed by an interrupted replay are picked up again. Hand the
-        claim to ``settle`` when the replay is over.
+        claim to ``settle`` when the replay is over, whatever happened.
         """
         if self._claimed:
             raise ClaimInProgress("a replay already holds this dead-letter queue's records")
         self._claimed = True
-        async with self._lock:
-            paths = sorted(self.path.parent.glob(f"{self.path.name}.claimed-*"))
-            if self.path.exists():
-                target = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
-                os.replace(self.path, target)
-                paths.append(target)
-        records: list[DLQRecord[T]] = []
-        for path in paths:
-            records.extend(await asyncio.to_thread(self._read, path, None))
-        return Claim(records, paths)
+        try:
+            async with self._lock:
+                paths = sorted(self.path.parent.glob(f"{self.path.name}.claimed-*"))
+                if self.path.exists():
+                    target = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
+                    os.replace(self.path, target)
+                    paths.append(target)
+            claim = Claim[T]([], paths, [])
+            for path in paths:
+                scan = await asyncio.to_thread(self._read, path, None)
+                claim.records.extend(scan.records)
+                claim.unreadable.extend(scan.unreadable)
+        except BaseException:
+            self._claimed = False  # claimed files stay on disk; the next claim takes them
+            raise
+        return claim
 
-    async def settle(self, claim: Claim[T], unreplayed: list[DLQRecord[T]]) -> None:
-        """Put back the records that were not replayed, then drop the claimed files."""
-        if unreplayed:
-            lines = b"".join(
+    async def settle(self, claim: Claim[T], keep: list[DLQRecord[T]]) -> None:
+        """End a replay: write back ``keep`` (records not known to have landed) and the
+        unreadable lines, then drop the claimed files."""
+        try:
+            lines = [
                 _encoder.encode(_Line(r.ts, r.error, r.metadata, list(r.items))) + b"\n"
-                for r in unreplayed
-            )
-            await self._write(lines)
-        for path in claim.paths:
-            await asyncio.to_thread(path.unlink, missing_ok=True)
-        self._claimed = False
+                for r in keep
+            ]
+            lines.extend(raw if raw.endswith(b"\n") else raw + b"\n" for raw in claim.unreadable)
+            if lines:
+                await self._write(b"".join(lines))
+            for path in claim.paths:
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+        finally:
+            self._claimed = False
 
-    def _read(self, path: Path, max_records: int | None) -> list[DLQRecord[T]]:
+    def _read(self, path: Path, max_records: int | None) -> Scan[T]:
+        scan = Scan[T]([], [])
         if not path.exists():
-            return []
+            return scan
         item_type = self.item_type
-        records: list[DLQRecord[T]] = []
         with path.open("rb") as fh:
             for lineno, raw in enumerate(fh, 1):
-                if max_records is not None and len(records) >= max_records:
+                if max_records is not None and len(scan.records) >= max_records:
                     break
                 if not raw.strip():
                     continue
                 try:
                     line = _line_decoder.decode(raw)
-                except msgspec.DecodeError:
-                    log.warning("%s:%d: unreadable dead-letter line skipped", path, lineno)
+                    items = line.items
+                    if item_type is not None:
+                        items = [_decode_item(item, item_type) for item in items]
+                except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                    log.warning(
+                        "%s:%d: unreadable dead-letter line kept as is: %s", path, lineno, exc
+                    )
+                    scan.unreadable.append(raw)
                     continue
-                items = line.items
-                if item_type is not None:
-                    items = [_decode_item(item, item_type) for item in items]
-                records.append(DLQRecord(line.ts, line.error, line.metadata, items))
-        return records
+                scan.records.append(DLQRecord(line.ts, line.error, line.metadata, items))
+        return scan
 
 
 def _decode_item(raw: Any, item_type: Any) -> Any:

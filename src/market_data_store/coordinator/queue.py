@@ -304,36 +304,43 @@ class BoundedQueue(Generic[T]):
 
     async def get(self, timeout: float | None = None) -> T:
         """Remove and return the oldest item (``TimeoutError`` after ``timeout``)."""
-        items = self._items
-        while not items:
-            if self._closed:
-                raise QueueClosedError("queue is closed and empty")
-            await self._wait_for_items(1, timeout)
-        item = items.popleft()
-        await self._after_take((item,))
-        return item
+        _, batch = await self._take(1, 0.0, timeout, closed_error=True)
+        return batch[0]
 
     async def get_batch(self, max_items: int, max_wait: float) -> list[T]:
         """Take up to ``max_items``, waiting at most ``max_wait`` after the first arrives.
 
         Returns ``[]`` only when the queue is closed and empty.
         """
-        _, batch = await self.take_batch(max_items, max_wait)
+        _, batch = await self._take(max_items, max_wait, None)
         return batch
 
     async def take_batch(self, max_items: int, max_wait: float) -> tuple[int, list[T]]:
         """``get_batch`` that also returns the sequence number of the first item
         (a batch is always a contiguous run), for ``finish``."""
+        return await self._take(max_items, max_wait, None)
+
+    async def _take(
+        self, max_items: int, max_wait: float, timeout: float | None, *, closed_error: bool = False
+    ) -> tuple[int, list[T]]:
         items = self._items
         while True:
             while not items:
                 if self._closed:
+                    if closed_error:
+                        raise QueueClosedError("queue is closed and empty")
                     return self._next_seq, []
-                await self._wait_for_items(1, None)
+                await self._wait_for_items(1, timeout)
             if len(items) < max_items and max_wait > 0 and not self._closed:
                 with contextlib.suppress(TimeoutError):  # flush what we have
                     await self._wait_for_items(max_items, max_wait)
             n = min(max_items, len(items))
+            recovered = self._marks.fall(len(items) - n) if n else None
+            if recovered is not None:
+                # Announce *before* taking: a consumer cancelled while the event is
+                # published has taken nothing, so nothing can be lost or reordered.
+                await self._emit((recovered,))
+                n = min(n, len(items))
             if n:
                 break
         start = self.head_seq
@@ -342,7 +349,8 @@ class BoundedQueue(Generic[T]):
             items.clear()
         else:
             batch = [items.popleft() for _ in range(n)]
-        await self._after_take(batch)
+        if self._room_waiters:
+            self._wake_putters()
         return start, batch
 
     def finish(self, start: int, n: int) -> None:
@@ -417,19 +425,6 @@ class BoundedQueue(Generic[T]):
                 keep.append(waiter)
         self._item_waiters = keep
         self._wake_getters_at = min((w for w, _ in keep), default=NEVER)
-
-    async def _after_take(self, batch: Sequence[T]) -> None:
-        if self._room_waiters:
-            self._wake_putters()
-        recovered = self._marks.fall(len(self._items))
-        if recovered is None:
-            return
-        try:
-            await self._emit((recovered,))
-        except asyncio.CancelledError:
-            # Cancelled while announcing: the items were not handed out; put them back.
-            self._items.extendleft(reversed(batch))
-            raise
 
     # -- feedback ------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Generic
 
 from .dlq import DeadLetterQueue, describe_error
@@ -26,6 +27,21 @@ log = logging.getLogger(__name__)
 
 _DLQ_RETRY_SEC = 1.0
 _PAUSE_AFTER_BUG_SEC = 1.0
+
+
+@dataclass
+class InFlight(Generic[T]):
+    """A batch a worker is delivering: items ``start``... of the queue, of which
+    the first ``done`` are written or dead-lettered already."""
+
+    start: int
+    items: list[T]
+    done: int = 0
+
+    @property
+    def rest(self) -> tuple[int, list[T]]:
+        """(sequence number, items) of what is not finished."""
+        return self.start + self.done, self.items[self.done :]
 
 
 class SinkWorker(Generic[T]):
@@ -59,9 +75,9 @@ class SinkWorker(Generic[T]):
         self.stats = stats or CoordinatorStats()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self.inflight: tuple[int, list[T]] | None = None
-        """(first sequence number, batch) being delivered; rescued by the coordinator
-        if it must cancel us."""
+        self.inflight: InFlight[T] | None = None
+        """The batch being delivered; its unfinished rest is rescued by the
+        coordinator if it must cancel us."""
         self._log = ThrottledLog(log)
 
     @property
@@ -98,11 +114,10 @@ class SinkWorker(Generic[T]):
             start, batch = await q.take_batch(self._batch_size, self._flush_interval)
             if not batch:
                 return  # closed and drained
-            self.inflight = (start, batch)
-            while True:
+            self.inflight = flight = InFlight(start, batch)
+            while flight.done < len(batch):
                 try:
-                    await self._deliver(batch, start)
-                    break
+                    await self._deliver(batch[flight.done :], start + flight.done)
                 except Exception:
                     # A bug in a classifier or listener must not kill the worker or
                     # lose the batch: keep it and try again (sinks are idempotent).
@@ -122,14 +137,22 @@ class SinkWorker(Generic[T]):
         """Write ``batch`` (items ``start``...), isolating non-retryable items by bisection."""
         error = await self._write_retrying(batch)
         if error is None:
+            self._advance(start + len(batch))
             return
         if len(batch) == 1:
             await self._dead_letter(batch, error)
             self._q.completions.lost(start, start + 1)
+            self._advance(start + 1)
             return
         mid = len(batch) // 2
         await self._deliver(batch[:mid], start)
         await self._deliver(batch[mid:], start + mid)
+
+    def _advance(self, end_seq: int) -> None:
+        """Items before ``end_seq`` are finished: halves are delivered left to right,
+        so what is finished is always a prefix of the batch."""
+        if self.inflight is not None:
+            self.inflight.done = end_seq - self.inflight.start
 
     async def _write_retrying(self, batch: Sequence[T]) -> BaseException | None:
         """Write until success (None) or a non-retryable error (returned)."""

@@ -108,6 +108,7 @@ class WriteCoordinator(Generic[T]):
         ]
         self._started = False
         self._stopping = False
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -157,37 +158,58 @@ class WriteCoordinator(Generic[T]):
         grace = max(0.0, deadline - time.monotonic()) if drain else 0.0
         await asyncio.gather(*(w.stop(grace) for w in self._workers))
         await self._rescue_unwritten()
+        if self._background:  # evicted items still being saved
+            await asyncio.wait(self._background, timeout=max(1.0, deadline - time.monotonic()))
         self._started = False
         log.info("coordinator %s stopped", self.coord_id)
 
     async def _rescue_unwritten(self) -> None:
-        ranges = [w.inflight for w in self._workers if w.inflight is not None]
+        """Dead-letter what is still unwritten (worker batches' unfinished rests and
+        the queue), *then* mark it finished: ``wait_finished`` never reports items
+        finished before they are safe on disk."""
+        spans: list[tuple[int, int, list[T]]] = []  # (finish from, count, unwritten items)
         for worker in self._workers:
-            worker.inflight = None
-        ranges.append(self._queue.take_all())
-        leftovers = [item for _, batch in ranges for item in batch]
-        for start, batch in ranges:
-            self._queue.completions.lost(start, start + len(batch))
-            self._queue.finish(start, len(batch))
-        if not leftovers:
-            return
-        self.stats.dropped["shutdown"] += len(leftovers)
-        reason = "coordinator stopped before these items were written"
-        if self._dlq is None:
-            log.error(
-                "coordinator %s: %d accepted items were not written before stop and no "
-                "dead-letter queue is configured",
-                self.coord_id,
-                len(leftovers),
+            flight, worker.inflight = worker.inflight, None
+            if flight is not None:
+                spans.append((flight.start, len(flight.items), flight.rest[1]))
+        start, queued = self._queue.take_all()
+        spans.append((start, len(queued), queued))
+        leftovers = [item for _, _, rest in spans for item in rest]
+        if leftovers:
+            self.stats.dropped["shutdown"] += len(leftovers)
+            await self._save_or_log(
+                leftovers, "coordinator stopped before these items were written"
             )
-            return
-        await self._dlq.save(leftovers, reason, {"coordinator_id": self.coord_id})
-        self.stats.dead_lettered += len(leftovers)
-        log.warning(
-            "coordinator %s: %d unwritten items saved to %s",
+        for first, count, rest in spans:
+            end = first + count
+            self._queue.completions.lost(end - len(rest), end)
+            self._queue.finish(first, count)
+
+    async def _save_or_log(self, items: list[T], reason: str, attempts: int = 3) -> None:
+        """Dead-letter ``items``; if the disk refuses, log them whole as a last resort."""
+        if self._dlq is not None:
+            for attempt in range(1, attempts + 1):
+                try:
+                    await self._dlq.save(items, reason, {"coordinator_id": self.coord_id})
+                except Exception:
+                    log.exception("dead-letter save failed (attempt %d/%d)", attempt, attempts)
+                    await asyncio.sleep(0.1 * attempt)
+                    continue
+                self.stats.dead_lettered += len(items)
+                log.warning(
+                    "coordinator %s: %d unwritten items saved to %s (%s)",
+                    self.coord_id,
+                    len(items),
+                    self._dlq.path,
+                    reason,
+                )
+                return
+        log.error(
+            "coordinator %s: %d items could not be dead-lettered (%s); their content: %s",
             self.coord_id,
-            len(leftovers),
-            self._dlq.path,
+            len(items),
+            reason if self._dlq is not None else "no dead-letter queue is configured",
+            items,
         )
 
     # -- producers -----------------------------------------------------------
@@ -234,12 +256,30 @@ class WriteCoordinator(Generic[T]):
         return max(1, min(300, math.ceil(seconds)))
 
     async def _on_evicted(self, items: list[T]) -> None:
-        """drop_oldest made room: keep what it evicted in the dead-letter queue."""
+        """drop_oldest made room: keep what it evicted in the dead-letter queue. Saved
+        in the background, retried until it works: a slow or full disk must not fail
+        (or slow) the producer whose items caused the eviction."""
+        task = asyncio.create_task(self._save_evicted(items))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _save_evicted(self, items: list[T]) -> None:
         assert self._dlq is not None
-        await self._dlq.save(
-            items, "evicted by drop_oldest overflow", {"coordinator_id": self.coord_id}
-        )
-        self.stats.dead_lettered += len(items)
+        delay = 0.1
+        while True:
+            try:
+                await self._dlq.save(
+                    items, "evicted by drop_oldest overflow", {"coordinator_id": self.coord_id}
+                )
+            except Exception:
+                log.exception(
+                    "saving %d evicted items failed; retrying in %.1fs", len(items), delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.stats.dead_lettered += len(items)
+            return
 
     async def _on_drop(self, item: T) -> None:
         self.stats.dropped["overflow"] += 1

@@ -11,7 +11,7 @@ complete report.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +25,11 @@ MAX_SCALE = 18  # digits after the decimal point
 MAX_INTEGER_DIGITS = 20  # digits before it: |x| < 10**20 (see migration 0003)
 MAX_REPORTED_ERRORS = 100
 PRICE_FIELDS = ("open", "high", "low", "close")
-RESOLUTION = re.compile(r"^[1-9][0-9]{0,3}(?:mo|s|m|h|d|w)$")
+RESOLUTION = re.compile(r"[1-9][0-9]{0,3}(?:mo|s|m|h|d|w)")  # use fullmatch
+# Bars before/after these are refused (and the table refuses them too): beyond them
+# lie dates the database can store but drivers cannot read back.
+EARLIEST = datetime(1800, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -135,7 +139,7 @@ def _type_errors(data: Any) -> list[BarError]:
                     errors.append(BarError(index, field.name, "required"))
                 continue
             try:
-                msgspec.convert(bar[field.name], field.type, strict=False)
+                msgspec.convert(bar[field.name], field.type, strict=True)
             except msgspec.ValidationError as exc:
                 errors.append(BarError(index, field.name, _lower_first(str(exc))))
     return errors or [BarError(None, "$", "body does not match the expected shape")]
@@ -145,8 +149,28 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+class AcceptClock:
+    """Acceptance times that never go backwards in this process, even if the wall
+    clock does (NTP step): the newest accepted version of a bar must win. Across
+    replicas, ordering is as good as their clocks' synchronisation."""
+
+    def __init__(self) -> None:
+        self._last = datetime.min.replace(tzinfo=UTC)
+
+    def now(self) -> datetime:
+        now = datetime.now(UTC)
+        if now <= self._last:
+            now = self._last + timedelta(microseconds=1)
+        self._last = now
+        return now
+
+
+accept_clock = AcceptClock()
+
+
 def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
-    """Validate every bar (all errors collected) and build the rows to store.
+    """Validate every bar (all errors collected) and build the rows to store; a key
+    sent twice in one request keeps its last bar.
 
     A cheap combined test passes the common, valid bar; only a bar that fails it
     goes through ``_check`` to find out what exactly is wrong (or that it is fine
@@ -169,6 +193,7 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
         if not (
             plain(f"{so},{sh},{sl},{sc},{sv}")
             and bar.ts.utcoffset() is not None
+            and EARLIEST <= bar.ts < LATEST
             and (bar.resolution in good_resolutions or _remember_resolution(bar.resolution))
             and 0 < len(symbol) <= MAX_SYMBOL_LENGTH
             and symbol.isprintable()
@@ -200,7 +225,14 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
         )
     if errors:
         raise InvalidBody(errors)
-    return rows
+    return _last_of_each_key(rows)
+
+
+def _last_of_each_key(rows: list[BarRow]) -> list[BarRow]:
+    # Rows of one request share received_at, so the sink could not tell which of
+    # two copies is newer; the later one in the request wins here.
+    latest = {(r.symbol, r.resolution, r.ts): r for r in rows}
+    return rows if len(latest) == len(rows) else list(latest.values())
 
 
 # Five decimals in plain notation within the column's domain (see MAX_* above).
@@ -210,7 +242,7 @@ _GOOD_RESOLUTIONS: set[str] = set()
 
 
 def _remember_resolution(resolution: str) -> bool:
-    if RESOLUTION.match(resolution) is None:
+    if RESOLUTION.fullmatch(resolution) is None:
         return False
     if len(_GOOD_RESOLUTIONS) < 1000:  # a handful in practice; bounded regardless
         _GOOD_RESOLUTIONS.add(resolution)
@@ -226,7 +258,9 @@ def _check(bar: BarIn, symbol: str) -> list[tuple[str, str]]:
         )
     if bar.ts.tzinfo is None or bar.ts.utcoffset() is None:
         problems.append(("ts", "must include a timezone (e.g. 2024-01-02T14:30:00Z)"))
-    if not RESOLUTION.match(bar.resolution):
+    elif not EARLIEST <= bar.ts < LATEST:
+        problems.append(("ts", f"must be from {EARLIEST.year} to {LATEST.year - 1}"))
+    if not RESOLUTION.fullmatch(bar.resolution):
         problems.append(("resolution", "must be <n><s|m|h|d|w|mo>, e.g. 1m, 5m, 1h, 1d, 1mo"))
     bad: set[str] = set()
     for name in ("open", "high", "low", "close", "volume"):

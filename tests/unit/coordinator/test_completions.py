@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from market_data_store.coordinator import (
+    BoundedQueue,
     CircuitBreaker,
     DeadLetterQueue,
     FeedbackBus,
@@ -118,6 +120,10 @@ async def test_evicted_items_are_dead_lettered_and_reported_lost(tmp_path: Path)
     await coord.submit_all([3, 4, 5])  # evicts 1 and 2
     assert (old.lost, old.written) == (2, 0)
     assert await coord.wait_finished(old, 0.01)
+    for _ in range(100):  # saved in the background
+        if await dlq.count():
+            break
+        await asyncio.sleep(0.01)
     (record,) = await dlq.replay()
     assert record.items == [1, 2]
     assert record.error == "evicted by drop_oldest overflow"
@@ -160,3 +166,59 @@ def test_drain_meter_measures_a_rate() -> None:
     meter._samples[0] = (meter._samples[0][0] - 2.0, 0)
     meter.record(500)
     assert 200 < meter.rate() < 300
+
+
+async def test_forced_stop_during_bisection_dead_letters_only_the_unfinished_rest(
+    tmp_path: Path,
+) -> None:
+    """Poison 0 is isolated and dead-lettered; the stop then cancels the write of
+    1..3: only those are rescued, and the ticket counts each item once."""
+
+    class PoisonThenHang:
+        async def write(self, batch: Sequence[int]) -> None:
+            if 0 in batch:
+                raise ValueError("poison")
+            await asyncio.sleep(10)
+
+    dlq = DeadLetterQueue[int](tmp_path / "dlq.ndjson")
+    coord = WriteCoordinator[int](
+        sink=PoisonThenHang(),
+        capacity=10,
+        workers=1,
+        batch_size=4,
+        flush_interval=0,
+        dead_letter_queue=dlq,
+        bus=FeedbackBus(),
+    )
+    await coord.start()
+    ticket = await coord.submit_all([0, 1, 2, 3])
+    await asyncio.sleep(0.1)
+    await coord.stop(drain=True, timeout=0.2)
+    assert await coord.wait_finished(ticket, 0.01)
+    assert (ticket.count, ticket.lost, ticket.written) == (4, 4, 0)
+    assert sorted(i for r in await dlq.records() for i in r.items) == [0, 1, 2, 3]
+
+
+async def test_consumer_cancelled_while_announcing_recovery_keeps_numbering_intact() -> None:
+    gate = asyncio.Event()
+
+    async def slow_on_low() -> None:
+        await gate.wait()
+
+    q = BoundedQueue[int](
+        10, high_watermark=8, low_watermark=5, on_low=slow_on_low, bus=FeedbackBus()
+    )
+    await q.put_many(list(range(10)))
+    a = asyncio.create_task(q.take_batch(5, 0))  # recovers the level: blocks in on_low
+    await asyncio.sleep(0.01)
+    start_b, items_b = await q.take_batch(3, 0)
+    assert (start_b, items_b) == (0, [0, 1, 2])  # A took nothing yet
+    a.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    start, rest = q.take_all()
+    assert (start, rest) == (3, [3, 4, 5, 6, 7, 8, 9])
+    q.finish(start_b, 3)
+    q.finish(start, len(rest))
+    assert q.completions.done_until == 10
+    assert q.free() == 10

@@ -229,7 +229,8 @@ async def test_stop_timeout_cancels_and_keeps_inflight_for_rescue(bus: FeedbackB
     await asyncio.sleep(0.01)
     await worker.stop(timeout=0.02)
     assert not worker.alive
-    assert worker.inflight == (0, [1, 2, 3])
+    assert worker.inflight is not None
+    assert worker.inflight.rest == (0, [1, 2, 3])
 
 
 async def test_start_is_idempotent_and_stop_before_start_is_harmless(bus: FeedbackBus) -> None:

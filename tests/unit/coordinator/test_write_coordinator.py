@@ -97,7 +97,8 @@ async def test_forced_stop_without_dlq_logs_the_loss(
     await coord.submit_many([1, 2])
     await asyncio.sleep(0.01)
     await coord.stop(timeout=0.02)
-    assert "2 accepted items were not written" in caplog.text
+    assert "2 items could not be dead-lettered (no dead-letter queue is configured)" in caplog.text
+    assert "their content: [1, 2]" in caplog.text
     assert coord.stats.dropped["shutdown"] == 2
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -17,11 +17,14 @@ from market_data_store.coordinator import QueueClosedError, QueueFullError, Writ
 from market_data_store.storage import BarRow, DbPool, fetch_bars
 
 from ..bars_input import (
+    EARLIEST,
+    LATEST,
     MEDIA_TYPES,
     RESOLUTION,
     InvalidBody,
     MalformedBody,
     TooManyBars,
+    accept_clock,
     decode,
     to_rows,
 )
@@ -117,7 +120,7 @@ class BarsController(Controller):
         body = await request.body()
         try:
             parsed = decode(body, media_type, limits.max_bars_per_request)
-            rows = to_rows(parsed, datetime.now(UTC))
+            rows = to_rows(parsed, accept_clock.now())
         except MalformedBody as exc:
             return problem(400, str(exc))
         except TooManyBars as exc:
@@ -202,13 +205,15 @@ def _query_errors(
 ) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
     for key, text in (("provider", provider), ("symbol", symbol)):
-        if not text.strip():
-            errors.append({"key": key, "message": "must not be empty"})
-    if not RESOLUTION.match(resolution):
+        if not text.strip() or not text.isprintable():
+            errors.append({"key": key, "message": "must be non-empty printable text"})
+    if not RESOLUTION.fullmatch(resolution):
         errors.append({"key": "resolution", "message": "must be <n><s|m|h|d|w|mo>, e.g. 1m"})
     for key, moment in (("start", start), ("end", end)):
         if moment is not None and moment.utcoffset() is None:
             errors.append({"key": key, "message": "must include a timezone"})
+        elif moment is not None and not EARLIEST <= moment <= LATEST:
+            errors.append({"key": key, "message": f"must be from {EARLIEST.year} to {LATEST.year}"})
     if not errors and start is not None and end is not None and start >= end:
         errors.append({"key": "end", "message": "must be after start"})
     return errors
