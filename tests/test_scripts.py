@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,25 @@ def test_coordinator_benchmark_prints_each_case() -> None:
         "submit_many (   500)",
     ]
     assert all("items/s" in ln for ln in lines)
+
+
+def test_ingest_benchmark_runs_end_to_end(database_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "bench/ingest.py", "--symbols", "5", "--minutes", "40",
+         "--per-request", "50", "--clients", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={**os.environ, "DATABASE_URL": database_url},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "HTTP POST /v1/bars until committed" in proc.stdout
+    assert "HTTP / ceiling:" in proc.stdout
+
+
+def test_health_benchmark_runs(database_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "bench/health.py", "--duration", "1", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={**os.environ, "DATABASE_URL": database_url},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "/healthz / trivial req/s" in proc.stdout
