@@ -332,11 +332,12 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data: dict[str, Any] = msgspec.to_builtins(settings)
     data["admin_token"] = "<default>" if settings.admin_token_is_default else "<set>"
     if settings.database_url:
-        data["database_url"] = _mask_password(settings.database_url)
+        data["database_url"] = redact_url(settings.database_url)
     return data
 
 
-def _mask_password(url: str) -> str:
+def redact_url(url: str) -> str:
+    """``url`` with its password masked, for logs and messages."""
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
     if not at or ":" not in creds:
@@ -360,5 +361,6 @@ __all__ = [
     "SseSettings",
     "WebhookSettings",
     "load_settings",
+    "redact_url",
     "redacted",
 ]

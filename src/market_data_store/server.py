@@ -20,6 +20,20 @@ from market_data_store.config import Settings
 from market_data_store.http import Lifecycle, create_app
 
 
+class _OneLineStartupFailure(logging.Filter):
+    """uvicorn logs a failed start-up as the full traceback text the app reported.
+    For our own ``StartupError`` (database unreachable, bad migration...) the
+    last line says it all: print that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        marker = "StartupError: "
+        if marker in text:
+            reason = text.rsplit(marker, 1)[1].splitlines()[0]
+            record.msg, record.args, record.exc_info = f"start-up failed: {reason}", (), None
+        return True
+
+
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
         super().__init__(config)
@@ -45,6 +59,9 @@ def build_server(
     )
     # With log_config=None uvicorn leaves logging alone, access_log=False included:
     # detach its access logger so per-request lines stay off (metrics count requests).
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _OneLineStartupFailure) for f in errors.filters):
+        errors.addFilter(_OneLineStartupFailure())
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False

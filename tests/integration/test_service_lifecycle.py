@@ -103,3 +103,23 @@ def test_production_with_default_token_refuses_to_start(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "admin_token is still the default" in proc.stderr
+
+
+def test_unreachable_database_fails_start_up_in_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
+        env={
+            **os.environ,
+            "DATABASE_URL": f"postgresql://u:secret@127.0.0.1:{free_port()}/x",
+            "MDS_DATABASE_STARTUP_TIMEOUT": "0.5",
+        },
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "start-up failed: database postgresql://u:***@127.0.0.1:" in proc.stderr
+    assert "not reachable within 0.5s" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "secret" not in proc.stderr

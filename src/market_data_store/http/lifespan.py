@@ -15,9 +15,10 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import asyncpg
 from litestar import Litestar
 
-from market_data_store.config import Settings
+from market_data_store.config import Settings, redact_url
 from market_data_store.coordinator import (
     CircuitBreaker,
     DeadLetterQueue,
@@ -30,6 +31,7 @@ from market_data_store.storage import (
     BarsSink,
     DatabaseMonitor,
     DbPool,
+    MigrationError,
     apply_migrations,
     is_retryable,
     open_pool,
@@ -43,6 +45,10 @@ from .lifecycle import Lifecycle
 log = logging.getLogger(__name__)
 
 POOL_CLOSE_TIMEOUT = 10.0
+
+
+class StartupError(RuntimeError):
+    """The service cannot start; the message says why in one line."""
 
 
 @asynccontextmanager
@@ -59,18 +65,27 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
             url = await embedded.start()
             stack.push_async_callback(embedded.stop)
         db = settings.database
-        pool = await open_pool(
-            url,
-            min_size=db.pool_min_size,
-            max_size=db.pool_max_size,
-            connect_timeout=db.connect_timeout,
-            command_timeout=db.command_timeout,
-            startup_timeout=db.startup_timeout,
-        )
+        try:
+            pool = await open_pool(
+                url,
+                min_size=db.pool_min_size,
+                max_size=db.pool_max_size,
+                connect_timeout=db.connect_timeout,
+                command_timeout=db.command_timeout,
+                startup_timeout=db.startup_timeout,
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StartupError(
+                f"database {redact_url(url)} not reachable within "
+                f"{db.startup_timeout:g}s: {type(exc).__name__}: {exc}"
+            ) from None
         stack.push_async_callback(_close_pool, pool)
         if db.auto_migrate:
-            async with pool.acquire() as conn:
-                applied = await apply_migrations(conn)
+            try:
+                async with pool.acquire() as conn:
+                    applied = await apply_migrations(conn)
+            except MigrationError as exc:
+                raise StartupError(str(exc)) from None
             log.info("schema up to date (%d migration(s) applied now)", len(applied))
 
         bus = FeedbackBus()
