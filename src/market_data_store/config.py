@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
@@ -218,10 +219,12 @@ def _from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
     out: dict[str, Any] = {}
     found: dict[tuple[str, ...], tuple[str, str]] = {}
     for name, value in environ.items():
-        if name in UNPREFIXED:
+        if name in UNPREFIXED and value:
             found.setdefault(UNPREFIXED[name], (name, value))
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name.startswith(NOT_SETTINGS):
+            continue
+        if not value:  # VAR= in a compose file or ConfigMap means "not set"
             continue
         path = _env_path(name[len(ENV_PREFIX) :].lower(), Settings)
         if path is None:
@@ -278,6 +281,10 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
     c = s.coordinator
     high, low = c.resolved_high_watermark, c.resolved_low_watermark
     problems: list[str] = []
+    if not s.admin_token.strip():
+        problems.append(
+            f"admin_token = {s.admin_token!r}{sources.describe('admin_token')}: must not be blank"
+        )
     if high > c.capacity:
         problems.append(
             f"coordinator.high_watermark ({high}) must not exceed coordinator.capacity "
@@ -337,13 +344,20 @@ def redacted(settings: Settings) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password masked, for logs and messages."""
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
+    """``url`` with its password masked (in the authority and a ``password=`` query)."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        query = urlencode(
+            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)],
+            safe="/:*@",
+        )
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<unparseable URL>"
 
 
 __all__ = [

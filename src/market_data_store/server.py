@@ -9,6 +9,7 @@ handler also flips the app's ``Lifecycle`` before uvicorn's own handling.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 from types import FrameType
@@ -54,7 +55,7 @@ def build_server(
         lifespan="on",
         log_level="info",
         access_log=False,
-        timeout_graceful_shutdown=int(settings.server.graceful_timeout),
+        timeout_graceful_shutdown=math.ceil(settings.server.graceful_timeout),
         log_config=None,
     )
     # With log_config=None uvicorn leaves logging alone, access_log=False included:
@@ -72,20 +73,23 @@ def build_server(
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> bool:
     """Serve until SIGTERM/SIGINT; False when start-up failed.
 
-    uvicorn re-raises SIGTERM once its graceful shutdown is over (so the exit
-    status would say "killed"); a shutdown that completed is a clean exit here.
+    uvicorn re-raises SIGTERM/SIGINT once its graceful shutdown is over (so the
+    exit status would say "killed", or Ctrl+C would end in a traceback); a
+    shutdown that completed is a clean exit here.
     """
     server = build_server(create_app(settings), settings, host=host, port=port)
-    previous = signal.signal(signal.SIGTERM, _ignore_after_shutdown)
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, _ignore_after_shutdown) for sig in signals}
     try:
         server.run()
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return bool(server.started)
 
 
 def _ignore_after_shutdown(sig: int, frame: FrameType | None) -> None:
-    """Receives the SIGTERM uvicorn re-raises after it finished shutting down."""
+    """Receives the signal uvicorn re-raises after it finished shutting down."""
 
 
 async def serve_on(server: uvicorn.Server, sock: socket.socket) -> None:

@@ -224,7 +224,8 @@ async def test_all_errors_are_reported_at_once(service: RunningService) -> None:
     bars = [bar(0, open="x", volume="-"), bar(1), bar(2, symbol="", low="999", volume="-5")]
     body = (await post(service.client, payload(*bars))).json()
     reported = {(e["index"], e["field"]) for e in body["errors"]}
-    assert reported == {(0, "open"), (0, "volume")}  # typing errors first, all of them
+    # type errors of bar 0 and rule errors of bar 2, in one answer
+    assert reported == {(0, "open"), (0, "volume"), (2, "symbol"), (2, "low"), (2, "volume")}
     body = (await post(service.client, payload(bar(0, symbol="", low="999", volume="-5")))).json()
     assert {(e["index"], e["field"]) for e in body["errors"]} == {
         (0, "symbol"),
@@ -474,3 +475,46 @@ async def test_same_key_twice_in_one_request_keeps_the_last(
     assert response.json()["accepted"] == 2  # one row per key
     rows = await rows_in_db(database_url)
     assert [r["close"] for r in rows] == [Decimal("187.09"), Decimal("187.02")]
+
+
+async def test_gzip_bodies_are_415(service: RunningService) -> None:
+    import gzip
+
+    response = await service.client.post(
+        "/v1/bars",
+        content=gzip.compress(json.dumps(payload(bar())).encode()),
+        headers={"content-type": "application/json", "content-encoding": "gzip"},
+    )
+    assert response.status_code == 415
+    assert "encoding" in response.json()["detail"]
+
+
+async def test_reads_answer_503_while_the_database_is_gone(
+    database_url: str, proxy: TcpProxy, tmp_path: Path
+) -> None:
+    settings = service_settings(proxy.url_for(database_url), str(tmp_path))
+    async with running_service(settings) as svc:
+        params = {"provider": "a", "symbol": "AAPL", "resolution": "1m"}
+        assert (await svc.client.get("/v1/bars", params=params)).status_code == 200
+        proxy.cut()
+        response = await svc.client.get("/v1/bars", params=params)
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "5"
+        assert response.headers["content-type"] == "application/problem+json"
+        proxy.restore()
+
+
+async def test_a_busy_pool_is_not_an_unreachable_database(service: RunningService) -> None:
+    """Readiness has its own connection; reads wait for a free one, then say 503."""
+    pool = service.app.state.db_pool
+    held = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        await asyncio.sleep(0.3)  # several health checks
+        assert (await service.client.get("/readyz")).status_code == 200
+        params = {"provider": "a", "symbol": "AAPL", "resolution": "1m"}
+        response = await service.client.get("/v1/bars", params=params)
+        assert response.status_code == 503
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    assert (await service.client.get("/v1/bars", params=params)).status_code == 200

@@ -162,3 +162,19 @@ async def test_providers_can_be_overridden(database_url: str, tmp_path: Path) ->
     assert response.status_code == 503
     database = component(HealthStatus.model_validate_json(response.content), "database")
     assert database["error"] == "overridden for the test"
+
+
+async def test_sigterm_handler_announces_shutdown_at_once(service: RunningService) -> None:
+    import signal
+
+    lifecycle = service.app.state.lifecycle
+    assert not lifecycle.shutting_down
+    service.server.handle_exit(signal.SIGTERM, None)  # what the signal would call
+    # uvicorn re-raises captured signals when it exits: that would end this test run.
+    service.server._captured_signals.clear()
+    for _ in range(50):
+        if lifecycle.shutting_down:
+            break
+        await asyncio.sleep(0.01)
+    assert lifecycle.shutting_down
+    assert service.app.state.shutdown_event.is_set()

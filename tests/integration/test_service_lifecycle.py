@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -10,10 +11,22 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
+
+from tests.support.postgres import with_database
+
+
+async def count_rows(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM bars"))
+    finally:
+        await conn.close()
 
 
 def free_port() -> int:
@@ -64,10 +77,23 @@ def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> N
         "DATABASE_URL": database_url,
         "MDS_DATABASE_HEALTH_INTERVAL": "0.2",
         "MDS_DATABASE_HEALTH_TIMEOUT": "0.2",
+        "MDS_COORDINATOR_WORKERS": "1",
+        "MDS_COORDINATOR_BATCH_SIZE": "100",
     }
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
     with serve(env, tmp_path) as (proc, base):
         assert httpx.get(f"{base}/healthz").json()["ok"] is True
+        for r in range(4):  # 20,000 bars queued, then SIGTERM at once: the drain writes them
+            bars = [
+                {"symbol": "S", "ts": (t0 + timedelta(minutes=r * 5000 + i)).isoformat(),
+                 "open": "1", "high": "1", "low": "1", "close": "1", "volume": "1",
+                 "resolution": "1m"}
+                for i in range(5000)
+            ]  # fmt: skip
+            response = httpx.post(f"{base}/v1/bars", json={"provider": "p", "bars": bars})
+            assert response.status_code == 202
         output = stop(proc)
+    assert asyncio.run(count_rows(database_url)) == 20_000
     order = [
         "shutdown started",
         "coordinator bars stopped",
@@ -92,9 +118,10 @@ def test_embedded_database_when_no_url_is_configured(
 
 
 def test_production_with_default_token_refuses_to_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("ADMIN_TOKEN", "MDS_ADMIN_TOKEN")}
     proc = subprocess.run(
         [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
-        env={**os.environ, "MDS_ENV": "production"},
+        env={**env, "MDS_ENV": "production"},
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -120,6 +147,43 @@ def test_unreachable_database_fails_start_up_in_one_line(tmp_path: Path) -> None
     )
     assert proc.returncode != 0
     assert "start-up failed: database postgresql://u:***@127.0.0.1:" in proc.stderr
-    assert "not reachable within 0.5s" in proc.stderr
+    assert "not reachable within 0.5s: ConnectionRefusedError" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert "secret" not in proc.stderr
+
+
+def test_wrong_database_is_not_waited_for(database_url: str, tmp_path: Path) -> None:
+    """No amount of waiting creates a missing database: fail at once, clearly."""
+    missing = with_database(database_url, "no_such_database")
+    proc = subprocess.run(
+        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
+        env={**os.environ, "DATABASE_URL": missing, "MDS_DATABASE_STARTUP_TIMEOUT": "120"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,  # far below the 120 s it would take if it retried
+    )
+    assert proc.returncode != 0
+    assert "not usable: InvalidCatalogNameError" in proc.stderr
+
+
+def test_sigterm_while_waiting_for_the_database_exits_promptly(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
+        env={
+            **os.environ,
+            "DATABASE_URL": f"postgresql://u@127.0.0.1:{free_port()}/x",
+            "MDS_DATABASE_STARTUP_TIMEOUT": "120",
+        },
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # retrying the connection by now
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)  # not the 120 s start-up budget
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "shutdown requested while waiting for it" in err

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+import uvicorn
 from litestar import Litestar
 from litestar.di import Provide
 
@@ -46,6 +47,7 @@ class RunningService:
     app: Litestar
     client: httpx.AsyncClient
     base_url: str
+    server: uvicorn.Server
 
 
 @asynccontextmanager
@@ -67,7 +69,7 @@ async def running_service(
     base_url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
-            yield RunningService(app, client, base_url)
+            yield RunningService(app, client, base_url, server)
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 30)

@@ -68,6 +68,28 @@ def test_errors_of_many_bars_are_all_reported() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("data", "media_type"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, JSON),
+        (b'{"provider": "x", "pad": ' + b"[" * 50_000 + b"]" * 50_000 + b', "bars": []}', JSON),
+        (b"\x91" * 100_000 + b"\xc0", MSGPACK),
+    ],
+)
+def test_deeply_nested_bodies_are_malformed_not_a_crash(data: bytes, media_type: str) -> None:
+    with pytest.raises(MalformedBody):
+        decode(data, media_type, 10)
+
+
+def test_empty_bars_and_bad_provider_are_both_reported() -> None:
+    with pytest.raises(InvalidBody) as info:
+        rows_of({"provider": " ", "bars": []})
+    assert {(e.index, e.field) for e in info.value.errors} == {(None, "provider"), (None, "bars")}
+    with pytest.raises(InvalidBody) as info:
+        decode(msgspec.json.encode({"provider": 1, "bars": []}), JSON, 10)
+    assert {(e.index, e.field) for e in info.value.errors} == {(None, "provider"), (None, "bars")}
+
+
 def test_limits_and_malformed_bodies() -> None:
     with pytest.raises(TooManyBars):
         decode(msgspec.json.encode({"provider": "p", "bars": [body()["bars"][0]] * 3}), JSON, 2)

@@ -13,6 +13,7 @@ from market_data_store.config import (
     ConfigError,
     Settings,
     load_settings,
+    redact_url,
     redacted,
 )
 
@@ -144,7 +145,7 @@ def test_unknown_environment_variable_is_warned_about(caplog: pytest.LogCaptureF
         ),
         ({"DATABASE_URL": "mysql://x"}, "database_url (from DATABASE_URL): must start with"),
         ({"MDS_ENV": "staging"}, "env = 'staging' (from MDS_ENV): invalid enum value"),
-        ({"MDS_ADMIN_TOKEN": ""}, "admin_token = '' (from MDS_ADMIN_TOKEN): expected `str`"),
+        ({"MDS_ADMIN_TOKEN": " "}, "admin_token = ' ' (from MDS_ADMIN_TOKEN): must not be blank"),
     ],
 )
 def test_bad_values_name_key_source_and_rule(env: dict[str, str], message: str) -> None:
@@ -172,6 +173,25 @@ def test_bad_file_contents_are_reported_with_the_file(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings({"MDS_CONFIG": str(tmp_path / "missing.toml")})
+
+
+def test_empty_variables_mean_not_set() -> None:
+    s = load_settings(
+        {"DATABASE_URL": "", "MDS_COORDINATOR_HIGH_WATERMARK": "", "MDS_FEEDBACK_WEBHOOK_URL": ""}
+    )
+    assert s.database_url is None
+    assert s.coordinator.high_watermark is None
+    assert s.feedback.webhook.url is None
+
+
+def test_redact_url_masks_every_password() -> None:
+    assert redact_url("postgresql://me:pw@db:5432/x") == "postgresql://me:***@db:5432/x"
+    assert redact_url("postgresql://db/x?password=pw&sslmode=require") == (
+        "postgresql://db/x?password=***&sslmode=require"
+    )
+    assert redact_url("postgresql://u@/db?application_name=a@b") == (
+        "postgresql://u@/db?application_name=a@b"
+    )
 
 
 def test_redacted_hides_secrets() -> None:

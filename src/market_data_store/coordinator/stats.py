@@ -31,10 +31,12 @@ class DrainMeter:
     def rate(self) -> float:
         """Items/s; 0.0 when nothing was finished within the window."""
         samples = self._samples
-        if len(samples) < 2 or time.monotonic() - samples[-1][0] > self._window:
+        now = time.monotonic()
+        if len(samples) < 2 or now - samples[-1][0] > self._window:
             return 0.0
-        (t0, n0), (t1, n1) = samples[0], samples[-1]
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        (t0, n0), (_, n1) = samples[0], samples[-1]
+        # up to now, not to the last sample: a stall shows at once as a falling rate
+        return (n1 - n0) / (now - t0) if now > t0 else 0.0
 
 
 """Called with (items, seconds) after each successful batch write."""

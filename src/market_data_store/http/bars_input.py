@@ -11,6 +11,7 @@ complete report.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -88,61 +89,89 @@ _DECODERS: dict[str, Any] = {
 }
 
 
+_MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
 def decode(body: bytes, media_type: str, max_bars: int) -> IngestRequest:
-    """Typed decode; on a type error, a field-by-field report of every bad field."""
+    """Typed decode; a body that does not type is read again loosely to report every
+    problem of every bar (type errors, and rule errors of the bars that do type)."""
     typed, loose = _DECODERS[media_type]
     try:
         request: IngestRequest = typed.decode(body)
     except msgspec.ValidationError:
         pass  # well-formed but mistyped (or malformed further on): look closer below
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise MalformedBody(f"body is not valid {media_type}: {exc}") from None
+    except _MALFORMED as exc:
+        raise MalformedBody(f"body is not valid {media_type}: {_short(exc)}") from None
     else:
-        _check_count(request.bars, max_bars)
+        _check_size(len(request.bars), max_bars)
         return request
     try:
         data = loose.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise MalformedBody(f"body is not valid {media_type}: {exc}") from None
-    _check_count(data.get("bars") if isinstance(data, dict) else None, max_bars)
-    raise InvalidBody(_type_errors(data))
-
-
-def _check_count(bars: object, max_bars: int) -> None:
+    except _MALFORMED as exc:
+        raise MalformedBody(f"body is not valid {media_type}: {_short(exc)}") from None
+    bars = data.get("bars") if isinstance(data, dict) else None
     if isinstance(bars, list):
-        if len(bars) > max_bars:
-            raise TooManyBars(f"{len(bars)} bars in one request; at most {max_bars}")
-        if not bars:
-            raise InvalidBody([BarError(None, "bars", "must not be empty")])
+        _check_size(len(bars), max_bars)
+    raise InvalidBody(_all_errors(data))
+
+
+def _short(exc: BaseException) -> str:
+    return "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
+def _check_size(count: int, max_bars: int) -> None:
+    if count > max_bars:
+        raise TooManyBars(f"{count} bars in one request; at most {max_bars}")
 
 
 _BAR_FIELDS = msgspec.structs.fields(BarIn)
 
 
-def _type_errors(data: Any) -> list[BarError]:
-    """Every field that does not convert to its type, bar by bar."""
+def _all_errors(data: Any) -> list[BarError]:
+    """Every problem of a body that did not decode into typed structs."""
     if not isinstance(data, dict):
         return [BarError(None, "$", "body must be an object with 'provider' and 'bars'")]
-    errors: list[BarError] = []
-    if not isinstance(data.get("provider"), str):
-        errors.append(BarError(None, "provider", "required, a string"))
+    provider = data.get("provider")
+    errors = (
+        _provider_errors(provider)
+        if isinstance(provider, str)
+        else [BarError(None, "provider", "required, a string")]
+    )
     bars = data.get("bars")
     if not isinstance(bars, list):
         return [*errors, BarError(None, "bars", "required, a list of bars")]
+    if not bars:
+        errors.append(BarError(None, "bars", "must not be empty"))
     for index, bar in enumerate(bars):
         if not isinstance(bar, dict):
             errors.append(BarError(index, "$", "each bar must be an object"))
             continue
-        for field in _BAR_FIELDS:
-            if field.name not in bar:
-                if field.required:
-                    errors.append(BarError(index, field.name, "required"))
-                continue
-            try:
-                msgspec.convert(bar[field.name], field.type, strict=True)
-            except msgspec.ValidationError as exc:
-                errors.append(BarError(index, field.name, _lower_first(str(exc))))
+        typing_errors = list(_typing_errors(index, bar))
+        if typing_errors:
+            errors.extend(typing_errors)
+            continue
+        typed = msgspec.convert(bar, BarIn, strict=True)
+        errors.extend(BarError(index, f, m) for f, m in _check(typed, typed.symbol.strip().upper()))
     return errors or [BarError(None, "$", "body does not match the expected shape")]
+
+
+def _typing_errors(index: int, bar: dict[str, Any]) -> Iterator[BarError]:
+    for field in _BAR_FIELDS:
+        if field.name not in bar:
+            if field.required:
+                yield BarError(index, field.name, "required")
+            continue
+        try:
+            msgspec.convert(bar[field.name], field.type, strict=True)
+        except msgspec.ValidationError as exc:
+            yield BarError(index, field.name, _lower_first(str(exc)))
+
+
+def _provider_errors(provider: str) -> list[BarError]:
+    text = provider.strip()
+    if 0 < len(text) <= MAX_PROVIDER_LENGTH and text.isprintable():
+        return []
+    return [BarError(None, "provider", f"must be 1-{MAX_PROVIDER_LENGTH} printable characters")]
 
 
 def _lower_first(text: str) -> str:
@@ -176,12 +205,10 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
     goes through ``_check`` to find out what exactly is wrong (or that it is fine
     after all, e.g. a price written as ``1E+2``).
     """
-    errors: list[BarError] = []
+    errors = _provider_errors(request.provider)
     provider = request.provider.strip()
-    if not 0 < len(provider) <= MAX_PROVIDER_LENGTH or not provider.isprintable():
-        errors.append(
-            BarError(None, "provider", f"must be 1-{MAX_PROVIDER_LENGTH} printable characters")
-        )
+    if not request.bars:
+        errors.append(BarError(None, "bars", "must not be empty"))
     rows: list[BarRow] = []
     append = rows.append
     plain = _PLAIN_NUMBERS

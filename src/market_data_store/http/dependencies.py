@@ -15,7 +15,7 @@ from litestar.di import Provide
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import FeedbackBus, WriteCoordinator
-from market_data_store.storage import BarRow, DbPool
+from market_data_store.storage import BarReader, BarRow, DbPool
 from market_data_store.telemetry import Telemetry
 
 from .health import HealthSources
@@ -24,6 +24,7 @@ from .lifecycle import Lifecycle
 # key on app.state -> the type its provider returns (for the signature Litestar reads)
 PROVIDED: dict[str, Any] = {
     "db_pool": DbPool,
+    "bar_reader": BarReader,
     "coordinator": WriteCoordinator[BarRow],
     "feedback_bus": FeedbackBus,
     "health_sources": HealthSources,

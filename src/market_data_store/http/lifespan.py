@@ -27,6 +27,7 @@ from market_data_store.coordinator import (
     WriteCoordinator,
 )
 from market_data_store.storage import (
+    BarReader,
     BarRow,
     BarsSink,
     DatabaseMonitor,
@@ -37,6 +38,7 @@ from market_data_store.storage import (
     open_pool,
 )
 from market_data_store.storage.embedded import EmbeddedPostgres
+from market_data_store.storage.pool import PERMANENT_ERRORS
 from market_data_store.telemetry import CoordinatorInstruments, SinkInstruments, Telemetry
 
 from .health import HealthSources
@@ -73,11 +75,17 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
                 connect_timeout=db.connect_timeout,
                 command_timeout=db.command_timeout,
                 startup_timeout=db.startup_timeout,
+                give_up=lifecycle.shutdown_event,
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if lifecycle.shutting_down:
+                why = "shutdown requested while waiting for it"
+            elif isinstance(exc, PERMANENT_ERRORS):
+                why = "not usable"
+            else:
+                why = f"not reachable within {db.startup_timeout:g}s"
             raise StartupError(
-                f"database {redact_url(url)} not reachable within "
-                f"{db.startup_timeout:g}s: {type(exc).__name__}: {exc}"
+                f"database {redact_url(url)} {why}: {type(exc).__name__}: {exc}"
             ) from None
         stack.push_async_callback(_close_pool, pool)
         if db.auto_migrate:
@@ -91,17 +99,17 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
         bus = FeedbackBus()
         sink = BarsSink(pool)
         coordinator = build_coordinator(settings, sink, bus)
+        instruments: CoordinatorInstruments = app.state.coordinator_instruments
+        instruments.track(coordinator)
+        stack.callback(instruments.untrack, coordinator)  # after the drain: its counts export
         await coordinator.start()
         stack.push_async_callback(
             coordinator.stop, drain=True, timeout=settings.coordinator.drain_timeout
         )
-        instruments: CoordinatorInstruments = app.state.coordinator_instruments
-        instruments.track(coordinator)
-        stack.callback(instruments.untrack, coordinator)
         sink_instruments: SinkInstruments = app.state.sink_instruments
         sink_instruments.track(sink, "bars")
 
-        monitor = DatabaseMonitor(pool, db.health_interval, db.health_timeout)
+        monitor = DatabaseMonitor(url, db.health_interval, db.health_timeout)
         await monitor.start()
         stack.push_async_callback(monitor.stop)
 
@@ -112,6 +120,12 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
                 "coordinator": coordinator,
                 "bars_sink": sink,
                 "db_monitor": monitor,
+                "bar_reader": BarReader(
+                    pool,
+                    # leave the writers their connections (and one for admin calls)
+                    max_concurrent=db.pool_max_size - settings.coordinator.workers - 1,
+                    acquire_timeout=db.connect_timeout,
+                ),
                 "health_sources": HealthSources(
                     monitor, coordinator, bus, lifecycle, settings.coordinator.workers
                 ),

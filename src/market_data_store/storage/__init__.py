@@ -10,10 +10,11 @@ from .errors import is_retryable
 from .migrate import Migration, MigrationError, apply_migrations, load_migrations, schema_state
 from .monitor import DatabaseMonitor, DatabaseStatus
 from .pool import DbPool, open_pool
-from .queries import StoredBar, fetch_bars
+from .queries import BarReader, StoredBar
 from .rows import BarRow
 
 __all__ = [
+    "BarReader",
     "BarRow",
     "BarsSink",
     "DatabaseMonitor",
@@ -23,7 +24,6 @@ __all__ = [
     "MigrationError",
     "StoredBar",
     "apply_migrations",
-    "fetch_bars",
     "is_retryable",
     "load_migrations",
     "open_pool",

@@ -1,8 +1,10 @@
 """Background database health check, so probes never touch the database.
 
-Every ``interval`` seconds a pooled ``SELECT 1`` runs with a ``timeout``; the
-result is kept in memory. Health and readiness read it - they cost nothing,
-never open a connection and never hang on a hung database.
+Every ``interval`` seconds a ``SELECT 1`` runs, with a ``timeout``, on a
+connection of the monitor's own - not the pool's: a pool busy with writes and
+reads says nothing about the database being reachable, and must not make
+readiness fail. The result is kept in memory; health and readiness read it,
+cost nothing, never open a connection and never hang on a hung database.
 """
 
 from __future__ import annotations
@@ -12,10 +14,9 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .pool import DbPool
+import asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,11 @@ class DatabaseStatus:
 
 
 class DatabaseMonitor:
-    def __init__(self, pool: DbPool, interval: float = 2.0, timeout: float = 1.0) -> None:
-        self._pool = pool
+    def __init__(self, url: str, interval: float = 2.0, timeout: float = 1.0) -> None:
+        self._url = url
         self._interval = interval
         self._timeout = timeout
+        self._conn: asyncpg.Connection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
         self.status = DatabaseStatus(reachable=False, checked_at=0.0, error="not checked yet")
@@ -44,35 +46,43 @@ class DatabaseMonitor:
         self._task = asyncio.create_task(self._loop(), name="database-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._probe is not None:
-            self._probe.cancel()
+        for task in (self._task, self._probe):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait({task}, timeout=self._timeout)
+        self._task = self._probe = None
+        self._drop_connection()
 
     async def check(self) -> DatabaseStatus:
         """One check. A query that does not answer in time counts as unreachable at
-        once; it is cancelled in the background and never waited on again (a hung
-        server can also hang the cancellation)."""
+        once; its connection is dropped and the query never waited on again (a hung
+        server can also hang a cancellation)."""
         if self._probe is None or self._probe.done():
             self._probe = asyncio.create_task(self._select_one(), name="database-check")
         probe = self._probe
         started = time.perf_counter()
         done, _ = await asyncio.wait({probe}, timeout=self._timeout)
-        if not done:
+        if not done or probe.cancelled():
             probe.cancel()
+            self._drop_connection()
             self._record(False, None, f"no answer within {self._timeout:g}s")
         elif (exc := probe.exception()) is not None:
+            self._drop_connection()
             self._record(False, None, f"{type(exc).__name__}: {exc}".rstrip(": "))
         else:
             self._record(True, (time.perf_counter() - started) * 1000, None)
         return self.status
 
     async def _select_one(self) -> None:
-        async with self._pool.acquire(timeout=self._timeout) as conn:
-            await conn.fetchval("SELECT 1")
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._url, timeout=self._timeout)
+        await self._conn.fetchval("SELECT 1")
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
 
     def _record(self, reachable: bool, latency_ms: float | None, error: str | None) -> None:
         now = time.time()
@@ -88,4 +98,7 @@ class DatabaseMonitor:
     async def _loop(self) -> None:
         while True:
             await asyncio.sleep(self._interval)
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # a monitor that dies would freeze readiness for good
+                log.exception("database check failed unexpectedly")

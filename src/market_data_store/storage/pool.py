@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -23,6 +24,14 @@ else:  # asyncpg.Pool is not subscriptable at runtime, and Litestar evaluates an
     DbConnection = asyncpg.Connection
 
 
+# Errors no amount of waiting fixes: wrong credentials, no such database.
+PERMANENT_ERRORS = (
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.InvalidPasswordError,
+    asyncpg.InvalidCatalogNameError,
+)
+
+
 async def open_pool(
     url: str,
     *,
@@ -31,11 +40,14 @@ async def open_pool(
     connect_timeout: float = 5.0,
     command_timeout: float = 60.0,
     startup_timeout: float = 30.0,
+    give_up: asyncio.Event | None = None,
 ) -> DbPool:
     """Open a pool, retrying while the database is not reachable yet.
 
     A database that is still starting (a fresh pod, a failover) is waited for up
-    to ``startup_timeout`` seconds; after that the last error is raised.
+    to ``startup_timeout`` seconds, or until ``give_up`` is set (shutdown); then
+    the last error is raised. Wrong credentials or an unknown database are raised
+    at once.
     """
     deadline = time.monotonic() + startup_timeout
     delay = 0.2
@@ -50,9 +62,17 @@ async def open_pool(
                 init=prepare_connection,
             )
             return pool
+        except PERMANENT_ERRORS:
+            raise
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("database not reachable yet (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
+            if give_up is None:
+                await asyncio.sleep(delay)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(give_up.wait(), delay)
+                if give_up.is_set():
+                    raise
             delay = min(delay * 2, 2.0)

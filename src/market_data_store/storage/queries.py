@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -35,18 +36,35 @@ class StoredBar:
     delayed: bool
 
 
-async def fetch_bars(
-    pool: DbPool,
-    *,
-    provider: str,
-    symbol: str,
-    resolution: str,
-    start: datetime | None = None,
-    end: datetime | None = None,
-    limit: int = 1000,
-) -> list[StoredBar]:
-    """One provider's bars of one symbol and resolution in ``[start, end)``, oldest
-    first (a range scan of the primary key)."""
-    async with pool.acquire() as conn:
-        records = await conn.fetch(_SELECT_BARS, provider, symbol, resolution, start, end, limit)
-    return [StoredBar(*r.values()) for r in records]
+class BarReader:
+    """Reads bars on the shared pool, never on more connections at once than
+    ``max_concurrent``, so readers cannot take the writers' connections; a read
+    that cannot get one within ``acquire_timeout`` raises ``TimeoutError``."""
+
+    def __init__(self, pool: DbPool, *, max_concurrent: int, acquire_timeout: float) -> None:
+        self._pool = pool
+        self._slots = asyncio.Semaphore(max(1, max_concurrent))
+        self._timeout = acquire_timeout
+
+    async def fetch(
+        self,
+        *,
+        provider: str,
+        symbol: str,
+        resolution: str,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[StoredBar]:
+        """One provider's bars of one symbol and resolution in ``[start, end)``, oldest
+        first (a range scan of the primary key)."""
+        async with asyncio.timeout(self._timeout):
+            await self._slots.acquire()
+        try:
+            async with self._pool.acquire(timeout=self._timeout) as conn:
+                records = await conn.fetch(
+                    _SELECT_BARS, provider, symbol, resolution, start, end, limit
+                )
+        finally:
+            self._slots.release()
+        return [StoredBar(*r.values()) for r in records]

@@ -30,7 +30,8 @@ def _one(value: Callable[[WriteCoordinator[Any]], float]) -> Reading:
 
 
 def _by(attr: str, counts: Callable[[WriteCoordinator[Any]], dict[str, int]]) -> Reading:
-    return lambda c: ((n, {attr: key}) for key, n in counts(c).items())
+    # a snapshot: the OTLP export runs on another thread while the loop adds keys
+    return lambda c: ((n, {attr: key}) for key, n in tuple(counts(c).items()))
 
 
 # name -> (kind, unit, description, reading)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -14,7 +15,7 @@ from litestar.params import FromQuery, QueryParameter
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import QueueClosedError, QueueFullError, WriteCoordinator
-from market_data_store.storage import BarRow, DbPool, fetch_bars
+from market_data_store.storage import BarReader, BarRow
 
 from ..bars_input import (
     EARLIEST,
@@ -34,6 +35,14 @@ from ..problems import problem
 DEFAULT_LIMIT = 1_000
 MAX_LIMIT = 10_000
 SHUTDOWN_RETRY_AFTER = 5
+READ_RETRY_AFTER = 5
+DATABASE_UNAVAILABLE = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 class IngestResult(msgspec.Struct, omit_defaults=True):
@@ -114,6 +123,9 @@ class BarsController(Controller):
         if media_type is None:
             supported = ", ".join(sorted(MEDIA_TYPES))
             return problem(415, f"content type {raw_type!r} is not accepted; use {supported}")
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            return problem(415, f"content encoding {encoding!r} is not accepted; send it plain")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
             return problem(413, f"body larger than {limits.max_body_bytes} bytes")
@@ -150,29 +162,42 @@ class BarsController(Controller):
             "One provider's bars of one symbol and resolution in [start, end), ordered by "
             "ts; prices as exact decimal strings."
         ),
+        responses={
+            200: ResponseSpec(data_container=BarsPage, description="Bars, oldest first"),
+            503: ResponseSpec(data_container=dict[str, Any], description="Database unavailable"),
+        },
     )
     async def read(
         self,
-        db_pool: NamedDependency[DbPool],
+        bar_reader: NamedDependency[BarReader],
         provider: FromQuery[str],
         symbol: FromQuery[str],
         resolution: FromQuery[str],
         start: FromQuery[datetime | None] = None,
         end: FromQuery[datetime | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    ) -> BarsPage:
+    ) -> Response[Any]:
         errors = _query_errors(provider, symbol, resolution, start, end)
         if errors:
             raise ValidationException("invalid query parameters", extra=errors)
-        bars = await fetch_bars(
-            db_pool,
-            provider=provider.strip(),
-            symbol=symbol.strip().upper(),
-            resolution=resolution,
-            start=start,
-            end=end,
-            limit=limit,
-        )
+        try:
+            bars = await bar_reader.fetch(
+                provider=provider.strip(),
+                symbol=symbol.strip().upper(),
+                resolution=resolution,
+                start=start,
+                end=end,
+                limit=limit,
+            )
+        except asyncpg.DataError as exc:
+            raise ValidationException(f"invalid query parameters: {exc}") from None
+        except DATABASE_UNAVAILABLE:
+            return problem(
+                503,
+                "the database is not available right now (or too busy); retry later",
+                headers={"Retry-After": str(READ_RETRY_AFTER)},
+                retry_after=READ_RETRY_AFTER,
+            )
         out = [
             BarOut(
                 provider=b.provider,
@@ -188,7 +213,7 @@ class BarsController(Controller):
             )
             for b in bars
         ]
-        return BarsPage(out, len(out), len(out) == limit)
+        return Response(BarsPage(out, len(out), len(out) == limit))
 
 
 def _invalid(exc: InvalidBody) -> Response[Any]:
