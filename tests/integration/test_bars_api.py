@@ -11,7 +11,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import msgspec
 import pytest
@@ -20,6 +19,7 @@ from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
 
 from market_data_store.coordinator import DeadLetterQueue
 from market_data_store.storage import BarRow
+from tests.support.postgres import stored_bars
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
 
@@ -46,14 +46,6 @@ def bar(i: int = 0, **overrides: Any) -> dict[str, Any]:
 
 def payload(*bars: dict[str, Any], provider: str = "ibkr") -> dict[str, Any]:
     return {"provider": provider, "bars": list(bars)}
-
-
-async def rows_in_db(url: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch("SELECT * FROM bars ORDER BY provider, symbol, ts")
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
@@ -112,7 +104,7 @@ async def test_plain_202_then_rows_arrive(service: RunningService, database_url:
     assert body["level"] in ("ok", "soft", "hard")
     assert set(body) == {"accepted", "level", "queue_size", "capacity"}
     await asyncio.wait_for(service.app.state.coordinator.wait_idle(), 10)
-    assert len(await rows_in_db(database_url)) == 50
+    assert len(await stored_bars(database_url)) == 50
 
 
 async def test_wait_commit_rows_are_visible_to_another_connection(
@@ -121,7 +113,7 @@ async def test_wait_commit_rows_are_visible_to_another_connection(
     response = await post(service.client, payload(*(bar(i) for i in range(300))), wait=True)
     assert response.status_code == 201
     assert response.json()["committed"] == 300
-    assert len(await rows_in_db(database_url)) == 300  # no waiting: already committed
+    assert len(await stored_bars(database_url)) == 300  # no waiting: already committed
 
 
 async def test_same_request_twice_is_one_row_per_key_newer_values_win(
@@ -130,10 +122,10 @@ async def test_same_request_twice_is_one_row_per_key_newer_values_win(
     first = payload(*(bar(i) for i in range(10)))
     assert (await post(service.client, first, wait=True)).status_code == 201
     assert (await post(service.client, first, wait=True)).status_code == 201
-    assert len(await rows_in_db(database_url)) == 10
+    assert len(await stored_bars(database_url)) == 10
     changed = payload(bar(3, close="187.33"))
     assert (await post(service.client, changed, wait=True)).status_code == 201
-    rows = await rows_in_db(database_url)
+    rows = await stored_bars(database_url)
     assert len(rows) == 10
     assert rows[3]["close"] == Decimal("187.33")
     assert rows[3]["updated_at"] > rows[3]["ingested_at"]
@@ -153,7 +145,7 @@ async def test_msgpack_and_json_give_identical_rows(
         headers={"content-type": "application/msgpack"},
     )
     assert (r1.status_code, r2.status_code) == (201, 201)
-    rows = await rows_in_db(database_url)
+    rows = await stored_bars(database_url)
     by_provider: dict[str, list[tuple[Any, ...]]] = {"json": [], "msgpack": []}
     for r in rows:
         by_provider[r["provider"]].append(
@@ -217,7 +209,7 @@ async def test_each_rule_gives_422_naming_bar_and_field(
     ]
     assert all(e["index"] == 1 for e in body["errors"])
     await asyncio.sleep(0.05)
-    assert await rows_in_db(database_url) == []  # all or nothing: bars 0 and 2 not stored
+    assert await stored_bars(database_url) == []  # all or nothing: bars 0 and 2 not stored
 
 
 async def test_all_errors_are_reported_at_once(service: RunningService) -> None:
@@ -284,7 +276,7 @@ async def test_too_many_bars_and_too_big_bodies_are_413(
     padding = "x" * 250_000
     too_big = await post(service.client, {**payload(bar()), "padding": padding})
     assert too_big.status_code == 413
-    assert await rows_in_db(database_url) == []
+    assert await stored_bars(database_url) == []
 
 
 # -- backpressure -------------------------------------------------------------
@@ -321,7 +313,7 @@ async def test_full_queue_answers_503_with_retry_after_and_stores_nothing_refuse
 
         proxy.restore()
         await asyncio.wait_for(svc.app.state.coordinator.wait_idle(), 30)
-    stored = await rows_in_db(database_url)
+    stored = await stored_bars(database_url)
     minutes = {int((r["ts"] - T0).total_seconds() // 60) for r in stored}
     assert minutes == set(range(100))  # the accepted request, whole; none of the refused one
 
@@ -443,7 +435,7 @@ async def test_dead_letter_inspection_and_replay(
         "requeued_records": 0,
         "pending": False,
     }
-    stored = await rows_in_db(database_url)
+    stored = await stored_bars(database_url)
     assert [r["ts"] for r in stored] == [T0 + timedelta(minutes=m) for m in (0, 1, 3)]
 
     after = (await service.client.get("/admin/dlq", headers=AUTH)).json()
@@ -462,7 +454,7 @@ async def test_replay_does_not_roll_back_newer_data(
     await dlq.save([row(0, open="187.15", high="187.40", low="186.90", close="187.00")], "old")
     result = (await service.client.post("/admin/dlq/replay", headers=AUTH)).json()
     assert result["written"] == 1  # it landed (nothing lost)...
-    (stored,) = await rows_in_db(database_url)
+    (stored,) = await stored_bars(database_url)
     assert stored["close"] == Decimal("187.30")  # ...without overwriting the newer version
 
 
@@ -473,7 +465,7 @@ async def test_same_key_twice_in_one_request_keeps_the_last(
     response = await post(service.client, sent, wait=True)
     assert response.status_code == 201
     assert response.json()["accepted"] == 2  # one row per key
-    rows = await rows_in_db(database_url)
+    rows = await stored_bars(database_url)
     assert [r["close"] for r in rows] == [Decimal("187.09"), Decimal("187.02")]
 
 

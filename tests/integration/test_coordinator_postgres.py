@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from market_data_store.coordinator import DeadLetterQueue, WriteCoordinator
 from market_data_store.storage import BarRow
+from tests.support.postgres import count_bars
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
 
@@ -38,14 +38,6 @@ def bars(n: int, *, start: int = 0, bad: set[int] | None = None) -> list[BarRow]
     ]
 
 
-async def count_rows(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM bars"))
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def service(
     database_url: str, proxy: TcpProxy, tmp_path: Path
@@ -63,7 +55,7 @@ async def test_accepted_rows_survive_a_database_outage(
     coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
     await coordinator.submit_many(bars(500))
     await asyncio.wait_for(coordinator.wait_idle(), 30)
-    assert await count_rows(database_url) == 500
+    assert await count_bars(database_url) == 500
 
     proxy.cut()
     await coordinator.submit_many(bars(1500, start=500))  # accepted while the database is gone
@@ -74,7 +66,7 @@ async def test_accepted_rows_survive_a_database_outage(
 
     proxy.restore()
     await asyncio.wait_for(coordinator.wait_idle(), 30)
-    assert await count_rows(database_url) == 2000
+    assert await count_bars(database_url) == 2000
     assert coordinator.stats.dead_lettered == 0
     assert coordinator.stats.write_errors  # the outage was seen, and retried through
 
@@ -85,7 +77,7 @@ async def test_bad_rows_are_dead_lettered_good_rows_written(
     coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
     await coordinator.submit_many(bars(300, bad={17, 250}))
     await asyncio.wait_for(coordinator.wait_idle(), 30)
-    assert await count_rows(database_url) == 298
+    assert await count_bars(database_url) == 298
     records = await DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson").replay()
     poisoned = sorted(int(r.items[0].volume) for r in records)
     assert poisoned == [17, 250]

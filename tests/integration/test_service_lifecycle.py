@@ -14,19 +14,10 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
-from tests.support.postgres import with_database
-
-
-async def count_rows(url: str) -> int:
-    conn = await asyncpg.connect(url)
-    try:
-        return int(await conn.fetchval("SELECT count(*) FROM bars"))
-    finally:
-        await conn.close()
+from tests.support.postgres import count_bars, with_database
 
 
 def free_port() -> int:
@@ -39,7 +30,7 @@ def free_port() -> int:
 def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(port)],
+        [*SERVE, str(port)],
         env={**os.environ, "MDS_CONFIG": "", **env},
         cwd=cwd,
         stdout=subprocess.PIPE,
@@ -63,6 +54,21 @@ def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+SERVE = [sys.executable, "-m", "market_data_store.cli", "serve", "--port"]
+
+
+def serve_once(env: dict[str, str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run ``mds-store serve`` that is expected to end by itself (a failed start)."""
+    return subprocess.run(
+        [*SERVE, str(free_port())],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
@@ -93,7 +99,7 @@ def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> N
             response = httpx.post(f"{base}/v1/bars", json={"provider": "p", "bars": bars})
             assert response.status_code == 202
         output = stop(proc)
-    assert asyncio.run(count_rows(database_url)) == 20_000
+    assert asyncio.run(count_bars(database_url)) == 20_000
     order = [
         "shutdown started",
         "coordinator bars stopped",
@@ -119,32 +125,19 @@ def test_embedded_database_when_no_url_is_configured(
 
 def test_production_with_default_token_refuses_to_start(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("ADMIN_TOKEN", "MDS_ADMIN_TOKEN")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
-        env={**env, "MDS_ENV": "production"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = serve_once({**env, "MDS_ENV": "production"}, tmp_path, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "admin_token is still the default" in proc.stderr
 
 
 def test_unreachable_database_fails_start_up_in_one_line(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
-        env={
-            **os.environ,
-            "DATABASE_URL": f"postgresql://u:secret@127.0.0.1:{free_port()}/x",
-            "MDS_DATABASE_STARTUP_TIMEOUT": "0.5",
-        },
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgresql://u:secret@127.0.0.1:{free_port()}/x",
+        "MDS_DATABASE_STARTUP_TIMEOUT": "0.5",
+    }
+    proc = serve_once(env, tmp_path, timeout=60)
     assert proc.returncode != 0
     assert "start-up failed: database postgresql://u:***@127.0.0.1:" in proc.stderr
     assert "not reachable within 0.5s: ConnectionRefusedError" in proc.stderr
@@ -155,21 +148,15 @@ def test_unreachable_database_fails_start_up_in_one_line(tmp_path: Path) -> None
 def test_wrong_database_is_not_waited_for(database_url: str, tmp_path: Path) -> None:
     """No amount of waiting creates a missing database: fail at once, clearly."""
     missing = with_database(database_url, "no_such_database")
-    proc = subprocess.run(
-        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
-        env={**os.environ, "DATABASE_URL": missing, "MDS_DATABASE_STARTUP_TIMEOUT": "120"},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,  # far below the 120 s it would take if it retried
-    )
+    env = {**os.environ, "DATABASE_URL": missing, "MDS_DATABASE_STARTUP_TIMEOUT": "120"}
+    proc = serve_once(env, tmp_path, timeout=30)  # far below the 120 s of retrying
     assert proc.returncode != 0
     assert "not usable: InvalidCatalogNameError" in proc.stderr
 
 
 def test_sigterm_while_waiting_for_the_database_exits_promptly(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(free_port())],
+        [*SERVE, str(free_port())],
         env={
             **os.environ,
             "DATABASE_URL": f"postgresql://u@127.0.0.1:{free_port()}/x",

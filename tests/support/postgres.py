@@ -59,3 +59,20 @@ class DatabaseFactory:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await conn.close()
+
+
+async def stored_bars(url: str) -> list[asyncpg.Record]:
+    """Every row of ``bars``, read on a connection of its own (not the service's)."""
+    conn = await asyncpg.connect(url)
+    try:
+        return await conn.fetch("SELECT * FROM bars ORDER BY provider, symbol, ts")
+    finally:
+        await conn.close()
+
+
+async def count_bars(url: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM bars"))
+    finally:
+        await conn.close()
