@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import signal
-import socket
 from types import FrameType
 
 import uvicorn
@@ -90,8 +89,3 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
 
 def _ignore_after_shutdown(sig: int, frame: FrameType | None) -> None:
     """Receives the signal uvicorn re-raises after it finished shutting down."""
-
-
-async def serve_on(server: uvicorn.Server, sock: socket.socket) -> None:
-    """Serve on an already bound socket (tests and benchmarks pick a free port this way)."""
-    await server.serve(sockets=[sock])
