@@ -167,9 +167,15 @@ def test_sigterm_while_waiting_for_the_database_exits_promptly(tmp_path: Path) -
         text=True,
     )
     try:
-        time.sleep(1.5)  # retrying the connection by now
+        assert proc.stderr is not None
+        seen = ""
+        while "retrying in" not in seen:  # it is waiting for the database now
+            line = proc.stderr.readline()
+            assert line, f"exited before retrying: {seen}"
+            seen += line
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=20)  # not the 120 s start-up budget
+        err = seen + err
     finally:
         if proc.poll() is None:
             proc.kill()
