@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from .pool import DbPool
 
 _SELECT_BARS = """
-SELECT provider, symbol, resolution, ts, open, high, low, close, volume, delayed
+SELECT provider, symbol, resolution, ts, open::text, high::text, low::text, close::text,
+       volume::text, delayed
 FROM bars
 WHERE provider = $1 AND symbol = $2 AND resolution = $3
   AND ($4::timestamptz IS NULL OR ts >= $4)
@@ -22,17 +23,20 @@ LIMIT $6
 """
 
 
-@dataclass(frozen=True, slots=True)
-class StoredBar:
+class StoredBar(msgspec.Struct, frozen=True):
+    """A stored bar: Core ``Bar`` fields plus the provider. Prices are PostgreSQL's
+    own text of the numeric (exact, plain notation): no Decimal is built per value
+    only to be turned back into text for JSON."""
+
     provider: str
     symbol: str
     resolution: str
     ts: datetime
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
     delayed: bool
 
 

@@ -15,7 +15,7 @@ from litestar.params import FromQuery, QueryParameter
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import QueueClosedError, QueueFullError, WriteCoordinator
-from market_data_store.storage import BarReader, BarRow
+from market_data_store.storage import BarReader, BarRow, StoredBar
 
 from ..bars_input import (
     EARLIEST,
@@ -55,23 +55,8 @@ class IngestResult(msgspec.Struct, omit_defaults=True):
     pending: bool = False  # ?wait=commit timed out: accepted, still being written
 
 
-class BarOut(msgspec.Struct):
-    """Core ``Bar`` fields plus the provider; prices as exact decimal strings."""
-
-    provider: str
-    symbol: str
-    resolution: str
-    ts: datetime
-    open: str
-    high: str
-    low: str
-    close: str
-    volume: str
-    delayed: bool
-
-
 class BarsPage(msgspec.Struct):
-    bars: list[BarOut]
+    bars: list[StoredBar]
     count: int
     truncated: bool  # limit reached: more bars may follow the last ts
 
@@ -198,22 +183,7 @@ class BarsController(Controller):
                 headers={"Retry-After": str(READ_RETRY_AFTER)},
                 retry_after=READ_RETRY_AFTER,
             )
-        out = [
-            BarOut(
-                provider=b.provider,
-                symbol=b.symbol,
-                resolution=b.resolution,
-                ts=b.ts,
-                open=str(b.open),
-                high=str(b.high),
-                low=str(b.low),
-                close=str(b.close),
-                volume=str(b.volume),
-                delayed=b.delayed,
-            )
-            for b in bars
-        ]
-        return Response(BarsPage(out, len(out), len(out) == limit))
+        return Response(BarsPage(bars, len(bars), len(bars) == limit))
 
 
 def _invalid(exc: InvalidBody) -> Response[Any]:
