@@ -22,26 +22,23 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from market_data_store.storage import apply_migrations, open_pool, schema_state
-    from market_data_store.storage.embedded import EmbeddedPostgres
+    from market_data_store.storage import apply_migrations, schema_state
+    from market_data_store.storage.database import database
 
     async def run() -> int:
-        embedded = None
-        url = settings.database_url
-        if url is None:
-            embedded = EmbeddedPostgres(settings.database.embedded_dir)
-            url = await embedded.start()
-        try:
-            pool = await open_pool(
-                url, min_size=1, max_size=1, startup_timeout=settings.database.startup_timeout
-            )
-            async with pool.acquire() as conn:
-                applied = await apply_migrations(conn)
-                state = await schema_state(conn)
-            await pool.close()
-        finally:
-            if embedded is not None:
-                await embedded.stop()
+        db = settings.database
+        async with (
+            database(
+                settings.database_url,
+                db.embedded_dir,
+                min_size=1,
+                max_size=1,
+                startup_timeout=db.startup_timeout,
+            ) as (pool, _),
+            pool.acquire() as conn,
+        ):
+            applied = await apply_migrations(conn)
+            state = await schema_state(conn)
         names = ", ".join(f"{m.version}_{m.name}" for m in applied) or "nothing to apply"
         print(f"schema version {state.version}: {names}")
         return 0

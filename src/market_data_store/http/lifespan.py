@@ -31,13 +31,11 @@ from market_data_store.storage import (
     BarRow,
     BarsSink,
     DatabaseMonitor,
-    DbPool,
     MigrationError,
     apply_migrations,
     is_retryable,
-    open_pool,
 )
-from market_data_store.storage.embedded import EmbeddedPostgres
+from market_data_store.storage.database import database
 from market_data_store.storage.pool import PERMANENT_ERRORS
 from market_data_store.telemetry import CoordinatorInstruments, SinkInstruments, Telemetry
 
@@ -45,8 +43,6 @@ from .health import HealthSources
 from .lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
-
-POOL_CLOSE_TIMEOUT = 10.0
 
 
 class StartupError(RuntimeError):
@@ -61,21 +57,19 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
     lifecycle.bind(asyncio.get_running_loop())
     async with AsyncExitStack() as stack:
         stack.callback(telemetry.shutdown)
-        url = settings.database_url
-        if url is None:
-            embedded = EmbeddedPostgres(settings.database.embedded_dir)
-            url = await embedded.start()
-            stack.push_async_callback(embedded.stop)
         db = settings.database
         try:
-            pool = await open_pool(
-                url,
-                min_size=db.pool_min_size,
-                max_size=db.pool_max_size,
-                connect_timeout=db.connect_timeout,
-                command_timeout=db.command_timeout,
-                startup_timeout=db.startup_timeout,
-                give_up=lifecycle.shutdown_event,
+            pool, url = await stack.enter_async_context(
+                database(
+                    settings.database_url,
+                    db.embedded_dir,
+                    min_size=db.pool_min_size,
+                    max_size=db.pool_max_size,
+                    connect_timeout=db.connect_timeout,
+                    command_timeout=db.command_timeout,
+                    startup_timeout=db.startup_timeout,
+                    give_up=lifecycle.shutdown_event,
+                )
             )
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             if lifecycle.shutting_down:
@@ -84,10 +78,8 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
                 why = "not usable"
             else:
                 why = f"not reachable within {db.startup_timeout:g}s"
-            raise StartupError(
-                f"database {redact_url(url)} {why}: {type(exc).__name__}: {exc}"
-            ) from None
-        stack.push_async_callback(_close_pool, pool)
+            target = redact_url(settings.database_url) if settings.database_url else "(embedded)"
+            raise StartupError(f"database {target} {why}: {type(exc).__name__}: {exc}") from None
         if db.auto_migrate:
             try:
                 async with pool.acquire() as conn:
@@ -167,12 +159,3 @@ def build_coordinator(
         bus=bus,
         submit_timeout=c.submit_timeout if c.overflow_strategy == "block" else None,
     )
-
-
-async def _close_pool(pool: DbPool) -> None:
-    try:
-        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
-    except TimeoutError:
-        log.warning("pool did not close within %ss; terminating connections", POOL_CLOSE_TIMEOUT)
-        pool.terminate()
-    log.info("database pool closed")

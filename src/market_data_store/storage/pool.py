@@ -76,3 +76,16 @@ async def open_pool(
                 if give_up.is_set():
                     raise
             delay = min(delay * 2, 2.0)
+
+
+POOL_CLOSE_TIMEOUT = 10.0
+
+
+async def close_pool(pool: DbPool) -> None:
+    """Close gracefully; terminate connections still busy after ``POOL_CLOSE_TIMEOUT``."""
+    try:
+        await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
+    except TimeoutError:
+        log.warning("pool did not close within %ss; terminating connections", POOL_CLOSE_TIMEOUT)
+        pool.terminate()
+    log.info("database pool closed")
