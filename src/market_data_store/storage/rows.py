@@ -27,7 +27,3 @@ class BarRow(msgspec.Struct, frozen=True):
     volume: str
     delayed: bool
     received_at: datetime
-
-    @property
-    def key(self) -> tuple[str, str, str, datetime]:
-        return (self.provider, self.symbol, self.resolution, self.ts)
