@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
+InstanceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -45,6 +47,12 @@ class ServerSettings(_Section, kw_only=True, frozen=True):
     host: str
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
     graceful_timeout: Seconds
+    instance_id: InstanceId | None = None
+
+    @property
+    def resolved_instance_id(self) -> str:
+        """This replica's name (default: the host name, a pod's name in Kubernetes)."""
+        return self.instance_id or socket.gethostname() or "store"
 
 
 class DatabaseSettings(_Section, kw_only=True, frozen=True):
@@ -110,6 +118,8 @@ class SseSettings(_Section, kw_only=True, frozen=True):
     heartbeat_sec: Seconds
     subscriber_queue: Positive
     send_timeout: Seconds
+    history: Positive
+    max_streams: Positive
 
 
 class WebhookSettings(_Section, kw_only=True, frozen=True):
@@ -121,8 +131,9 @@ class WebhookSettings(_Section, kw_only=True, frozen=True):
 
 class RedisSettings(_Section, kw_only=True, frozen=True):
     url: str | None = None
-    channel: str
+    channel: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     queue_size: Positive
+    timeout: Seconds
 
 
 class FeedbackSettings(_Section, kw_only=True, frozen=True):
@@ -340,6 +351,10 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data["admin_token"] = "<default>" if settings.admin_token_is_default else "<set>"
     if settings.database_url:
         data["database_url"] = redact_url(settings.database_url)
+    for section in ("webhook", "redis"):
+        url = getattr(settings.feedback, section).url
+        if url:
+            data["feedback"][section]["url"] = redact_url(url)
     return data
 
 

@@ -73,7 +73,7 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
     assert value("mds_sink_rows_written", "_total") == 30
     assert value("mds_coordinator_write_duration_seconds", "_count") >= 1
     labels = families["mds_coordinator_queue_depth"][0].labels
-    assert labels["coordinator_id"] == "bars"
+    assert labels["coordinator_id"] == "test/bars"  # <server.instance_id>/bars
     (info,) = families["target_info"]
     assert info.labels["service_name"] == "market-data-store"
     assert info.labels["service_version"] == "0.4.0"

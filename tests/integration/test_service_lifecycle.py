@@ -85,6 +85,7 @@ def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> N
         "MDS_DATABASE_HEALTH_TIMEOUT": "0.2",
         "MDS_COORDINATOR_WORKERS": "1",
         "MDS_COORDINATOR_BATCH_SIZE": "100",
+        "MDS_SERVER_INSTANCE_ID": "pod-1",
     }
     t0 = datetime(2024, 1, 1, tzinfo=UTC)
     with serve(env, tmp_path) as (proc, base):
@@ -102,7 +103,7 @@ def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> N
     assert asyncio.run(count_bars(database_url)) == 20_000
     order = [
         "shutdown started",
-        "coordinator bars stopped",
+        "coordinator pod-1/bars stopped",
         "database pool closed",
     ]
     positions = [output.index(line) for line in order]

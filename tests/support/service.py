@@ -27,6 +27,7 @@ FAST = {
     "MDS_RETRY_INITIAL_BACKOFF_MS": "5",
     "MDS_RETRY_MAX_BACKOFF_MS": "50",
     "MDS_CIRCUIT_BREAKER_HALF_OPEN_AFTER_SEC": "0.2",
+    "MDS_SERVER_INSTANCE_ID": "test",
 }
 
 
@@ -71,6 +72,7 @@ async def running_service(
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
             yield RunningService(app, client, base_url, server)
     finally:
+        app.state.lifecycle.begin_shutdown()  # as SIGTERM does: open streams end now
         server.should_exit = True
         await asyncio.wait_for(task, 30)
         sock.close()

@@ -10,6 +10,7 @@ import msgspec
 from market_data_core.telemetry import HealthStatus
 
 from market_data_store.coordinator import FeedbackBus, WriteCoordinator
+from market_data_store.feedback import FeedbackChannels, FeedbackFanout
 from market_data_store.http.health import HealthSources
 from market_data_store.http.lifecycle import Lifecycle
 from market_data_store.storage import DatabaseMonitor, DatabaseStatus
@@ -24,7 +25,8 @@ class FixedMonitor(DatabaseMonitor):
 def sources() -> tuple[HealthSources, WriteCoordinator[int], FixedMonitor]:
     monitor = FixedMonitor(DatabaseStatus(True, time.time(), 1.5))
     coordinator = WriteCoordinator[int](sink=RecordingSink(), capacity=10, bus=FeedbackBus())
-    return HealthSources(monitor, coordinator, FeedbackBus(), Lifecycle(), 4), coordinator, monitor
+    channels = FeedbackChannels(FeedbackFanout())
+    return HealthSources(monitor, coordinator, channels, Lifecycle(), 4), coordinator, monitor
 
 
 def details(body: bytes, name: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from litestar import Litestar
+from litestar import Controller, Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -14,6 +14,7 @@ from market_data_store import __version__
 from market_data_store.config import ConfigError, Settings
 from market_data_store.telemetry import (
     CoordinatorInstruments,
+    FeedbackInstruments,
     HttpServerMetrics,
     SinkInstruments,
     build_telemetry,
@@ -23,8 +24,11 @@ from .controllers import (
     AdminController,
     BarsController,
     DeadLetterController,
+    FeedbackStateController,
+    FeedbackStreamController,
     HealthController,
     MetricsController,
+    StatusPageController,
 )
 from .dependencies import build_dependencies
 from .lifecycle import Lifecycle
@@ -57,16 +61,21 @@ def create_app(
             "telemetry": telemetry,
             "coordinator_instruments": CoordinatorInstruments(telemetry.meter),
             "sink_instruments": SinkInstruments(telemetry.meter),
+            "feedback_instruments": FeedbackInstruments(telemetry.meter),
         }
     )
+    handlers: list[type[Controller]] = [
+        HealthController,
+        BarsController,
+        FeedbackStateController,
+        AdminController,
+        DeadLetterController,
+        MetricsController,
+    ]
+    if settings.feedback.sse.enabled:
+        handlers += [FeedbackStreamController, StatusPageController]
     app = Litestar(
-        route_handlers=[
-            HealthController,
-            BarsController,
-            AdminController,
-            DeadLetterController,
-            MetricsController,
-        ],
+        route_handlers=handlers,
         lifespan=[service_lifespan],
         dependencies={**build_dependencies(state), **(dependencies or {})},
         exception_handlers=EXCEPTION_HANDLERS,

@@ -15,6 +15,7 @@ from litestar.di import Provide
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import FeedbackBus, WriteCoordinator
+from market_data_store.feedback import FeedbackChannels, FeedbackFanout
 from market_data_store.storage import BarReader, BarRow, DbPool
 from market_data_store.telemetry import Telemetry
 
@@ -27,6 +28,8 @@ PROVIDED: dict[str, Any] = {
     "bar_reader": BarReader,
     "coordinator": WriteCoordinator[BarRow],
     "feedback_bus": FeedbackBus,
+    "feedback_channels": FeedbackChannels,
+    "feedback_fanout": FeedbackFanout,
     "health_sources": HealthSources,
     "lifecycle": Lifecycle,
     "settings": Settings,

@@ -15,7 +15,8 @@ from typing import Any, Literal, NamedTuple
 import msgspec
 
 from market_data_store import __version__
-from market_data_store.coordinator import BackpressureLevel, FeedbackBus, WriteCoordinator
+from market_data_store.coordinator import BackpressureLevel, WriteCoordinator
+from market_data_store.feedback import ChannelsStatus, FeedbackChannels
 from market_data_store.storage import DatabaseMonitor, DatabaseStatus
 
 from .lifecycle import Lifecycle
@@ -82,8 +83,18 @@ def coordinator_component(figures: CoordinatorFigures, workers: int) -> Componen
     return Component("coordinator", state, details)
 
 
-def feedback_component(subscribers: int) -> Component:
-    return Component("feedback", "healthy", {"subscribers": str(subscribers)})
+def feedback_component(status: ChannelsStatus) -> Component:
+    """SSE streams, webhook and Redis. Degraded (never unhealthy) when a channel fails:
+    ingest and storage do not depend on them."""
+    details = {
+        "subscribers": str(status.subscribers),
+        "webhook": status.webhook,
+        "redis": status.redis,
+    }
+    if status.redis_error:
+        details["redis_error"] = status.redis_error
+    failing = status.webhook == "failing" or status.redis == "disconnected"
+    return Component("feedback", "degraded" if failing else "healthy", details)
 
 
 def lifecycle_component(shutting_down: bool) -> Component:
@@ -114,14 +125,14 @@ class HealthSources:
     """Everything a probe reads, bundled so a probe resolves one dependency.
 
     A report is rendered to JSON only when what it says changes (database
-    status, queue figures, circuit, subscribers, shutdown); in between, a probe
+    status, queue figures, circuit, feedback channels, shutdown); in between, a probe
     splices the current time into the cached bytes. Probes stay a few
     microseconds whatever the load.
     """
 
     db_monitor: DatabaseMonitor
     coordinator: WriteCoordinator[Any]
-    feedback_bus: FeedbackBus
+    feedback: FeedbackChannels
     lifecycle: Lifecycle
     workers: int
     _rendered: dict[Probe, _Rendered] = field(default_factory=dict, init=False, repr=False)
@@ -134,16 +145,16 @@ class HealthSources:
             CoordinatorFigures(
                 queue.size, queue.capacity, queue.level, c.breaker.state, c.workers_alive
             ),
-            self.feedback_bus.subscriber_count,
+            self.feedback.status(),
             self.lifecycle.shutting_down,
         )
 
     def components(self, key: tuple[Any, ...] | None = None) -> list[Component]:
-        status, coordinator, subscribers, shutting_down = key or self._key()
+        status, coordinator, feedback, shutting_down = key or self._key()
         return [
             database_component(status),
             coordinator_component(coordinator, self.workers),
-            feedback_component(subscribers),
+            feedback_component(feedback),
             lifecycle_component(shutting_down),
         ]
 

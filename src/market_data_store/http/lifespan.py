@@ -1,11 +1,14 @@
-"""Start-up and shut-down of the service's components, in order.
+"""Start-up and shut-down of the service's components, one context manager per concern.
 
 Up: database (embedded when no URL is configured) → pool → migrations →
-feedback bus → bars coordinator (PostgreSQL sink) → database monitor; each
-stored on ``app.state`` for the dependency providers.
-Down, in reverse: readiness fails at once → monitor stops → the coordinator
-drains (bounded by ``coordinator.drain_timeout``; the rest is dead-lettered) →
-the pool closes → the embedded database stops.
+feedback delivery (SSE fan-out, webhook, Redis) → bars coordinator (PostgreSQL
+sink) → database monitor; each stored on ``app.state`` for the dependency
+providers.
+Down, in reverse: readiness fails and feedback streams end at once (the
+lifecycle's shutdown event) → monitor stops → the coordinator drains (bounded by
+``coordinator.drain_timeout``; the rest is dead-lettered; its last events still
+go out) → feedback channels flush (each bounded by its timeout) → the pool
+closes → the embedded database stops.
 """
 
 from __future__ import annotations
@@ -26,23 +29,38 @@ from market_data_store.coordinator import (
     RetryPolicy,
     WriteCoordinator,
 )
+from market_data_store.feedback import (
+    FeedbackChannels,
+    FeedbackFanout,
+    HttpFeedbackBroadcaster,
+    RedisFeedbackBridge,
+    RedisFeedbackPublisher,
+)
 from market_data_store.storage import (
     BarReader,
     BarRow,
     BarsSink,
     DatabaseMonitor,
+    DbPool,
     MigrationError,
     apply_migrations,
     is_retryable,
 )
 from market_data_store.storage.database import database
 from market_data_store.storage.pool import PERMANENT_ERRORS
-from market_data_store.telemetry import CoordinatorInstruments, SinkInstruments, Telemetry
+from market_data_store.telemetry import (
+    CoordinatorInstruments,
+    FeedbackInstruments,
+    SinkInstruments,
+    Telemetry,
+)
 
 from .health import HealthSources
 from .lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
+
+BARS = "bars"
 
 
 class StartupError(RuntimeError):
@@ -57,7 +75,51 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
     lifecycle.bind(asyncio.get_running_loop())
     async with AsyncExitStack() as stack:
         stack.callback(telemetry.shutdown)
+        pool, url = await stack.enter_async_context(_database(settings, lifecycle))
+        bus = FeedbackBus()
+        channels = await stack.enter_async_context(
+            _feedback_delivery(settings, bus, lifecycle, app.state.feedback_instruments)
+        )
+        coordinator = await stack.enter_async_context(_write_path(app, settings, pool, bus))
+        # the current level of our coordinator, before any transition: streams,
+        # /v1/feedback/state, the webhook and other replicas know it from the start
+        await bus.publish(coordinator.feedback_event("service_started"))
         db = settings.database
+        monitor = DatabaseMonitor(url, db.health_interval, db.health_timeout)
+        await monitor.start()
+        stack.push_async_callback(monitor.stop)
+
+        app.state.update(
+            {
+                "db_pool": pool,
+                "feedback_bus": bus,
+                "feedback_channels": channels,
+                "feedback_fanout": channels.fanout,
+                "coordinator": coordinator,
+                "db_monitor": monitor,
+                "bar_reader": BarReader(
+                    pool,
+                    # leave the writers their connections (and one for admin calls)
+                    max_concurrent=db.pool_max_size - settings.coordinator.workers - 1,
+                    acquire_timeout=db.connect_timeout,
+                ),
+                "health_sources": HealthSources(
+                    monitor, coordinator, channels, lifecycle, settings.coordinator.workers
+                ),
+            }
+        )
+        log.info("market-data-store ready (instance %s)", settings.server.resolved_instance_id)
+        try:
+            yield
+        finally:
+            lifecycle.begin_shutdown()
+
+
+@asynccontextmanager
+async def _database(settings: Settings, lifecycle: Lifecycle) -> AsyncIterator[tuple[DbPool, str]]:
+    """The pool (on the configured or the embedded database), migrated when configured."""
+    db = settings.database
+    async with AsyncExitStack() as stack:
         try:
             pool, url = await stack.enter_async_context(
                 database(
@@ -87,8 +149,15 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
             except MigrationError as exc:
                 raise StartupError(str(exc)) from None
             log.info("schema up to date (%d migration(s) applied now)", len(applied))
+        yield pool, url
 
-        bus = FeedbackBus()
+
+@asynccontextmanager
+async def _write_path(
+    app: Litestar, settings: Settings, pool: DbPool, bus: FeedbackBus
+) -> AsyncIterator[WriteCoordinator[BarRow]]:
+    """The bars coordinator writing to PostgreSQL; drained (bounded) on the way out."""
+    async with AsyncExitStack() as stack:
         sink = BarsSink(pool)
         coordinator = build_coordinator(settings, sink, bus)
         instruments: CoordinatorInstruments = app.state.coordinator_instruments
@@ -99,35 +168,69 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
             coordinator.stop, drain=True, timeout=settings.coordinator.drain_timeout
         )
         sink_instruments: SinkInstruments = app.state.sink_instruments
-        sink_instruments.track(sink, "bars")
+        sink_instruments.track(sink, BARS)
+        yield coordinator
 
-        monitor = DatabaseMonitor(url, db.health_interval, db.health_timeout)
-        await monitor.start()
-        stack.push_async_callback(monitor.stop)
 
-        app.state.update(
-            {
-                "db_pool": pool,
-                "feedback_bus": bus,
-                "coordinator": coordinator,
-                "bars_sink": sink,
-                "db_monitor": monitor,
-                "bar_reader": BarReader(
-                    pool,
-                    # leave the writers their connections (and one for admin calls)
-                    max_concurrent=db.pool_max_size - settings.coordinator.workers - 1,
-                    acquire_timeout=db.connect_timeout,
-                ),
-                "health_sources": HealthSources(
-                    monitor, coordinator, bus, lifecycle, settings.coordinator.workers
-                ),
-            }
+@asynccontextmanager
+async def _feedback_delivery(
+    settings: Settings,
+    bus: FeedbackBus,
+    lifecycle: Lifecycle,
+    instruments: FeedbackInstruments,
+) -> AsyncIterator[FeedbackChannels]:
+    """SSE fan-out (always: it also serves /v1/feedback/state), the webhook and Redis
+    when configured. Streams end when the lifecycle's shutdown event fires; the
+    channels stop after the coordinator drained, so its last events still go out."""
+    f = settings.feedback
+    async with AsyncExitStack() as stack:
+        fanout = FeedbackFanout(
+            history=f.sse.history,
+            subscriber_queue=f.sse.subscriber_queue,
+            max_subscribers=f.sse.max_streams,
+            heartbeat_sec=f.sse.heartbeat_sec,
         )
-        log.info("market-data-store ready")
-        try:
-            yield
-        finally:
-            lifecycle.begin_shutdown()
+        fanout.start(lifecycle.shutdown_event)
+        stack.push_async_callback(fanout.stop)
+        bus.subscribe(fanout.on_local_event)
+
+        webhook = None
+        if f.webhook.url:
+            webhook = HttpFeedbackBroadcaster(
+                f.webhook.url,
+                timeout=f.webhook.timeout,
+                max_retries=f.webhook.max_attempts,
+                bus=bus,
+                queue_size=f.webhook.queue_size,
+            )
+            await webhook.start()
+            stack.push_async_callback(webhook.stop)
+            log.info("feedback webhook on: %s", redact_url(f.webhook.url))
+
+        publisher = bridge = None
+        if f.redis.url:
+            publisher = RedisFeedbackPublisher(
+                f.redis.url,
+                f.redis.channel,
+                instance_id=settings.server.resolved_instance_id,
+                latest=fanout.local_events,
+                queue_size=f.redis.queue_size,
+                timeout=f.redis.timeout,
+            )
+            await publisher.start()
+            stack.push_async_callback(publisher.stop)
+            bus.subscribe(publisher.publish)
+            bridge = RedisFeedbackBridge(
+                f.redis.url, f.redis.channel, fanout.publish_remote, timeout=f.redis.timeout
+            )
+            await bridge.start()
+            stack.push_async_callback(bridge.stop)
+            log.info("feedback via Redis %s, channel %s", redact_url(f.redis.url), f.redis.channel)
+
+        channels = FeedbackChannels(fanout, webhook, publisher, bridge)
+        instruments.track(channels)
+        stack.callback(instruments.untrack)
+        yield channels
 
 
 def build_coordinator(
@@ -154,7 +257,7 @@ def build_coordinator(
         circuit_breaker=CircuitBreaker(
             failure_threshold=cb.failure_threshold, half_open_after_sec=cb.half_open_after_sec
         ),
-        coord_id="bars",
+        coord_id=f"{settings.server.resolved_instance_id}/{BARS}",
         dead_letter_queue=DeadLetterQueue[BarRow](c.dead_letter_path),
         bus=bus,
         submit_timeout=c.submit_timeout if c.overflow_strategy == "block" else None,

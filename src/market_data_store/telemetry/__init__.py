@@ -1,12 +1,13 @@
 """OpenTelemetry: the meter provider, the service's instruments, HTTP server metrics."""
 
 from .http_metrics import HttpServerMetrics
-from .instruments import CoordinatorInstruments, SinkInstruments
+from .instruments import CoordinatorInstruments, FeedbackInstruments, SinkInstruments
 from .provider import PROMETHEUS_CONTENT_TYPE, Telemetry, build_telemetry
 
 __all__ = [
     "PROMETHEUS_CONTENT_TYPE",
     "CoordinatorInstruments",
+    "FeedbackInstruments",
     "HttpServerMetrics",
     "SinkInstruments",
     "Telemetry",

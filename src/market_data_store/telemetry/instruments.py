@@ -165,3 +165,129 @@ class SinkInstruments:
             return [Observation(value(s.stats), {"sink": n}) for n, s in self._tracked.items()]
 
         return observe
+
+
+class _FanoutStats(Protocol):
+    published_local: int
+    published_remote: int
+    delivered: int
+    conflated: int
+    dropped_slow: int
+    dropped_send_timeout: int
+    refused: int
+
+
+class _DeliveryStats(Protocol):
+    sent: int
+    retried: int
+    discarded: int
+    failed: int
+
+
+class _Fanout(Protocol):
+    @property
+    def stats(self) -> _FanoutStats: ...
+    @property
+    def subscriber_count(self) -> int: ...
+
+
+class _Channel(Protocol):
+    @property
+    def stats(self) -> _DeliveryStats: ...
+
+
+class _Channels(Protocol):
+    @property
+    def fanout(self) -> _Fanout: ...
+    @property
+    def webhook(self) -> _Channel | None: ...
+    @property
+    def redis_publisher(self) -> _Channel | None: ...
+
+
+FeedbackReading = Callable[[_Channels], Iterable[tuple[float, dict[str, str]]]]
+
+
+def _deliveries(field: str) -> FeedbackReading:
+    def read(ch: _Channels) -> Iterable[tuple[float, dict[str, str]]]:
+        for name, channel in (("webhook", ch.webhook), ("redis", ch.redis_publisher)):
+            if channel is not None:
+                yield getattr(channel.stats, field), {"channel": name}
+
+    return read
+
+
+_FEEDBACK: dict[str, tuple[str, str, str, FeedbackReading]] = {
+    "mds.feedback.events.published": (
+        "counter", "{event}", "Feedback events published, by origin (local, or remote via Redis)",
+        lambda ch: ((ch.fanout.stats.published_local, {"origin": "local"}),
+                    (ch.fanout.stats.published_remote, {"origin": "remote"})),
+    ),
+    "mds.feedback.sse.delivered": (
+        "counter", "{event}", "Events written to SSE streams (one per stream and event)",
+        lambda ch: ((ch.fanout.stats.delivered, {}),),
+    ),
+    "mds.feedback.sse.conflated": (
+        "counter", "{event}",
+        "Events a lagging SSE stream skipped because a newer one of the coordinator replaced them",
+        lambda ch: ((ch.fanout.stats.conflated, {}),),
+    ),
+    "mds.feedback.sse.dropped": (
+        "counter", "{stream}",
+        "SSE streams ended or refused by the server, by reason (slow, send_timeout, limit)",
+        lambda ch: ((ch.fanout.stats.dropped_slow, {"reason": "slow"}),
+                    (ch.fanout.stats.dropped_send_timeout, {"reason": "send_timeout"}),
+                    (ch.fanout.stats.refused, {"reason": "limit"})),
+    ),
+    "mds.feedback.sse.subscribers": (
+        "gauge", "{stream}", "Open SSE feedback streams",
+        lambda ch: ((ch.fanout.subscriber_count, {}),),
+    ),
+    "mds.feedback.delivery.sent": (
+        "counter", "{event}", "Events delivered by the webhook / published to Redis, by channel",
+        _deliveries("sent"),
+    ),
+    "mds.feedback.delivery.retried": (
+        "counter", "{attempt}", "Delivery attempts after a failed one, by channel",
+        _deliveries("retried"),
+    ),
+    "mds.feedback.delivery.discarded": (
+        "counter", "{event}", "Events dropped from a full channel buffer or unsent at stop",
+        _deliveries("discarded"),
+    ),
+    "mds.feedback.delivery.failed": (
+        "counter", "{event}", "Events given up after every attempt, by channel",
+        _deliveries("failed"),
+    ),
+}  # fmt: skip
+
+
+class FeedbackInstruments:
+    """Feedback delivery counters, read from the tracked channels when scraped."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._channels: _Channels | None = None
+        for name, (kind, unit, description, reading) in _FEEDBACK.items():
+            create = (
+                meter.create_observable_counter
+                if kind == "counter"
+                else meter.create_observable_gauge
+            )
+            create(name, callbacks=[self._callback(reading)], unit=unit, description=description)
+
+    def track(self, channels: _Channels) -> None:
+        self._channels = channels
+
+    def untrack(self) -> None:
+        self._channels = None
+
+    def _callback(
+        self, reading: FeedbackReading
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            channels = self._channels
+            if channels is None:
+                return []
+            return [Observation(value, attrs) for value, attrs in reading(channels)]
+
+        return observe

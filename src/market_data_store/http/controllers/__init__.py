@@ -3,13 +3,18 @@
 from .admin import AdminController
 from .bars import BarsController
 from .dead_letters import DeadLetterController
+from .feedback import FeedbackStateController, FeedbackStreamController
 from .health import HealthController
 from .metrics import MetricsController
+from .status_page import StatusPageController
 
 __all__ = [
     "AdminController",
     "BarsController",
     "DeadLetterController",
+    "FeedbackStateController",
+    "FeedbackStreamController",
     "HealthController",
     "MetricsController",
+    "StatusPageController",
 ]

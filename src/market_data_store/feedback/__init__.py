@@ -1,0 +1,47 @@
+"""Feedback delivery: backpressure events leave the process.
+
+- ``FeedbackFanout``: Server-Sent Events subscribers, snapshot and history;
+- ``HttpFeedbackBroadcaster``: a webhook;
+- ``RedisFeedbackPublisher`` / ``RedisFeedbackBridge``: every replica's events
+  to every replica's streams.
+
+Depends on ``coordinator`` only (no HTTP framework, no database driver). Bus
+subscribers never await I/O: they buffer (``Outbox``) and return.
+"""
+
+from .channels import ChannelsStatus, FeedbackChannels
+from .fanout import (
+    KEEPALIVE,
+    RETRY_MS,
+    FanoutStats,
+    FeedbackFanout,
+    Frame,
+    StreamRefusedError,
+    Subscriber,
+)
+from .outbox import DeliveryStats, Outbox
+from .redis_bridge import RedisFeedbackBridge, RedisFeedbackPublisher
+from .webhook import HttpFeedbackBroadcaster
+from .wire import LEVEL_RANK, WireError, decode_event, encode_event, event_dict
+
+__all__ = [
+    "KEEPALIVE",
+    "LEVEL_RANK",
+    "RETRY_MS",
+    "ChannelsStatus",
+    "DeliveryStats",
+    "FanoutStats",
+    "FeedbackChannels",
+    "FeedbackFanout",
+    "Frame",
+    "HttpFeedbackBroadcaster",
+    "Outbox",
+    "RedisFeedbackBridge",
+    "RedisFeedbackPublisher",
+    "StreamRefusedError",
+    "Subscriber",
+    "WireError",
+    "decode_event",
+    "encode_event",
+    "event_dict",
+]

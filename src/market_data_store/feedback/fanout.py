@@ -1,0 +1,380 @@
+"""Server-Sent Events fan-out: every event encoded once, bounded per subscriber.
+
+``FeedbackFanout.publish`` (synchronous, no I/O) numbers an event, encodes its
+SSE frame once, keeps it as the coordinator's latest and in a bounded history,
+and offers the frame to each subscriber. A subscriber is a small in-memory
+buffer drained by its own stream; publishing never waits for any of them:
+
+- a reader that keeps up gets every event, in order;
+- one that falls ``subscriber_queue`` frames behind is conflated to the latest
+  frame per coordinator (it never reads a stale level as current), and if that
+  is still too much it is disconnected;
+- a dead or stalled reader is found by keepalive comments plus the stream's
+  send timeout.
+
+Ids are strictly increasing per process and start at the process start time in
+microseconds, so an id from an earlier process is never mistaken for a recent
+one: resuming with it gets ``event: reset`` and the snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from market_data_store.coordinator import FeedbackEvent
+
+from .wire import LEVEL_RANK, encode_event
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = b": keepalive\n\n"
+RETRY_MS = 2000
+"""Reconnect delay suggested to clients in the ``retry:`` line."""
+
+
+class StreamRefusedError(Exception):
+    """A new subscriber is not taken: ``reason`` is ``limit`` or ``shutting_down``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One event, numbered and encoded once for every subscriber."""
+
+    seq: int
+    coordinator_id: str
+    rank: int  # 0 ok, 1 soft, 2 hard
+    event: FeedbackEvent
+    data: bytes  # the event's JSON
+    wire: bytes  # the whole SSE message
+
+
+@dataclass
+class FanoutStats:
+    """Plain counters, read by telemetry when scraped."""
+
+    published_local: int = 0
+    published_remote: int = 0
+    delivered: int = 0  # frames written to subscribers' streams
+    conflated: int = 0  # frames a lagging subscriber skipped (a newer one replaced them)
+    dropped_slow: int = 0  # subscribers disconnected for lagging past subscriber_queue
+    dropped_send_timeout: int = 0  # subscribers whose send did not complete in time
+    refused: int = 0  # connections refused at the subscriber cap
+
+
+class Subscriber:
+    """One stream's buffer. Filled by ``FeedbackFanout.publish``, drained by ``next_chunk``."""
+
+    __slots__ = (
+        "_above",
+        "_pending",
+        "_stats",
+        "_waiter",
+        "close_reason",
+        "coordinators",
+        "keepalive_due",
+        "limit",
+        "min_rank",
+        "sent_since_tick",
+    )
+
+    def __init__(
+        self,
+        coordinators: frozenset[str] | None,
+        min_rank: int,
+        limit: int,
+        stats: FanoutStats,
+    ) -> None:
+        self.coordinators = coordinators
+        self.min_rank = min_rank
+        self.limit = limit
+        self._stats = stats
+        self._pending: deque[Frame] = deque()
+        # coordinators last told a level >= min_rank: their way back down is sent too
+        self._above: set[str] = set()
+        self._waiter: asyncio.Future[None] | None = None
+        self.close_reason: str | None = None
+        self.keepalive_due = False
+        self.sent_since_tick = False
+
+    @property
+    def closed(self) -> bool:
+        return self.close_reason is not None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def first_pending_id(self) -> int | None:
+        return self._pending[0].seq if self._pending else None
+
+    def wants(self, frame: Frame) -> bool:
+        """Filters: the coordinator is selected and the level is at least ``min_level``,
+        or the event ends a level at or above it (a consumer of ``min_level=hard`` is
+        told when hard is over)."""
+        cid = frame.coordinator_id
+        if self.coordinators is not None and cid not in self.coordinators:
+            return False
+        if not self.min_rank:
+            return True
+        if frame.rank >= self.min_rank:
+            self._above.add(cid)
+            return True
+        if cid in self._above:
+            self._above.discard(cid)
+            return True
+        return False
+
+    def offer(self, frame: Frame) -> bool:
+        """Buffer ``frame`` if wanted; False when this subscriber has to go."""
+        if self.close_reason is not None or not self.wants(frame):
+            return True
+        pending = self._pending
+        if len(pending) >= self.limit:
+            self._conflate()
+            if len(pending) >= self.limit:
+                return False
+        pending.append(frame)
+        self._wake()
+        return True
+
+    def _conflate(self) -> None:
+        """Keep only the latest pending frame of each coordinator, in id order."""
+        latest: dict[str, Frame] = {}
+        for frame in self._pending:
+            latest.pop(frame.coordinator_id, None)
+            latest[frame.coordinator_id] = frame
+        self._stats.conflated += len(self._pending) - len(latest)
+        self._pending = deque(latest.values())
+
+    def preload(self, frames: Iterable[Frame]) -> None:
+        """Frames sent before live ones (snapshot or replay), through the same filters."""
+        for frame in frames:
+            if self.wants(frame):
+                self._pending.append(frame)
+
+    def tick(self) -> None:
+        """Heartbeat: ask for a keepalive comment unless data went out since the last tick."""
+        if not self.sent_since_tick:
+            self.keepalive_due = True
+            self._wake()
+        self.sent_since_tick = False
+
+    def close(self, reason: str) -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
+            self._pending.clear()
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_chunk(self) -> bytes | None:
+        """The bytes to send next (buffered frames, or a keepalive); None once closed."""
+        while self.close_reason is None:
+            pending = self._pending
+            if pending:
+                n = len(pending)
+                chunk = pending[0].wire if n == 1 else b"".join(f.wire for f in pending)
+                pending.clear()
+                self._stats.delivered += n
+                self.sent_since_tick = True
+                return chunk
+            if self.keepalive_due:
+                self.keepalive_due = False
+                return KEEPALIVE
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return None
+
+
+class FeedbackFanout:
+    """Numbers, encodes and fans out feedback events; keeps the snapshot and history."""
+
+    def __init__(
+        self,
+        *,
+        history: int = 1024,
+        subscriber_queue: int = 256,
+        max_subscribers: int = 10_000,
+        heartbeat_sec: float = 15.0,
+    ) -> None:
+        self.stats = FanoutStats()
+        self._history: deque[Frame] = deque(maxlen=history)
+        self._latest: dict[str, Frame] = {}
+        self._local: set[str] = set()
+        self._subscribers: set[Subscriber] = set()
+        self._subscriber_queue = subscriber_queue
+        self._max_subscribers = max_subscribers
+        self._heartbeat_sec = heartbeat_sec
+        self._next_seq = time.time_ns() // 1000
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- publishing ----------------------------------------------------------
+
+    def publish(self, event: FeedbackEvent, *, local: bool = True) -> Frame:
+        """Number and encode ``event`` once, remember it, offer it to every subscriber."""
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        data = encode_event(event)
+        cid = event.coordinator_id
+        frame = Frame(
+            seq,
+            cid,
+            LEVEL_RANK[event.level],
+            event,
+            data,
+            b"event: feedback\nid: %d\ndata: %b\n\n" % (seq, data),
+        )
+        if local:
+            self._local.add(cid)
+            self.stats.published_local += 1
+        else:
+            self.stats.published_remote += 1
+        self._latest[cid] = frame
+        self._history.append(frame)
+        lagging = [sub for sub in self._subscribers if not sub.offer(frame)]
+        for sub in lagging:
+            self.stats.dropped_slow += 1
+            sub.close("slow")
+            self._subscribers.discard(sub)
+        if lagging:
+            log.warning(
+                "feedback: %d stream(s) fell %d events behind and were disconnected",
+                len(lagging),
+                self._subscriber_queue,
+            )
+        return frame
+
+    async def on_local_event(self, event: FeedbackEvent) -> None:
+        """Feedback-bus subscriber for this process's coordinators."""
+        self.publish(event, local=True)
+
+    def publish_remote(self, event: FeedbackEvent) -> bool:
+        """An event of another replica (from Redis): shown to streams and in the snapshot,
+        never put on the local bus. Ignored when it names one of our own coordinators
+        (our own events coming back) or is not newer than what we have."""
+        cid = event.coordinator_id
+        if cid in self._local:
+            return False
+        known = self._latest.get(cid)
+        if known is not None and known.event.ts >= event.ts:
+            return False
+        self.publish(event, local=False)
+        return True
+
+    def is_local(self, coordinator_id: str) -> bool:
+        return coordinator_id in self._local
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def last_id(self) -> int:
+        return self._next_seq - 1
+
+    def snapshot(self) -> list[Frame]:
+        """The latest frame of every known coordinator, oldest first."""
+        return sorted(self._latest.values(), key=lambda f: f.seq)
+
+    def local_events(self) -> list[FeedbackEvent]:
+        return [f.event for f in self.snapshot() if f.coordinator_id in self._local]
+
+    def since(self, last_id: int) -> list[Frame] | None:
+        """Frames after ``last_id`` from the history; None when it cannot say (the id
+        is older than the history, or not one of this process's ids)."""
+        history = self._history
+        newest = self._next_seq - 1
+        oldest = history[0].seq if history else self._next_seq
+        if not oldest - 1 <= last_id <= newest:
+            return None
+        start = last_id + 1 - oldest  # ids are contiguous within the history
+        return [history[i] for i in range(start, len(history))]
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    def subscribe(
+        self,
+        *,
+        coordinators: Collection[str] | None = None,
+        min_rank: int = 0,
+        last_id: int | None = None,
+    ) -> tuple[Subscriber, bool]:
+        """A new subscriber, preloaded with the snapshot, or with the frames after
+        ``last_id``; the flag says the history could not cover ``last_id`` (send
+        ``reset`` before the snapshot)."""
+        if self._closed:
+            raise StreamRefusedError("shutting_down", "the service is shutting down")
+        if len(self._subscribers) >= self._max_subscribers:
+            self.stats.refused += 1
+            raise StreamRefusedError(
+                "limit", f"{self._max_subscribers} feedback streams are open already"
+            )
+        sub = Subscriber(
+            frozenset(coordinators) if coordinators else None,
+            min_rank,
+            self._subscriber_queue,
+            self.stats,
+        )
+        replay = None if last_id is None else self.since(last_id)
+        sub.preload(self.snapshot() if replay is None else replay)
+        self._subscribers.add(sub)
+        return sub, last_id is not None and replay is None
+
+    def unsubscribe(self, sub: Subscriber, reason: str = "gone") -> None:
+        sub.close(reason)
+        self._subscribers.discard(sub)
+
+    def send_timed_out(self, sub: Subscriber) -> None:
+        self.stats.dropped_send_timeout += 1
+        self.unsubscribe(sub, "send_timeout")
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def start(self, shutdown: asyncio.Event | None = None) -> None:
+        """Heartbeats every ``heartbeat_sec``; every stream ends when ``shutdown`` is set."""
+        if self._task is None:
+            self._task = asyncio.create_task(
+                self._heartbeats(shutdown or asyncio.Event()), name="feedback-heartbeat"
+            )
+
+    async def _heartbeats(self, shutdown: asyncio.Event) -> None:
+        while not shutdown.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(shutdown.wait(), self._heartbeat_sec)
+            for sub in tuple(self._subscribers):
+                sub.tick()
+        self.close()
+
+    def close(self) -> None:
+        """End every stream now and refuse new ones (idempotent)."""
+        self._closed = True
+        subs, self._subscribers = self._subscribers, set()
+        for sub in subs:
+            sub.close("shutting_down")
+        if subs:
+            log.info("feedback: %d stream(s) ended for shutdown", len(subs))
+
+    async def stop(self) -> None:
+        self.close()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,287 @@
+"""Feedback across replicas over Redis pub/sub.
+
+``RedisFeedbackPublisher`` (Core's ``FeedbackPublisher``) publishes each local
+event on the channel from a bounded outbox, and keeps this replica's latest
+events in a Redis hash that expires unless refreshed (so a replica that starts
+later learns the current level of every live replica at once).
+``RedisFeedbackBridge`` subscribes to the channel and hands the events of other
+replicas to the SSE side (``FeedbackFanout.publish_remote``), never to the
+local bus: a replica's webhook sends only its own events.
+
+Redis down or restarted: nothing blocks (the bus only buffers), health reads
+``disconnected``, both reconnect with capped backoff, the bridge resubscribes
+and re-reads the hashes, the publisher re-sends its latest events; each
+failure is logged at most once per interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from market_data_store.coordinator import FeedbackEvent
+from market_data_store.coordinator.throttled_log import ThrottledLog
+
+from .outbox import DeliveryStats, Outbox
+from .wire import WireError, decode_event, encode_event
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+MAX_BACKOFF = 5.0
+
+
+def latest_key(channel: str, instance_id: str) -> str:
+    """The hash holding one replica's latest event per coordinator."""
+    return f"{channel}:latest:{instance_id}"
+
+
+def _client(url: str, timeout: float) -> Redis:
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),  # we retry ourselves, with backoff, without blocking anyone
+        health_check_interval=0,
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's type only: Redis messages can quote the URL (and its password)."""
+    return type(exc).__name__
+
+
+class RedisFeedbackPublisher:
+    """Publishes this replica's feedback events on ``channel``.
+
+    ``publish`` only buffers (the bus never waits on Redis). Every ``refresh_sec``
+    the latest local events are written again to the replica's hash, which
+    expires after three missed refreshes; that write doubles as the health check.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        *,
+        instance_id: str,
+        latest: Callable[[], list[FeedbackEvent]],
+        queue_size: int = 1000,
+        timeout: float = 2.0,
+        refresh_sec: float = 10.0,
+    ) -> None:
+        self.channel = channel
+        self.stats = DeliveryStats()
+        self.connected = False
+        self.last_error: str | None = "not connected yet"
+        self._url = url
+        self._timeout = timeout
+        self._refresh_sec = refresh_sec
+        self._key = latest_key(channel, instance_id)
+        self._latest = latest
+        self._client: Redis | None = None
+        self._outbox = Outbox[FeedbackEvent]("redis", queue_size, self._deliver, self.stats)
+        self._refresher: asyncio.Task[None] | None = None
+        self._failures = ThrottledLog(log)
+
+    async def publish(self, event: FeedbackEvent) -> None:
+        """Buffer ``event`` for publishing; returns at once (Core ``FeedbackPublisher``)."""
+        self._outbox.put_nowait(event)
+
+    @property
+    def buffered(self) -> int:
+        return self._outbox.size
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        self._client = _client(self._url, self._timeout)
+        self._outbox.start()
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="redis-refresh")
+
+    async def stop(self) -> None:
+        """Publish what is buffered for at most ``timeout`` s, then close."""
+        if self._client is None:
+            return
+        task, self._refresher = self._refresher, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._outbox.stop(self._timeout)
+        client, self._client = self._client, None
+        with contextlib.suppress(*REDIS_ERRORS):
+            await asyncio.wait_for(client.aclose(), self._timeout)
+        self.connected = False
+
+    async def _deliver(self, event: FeedbackEvent) -> bool:
+        """Publish one event, retrying with backoff until Redis takes it."""
+        body = encode_event(event)
+        delay = 0.1
+        while True:
+            try:
+                await self._write({event.coordinator_id: body}, publish=[body])
+                return True
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+            self.stats.retried += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _write(self, latest: dict[str, bytes], publish: list[bytes]) -> None:
+        client = self._client
+        if client is None:
+            raise RedisError("publisher stopped")
+        was_connected = self.connected
+        async with client.pipeline(transaction=False) as pipe:
+            if latest:
+                pipe.hset(self._key, mapping=latest)  # type: ignore[arg-type]
+                pipe.expire(self._key, max(1, round(3 * self._refresh_sec)))
+            for body in publish:
+                pipe.publish(self.channel, body)
+            await pipe.execute()
+        self.connected, self.last_error = True, None
+        if not was_connected:
+            log.info("redis feedback publisher connected")
+            await self._resend_latest()
+
+    async def _resend_latest(self) -> None:
+        """After (re)connecting: replicas may have missed our events while Redis was away."""
+        bodies = {e.coordinator_id: encode_event(e) for e in self._latest()}
+        if bodies:
+            await self._write(bodies, publish=list(bodies.values()))
+
+    async def _refresh_loop(self) -> None:
+        delay = self._refresh_sec
+        while True:
+            try:
+                if self.connected:
+                    bodies = {e.coordinator_id: encode_event(e) for e in self._latest()}
+                    await self._write(bodies, publish=[])
+                else:
+                    await self._resend_latest() if self._latest() else await self._ping()
+                delay = self._refresh_sec
+            except REDIS_ERRORS as exc:
+                self._failed(exc)
+                delay = min(self._refresh_sec, 1.0)  # notice the recovery sooner
+            except Exception:
+                log.exception("redis feedback refresh failed unexpectedly")
+            await asyncio.sleep(delay)
+
+    async def _ping(self) -> None:
+        client = self._client
+        if client is not None:
+            await client.ping()
+            if not self.connected:
+                log.info("redis feedback publisher connected")
+            self.connected, self.last_error = True, None
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.connected:
+            log.warning("redis feedback publisher lost Redis: %s", _describe(exc))
+        self.connected = False
+        self.last_error = _describe(exc)
+        self._failures.log(
+            logging.WARNING, "publish", "redis feedback publisher: %s; retrying", _describe(exc)
+        )
+
+
+class RedisFeedbackBridge:
+    """Feeds other replicas' events from ``channel`` into ``on_remote``."""
+
+    def __init__(
+        self,
+        url: str,
+        channel: str,
+        on_remote: Callable[[FeedbackEvent], bool],
+        *,
+        timeout: float = 2.0,
+    ) -> None:
+        self.channel = channel
+        self.connected = False
+        self.last_error: str | None = "not connected yet"
+        self.received = 0
+        self.rejected = 0
+        self._url = url
+        self._timeout = timeout
+        self._on_remote = on_remote
+        self._task: asyncio.Task[None] | None = None
+        self._failures = ThrottledLog(log)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="redis-bridge")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, self._timeout)
+        self.connected = False
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            client = _client(self._url, self._timeout)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                await self._seed(client)
+                if not self.connected:
+                    log.info("redis feedback bridge subscribed to %s", self.channel)
+                self.connected, self.last_error = True, None
+                delay = 0.1
+                await self._listen(pubsub)
+            except REDIS_ERRORS as exc:
+                if self.connected:
+                    log.warning("redis feedback bridge lost Redis: %s", _describe(exc))
+                self.connected, self.last_error = False, _describe(exc)
+                self._failures.log(
+                    logging.WARNING, "bridge", "redis feedback bridge: %s; resubscribing",
+                    _describe(exc),
+                )  # fmt: skip
+            except Exception:
+                self.connected, self.last_error = False, "unexpected error"
+                self._failures.log(logging.ERROR, "bug", "redis feedback bridge failed", exc=True)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call]
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.aclose(), self._timeout)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    async def _seed(self, client: Redis) -> None:
+        """The latest events every live replica keeps in Redis (missed while away)."""
+        async for key in client.scan_iter(match=latest_key(self.channel, "*"), count=100):
+            for body in (await client.hgetall(key)).values():
+                self._accept(body)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        while True:
+            # the timeout bounds each wait; a dead server surfaces as an error here
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is None:
+                await pubsub.ping()
+                continue
+            if message.get("type") == "message":
+                self._accept(message["data"])
+
+    def _accept(self, body: bytes | str) -> None:
+        self.received += 1
+        try:
+            event = decode_event(body)
+        except WireError as exc:
+            self.rejected += 1
+            self._failures.log(logging.WARNING, "wire", "redis feedback bridge: %s", exc)
+            return
+        self._on_remote(event)

@@ -1,0 +1,133 @@
+"""Webhook delivery: every feedback event POSTed as JSON to one URL.
+
+Retries with exponential backoff and jitter, from a bounded outbox of its own:
+a slow or dead endpoint never blocks the feedback bus, the coordinator or the
+shutdown (``stop`` waits at most ``timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+import httpx
+
+from market_data_store.coordinator import FeedbackBus, FeedbackEvent, feedback_bus
+from market_data_store.coordinator.throttled_log import ThrottledLog
+
+from .outbox import DeliveryStats, Outbox
+from .wire import encode_event
+
+log = logging.getLogger(__name__)
+
+HEADERS = {"content-type": "application/json", "user-agent": "market-data-store-feedback"}
+
+
+class HttpFeedbackBroadcaster:
+    """POSTs each event of ``bus`` (default: the process bus) to ``endpoint``.
+
+    The body is Core's FeedbackEvent JSON plus ``reason`` and ``utilization``.
+    An event is tried up to ``max_retries`` times in all (any 2xx is success),
+    waiting ``backoff_base * 2**(n-1)`` s, randomised to 50-100 %, after the
+    n-th failure; then it is given up and counted as failed.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 2.5,
+        max_retries: int = 3,
+        backoff_base: float = 0.5,
+        enabled: bool = True,
+        bus: FeedbackBus | None = None,
+        queue_size: int = 1000,
+    ) -> None:
+        if max_retries < 1:
+            raise ValueError("max_retries must be >= 1")
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.enabled = enabled
+        self.stats = DeliveryStats()
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+        self._bus = bus
+        self._client: httpx.AsyncClient | None = None
+        self._outbox = Outbox[FeedbackEvent]("webhook", queue_size, self.broadcast_one, self.stats)
+        self._started = False
+        self._failures = ThrottledLog(log)
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    @property
+    def failing(self) -> bool:
+        """The last delivery was given up (until one succeeds)."""
+        return self.last_error is not None
+
+    @property
+    def buffered(self) -> int:
+        return self._outbox.size
+
+    async def start(self) -> None:
+        """Subscribe to the bus and start delivering (no-op when disabled or started)."""
+        if not self.enabled or self._started:
+            return
+        self._client = httpx.AsyncClient(timeout=self.timeout, follow_redirects=False)
+        self._outbox.start()
+        (self._bus or feedback_bus()).subscribe(self._on_feedback)
+        self._started = True
+
+    async def stop(self) -> None:
+        """Unsubscribe, deliver what is buffered for at most ``timeout`` s, close."""
+        if not self._started:
+            return
+        (self._bus or feedback_bus()).unsubscribe(self._on_feedback)
+        await self._outbox.stop(self.timeout)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+        self._started = False
+
+    async def _on_feedback(self, event: FeedbackEvent) -> None:
+        """Bus subscriber: buffer and return at once."""
+        self._outbox.put_nowait(event)
+
+    async def broadcast_one(self, event: FeedbackEvent) -> bool:
+        """Deliver ``event`` now, with retries; True once a 2xx answered."""
+        client = self._client
+        if client is None:
+            return False
+        body = encode_event(event)
+        for attempt in range(1, self.max_retries + 1):
+            if attempt > 1:
+                self.stats.retried += 1
+            try:
+                async with asyncio.timeout(self.timeout):  # the whole attempt, not per phase
+                    response = await client.post(self.endpoint, content=body, headers=HEADERS)
+            except (httpx.HTTPError, TimeoutError) as exc:
+                error = type(exc).__name__
+            else:
+                if response.is_success:
+                    self.last_error = None
+                    self.last_success = time.time()
+                    return True
+                error = f"HTTP {response.status_code}"
+            if attempt < self.max_retries:
+                delay = self.backoff_base * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
+                await asyncio.sleep(delay)
+        self.last_error = error
+        self._failures.log(
+            logging.WARNING,
+            "gave-up",
+            "webhook: event of %s not delivered after %d attempt(s) (%s)",
+            event.coordinator_id,
+            self.max_retries,
+            error,
+        )
+        return False

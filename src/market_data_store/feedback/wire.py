@@ -1,0 +1,55 @@
+"""FeedbackEvents as bytes: Core's JSON plus ``reason`` and ``utilization``.
+
+Every channel (SSE, webhook, Redis) sends the same bytes, encoded once per
+event. They validate as ``market_data_core.telemetry.FeedbackEvent`` (whose
+models ignore the two extra fields).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pydantic
+
+from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
+
+MAX_EVENT_BYTES = 4096
+"""Largest event accepted from outside (Redis); ours are a few hundred bytes."""
+
+LEVEL_RANK = {BackpressureLevel.ok: 0, BackpressureLevel.soft: 1, BackpressureLevel.hard: 2}
+
+_encoder = msgspec.json.Encoder()
+
+
+class WireError(ValueError):
+    """Bytes that are not a FeedbackEvent (too large, not JSON, wrong fields)."""
+
+
+def event_dict(event: FeedbackEvent) -> dict[str, Any]:
+    """The event as plain JSON data, Core's field names first."""
+    return {
+        "coordinator_id": event.coordinator_id,
+        "queue_size": event.queue_size,
+        "capacity": event.capacity,
+        "level": event.level.value,
+        "source": event.source,
+        "ts": event.ts,
+        "reason": event.reason,
+        "utilization": round(event.utilization, 4),
+    }
+
+
+def encode_event(event: FeedbackEvent) -> bytes:
+    """Compact JSON of ``event_dict(event)``: one line, no newline inside."""
+    return _encoder.encode(event_dict(event))
+
+
+def decode_event(data: bytes | str) -> FeedbackEvent:
+    """Parse and validate an event received from another replica."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise WireError(f"event of {len(data)} bytes exceeds {MAX_EVENT_BYTES}")
+    try:
+        return FeedbackEvent.model_validate_json(data)
+    except pydantic.ValidationError as exc:
+        raise WireError(f"not a FeedbackEvent: {exc.error_count()} error(s)") from None

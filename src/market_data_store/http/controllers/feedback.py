@@ -1,0 +1,248 @@
+"""Backpressure feedback for consumers: an SSE stream and a JSON snapshot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, MediaType, get
+from litestar.di import NamedDependency
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
+from litestar.params import HeaderParameter, QueryParameter
+from litestar.response.base import ASGIResponse
+from litestar.types import Receive, Scope, Send
+
+from market_data_store.config import Settings
+from market_data_store.coordinator import BackpressureLevel
+from market_data_store.feedback import (
+    LEVEL_RANK,
+    RETRY_MS,
+    FeedbackFanout,
+    StreamRefusedError,
+    Subscriber,
+)
+
+from ..problems import PROBLEM_JSON
+
+log = logging.getLogger(__name__)
+
+EVENT_STREAM = "text/event-stream"
+REFUSED_RETRY_AFTER = 5
+MAX_COORDINATOR_FILTERS = 100
+MAX_ID_LENGTH = 200
+
+
+class FeedbackEventBody(msgspec.Struct):
+    """Core ``FeedbackEvent`` plus ``reason`` and ``utilization`` (queue_size / capacity)."""
+
+    coordinator_id: str
+    queue_size: int
+    capacity: int
+    level: Literal["ok", "soft", "hard"]
+    source: str
+    ts: float
+    reason: str | None
+    utilization: float
+
+
+class FeedbackStateBody(msgspec.Struct):
+    coordinators: list[FeedbackEventBody]
+
+
+_PROBLEM = ResponseSpec(data_container=dict[str, Any], media_type=PROBLEM_JSON)
+
+
+class FeedbackStream(ASGIResponse):
+    """One subscriber's stream, written straight to the ASGI ``send``.
+
+    Each frame was encoded once for every subscriber; this loop only joins what
+    is buffered and sends it. A send that does not complete within
+    ``send_timeout`` (the client stopped reading) ends the stream; so do the
+    client going away, the subscriber lagging too far, and the service's
+    shutdown (the stream ends at once, cleanly).
+    """
+
+    __slots__ = ("_fanout", "_head", "_send_timeout", "_sub")
+    _should_set_content_length = False
+
+    def __init__(
+        self, fanout: FeedbackFanout, sub: Subscriber, head: bytes, send_timeout: float
+    ) -> None:
+        super().__init__(
+            media_type=EVENT_STREAM,
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+        self._fanout = fanout
+        self._sub = sub
+        self._head = head
+        self._send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sub, fanout = self._sub, self._fanout
+        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        try:
+            await self.start_response(send)
+            chunk: bytes | None = self._head
+            while chunk is not None:
+                try:
+                    async with asyncio.timeout(self._send_timeout):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                except TimeoutError:
+                    fanout.send_timed_out(sub)
+                    log.info("feedback stream ended: send timed out after %gs", self._send_timeout)
+                    return  # the connection cannot take even the last chunk: leave it
+                chunk = await sub.next_chunk()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._send_timeout):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            watcher.cancel()
+            fanout.unsubscribe(sub)
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        try:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+        finally:
+            self._sub.close("disconnected")
+
+
+def _frame(event: str, event_id: int, data: bytes) -> bytes:
+    return b"event: %b\nid: %d\ndata: %b\n\n" % (event.encode(), event_id, data)
+
+
+class FeedbackStateController(Controller):
+    path = "/v1/feedback"
+    tags = ["feedback"]
+
+    @get(
+        "/state",
+        summary="The latest feedback event of every known coordinator",
+        description="The stream's snapshot as JSON, for pollers.",
+        sync_to_thread=False,
+        responses={200: ResponseSpec(data_container=FeedbackStateBody, description="Snapshot")},
+    )
+    def state(self, feedback_fanout: NamedDependency[FeedbackFanout]) -> ASGIResponse:
+        frames = feedback_fanout.snapshot()
+        body = b'{"coordinators":[' + b",".join(f.data for f in frames) + b"]}"
+        return ASGIResponse(body=body, media_type=MediaType.JSON)
+
+
+class FeedbackStreamController(Controller):
+    """Registered only with ``feedback.sse.enabled``."""
+
+    path = "/v1/feedback"
+    tags = ["feedback"]
+
+    @get(
+        "/stream",
+        summary="Backpressure feedback as Server-Sent Events",
+        description=(
+            "`event: feedback` messages, `id:` strictly increasing, `data:` a Core "
+            "FeedbackEvent (+ reason, utilization). First the latest event of every known "
+            "coordinator (all replicas when Redis is configured), then live events. Resume "
+            "with `Last-Event-ID` (or `last_event_id`): the events after it are replayed "
+            "from a bounded history; when it is older than that, `event: reset` comes first, "
+            "then the snapshot. Keepalive comments every `feedback.sse.heartbeat_sec`. "
+            "503 with Retry-After past `feedback.sse.max_streams` or while shutting down."
+        ),
+        media_type=EVENT_STREAM,
+        sync_to_thread=False,
+        responses={
+            200: ResponseSpec(
+                data_container=str, media_type=EVENT_STREAM, description="The event stream"
+            ),
+            400: ResponseSpec(
+                data_container=dict[str, Any],
+                media_type=PROBLEM_JSON,
+                description="Bad filter or Last-Event-ID",
+            ),
+            503: ResponseSpec(
+                data_container=dict[str, Any],
+                media_type=PROBLEM_JSON,
+                description="Too many streams, or shutting down; retry after Retry-After",
+            ),
+        },
+    )
+    def stream(
+        self,
+        feedback_fanout: NamedDependency[FeedbackFanout],
+        settings: NamedDependency[Settings],
+        coordinator_id: Annotated[
+            list[str] | None,
+            QueryParameter(description="Only these coordinators (repeatable)"),
+        ] = None,
+        min_level: Annotated[
+            Literal["ok", "soft", "hard"] | None,
+            QueryParameter(
+                description="Only events at this level or above (and the one that ends such a "
+                "level, so a consumer is told when it is over)"
+            ),
+        ] = None,
+        last_event_id_header: Annotated[
+            str | None, HeaderParameter(name="last-event-id", description="Resume after this id")
+        ] = None,
+        last_event_id: Annotated[
+            str | None, QueryParameter(description="Resume after this id (when no header can be set)")
+        ] = None,
+    ) -> FeedbackStream:
+        coordinators = _coordinator_filter(coordinator_id)
+        resume = _event_id(last_event_id_header or last_event_id)
+        try:
+            sub, reset = feedback_fanout.subscribe(
+                coordinators=coordinators,
+                min_rank=LEVEL_RANK[BackpressureLevel(min_level)] if min_level else 0,
+                last_id=resume,
+            )
+        except StreamRefusedError as exc:
+            raise HTTPException(
+                status_code=503,
+                detail=str(exc),
+                headers={"Retry-After": str(REFUSED_RETRY_AFTER)},
+                extra={"retry_after": REFUSED_RETRY_AFTER, "reason": exc.reason},
+            ) from None
+        head = b"retry: %d\n\n" % RETRY_MS
+        if reset:
+            # the id just before what follows: resuming from it replays the snapshot
+            first = sub.first_pending_id()
+            reset_id = feedback_fanout.last_id if first is None else first - 1
+            head += _frame("reset", reset_id, b'{"reason":"last_event_id_unknown"}')
+        return FeedbackStream(feedback_fanout, sub, head, settings.feedback.sse.send_timeout)
+
+
+def _coordinator_filter(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    errors = []
+    if len(values) > MAX_COORDINATOR_FILTERS:
+        errors.append(
+            {"key": "coordinator_id", "message": f"at most {MAX_COORDINATOR_FILTERS} values"}
+        )
+    for value in values:
+        if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
+            errors.append(
+                {
+                    "key": "coordinator_id",
+                    "message": f"must be 1-{MAX_ID_LENGTH} printable characters",
+                }
+            )
+            break
+    if errors:
+        raise ValidationException("invalid query parameters", extra=errors)
+    return values
+
+
+def _event_id(text: str | None) -> int | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        raise ValidationException(
+            "invalid Last-Event-ID",
+            extra=[{"key": "last_event_id", "message": "must be an event id (digits)"}],
+        )
+    return int(text)
