@@ -34,6 +34,15 @@ class _OneLineStartupFailure(logging.Filter):
         return True
 
 
+class _AbandonedStreams(logging.Filter):
+    """A feedback stream whose client stopped reading is left without its final chunk
+    (it could not be sent); uvicorn reports that as an error. The stream already logged
+    why (rate-limited), so uvicorn's line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "ASGI callable returned without completing response."
+
+
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
         super().__init__(config)
@@ -60,8 +69,9 @@ def build_server(
     # With log_config=None uvicorn leaves logging alone, access_log=False included:
     # detach its access logger so per-request lines stay off (metrics count requests).
     errors = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _OneLineStartupFailure) for f in errors.filters):
-        errors.addFilter(_OneLineStartupFailure())
+    for kind in (_OneLineStartupFailure, _AbandonedStreams):
+        if not any(isinstance(f, kind) for f in errors.filters):
+            errors.addFilter(kind())
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False

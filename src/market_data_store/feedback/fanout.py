@@ -138,12 +138,11 @@ class Subscriber:
         """Buffer ``frame`` if wanted; False when this subscriber has to go."""
         if self.close_reason is not None or not self.wants(frame):
             return True
-        pending = self._pending
-        if len(pending) >= self.limit:
+        if len(self._pending) >= self.limit:
             self._conflate()
-            if len(pending) >= self.limit:
+            if len(self._pending) >= self.limit:
                 return False
-        pending.append(frame)
+        self._pending.append(frame)
         self._wake()
         return True
 

@@ -110,7 +110,9 @@ class HttpFeedbackBroadcaster:
             try:
                 async with asyncio.timeout(self.timeout):  # the whole attempt, not per phase
                     response = await client.post(self.endpoint, content=body, headers=HEADERS)
-            except (httpx.HTTPError, TimeoutError) as exc:
+            except Exception as exc:  # not only httpx.HTTPError: a bad URL raises InvalidURL,
+                # a port > 65535 an ExceptionGroup; either must count as a failed attempt
+                # (retried, then ``failing``), not escape and leave health at "ok"
                 error = type(exc).__name__
             else:
                 if response.is_success:

@@ -18,6 +18,7 @@ from litestar.types import Receive, Scope, Send
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import BackpressureLevel
+from market_data_store.coordinator.throttled_log import ThrottledLog
 from market_data_store.feedback import (
     LEVEL_RANK,
     RETRY_MS,
@@ -29,6 +30,7 @@ from market_data_store.feedback import (
 from ..problems import PROBLEM_JSON
 
 log = logging.getLogger(__name__)
+_ended = ThrottledLog(log)
 
 EVENT_STREAM = "text/event-stream"
 REFUSED_RETRY_AFTER = 5
@@ -93,7 +95,12 @@ class FeedbackStream(ASGIResponse):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 except TimeoutError:
                     fanout.send_timed_out(sub)
-                    log.info("feedback stream ended: send timed out after %gs", self._send_timeout)
+                    _ended.log(
+                        logging.INFO,
+                        "send_timeout",
+                        "feedback stream ended: a send did not complete within %gs",
+                        self._send_timeout,
+                    )
                     return  # the connection cannot take even the last chunk: leave it
                 chunk = await sub.next_chunk()
             with contextlib.suppress(TimeoutError):
@@ -187,7 +194,8 @@ class FeedbackStreamController(Controller):
             str | None, HeaderParameter(name="last-event-id", description="Resume after this id")
         ] = None,
         last_event_id: Annotated[
-            str | None, QueryParameter(description="Resume after this id (when no header can be set)")
+            str | None,
+            QueryParameter(description="Resume after this id (when no header can be set)"),
         ] = None,
     ) -> FeedbackStream:
         coordinators = _coordinator_filter(coordinator_id)

@@ -1,0 +1,297 @@
+"""GET /v1/feedback/stream and /v1/feedback/state over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
+
+from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
+from market_data_store.feedback import FeedbackFanout
+from tests.support.service import RunningService, running_service, service_settings
+from tests.support.sse import Message, open_stream
+
+HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
+LOCAL = "test/bars"
+
+ServiceFactory = Callable[..., AbstractAsyncContextManager[RunningService]]
+
+
+@pytest.fixture
+def service_with(database_url: str, tmp_path: Path) -> ServiceFactory:
+    def make(**env: str) -> AbstractAsyncContextManager[RunningService]:
+        return running_service(service_settings(database_url, str(tmp_path), **env))
+
+    return make
+
+
+@pytest.fixture
+async def service(service_with: ServiceFactory) -> AsyncIterator[RunningService]:
+    async with service_with() as svc:
+        yield svc
+
+
+def bus(svc: RunningService) -> FeedbackBus:
+    b: FeedbackBus = svc.app.state.feedback_bus
+    return b
+
+
+def fanout(svc: RunningService) -> FeedbackFanout:
+    f: FeedbackFanout = svc.app.state.feedback_fanout
+    return f
+
+
+async def emit(
+    svc: RunningService, level: BackpressureLevel, cid: str = LOCAL, reason: str = "test"
+) -> FeedbackEvent:
+    event = FeedbackEvent.create(cid, 80, 100, level, reason)
+    await bus(svc).publish(event)
+    return event
+
+
+def check(message: Message) -> CoreFeedbackEvent:
+    """Every data line validates as Core's FeedbackEvent; the extras are there."""
+    assert message.event == "feedback"
+    assert message.id is not None
+    data = message.json()
+    assert {"reason", "utilization"} <= set(data)
+    return CoreFeedbackEvent.model_validate_json(message.data)
+
+
+async def test_retry_hint_then_snapshot_then_live_events(service: RunningService) -> None:
+    async with open_stream(service.client) as stream:
+        hint = await stream.next()
+        assert hint.retry is not None
+        assert hint.retry > 0
+        assert hint.event is None
+        first = await stream.next_event()
+        snapshot = check(first)
+        assert (snapshot.coordinator_id, snapshot.level) == (LOCAL, OK)
+        assert first.json()["reason"] == "service_started"
+        sent = [await emit(service, level) for level in (SOFT, HARD, OK)]
+        live = await stream.events(3)
+    assert [check(m).level for m in live] == [e.level for e in sent]
+    assert [m.json()["ts"] for m in live] == [e.ts for e in sent]
+    ids = [m.id or 0 for m in (first, *live)]
+    assert ids == sorted(set(ids))  # strictly increasing
+
+
+def bars(n: int, day: int = 0) -> dict[str, Any]:
+    t0 = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=day)
+    return {
+        "provider": "p",
+        "bars": [
+            {"symbol": "S", "ts": (t0 + timedelta(minutes=i)).isoformat(), "open": "1",
+             "high": "1", "low": "1", "close": "1", "volume": "1", "resolution": "1m"}
+            for i in range(n)
+        ],
+    }  # fmt: skip
+
+
+async def test_ingest_crossing_the_watermarks_reaches_the_stream(
+    service_with: ServiceFactory,
+) -> None:
+    env = {
+        "MDS_COORDINATOR_CAPACITY": "100",
+        "MDS_COORDINATOR_HIGH_WATERMARK": "80",
+        "MDS_COORDINATOR_LOW_WATERMARK": "50",
+        "MDS_COORDINATOR_BATCH_SIZE": "50",
+    }
+    async with service_with(**env) as svc, open_stream(svc.client) as stream:
+        await stream.next_event()  # snapshot
+        response = await svc.client.post("/v1/bars?wait=commit", json=bars(90))
+        assert response.status_code == 201
+        events = [check(m) for m in await stream.events(3)]
+    assert [(e.level, e.queue_size) for e in events][:2] == [(SOFT, 51), (HARD, 80)]
+    assert events[2].level == OK
+    assert events[2].queue_size <= 50
+    assert all(e.coordinator_id == LOCAL and e.capacity == 100 for e in events)
+
+
+async def test_resume_replays_exactly_what_was_missed(service: RunningService) -> None:
+    async with open_stream(service.client) as stream:
+        seen = [await stream.next_event()]
+        await emit(service, SOFT)
+        seen.append(await stream.next_event())
+    last = seen[-1].id
+    assert last is not None
+    for how in ("header", "query"):
+        missed = [await emit(service, level) for level in (HARD, OK)]
+        headers = {"last-event-id": str(last)} if how == "header" else {}
+        params = {"last_event_id": last} if how == "query" else {}
+        async with open_stream(service.client, headers=headers, params=params) as stream:
+            replayed = await stream.events(2)
+            assert [check(m).ts for m in replayed] == [e.ts for e in missed]
+            assert all(m.id is not None and m.id > last for m in replayed)
+            live = await emit(service, SOFT)  # then live, no snapshot in between
+            message = await stream.next_event()
+            assert check(message).ts == live.ts
+            assert message.id is not None
+            last = message.id
+
+
+async def test_an_id_older_than_the_history_gets_reset_then_the_snapshot(
+    service_with: ServiceFactory,
+) -> None:
+    async with service_with(MDS_FEEDBACK_SSE_HISTORY="2") as svc:
+        first = fanout(svc).last_id
+        for level in (SOFT, HARD, OK):
+            await emit(svc, level)
+        await emit(svc, HARD, "test/other")
+        async with open_stream(svc.client, headers={"last-event-id": str(first)}) as stream:
+            reset = await stream.next_event()
+            snapshot = await stream.events(2)
+    assert reset.event == "reset"
+    assert reset.id is not None
+    assert [(check(m).coordinator_id, check(m).level) for m in snapshot] == [
+        (LOCAL, OK), ("test/other", HARD),
+    ]  # fmt: skip
+    assert reset.id < (snapshot[0].id or 0)  # resuming from the reset replays the snapshot
+
+
+async def test_filters_by_coordinator_and_level(service: RunningService) -> None:
+    async with (
+        open_stream(service.client, params={"coordinator_id": ["x/a", "x/b"]}) as by_id,
+        open_stream(service.client, params={"min_level": "hard"}) as hard_only,
+    ):
+        for cid, level in (("x/a", SOFT), ("x/c", HARD), ("x/b", HARD), ("x/b", OK)):
+            await emit(service, level, cid)
+        assert [(check(m).coordinator_id, check(m).level) for m in await by_id.events(3)] == [
+            ("x/a", SOFT), ("x/b", HARD), ("x/b", OK),
+        ]  # fmt: skip
+        assert [(check(m).coordinator_id, check(m).level) for m in await hard_only.events(3)] == [
+            ("x/c", HARD), ("x/b", HARD), ("x/b", OK),  # ok ends x/b's hard: sent too
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("params", "headers", "key"),
+    [
+        ({"min_level": "critical"}, {}, "min_level"),
+        ({}, {"last-event-id": "abc"}, "last_event_id"),
+        ({"last_event_id": "-1"}, {}, "last_event_id"),
+        ({"coordinator_id": "a\x01b"}, {}, "coordinator_id"),
+    ],
+)
+async def test_bad_filters_are_a_400_problem(
+    service: RunningService, params: dict[str, str], headers: dict[str, str], key: str
+) -> None:
+    response = await service.client.get("/v1/feedback/stream", params=params, headers=headers)
+    assert response.status_code == 400
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert key in response.text
+
+
+async def test_keepalive_comments_within_the_heartbeat(service_with: ServiceFactory) -> None:
+    async with (
+        service_with(MDS_FEEDBACK_SSE_HEARTBEAT_SEC="0.2") as svc,
+        open_stream(svc.client) as stream,
+    ):
+        await stream.next_event()
+        for _ in range(2):
+            keepalive = await stream.next(timeout=1.0)  # nothing else happens meanwhile
+            assert keepalive.comments == ["keepalive"]
+            assert keepalive.event is None
+
+
+async def test_past_the_stream_cap_503_with_retry_after(service_with: ServiceFactory) -> None:
+    async with (
+        service_with(MDS_FEEDBACK_SSE_MAX_STREAMS="1") as svc,
+        open_stream(svc.client) as stream,
+    ):
+        await stream.next_event()
+        refused = await svc.client.get("/v1/feedback/stream")
+        assert refused.status_code == 503
+        assert refused.headers["content-type"].startswith("application/problem+json")
+        assert int(refused.headers["retry-after"]) > 0
+        assert refused.json()["reason"] == "limit"
+        health = (await svc.client.get("/healthz")).json()
+    (feedback,) = [c for c in health["components"] if c["name"] == "feedback"]
+    assert feedback["details"]["subscribers"] == "1"
+
+
+async def test_state_is_the_snapshot_as_json(service: RunningService) -> None:
+    await emit(service, HARD, "test/other")
+    response = await service.client.get("/v1/feedback/state")
+    assert response.status_code == 200
+    coordinators = response.json()["coordinators"]
+    events = [CoreFeedbackEvent.model_validate(c) for c in coordinators]
+    assert [(e.coordinator_id, e.level) for e in events] == [(LOCAL, OK), ("test/other", HARD)]
+    assert coordinators[1]["utilization"] == 0.8
+
+
+def stalled_reader(port: int) -> socket.socket:
+    """A client that asks for the stream and never reads a byte (tiny receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /v1/feedback/stream HTTP/1.1\r\nhost: x\r\n\r\n")
+    return sock
+
+
+async def test_a_stalled_reader_delays_no_one_and_stays_bounded(
+    service_with: ServiceFactory,
+) -> None:
+    env = {"MDS_FEEDBACK_SSE_SUBSCRIBER_QUEUE": "8", "MDS_FEEDBACK_SSE_SEND_TIMEOUT": "0.5"}
+    async with service_with(**env) as svc, open_stream(svc.client) as fast:
+        await fast.next_event()
+        port = int(svc.base_url.rsplit(":", 1)[1])
+        before = set(fanout(svc)._subscribers)
+        stalled = stalled_reader(port)
+        try:
+            while fanout(svc).subscriber_count < 2:  # noqa: ASYNC110 (polls the server's state)
+                await asyncio.sleep(0.01)
+            (slow,) = set(fanout(svc)._subscribers) - before
+            most_pending = 0
+            # ~8 MB in all: more than the kernel buffers a loopback socket (4 MiB at most)
+            n = 2500
+            coordinators = [f"x/{i}" for i in range(4)]
+            reader = asyncio.create_task(fast.events(n, timeout=30))  # reads as events come
+            for i in range(n):
+                level = (SOFT, HARD)[i % 2]
+                await emit(svc, level, coordinators[i % len(coordinators)], "r" * 3000)
+                most_pending = max([most_pending, *(s.pending for s in fanout(svc)._subscribers)])
+                await asyncio.sleep(0)  # the streams run between events, as they would
+            received = await reader
+            stats = fanout(svc).stats
+            async with asyncio.timeout(10):
+                while fanout(svc).subscriber_count > 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+        finally:
+            stalled.close()
+    assert [check(m).coordinator_id for m in received] == [
+        coordinators[i % len(coordinators)] for i in range(n)
+    ]  # the fast reader got every event, in order
+    assert slow.closed
+    assert slow.close_reason in ("slow", "send_timeout")
+    assert stats.dropped_slow + stats.dropped_send_timeout >= 1
+    assert most_pending <= 8  # never more than subscriber_queue buffered for anyone
+
+
+async def test_openapi_documents_the_stream(service: RunningService) -> None:
+    schema = (await service.client.get("/schema/openapi.json")).json()
+    route = schema["paths"]["/v1/feedback/stream"]["get"]
+    assert set(route["responses"]["200"]["content"]) == {"text/event-stream"}
+    for status in ("400", "503"):
+        assert set(route["responses"][status]["content"]) == {"application/problem+json"}
+    params = {(p["name"], p["in"]) for p in route["parameters"]}
+    assert {
+        ("coordinator_id", "query"), ("min_level", "query"), ("last_event_id", "query"),
+        ("last-event-id", "header"),
+    } <= params  # fmt: skip
+    state = schema["paths"]["/v1/feedback/state"]["get"]["responses"]["200"]
+    assert set(state["content"]) == {"application/json"}
+
+
+async def test_sse_disabled_removes_the_stream_and_the_page(service_with: ServiceFactory) -> None:
+    async with service_with(MDS_FEEDBACK_SSE_ENABLED="false") as svc:
+        assert (await svc.client.get("/v1/feedback/stream")).status_code == 404
+        assert (await svc.client.get("/")).status_code == 404
+        assert (await svc.client.get("/v1/feedback/state")).status_code == 200
