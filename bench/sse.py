@@ -481,9 +481,17 @@ class Delivery:
     out_of_order: int = 0
     ended_early: int = 0  # streams the server closed
     latencies_ms: list[float] = field(default_factory=list)
+    by_level: dict[str, list[float]] = field(default_factory=dict)
 
     def pct(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
+
+    def levels(self, q: float) -> str:
+        """Percentile ``q`` per level, e.g. ``soft 3.1 / hard 3.2 / ok 1.0``."""
+        return " / ".join(
+            f"{level} {percentile(self.by_level.get(level, []), q):.1f}"
+            for level in ("soft", "hard", "ok")
+        )
 
 
 def delivery(streams: Iterable[dict[str, Any]], published: list[Received], wanted: int) -> Delivery:
@@ -500,8 +508,13 @@ def delivery(streams: Iterable[dict[str, Any]], published: list[Received], wante
         d.missing += len(ids - seen)
         d.duplicates += len(got) - len(seen)
         d.out_of_order += sum(a.id >= b.id for a, b in itertools.pairwise(got))
-        d.latencies_ms += [(e.at - e.ts) * 1000 for e in got]
+        for e in got:
+            ms = (e.at - e.ts) * 1000
+            d.latencies_ms.append(ms)
+            d.by_level.setdefault(e.level, []).append(ms)
     d.latencies_ms.sort()
+    for values in d.by_level.values():
+        values.sort()
     d.missing += (wanted - d.opened) * len(ids)
     return d
 
@@ -676,6 +689,8 @@ def report(args: argparse.Namespace, r: Results, problems: list[str]) -> None:
         f"< {TARGET_P99_MS:g} ms: {verdict(p99 < TARGET_P99_MS)} (reference {REF_P99_MS:g} ms)",
     )
     row("delivery latency max", f"{many.pct(100):.1f} ms")
+    row("p50 by level", f"{many.levels(50)} ms")
+    row("p99 by level", f"{many.levels(99)} ms")
     row("p50 / p99 over the reference's", f"{p50 / REF_P50_MS:.2f}x / {p99 / REF_P99_MS:.2f}x")
     row(
         "server RSS before / after (idle)",
@@ -691,6 +706,7 @@ def report(args: argparse.Namespace, r: Results, problems: list[str]) -> None:
         f"{one.pct(50):.2f} ms",
         f"< {TARGET_SINGLE_P50_MS:g} ms: {verdict(one.pct(50) < TARGET_SINGLE_P50_MS)}",
     )
+    row("crossing->client p50 by level", f"{one.levels(50)} ms")
     row(
         "crossing->client p99 / max",
         f"{one.pct(99):.2f} / {one.pct(100):.2f} ms",

@@ -1,9 +1,12 @@
 """The status page (GET /) in a real browser: headless Chromium against the real service.
 
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
-NUL-terminated JSON on file descriptors 3 and 4), so no port and no extra package. A
-``--dump-dom`` with ``--virtual-time-budget`` is no use here: virtual time does not
-advance while a request is pending, and the page's event stream never ends.
+NUL-terminated JSON on its file descriptors 3 and 4), so neither a port nor an extra
+package is needed. ``--dump-dom`` with ``--virtual-time-budget`` cannot be used:
+virtual time does not advance while a request is pending, and the page's event
+stream never ends (Chromium hangs until killed).
+
+The service runs in the test's event loop, so everything here is asynchronous.
 """
 
 from __future__ import annotations
@@ -40,17 +43,36 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--remote-debugging-pipe",
 )
-WAIT = 10.0  # seconds any one thing may take in the browser
+WAIT = 10.0
+"""Seconds any one step in the browser may take (a command, a change to show)."""
 
+GREEN, AMBER, RED = "rgb(31, 157, 85)", "rgb(214, 137, 16)", "rgb(192, 57, 43)"
 
-def find_chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    why = "chromium is not installed (apt-get install chromium)"
-    if REQUIRE_SERVICES:
-        pytest.fail(f"MDS_TEST_REQUIRE_SERVICES=1 but {why}")
-    pytest.skip(why)
+# What the page shows, read from its live DOM.
+PAGE_STATE = """(() => {
+  const field = (row, name) => row.querySelector("[data-field=" + name + "]");
+  const connection = document.getElementById("connection");
+  if (!connection || document.readyState === "loading") return null;  // not parsed yet
+  return {
+    connection: connection.dataset.state,
+    connectionText: connection.textContent,
+    emptyHidden: document.getElementById("empty").hidden,
+    rows: [...document.querySelectorAll("#coordinators tr")].map((row) => ({
+      coordinator: row.dataset.coordinator,
+      id: field(row, "id").textContent,
+      level: row.dataset.level,
+      badge: field(row, "level").textContent,
+      badgeColor: getComputedStyle(field(row, "level")).backgroundColor,
+      fillColor: getComputedStyle(field(row, "fill")).backgroundColor,
+      fill: field(row, "fill").style.width,
+      size: field(row, "size").textContent,
+      time: field(row, "time").textContent,
+      title: field(row, "time").title,
+    })),
+  };
+})()"""
+
+PageState = dict[str, Any]
 
 
 class BrowserError(Exception):
@@ -58,60 +80,22 @@ class BrowserError(Exception):
 
 
 class Browser:
-    """One headless Chromium and one page, over the DevTools protocol."""
+    """One headless Chromium and the page it has open, over the DevTools protocol."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, log: Path) -> None:
-        self.proc = proc
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.WriteTransport,
+        log: Path,
+    ) -> None:
         self.log = log
-        self.events: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []  # what Chromium reported unasked
+        self._reader = reader
+        self._writer = writer
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._session: str | None = None
-        self._reader: asyncio.StreamReader
-        self._writer: asyncio.WriteTransport
-        self._task: asyncio.Task[None]
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def launch(cls, chromium: str, profile: Path) -> AsyncIterator[Browser]:
-        # Chromium reads commands from fd 3 and writes answers to fd 4. Ours are
-        # moved above 9 first, so the renumbering below cannot overwrite one of them.
-        to_chrome = [_high(fd) for fd in os.pipe()]
-        from_chrome = [_high(fd) for fd in os.pipe()]
-        log = profile.with_suffix(".log")
-        with log.open("wb") as out:
-            proc = await asyncio.create_subprocess_exec(
-                "bash",
-                "-c",
-                f'exec "$0" "$@" 3<&{to_chrome[0]} 4>&{from_chrome[1]}'
-                f" {to_chrome[0]}<&- {from_chrome[1]}>&-",
-                chromium,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                "about:blank",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                pass_fds=(to_chrome[0], from_chrome[1]),
-                start_new_session=True,  # its own process group: every helper ends with it
-            )
-        os.close(to_chrome[0])
-        os.close(from_chrome[1])
-        browser = cls(proc, log)
-        loop = asyncio.get_running_loop()
-        try:
-            browser._reader = asyncio.StreamReader(limit=1 << 24)
-            await loop.connect_read_pipe(
-                lambda: asyncio.StreamReaderProtocol(browser._reader),
-                os.fdopen(from_chrome[0], "rb", buffering=0),
-            )
-            browser._writer, _ = await loop.connect_write_pipe(
-                asyncio.Protocol, os.fdopen(to_chrome[1], "wb", buffering=0)
-            )
-            browser._task = asyncio.create_task(browser._read())
-            yield browser
-        finally:
-            await browser._close()
+        self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         try:
@@ -122,25 +106,27 @@ class Browser:
                     self.events.append(message)
                 elif not future.done():
                     future.set_result(message)
-        except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            for future in self._pending.values():
-                if not future.done():
-                    future.set_exception(BrowserError(f"chromium went away: {exc}"))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BrowserError(f"chromium went away{self.log_tail()}"))
 
     async def send(self, method: str, **params: Any) -> dict[str, Any]:
-        """One command (to the page once ``open_page`` attached to it); its result."""
+        """One command (to the page once ``open`` attached to it); its result."""
+        if self._task.done():
+            raise BrowserError(f"chromium went away{self.log_tail()}")
         call_id = next(self._ids)
         message: dict[str, Any] = {"id": call_id, "method": method, "params": params}
-        if self._session is not None and not method.startswith("Target."):
+        if self._session is not None and not method.startswith(("Target.", "Browser.")):
             message["sessionId"] = self._session
-        future = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = future
+        future = self._pending[call_id] = asyncio.get_running_loop().create_future()
         self._writer.write(json.dumps(message).encode() + b"\0")
         try:
             async with asyncio.timeout(WAIT):
                 answer = await future
         except TimeoutError:
-            raise BrowserError(f"no answer to {method} within {WAIT}s{self.log_tail()}") from None
+            raise BrowserError(f"no answer to {method} in {WAIT}s{self.log_tail()}") from None
         finally:
             self._pending.pop(call_id, None)
         if "error" in answer:
@@ -148,7 +134,8 @@ class Browser:
         result: dict[str, Any] = answer["result"]
         return result
 
-    async def open_page(self, url: str) -> None:
+    async def open(self, url: str) -> None:
+        """A new tab on ``url`` (returns once the navigation is committed)."""
         target = await self.send("Target.createTarget", url="about:blank")
         attached = await self.send(
             "Target.attachToTarget", targetId=target["targetId"], flatten=True
@@ -163,93 +150,141 @@ class Browser:
     async def evaluate(self, expression: str) -> Any:
         result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
         if "exceptionDetails" in result:
-            raise BrowserError(f"{expression!r} threw: {result['exceptionDetails']}")
+            raise BrowserError(f"the page threw: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    async def wait_for(self, expression: str, until: Callable[[Any], bool]) -> Any:
-        """Evaluate ``expression`` until ``until`` accepts its value; that value."""
+    async def wait_for(self, what: str, until: Callable[[PageState], bool]) -> PageState:
+        """The page's state once ``until`` accepts it (polled; at most ``WAIT`` seconds)."""
         deadline = time.monotonic() + WAIT
         while True:
-            value = await self.evaluate(expression)
-            if until(value):
-                return value
+            state: PageState | None = await self.evaluate(PAGE_STATE)
+            if state is not None and until(state):
+                return state
             if time.monotonic() > deadline:
-                raise AssertionError(f"not seen within {WAIT}s; last: {value}")
+                raise AssertionError(f"the page did not show {what} in {WAIT}s; it shows {state}")
             await asyncio.sleep(0.05)
 
     def problems(self) -> list[str]:
-        """What the page reported as going wrong: exceptions, errors logged."""
-        out = []
+        """What the page reported going wrong: uncaught exceptions, errors logged."""
+        found = []
         for event in self.events:
-            params = event.get("params", {})
-            if event.get("method") == "Runtime.exceptionThrown":
-                out.append(f"exception: {params['exceptionDetails']}")
-            elif event.get("method") == "Log.entryAdded" and params["entry"]["level"] == "error":
-                out.append(f"log: {params['entry']['text']} ({params['entry'].get('url')})")
-            elif event.get("method") == "Runtime.consoleAPICalled" and params["type"] == "error":
-                out.append(f"console: {params['args']}")
-        return out
+            method, params = event.get("method"), event.get("params", {})
+            if method == "Runtime.exceptionThrown":
+                found.append(f"exception: {params['exceptionDetails']}")
+            elif method == "Runtime.consoleAPICalled" and params["type"] == "error":
+                found.append(f"console.error: {params['args']}")
+            elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
+                entry = params["entry"]
+                found.append(f"{entry['source']}: {entry['text']} ({entry.get('url')})")
+        return found
 
     def log_tail(self) -> str:
         with contextlib.suppress(OSError):
-            return "\nchromium said:\n" + self.log.read_text(errors="replace")[-3000:]
+            return "\nchromium's output ends with:\n" + self.log.read_text(errors="replace")[-3000:]
         return ""
 
-    async def _close(self) -> None:
-        proc = self.proc
-        if proc.returncode is None and hasattr(self, "_writer"):
-            with contextlib.suppress(BrowserError, ConnectionError):
-                await self.send("Browser.close")
+    async def close(self) -> None:
+        """Ask Chromium to quit (the caller kills it if it does not)."""
+        with contextlib.suppress(BrowserError):
+            await self.send("Browser.close")
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+@contextlib.asynccontextmanager
+async def launch_browser(chromium: str, workdir: Path) -> AsyncIterator[Browser]:
+    """Headless Chromium with a fresh profile, ended (with its helpers) on exit."""
+    # Chromium reads commands on fd 3 and answers on fd 4. bash puts the pipe ends
+    # there (dash cannot name fds above 9); ours are moved above 9 first so that
+    # placing one cannot overwrite the other.
+    to_chromium = [_above_9(fd) for fd in os.pipe()]
+    from_chromium = [_above_9(fd) for fd in os.pipe()]
+    theirs = (to_chromium[0], from_chromium[1])
+    log = workdir / "chromium.log"
+    try:
+        with log.open("wb") as output:
+            proc = await asyncio.create_subprocess_exec(
+                shutil.which("bash") or "/bin/bash",
+                "-c",
+                f'exec "$0" "$@" 3<&{theirs[0]} 4>&{theirs[1]} {theirs[0]}<&- {theirs[1]}>&-',
+                chromium,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={workdir / 'profile'}",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=theirs,
+                start_new_session=True,  # a process group of its own: its helpers end with it
+            )
+    except BaseException:
+        for fd in (*to_chromium, *from_chromium):
+            os.close(fd)
+        raise
+    for fd in theirs:
+        os.close(fd)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 24)
+    transports: list[asyncio.BaseTransport] = []
+    try:
+        read_end = open(from_chromium[0], "rb", buffering=0)  # noqa: SIM115 (the transport owns it)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), read_end
+        )
+        transports.append(transport)
+        write_end = open(to_chromium[1], "wb", buffering=0)  # noqa: SIM115
+        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, write_end)
+        transports.append(writer)
+        browser = Browser(reader, writer, log)
+        try:
+            yield browser
+        finally:
+            await browser.close()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(proc.wait(), 5)
+    finally:
+        for t in transports:
+            t.close()
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)  # the group of the process we started
             await proc.wait()
-        if hasattr(self, "_writer"):
-            self._writer.close()
-        if hasattr(self, "_task"):
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
 
 
-def _high(fd: int) -> int:
+def _above_9(fd: int) -> int:
     moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(fd)
     return moved
 
 
-# What the page shows, read from its DOM.
-PAGE_STATE = """(() => {
-  const field = (row, name) => row.querySelector("[data-field=" + name + "]");
-  return {
-    connection: document.getElementById("connection").dataset.state,
-    connectionText: document.getElementById("connection").textContent,
-    emptyHidden: document.getElementById("empty").hidden,
-    rows: [...document.querySelectorAll("#coordinators tr")].map((row) => ({
-      coordinator: row.dataset.coordinator,
-      level: row.dataset.level,
-      rowClass: row.className,
-      badge: field(row, "level").textContent,
-      badgeClass: field(row, "level").className,
-      fill: field(row, "fill").style.width,
-      size: field(row, "size").textContent,
-      time: field(row, "time").textContent,
-      title: field(row, "time").title,
-    })),
-  };
-})()"""
+def row_of(state: PageState, coordinator_id: str) -> dict[str, Any]:
+    """The row of ``coordinator_id`` ({} when the page has none)."""
+    rows = [r for r in state["rows"] if r["coordinator"] == coordinator_id]
+    assert len(rows) <= 1, f"several rows for {coordinator_id}: {state}"
+    return rows[0] if rows else {}
 
 
-def row_of(state: dict[str, Any], coordinator_id: str) -> dict[str, Any] | None:
-    found = [r for r in state["rows"] if r["coordinator"] == coordinator_id]
-    return found[0] if found else None
+def shows(coordinator_id: str, level: str, connection: str = "open") -> Callable[[PageState], bool]:
+    def check(state: PageState) -> bool:
+        return (
+            state["connection"] == connection and row_of(state, coordinator_id).get("level") == level
+        )
+
+    return check
 
 
-@pytest.fixture
+# -- fixtures -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
 def chromium() -> str:
-    return find_chromium()
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    why = "chromium is not installed (apt-get install chromium)"
+    if REQUIRE_SERVICES:
+        pytest.fail(f"MDS_TEST_REQUIRE_SERVICES=1 but {why}")
+    pytest.skip(why)
 
 
 @pytest.fixture
@@ -258,24 +293,144 @@ async def service(database_url: str, tmp_path: Path) -> AsyncIterator[RunningSer
         yield svc
 
 
-async def test_page_shows_level_change_live(
-    chromium: str, service: RunningService, tmp_path: Path
+@pytest.fixture
+async def browser(chromium: str, tmp_path: Path) -> AsyncIterator[Browser]:
+    workdir = tmp_path / "chromium"
+    workdir.mkdir()
+    async with launch_browser(chromium, workdir) as b:
+        yield b
+    assert not b.problems(), b.problems()
+
+
+def coordinator_of(svc: RunningService) -> str:
+    coord_id: str = svc.app.state.coordinator.coord_id
+    return coord_id
+
+
+async def emit(
+    svc: RunningService, coordinator_id: str, size: int, capacity: int, level: BackpressureLevel
+) -> FeedbackEvent:
+    event = FeedbackEvent.create(coordinator_id, size, capacity, level, "test")
+    bus: FeedbackBus = svc.app.state.feedback_bus
+    await bus.publish(event)
+    return event
+
+
+async def streams_open(svc: RunningService, count: int) -> None:
+    """Wait until the service has ``count`` feedback streams open."""
+    fanout: FeedbackFanout = svc.app.state.feedback_fanout
+    async with asyncio.timeout(WAIT):
+        while fanout.subscriber_count != count:
+            await asyncio.sleep(0.02)
+
+
+# -- tests --------------------------------------------------------------------------
+
+
+async def test_page_shows_ok_then_a_hard_level_live(
+    service: RunningService, browser: Browser
 ) -> None:
-    coord: str = service.app.state.coordinator.coord_id
-    bus: FeedbackBus = service.app.state.feedback_bus
-    fanout: FeedbackFanout = service.app.state.feedback_fanout
-    async with Browser.launch(chromium, tmp_path / "chromium") as browser:
-        await browser.open_page(service.base_url + "/")
-        state = await browser.wait_for(
-            PAGE_STATE, lambda s: s["connection"] == "open" and row_of(s, coord) is not None
-        )
-        print(json.dumps(state, indent=1))
-        print(fanout.subscriber_count)
-        hard = FeedbackEvent.create(coord, 9500, 10000, BackpressureLevel.hard, "test")
-        await bus.publish(hard)
-        state = await browser.wait_for(
-            PAGE_STATE, lambda s: (row_of(s, coord) or {}).get("level") == "hard"
-        )
-        print(json.dumps(state, indent=1))
-        print(browser.problems())
-        print(browser.events)
+    coord = coordinator_of(service)
+    await browser.open(service.base_url + "/")
+
+    # The snapshot: the service_started event of the local coordinator, level ok.
+    state = await browser.wait_for(f"{coord} at ok", shows(coord, "ok"))
+    assert state["connectionText"] == "live"
+    assert state["emptyHidden"] is True
+    assert [r["coordinator"] for r in state["rows"]] == [coord]
+    row = row_of(state, coord)
+    assert (row["id"], row["badge"], row["badgeColor"]) == (coord, "OK", GREEN)
+    assert row["size"] == "0 / 10000 (0.0 %)"
+    assert float(row["fill"].rstrip("%")) == 0
+    assert row["title"].endswith(" · service_started")
+
+    # A hard level produced while the page is open reaches it over the stream.
+    await streams_open(service, 1)
+    event = await emit(service, coord, 9500, 10000, BackpressureLevel.hard)
+    state = await browser.wait_for(f"{coord} at hard", shows(coord, "hard"))
+    row = row_of(state, coord)
+    assert (row["badge"], row["badgeColor"], row["fillColor"]) == ("HARD", RED, RED)
+    assert row["size"] == "9500 / 10000 (95.0 %)"
+    assert float(row["fill"].rstrip("%")) == 95
+    assert row["title"] == f"{time_iso(event.ts)} · test"
+    assert row["time"]
+
+    # Other coordinators get rows of their own, in id order; ours is unchanged.
+    await emit(service, "zz-replica/bars", 6000, 10000, BackpressureLevel.soft)
+    await emit(service, "aa-replica/bars", 12, 10000, BackpressureLevel.ok)
+    state = await browser.wait_for(
+        "three coordinators", lambda s: [r["level"] for r in s["rows"]] == ["ok", "hard", "soft"]
+    )
+    assert [r["coordinator"] for r in state["rows"]] == [
+        "aa-replica/bars",
+        coord,
+        "zz-replica/bars",
+    ]
+    soft = row_of(state, "zz-replica/bars")
+    assert (soft["badge"], soft["badgeColor"], soft["size"]) == (
+        "SOFT",
+        AMBER,
+        "6000 / 10000 (60.0 %)",
+    )
+    assert row_of(state, coord)["size"] == "9500 / 10000 (95.0 %)"
+
+
+async def test_page_reconnects_and_shows_what_it_missed(
+    service: RunningService, browser: Browser
+) -> None:
+    """The connection is cut (for real, by a TCP proxy between browser and service);
+    the level changes meanwhile; the page shows it once it is back."""
+    coord = coordinator_of(service)
+    port = int(service.base_url.rsplit(":", 1)[1])
+    proxy = await TcpProxy(("127.0.0.1", port)).start()
+    try:
+        await browser.open(f"http://127.0.0.1:{proxy.port}/")
+        await browser.wait_for(f"{coord} at ok", shows(coord, "ok"))
+        await streams_open(service, 1)
+
+        proxy.cut()
+        state = await browser.wait_for("the connection lost", lambda s: s["connection"] == "closed")
+        assert state["connectionText"] == "reconnecting…"
+        assert row_of(state, coord)["level"] == "ok"  # the last known level stays shown
+        await streams_open(service, 0)
+        await emit(service, coord, 9000, 10000, BackpressureLevel.hard)
+
+        proxy.restore()
+        state = await browser.wait_for(f"{coord} at hard, reconnected", shows(coord, "hard"))
+        assert row_of(state, coord)["size"] == "9000 / 10000 (90.0 %)"
+        assert state["connectionText"] == "live"
+
+        # and it follows live events again
+        await emit(service, coord, 100, 10000, BackpressureLevel.ok)
+        state = await browser.wait_for(f"{coord} back at ok", shows(coord, "ok"))
+        assert row_of(state, coord)["size"] == "100 / 10000 (1.0 %)"
+    finally:
+        await proxy.close()
+
+
+async def test_page_retries_when_the_stream_is_refused(
+    database_url: str, tmp_path: Path, browser: Browser
+) -> None:
+    """A 503 (too many streams) closes an EventSource for good: the page retries itself."""
+    settings = service_settings(database_url, str(tmp_path), MDS_FEEDBACK_SSE_MAX_STREAMS="1")
+    async with running_service(settings) as service:
+        coord = coordinator_of(service)
+        async with service.client.stream("GET", "/v1/feedback/stream") as taken:
+            assert taken.status_code == 200
+            await browser.open(service.base_url + "/")
+            state = await browser.wait_for("the refusal", lambda s: s["connection"] == "closed")
+            assert state["rows"] == []
+            assert state["emptyHidden"] is False
+        started = time.monotonic()
+        await browser.wait_for(f"{coord} at ok", shows(coord, "ok"))
+        assert time.monotonic() - started < 5  # it retries every 3 s
+        await streams_open(service, 1)
+    refused = [p for p in browser.problems() if "503" in p]
+    assert refused, browser.problems()
+    browser.events.clear()  # the refusal is logged by the browser, as it should
+
+
+def time_iso(ts: float) -> str:
+    """``ts`` as JavaScript's ``Date.toISOString`` writes it (milliseconds, UTC)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+

@@ -136,53 +136,48 @@ class RedisFeedbackPublisher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 
-    async def _write(self, latest: dict[str, bytes], publish: list[bytes]) -> None:
+    def _latest_bodies(self) -> dict[str, bytes]:
+        return {e.coordinator_id: encode_event(e) for e in self._latest()}
+
+    async def _execute(self, latest: dict[str, bytes], publish: list[bytes]) -> None:
+        """HSET the latest events (and renew the hash's expiry), PUBLISH ``publish``."""
         client = self._client
         if client is None:
             raise RedisError("publisher stopped")
-        was_connected = self.connected
         async with client.pipeline(transaction=False) as pipe:
             if latest:
                 pipe.hset(self._key, mapping=latest)  # type: ignore[arg-type]
                 pipe.expire(self._key, max(1, round(3 * self._refresh_sec)))
+            else:
+                pipe.ping()
             for body in publish:
                 pipe.publish(self.channel, body)
             await pipe.execute()
-        self.connected, self.last_error = True, None
-        if not was_connected:
-            log.info("redis feedback publisher connected")
-            await self._resend_latest()
 
-    async def _resend_latest(self) -> None:
-        """After (re)connecting: replicas may have missed our events while Redis was away."""
-        bodies = {e.coordinator_id: encode_event(e) for e in self._latest()}
-        if bodies:
-            await self._write(bodies, publish=list(bodies.values()))
+    async def _write(self, latest: dict[str, bytes], publish: list[bytes]) -> None:
+        await self._execute(latest, publish)
+        if not self.connected:
+            self.connected, self.last_error = True, None
+            log.info("redis feedback publisher connected")
+            # replicas may have missed our events while Redis was away: send the latest
+            bodies = self._latest_bodies()
+            if bodies:
+                await self._execute(bodies, list(bodies.values()))
 
     async def _refresh_loop(self) -> None:
-        delay = self._refresh_sec
+        """Keep the hash alive (it expires after 3 missed refreshes) and notice a
+        lost or recovered Redis even when no event is published."""
         while True:
             try:
-                if self.connected:
-                    bodies = {e.coordinator_id: encode_event(e) for e in self._latest()}
-                    await self._write(bodies, publish=[])
-                else:
-                    await self._resend_latest() if self._latest() else await self._ping()
+                await self._write(self._latest_bodies(), publish=[])
                 delay = self._refresh_sec
             except REDIS_ERRORS as exc:
                 self._failed(exc)
                 delay = min(self._refresh_sec, 1.0)  # notice the recovery sooner
             except Exception:
                 log.exception("redis feedback refresh failed unexpectedly")
+                delay = self._refresh_sec
             await asyncio.sleep(delay)
-
-    async def _ping(self) -> None:
-        client = self._client
-        if client is not None:
-            await client.ping()
-            if not self.connected:
-                log.info("redis feedback publisher connected")
-            self.connected, self.last_error = True, None
 
     def _failed(self, exc: BaseException) -> None:
         if self.connected:

@@ -1,0 +1,225 @@
+"""Feedback across replicas over a real Redis: publisher, bridge, two service processes,
+and a Redis that is stopped and started again."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
+from redis.asyncio import Redis
+
+from market_data_store.contracts import FeedbackPublisher
+from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
+from market_data_store.feedback import FeedbackFanout, RedisFeedbackBridge, RedisFeedbackPublisher
+from tests.support.process import serve
+from tests.support.redis_server import PrivateRedis, shared_redis_url, unique_channel
+
+HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+def test_publisher_is_a_core_feedback_publisher() -> None:
+    publisher = RedisFeedbackPublisher(
+        "redis://127.0.0.1:1/0", "c", instance_id="a", latest=list
+    )
+    assert isinstance(publisher, FeedbackPublisher)
+
+
+async def test_events_of_one_replica_reach_the_other_and_not_themselves() -> None:
+    url, channel = shared_redis_url(), unique_channel()
+    here, there = FeedbackFanout(), FeedbackFanout()
+    here.publish(FeedbackEvent.create("a/bars", 0, 100, OK))
+    publisher = RedisFeedbackPublisher(
+        url, channel, instance_id="a", latest=here.local_events, timeout=1
+    )
+    bridges = [
+        RedisFeedbackBridge(url, channel, f.publish_remote, timeout=1) for f in (here, there)
+    ]
+    try:
+        await publisher.start()
+        await eventually(lambda: publisher.connected)  # writes the latest events (seed) first
+        for bridge in bridges:
+            await bridge.start()
+        await eventually(lambda: all(b.connected for b in bridges))
+        # a bridge started after the event learns it from the replica's hash
+        await eventually(lambda: [f.coordinator_id for f in there.snapshot()] == ["a/bars"])
+        hard = FeedbackEvent.create("a/bars", 90, 100, HARD, "queue_full")
+        await publisher.publish(hard)
+        await eventually(lambda: there.snapshot()[0].event.level is HARD)
+    finally:
+        for bridge in bridges:
+            await bridge.stop()
+        await publisher.stop()
+    received = there.snapshot()[0]
+    assert received.event == hard
+    CoreFeedbackEvent.model_validate_json(received.data)
+    assert here.stats.published_remote == 0  # its own events came back and were ignored
+    assert publisher.stats.sent == 1
+
+
+async def test_garbage_on_the_channel_is_counted_and_ignored() -> None:
+    url, channel = shared_redis_url(), unique_channel()
+    fanout = FeedbackFanout()
+    bridge = RedisFeedbackBridge(url, channel, fanout.publish_remote, timeout=1)
+    client = Redis.from_url(url)
+    try:
+        await bridge.start()
+        await eventually(lambda: bridge.connected)
+        for junk in (b"not json", b'{"coordinator_id": "x"}', b"x" * 10_000):
+            await client.publish(channel, junk)
+        good = FeedbackEvent.create("b/bars", 1, 10, SOFT)
+        await client.publish(channel, good.model_dump_json())
+        await eventually(lambda: bridge.received == 4)
+    finally:
+        await bridge.stop()
+        await client.aclose()
+    assert bridge.rejected == 3
+    assert [f.event for f in fanout.snapshot()] == [good]
+
+
+# -- two service processes -------------------------------------------------------
+
+
+def replica_env(
+    database_url: str, tmp: Path, name: str, redis_url: str, channel: str
+) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "MDS_SERVER_INSTANCE_ID": name,
+        "MDS_FEEDBACK_REDIS_URL": redis_url,
+        "MDS_FEEDBACK_REDIS_CHANNEL": channel,
+        "MDS_FEEDBACK_REDIS_TIMEOUT": "0.5",
+        "MDS_COORDINATOR_CAPACITY": "100",
+        "MDS_COORDINATOR_HIGH_WATERMARK": "80",
+        "MDS_COORDINATOR_LOW_WATERMARK": "50",
+        "MDS_COORDINATOR_BATCH_SIZE": "50",
+        "MDS_COORDINATOR_DEAD_LETTER_PATH": str(tmp / f"{name}.ndjson"),
+        "MDS_DATABASE_HEALTH_INTERVAL": "0.2",
+        "MDS_DATABASE_HEALTH_TIMEOUT": "0.2",
+    }
+
+
+def bars(n: int, day: int) -> dict[str, Any]:
+    t0 = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=day)
+    return {
+        "provider": "p",
+        "bars": [
+            {"symbol": "S", "ts": (t0 + timedelta(minutes=i)).isoformat(), "open": "1",
+             "high": "1", "low": "1", "close": "1", "volume": "1", "resolution": "1m"}
+            for i in range(n)
+        ],
+    }  # fmt: skip
+
+
+def levels_of(base: str, coordinator: str) -> str | None:
+    state = httpx.get(f"{base}/v1/feedback/state", timeout=2).json()
+    found = [c["level"] for c in state["coordinators"] if c["coordinator_id"] == coordinator]
+    return found[0] if found else None
+
+
+def feedback_health(base: str) -> dict[str, str]:
+    body = httpx.get(f"{base}/healthz", timeout=2).json()
+    (component,) = [c for c in body["components"] if c["name"] == "feedback"]
+    return {"state": component["state"], **component["details"]}
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def levels_after_snapshot(
+    base: str, coordinator: str, n: int, produce: Callable[[], None]
+) -> list[str]:
+    """Levels of the next ``n`` events of ``coordinator`` on replica ``base``'s stream:
+    the snapshot (its latest event) is read first, then ``produce`` makes events."""
+    levels: list[str] = []
+    params = {"coordinator_id": coordinator}
+    with httpx.stream("GET", f"{base}/v1/feedback/stream", params=params, timeout=15) as response:
+        data = None
+        snapshot_read = False
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+            elif line == "" and data is not None:
+                event = CoreFeedbackEvent.model_validate_json(data)
+                data = None
+                assert event.coordinator_id == coordinator
+                if not snapshot_read:
+                    snapshot_read = True
+                    produce()
+                    continue
+                levels.append(event.level.value)
+                if len(levels) == n:
+                    return levels
+    raise AssertionError(f"stream ended after {levels}")
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()
+
+
+def test_two_replicas_see_each_other_and_survive_a_redis_restart(
+    database_url: str, tmp_path: Path, private_redis: PrivateRedis
+) -> None:
+    channel = unique_channel()
+    with (
+        serve(replica_env(database_url, tmp_path, "a", private_redis.url, channel), tmp_path) as (
+            _,
+            a,
+        ),
+        serve(replica_env(database_url, tmp_path, "b", private_redis.url, channel), tmp_path) as (
+            _,
+            b,
+        ),
+    ):
+        wait_until(lambda: feedback_health(a)["redis"] == "connected")
+        wait_until(lambda: feedback_health(b)["redis"] == "connected")
+        # each replica knows the other's coordinator (from its hash or its start event)
+        wait_until(lambda: levels_of(a, "b/bars") == "ok" and levels_of(b, "a/bars") == "ok")
+
+        def ingest_on_b(day: int) -> None:
+            assert (
+                httpx.post(f"{b}/v1/bars?wait=commit", json=bars(90, day), timeout=10).status_code
+                == 201
+            )
+
+        assert levels_after_snapshot(a, "b/bars", 3, lambda: ingest_on_b(0)) == [
+            "soft", "hard", "ok",
+        ]  # fmt: skip
+
+        private_redis.stop()
+        wait_until(lambda: feedback_health(a)["redis"] == "disconnected")
+        wait_until(lambda: feedback_health(b)["state"] == "degraded")
+        # the service keeps serving: ingest, probes and the local stream do not wait on Redis
+        started = time.monotonic()
+        ingest_on_b(1)
+        assert time.monotonic() - started < 5
+        assert httpx.get(f"{a}/readyz", timeout=2).status_code == 200
+        assert "redis_error" in feedback_health(a)
+
+        private_redis.start()  # same port, empty: nothing of before survived
+        wait_until(lambda: feedback_health(a)["redis"] == "connected")
+        wait_until(lambda: feedback_health(b)["redis"] == "connected")
+        assert levels_after_snapshot(a, "b/bars", 3, lambda: ingest_on_b(2)) == [
+            "soft", "hard", "ok",
+        ]  # fmt: skip

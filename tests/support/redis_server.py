@@ -1,0 +1,86 @@
+"""Redis for tests: the CI one (``MDS_TEST_REDIS_URL``), or a private ``redis-server``
+a test starts, stops and restarts on its own port (never the machine's shared one)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.postgres import REQUIRE_SERVICES
+
+
+def shared_redis_url() -> str:
+    """The CI Redis; skips (fails under MDS_TEST_REQUIRE_SERVICES=1) when not configured."""
+    url = os.environ.get("MDS_TEST_REDIS_URL")
+    if url:
+        return url
+    if REQUIRE_SERVICES:
+        pytest.fail("MDS_TEST_REQUIRE_SERVICES=1 but MDS_TEST_REDIS_URL is not set")
+    pytest.skip("Redis tests need MDS_TEST_REDIS_URL (.ci/run sets it)")
+
+
+def unique_channel() -> str:
+    """A channel (and key prefix) of this test's own on a shared Redis."""
+    return f"mds.test.{uuid.uuid4().hex[:12]}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateRedis:
+    """A ``redis-server`` of the test's own, on a free port, without persistence."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            if REQUIRE_SERVICES:
+                pytest.fail("MDS_TEST_REQUIRE_SERVICES=1 but redis-server is not installed")
+            pytest.skip("redis-server is not installed")
+        self.binary = binary
+        self.workdir = workdir
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            assert self.proc.poll() is None, "redis-server exited"
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
