@@ -30,7 +30,7 @@ from market_data_store.coordinator import BackpressureLevel, FeedbackBus, Feedba
 from market_data_store.feedback import FeedbackFanout
 from tests.support.postgres import REQUIRE_SERVICES
 from tests.support.service import RunningService, running_service, service_settings
-from tests.support.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy, upstream_of
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -95,6 +95,7 @@ class Browser:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._session: str | None = None
+        self._target: str | None = None
         self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -141,11 +142,18 @@ class Browser:
             "Target.attachToTarget", targetId=target["targetId"], flatten=True
         )
         self._session = attached["sessionId"]
+        self._target = target["targetId"]
         await self.send("Runtime.enable")
         await self.send("Log.enable")
         navigated = await self.send("Page.navigate", url=url)
         if navigated.get("errorText"):
             raise BrowserError(f"{url}: {navigated['errorText']}")
+
+    async def close_page(self) -> None:
+        """Close the tab (and with it the page's event stream)."""
+        if self._target is not None:
+            await self.send("Target.closeTarget", targetId=self._target)
+            self._target = self._session = None
 
     async def evaluate(self, expression: str) -> Any:
         result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True)
@@ -164,8 +172,9 @@ class Browser:
                 raise AssertionError(f"the page did not show {what} in {WAIT}s; it shows {state}")
             await asyncio.sleep(0.05)
 
-    def problems(self) -> list[str]:
-        """What the page reported going wrong: uncaught exceptions, errors logged."""
+    def take_problems(self) -> list[str]:
+        """What the page reported going wrong since last asked: uncaught exceptions,
+        errors logged (failed requests included)."""
         found = []
         for event in self.events:
             method, params = event.get("method"), event.get("params", {})
@@ -176,6 +185,7 @@ class Browser:
             elif method == "Log.entryAdded" and params["entry"]["level"] == "error":
                 entry = params["entry"]
                 found.append(f"{entry['source']}: {entry['text']} ({entry.get('url')})")
+        self.events.clear()
         return found
 
     def log_tail(self) -> str:
@@ -294,12 +304,21 @@ async def service(database_url: str, tmp_path: Path) -> AsyncIterator[RunningSer
 
 
 @pytest.fixture
+async def page_proxy(service: RunningService) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the service, for the browser: to cut its connection."""
+    proxy = await TcpProxy(upstream_of(service.base_url)).start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
 async def browser(chromium: str, tmp_path: Path) -> AsyncIterator[Browser]:
     workdir = tmp_path / "chromium"
     workdir.mkdir()
     async with launch_browser(chromium, workdir) as b:
         yield b
-    assert not b.problems(), b.problems()
+        problems = b.take_problems()
+    assert problems == []  # none the test did not expect
 
 
 def coordinator_of(svc: RunningService) -> str:
@@ -376,36 +395,35 @@ async def test_page_shows_ok_then_a_hard_level_live(
 
 
 async def test_page_reconnects_and_shows_what_it_missed(
-    service: RunningService, browser: Browser
+    service: RunningService, page_proxy: TcpProxy, browser: Browser
 ) -> None:
     """The connection is cut (for real, by a TCP proxy between browser and service);
     the level changes meanwhile; the page shows it once it is back."""
     coord = coordinator_of(service)
-    port = int(service.base_url.rsplit(":", 1)[1])
-    proxy = await TcpProxy(("127.0.0.1", port)).start()
-    try:
-        await browser.open(f"http://127.0.0.1:{proxy.port}/")
-        await browser.wait_for(f"{coord} at ok", shows(coord, "ok"))
-        await streams_open(service, 1)
+    await browser.open(f"http://127.0.0.1:{page_proxy.port}/")
+    await browser.wait_for(f"{coord} at ok", shows(coord, "ok"))
+    await streams_open(service, 1)
 
-        proxy.cut()
-        state = await browser.wait_for("the connection lost", lambda s: s["connection"] == "closed")
-        assert state["connectionText"] == "reconnecting…"
-        assert row_of(state, coord)["level"] == "ok"  # the last known level stays shown
-        await streams_open(service, 0)
-        await emit(service, coord, 9000, 10000, BackpressureLevel.hard)
+    page_proxy.cut()
+    state = await browser.wait_for("the connection lost", lambda s: s["connection"] == "closed")
+    assert state["connectionText"] == "reconnecting…"
+    assert row_of(state, coord)["level"] == "ok"  # the last known level stays shown
+    await streams_open(service, 0)
+    await emit(service, coord, 9000, 10000, BackpressureLevel.hard)
 
-        proxy.restore()
-        state = await browser.wait_for(f"{coord} at hard, reconnected", shows(coord, "hard"))
-        assert row_of(state, coord)["size"] == "9000 / 10000 (90.0 %)"
-        assert state["connectionText"] == "live"
+    page_proxy.restore()
+    state = await browser.wait_for(f"{coord} at hard, reconnected", shows(coord, "hard"))
+    assert row_of(state, coord)["size"] == "9000 / 10000 (90.0 %)"
+    assert state["connectionText"] == "live"
+    problems = browser.take_problems()
+    assert problems, "the cut was not seen by the browser"
+    assert all("/v1/feedback/stream" in p for p in problems), problems
 
-        # and it follows live events again
-        await emit(service, coord, 100, 10000, BackpressureLevel.ok)
-        state = await browser.wait_for(f"{coord} back at ok", shows(coord, "ok"))
-        assert row_of(state, coord)["size"] == "100 / 10000 (1.0 %)"
-    finally:
-        await proxy.close()
+    # and it follows live events again
+    await emit(service, coord, 100, 10000, BackpressureLevel.ok)
+    state = await browser.wait_for(f"{coord} back at ok", shows(coord, "ok"))
+    assert row_of(state, coord)["size"] == "100 / 10000 (1.0 %)"
+    await browser.close_page()  # before the proxy goes: that would be one more cut
 
 
 async def test_page_retries_when_the_stream_is_refused(
@@ -425,9 +443,10 @@ async def test_page_retries_when_the_stream_is_refused(
         await browser.wait_for(f"{coord} at ok", shows(coord, "ok"))
         assert time.monotonic() - started < 5  # it retries every 3 s
         await streams_open(service, 1)
-    refused = [p for p in browser.problems() if "503" in p]
-    assert refused, browser.problems()
-    browser.events.clear()  # the refusal is logged by the browser, as it should
+        problems = browser.take_problems()
+        assert problems, "the refusal was not seen by the browser"
+        assert all("503" in p for p in problems), problems
+        await browser.close_page()  # before the service goes
 
 
 def time_iso(ts: float) -> str:
