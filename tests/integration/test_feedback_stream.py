@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
+from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout
@@ -295,3 +296,22 @@ async def test_sse_disabled_removes_the_stream_and_the_page(service_with: Servic
         assert (await svc.client.get("/v1/feedback/stream")).status_code == 404
         assert (await svc.client.get("/")).status_code == 404
         assert (await svc.client.get("/v1/feedback/state")).status_code == 200
+
+
+async def test_feedback_metrics_are_scraped(service: RunningService) -> None:
+    async with open_stream(service.client) as stream:
+        await stream.next_event()
+        await emit(service, HARD)
+        await stream.next_event()
+        text = (await service.client.get("/metrics")).text
+    families = {f.name: f.samples for f in text_string_to_metric_families(text)}
+
+    def value(name: str, **labels: str) -> float:
+        (sample,) = [s for s in families[name] if labels.items() <= s.labels.items()]
+        return sample.value
+
+    assert value("mds_feedback_events_published", origin="local") == 2  # start + hard
+    assert value("mds_feedback_events_published", origin="remote") == 0
+    assert value("mds_feedback_sse_delivered") == 2
+    assert value("mds_feedback_sse_subscribers") == 1
+    assert value("mds_feedback_sse_dropped", reason="slow") == 0

@@ -23,6 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -30,7 +31,7 @@ from market_data_store.coordinator import BackpressureLevel, FeedbackBus, Feedba
 from market_data_store.feedback import FeedbackFanout
 from tests.support.postgres import REQUIRE_SERVICES
 from tests.support.service import RunningService, running_service, service_settings
-from tests.support.tcp_proxy import TcpProxy, upstream_of
+from tests.support.tcp_proxy import TcpProxy
 
 CHROMIUM_FLAGS = (
     "--headless",
@@ -306,7 +307,8 @@ async def service(database_url: str, tmp_path: Path) -> AsyncIterator[RunningSer
 @pytest.fixture
 async def page_proxy(service: RunningService) -> AsyncIterator[TcpProxy]:
     """A TCP proxy in front of the service, for the browser: to cut its connection."""
-    proxy = await TcpProxy(upstream_of(service.base_url)).start()
+    address = urlsplit(service.base_url)
+    proxy = await TcpProxy((address.hostname or "127.0.0.1", address.port or 80)).start()
     yield proxy
     await proxy.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 
 import msgspec
@@ -212,3 +213,22 @@ def test_error_strategy_needs_requests_that_fit_the_queue() -> None:
         {"MDS_COORDINATOR_OVERFLOW_STRATEGY": "error", "MDS_INGEST_MAX_BARS_PER_REQUEST": "10000"}
     )
     assert ok.coordinator.overflow_strategy == "error"
+
+
+def test_feedback_urls_are_redacted_and_instance_id_defaults_to_the_host_name() -> None:
+    s = load_settings(
+        {
+            "MDS_FEEDBACK_WEBHOOK_URL": "https://hook:s3cret@example.test/feedback",
+            "MDS_FEEDBACK_REDIS_URL": "redis://:hunter2@redis:6379/0",
+        }
+    )
+    data = redacted(s)
+    assert data["feedback"]["webhook"]["url"] == "https://hook:***@example.test/feedback"
+    assert data["feedback"]["redis"]["url"] == "redis://:***@redis:6379/0"
+    assert "s3cret" not in str(data)
+    assert "hunter2" not in str(data)
+    assert s.server.resolved_instance_id == socket.gethostname()
+    named = load_settings({"MDS_SERVER_INSTANCE_ID": "store-0"})
+    assert named.server.resolved_instance_id == "store-0"
+    with pytest.raises(ConfigError, match=r"server\.instance_id"):
+        load_settings({"MDS_SERVER_INSTANCE_ID": "a/b"})
