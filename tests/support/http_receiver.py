@@ -78,6 +78,11 @@ class HttpReceiver:
         self._script.clear()
         self.default = Reply(hang=True)
 
+    def drop_connections(self) -> None:
+        """Reset every open connection now (requests in progress get no answer)."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+
     def bodies(self) -> list[Any]:
         return [r.json() for r in self.requests]
 
@@ -99,8 +104,7 @@ class HttpReceiver:
         self._closing.set()
         if self._server is not None:
             self._server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
+        self.drop_connections()
         for task in list(self._handlers):
             task.cancel()
         await asyncio.gather(*self._handlers, return_exceptions=True)

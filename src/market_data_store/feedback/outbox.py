@@ -91,18 +91,20 @@ class Outbox(Generic[T]):
             self._task = asyncio.create_task(self._drain(), name=f"outbox-{self.name}")
 
     async def stop(self, timeout: float) -> None:
-        """Deliver what is buffered for up to ``timeout`` s, then cancel; the rest is
-        counted as discarded. Idempotent."""
+        """Deliver what is buffered for up to ``timeout`` s, then cancel; the rest (the
+        event in flight included) is counted as discarded. Idempotent; the drain task
+        is cancelled even when this call is."""
         self._closed = True
         self._ready.set()
         task, self._task = self._task, None
         if task is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            try:
+                await asyncio.wait({task}, timeout=timeout)
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
         if self._items:
             self.stats.discarded += len(self._items)
             log.info("%s: %d event(s) not delivered at stop", self.name, len(self._items))
@@ -120,6 +122,9 @@ class Outbox(Generic[T]):
             item = items.popleft()
             try:
                 delivered = await self._deliver(item)
+            except asyncio.CancelledError:
+                self.stats.discarded += 1  # stopped while this one was in flight
+                raise
             except Exception:
                 delivered = False
                 self._failures.log(

@@ -22,6 +22,9 @@ from .wire import encode_event
 
 log = logging.getLogger(__name__)
 
+FINAL_STATUSES = frozenset(range(400, 500)) - {408, 425, 429}
+"""Client errors other than timeout / too early / too many requests: not retried."""
+
 HEADERS = {"content-type": "application/json", "user-agent": "market-data-store-feedback"}
 
 
@@ -29,7 +32,8 @@ class HttpFeedbackBroadcaster:
     """POSTs each event of ``bus`` (default: the process bus) to ``endpoint``.
 
     The body is Core's FeedbackEvent JSON plus ``reason`` and ``utilization``.
-    An event is tried up to ``max_retries`` times in all (any 2xx is success),
+    An event is tried up to ``max_retries`` times in all (any 2xx is success; a 4xx
+    other than 408, 425 and 429 ends the attempts at once),
     waiting ``backoff_base * 2**(n-1)`` s, randomised to 50-100 %, after the
     n-th failure; then it is given up and counted as failed.
     """
@@ -120,6 +124,8 @@ class HttpFeedbackBroadcaster:
                     self.last_success = time.time()
                     return True
                 error = f"HTTP {response.status_code}"
+                if response.status_code in FINAL_STATUSES:
+                    break  # the receiver refuses this request: sending it again changes nothing
             if attempt < self.max_retries:
                 delay = self.backoff_base * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
                 await asyncio.sleep(delay)
