@@ -15,7 +15,7 @@ STREAMS = 200
 async def open_raw_stream(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A stream read at the socket level, to see exactly how the server ends it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /v1/feedback/stream HTTP/1.1\r\nhost: t\r\naccept: text/event-stream\r\n\r\n")
+    writer.write(b"GET /v1/feedback/stream HTTP/1.1\r\nhost: t\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
     assert head.startswith(b"HTTP/1.1 200"), head
     assert b"transfer-encoding: chunked" in head.lower()

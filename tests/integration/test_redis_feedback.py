@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from market_data_store.contracts import FeedbackPublisher
 from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout, RedisFeedbackBridge, RedisFeedbackPublisher
-from tests.support.process import serve
+from tests.support.process import serve, stop
 from tests.support.redis_server import PrivateRedis, shared_redis_url, unique_channel
 
 HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
@@ -32,9 +32,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 def test_publisher_is_a_core_feedback_publisher() -> None:
-    publisher = RedisFeedbackPublisher(
-        "redis://127.0.0.1:1/0", "c", instance_id="a", latest=list
-    )
+    publisher = RedisFeedbackPublisher("redis://127.0.0.1:1/0", "c", instance_id="a", latest=list)
     assert isinstance(publisher, FeedbackPublisher)
 
 
@@ -172,7 +170,7 @@ def levels_after_snapshot(
 
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(tmp_path)
+    redis = PrivateRedis(tmp_path, password="hunter2")  # must never be printed
     redis.start()
     yield redis
     redis.stop()
@@ -182,16 +180,10 @@ def test_two_replicas_see_each_other_and_survive_a_redis_restart(
     database_url: str, tmp_path: Path, private_redis: PrivateRedis
 ) -> None:
     channel = unique_channel()
-    with (
-        serve(replica_env(database_url, tmp_path, "a", private_redis.url, channel), tmp_path) as (
-            _,
-            a,
-        ),
-        serve(replica_env(database_url, tmp_path, "b", private_redis.url, channel), tmp_path) as (
-            _,
-            b,
-        ),
-    ):
+    env_a, env_b = (
+        replica_env(database_url, tmp_path, n, private_redis.url, channel) for n in "ab"
+    )
+    with serve(env_a, tmp_path) as (proc_a, a), serve(env_b, tmp_path) as (proc_b, b):
         wait_until(lambda: feedback_health(a)["redis"] == "connected")
         wait_until(lambda: feedback_health(b)["redis"] == "connected")
         # each replica knows the other's coordinator (from its hash or its start event)
@@ -223,3 +215,6 @@ def test_two_replicas_see_each_other_and_survive_a_redis_restart(
         assert levels_after_snapshot(a, "b/bars", 3, lambda: ingest_on_b(2)) == [
             "soft", "hard", "ok",
         ]  # fmt: skip
+        for proc in (proc_a, proc_b):
+            output = stop(proc)  # exits 0 by itself
+            assert "hunter2" not in output
