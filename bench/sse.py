@@ -16,11 +16,13 @@ and which event ids were published.
    latency is each event's ``ts`` (``time.time()`` when the queue crossed the
    watermark, in the server) to the client reading the frame (``time.time()``
    again: same machine, same clock);
-2. server RSS (``VmRSS``) with no subscriber, then with ``--subscribers`` idle
-   ones, held by ``--clients`` processes (raw asyncio sockets on uvloop; one
-   process alone would be the bottleneck), connected in batches;
+2. server RSS (``VmRSS``) with the control stream alone, then with
+   ``--subscribers`` idle ones more, held by ``--clients`` processes (raw asyncio
+   sockets on uvloop; one process alone would be the bottleneck), connected in
+   batches of ``--connect-batch`` per client (uvicorn's backlog is 2048);
 3. ``--rounds`` rounds to all of them: latency over every (subscriber, event) pair,
-   and how many subscribers received every event published after they connected.
+   per level, per event (when the first and the last subscriber got it), and how
+   many subscribers received every event published after they connected.
 
 Prints one table: the figures, the targets (every subscriber gets every event,
 p99 < 100 ms to all, crossing -> client p50 < 5 ms, < 50 KiB per idle
@@ -482,9 +484,20 @@ class Delivery:
     ended_early: int = 0  # streams the server closed
     latencies_ms: list[float] = field(default_factory=list)
     by_level: dict[str, list[float]] = field(default_factory=dict)
+    by_event: dict[int, list[float]] = field(default_factory=dict)
 
     def pct(self, q: float) -> float:
         return percentile(self.latencies_ms, q)
+
+    def spread(self) -> str:
+        """Per event, the first and the last subscriber reached: median over events
+        (worst event)."""
+        first = sorted(min(v) for v in self.by_event.values())
+        last = sorted(max(v) for v in self.by_event.values())
+        return (
+            f"{percentile(first, 50):.1f} ({first[-1] if first else float('nan'):.1f})"
+            f" / {percentile(last, 50):.1f} ({last[-1] if last else float('nan'):.1f})"
+        )
 
     def levels(self, q: float) -> str:
         """Percentile ``q`` per level, e.g. ``soft 3.1 / hard 3.2 / ok 1.0``."""
@@ -512,6 +525,7 @@ def delivery(streams: Iterable[dict[str, Any]], published: list[Received], wante
             ms = (e.at - e.ts) * 1000
             d.latencies_ms.append(ms)
             d.by_level.setdefault(e.level, []).append(ms)
+            d.by_event.setdefault(e.id, []).append(ms)
     d.latencies_ms.sort()
     for values in d.by_level.values():
         values.sort()
@@ -660,7 +674,11 @@ def report(args: argparse.Namespace, r: Results, problems: list[str]) -> None:
     for client in r.clients:
         for status, count in client.statuses.items():
             statuses[status] = statuses.get(status, 0) + count
-    refused = ", ".join(f"HTTP {k}: {v}" for k, v in sorted(statuses.items()) if k != "200")
+    refused = ", ".join(
+        f"{'connect failed' if k == '0' else 'HTTP ' + k}: {v}"
+        for k, v in sorted(statuses.items())
+        if k != "200"
+    )
     counters = r.counters
     p50, p99 = many.pct(50), many.pct(99)
     rows: list[tuple[str, str, str]] = []
@@ -689,6 +707,7 @@ def report(args: argparse.Namespace, r: Results, problems: list[str]) -> None:
         f"< {TARGET_P99_MS:g} ms: {verdict(p99 < TARGET_P99_MS)} (reference {REF_P99_MS:g} ms)",
     )
     row("delivery latency max", f"{many.pct(100):.1f} ms")
+    row("per event, first / last reached", f"{many.spread()} ms", "median (worst) over events")
     row("p50 by level", f"{many.levels(50)} ms")
     row("p99 by level", f"{many.levels(99)} ms")
     row("p50 / p99 over the reference's", f"{p50 / REF_P50_MS:.2f}x / {p99 / REF_P99_MS:.2f}x")

@@ -56,3 +56,15 @@ def test_health_benchmark_runs(database_url: str) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "/healthz / trivial req/s" in proc.stdout
+
+
+def test_sse_benchmark_runs(database_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "bench/sse.py", "--subscribers", "20", "--clients", "2", "--rounds", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+        env={**os.environ, "DATABASE_URL": database_url},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "20 / 20  all: met" in proc.stdout  # completeness is deterministic
+    assert "server RSS per idle subscriber" in proc.stdout
+    assert "crossing->client, 1 subscriber p50" in proc.stdout
