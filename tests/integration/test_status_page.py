@@ -2,9 +2,9 @@
 
 Chromium is driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``:
 NUL-terminated JSON on its file descriptors 3 and 4), so neither a port nor an extra
-package is needed. ``--dump-dom`` with ``--virtual-time-budget`` cannot be used:
-virtual time does not advance while a request is pending, and the page's event
-stream never ends (Chromium hangs until killed).
+package is needed. ``--dump-dom`` cannot be used: alone it prints the page as loaded,
+before any event came; with ``--virtual-time-budget`` Chromium never exits, as virtual
+time does not advance while a request is pending and the page's event stream never ends.
 
 The service runs in the test's event loop, so everything here is asynchronous.
 """
@@ -213,53 +213,48 @@ async def launch_browser(chromium: str, workdir: Path) -> AsyncIterator[Browser]
     from_chromium = [_above_9(fd) for fd in os.pipe()]
     theirs = (to_chromium[0], from_chromium[1])
     log = workdir / "chromium.log"
-    try:
-        with log.open("wb") as output:
-            proc = await asyncio.create_subprocess_exec(
-                shutil.which("bash") or "/bin/bash",
-                "-c",
-                f'exec "$0" "$@" 3<&{theirs[0]} 4>&{theirs[1]} {theirs[0]}<&- {theirs[1]}>&-',
-                chromium,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={workdir / 'profile'}",
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-                pass_fds=theirs,
-                start_new_session=True,  # a process group of its own: its helpers end with it
-            )
-    except BaseException:
-        for fd in (*to_chromium, *from_chromium):
-            os.close(fd)
-        raise
-    for fd in theirs:
-        os.close(fd)
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 24)
-    transports: list[asyncio.BaseTransport] = []
-    try:
-        read_end = open(from_chromium[0], "rb", buffering=0)  # noqa: SIM115 (the transport owns it)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), read_end
-        )
-        transports.append(transport)
-        write_end = open(to_chromium[1], "wb", buffering=0)  # noqa: SIM115
-        writer, _ = await loop.connect_write_pipe(asyncio.Protocol, write_end)
-        transports.append(writer)
-        browser = Browser(reader, writer, log)
+    with contextlib.ExitStack() as ours:
+        commands = ours.enter_context(os.fdopen(to_chromium[1], "wb", buffering=0))
+        answers = ours.enter_context(os.fdopen(from_chromium[0], "rb", buffering=0))
         try:
-            yield browser
+            with log.open("wb") as output:
+                proc = await asyncio.create_subprocess_exec(
+                    shutil.which("bash") or "/bin/bash",
+                    "-c",
+                    f'exec "$0" "$@" 3<&{theirs[0]} 4>&{theirs[1]} {theirs[0]}<&- {theirs[1]}>&-',
+                    chromium,
+                    *CHROMIUM_FLAGS,
+                    f"--user-data-dir={workdir / 'profile'}",
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=asyncio.subprocess.STDOUT,
+                    pass_fds=theirs,
+                    start_new_session=True,  # a process group of its own, helpers included
+                )
         finally:
-            await browser.close()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 5)
-    finally:
-        for t in transports:
-            t.close()
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)  # the group of the process we started
-            await proc.wait()
+            for fd in theirs:
+                os.close(fd)
+        try:
+            loop = asyncio.get_running_loop()
+            reader = asyncio.StreamReader(limit=1 << 24)
+            read_transport, _ = await loop.connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(reader), answers
+            )
+            ours.callback(read_transport.close)
+            write_transport, _ = await loop.connect_write_pipe(asyncio.Protocol, commands)
+            ours.callback(write_transport.close)
+            browser = Browser(reader, write_transport, log)
+            try:
+                yield browser
+            finally:
+                await browser.close()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), 5)
+        finally:
+            if proc.returncode is None:  # it did not quit when asked (or was never asked)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)  # the group of the process we started
+                await proc.wait()
 
 
 def _above_9(fd: int) -> int:
@@ -278,7 +273,8 @@ def row_of(state: PageState, coordinator_id: str) -> dict[str, Any]:
 def shows(coordinator_id: str, level: str, connection: str = "open") -> Callable[[PageState], bool]:
     def check(state: PageState) -> bool:
         return (
-            state["connection"] == connection and row_of(state, coordinator_id).get("level") == level
+            state["connection"] == connection
+            and row_of(state, coordinator_id).get("level") == level
         )
 
     return check
@@ -340,9 +336,15 @@ async def emit(
 async def streams_open(svc: RunningService, count: int) -> None:
     """Wait until the service has ``count`` feedback streams open."""
     fanout: FeedbackFanout = svc.app.state.feedback_fanout
-    async with asyncio.timeout(WAIT):
-        while fanout.subscriber_count != count:
-            await asyncio.sleep(0.02)
+    deadline = time.monotonic() + WAIT
+    while True:
+        if fanout.subscriber_count == count:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"{fanout.subscriber_count} streams open after {WAIT}s, not {count}"
+            )
+        await asyncio.sleep(0.02)
 
 
 # -- tests --------------------------------------------------------------------------
@@ -441,9 +443,7 @@ async def test_page_retries_when_the_stream_is_refused(
             state = await browser.wait_for("the refusal", lambda s: s["connection"] == "closed")
             assert state["rows"] == []
             assert state["emptyHidden"] is False
-        started = time.monotonic()
-        await browser.wait_for(f"{coord} at ok", shows(coord, "ok"))
-        assert time.monotonic() - started < 5  # it retries every 3 s
+        await browser.wait_for(f"{coord} at ok", shows(coord, "ok"))  # retried after 3 s
         await streams_open(service, 1)
         problems = browser.take_problems()
         assert problems, "the refusal was not seen by the browser"
@@ -451,7 +451,36 @@ async def test_page_retries_when_the_stream_is_refused(
         await browser.close_page()  # before the service goes
 
 
-def time_iso(ts: float) -> str:
-    """``ts`` as JavaScript's ``Date.toISOString`` writes it (milliseconds, UTC)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts * 1000) % 1000:03d}Z"
+async def test_page_drops_coordinators_gone_after_a_reset(
+    database_url: str, tmp_path: Path, browser: Browser
+) -> None:
+    """The page reconnects to another process (a restarted pod has a new instance id, or
+    another replica behind the Service): its Last-Event-ID is unknown there, so the stream
+    starts with ``event: reset`` and the full snapshot. A coordinator that snapshot leaves
+    out is gone; its last level (here hard) must not stay on the page as if current."""
+    proxy = await TcpProxy(("127.0.0.1", 9)).start()  # pointed at each service in turn
+    try:
+        old = service_settings(database_url, str(tmp_path), MDS_SERVER_INSTANCE_ID="old")
+        async with running_service(old) as service:
+            proxy.upstream = ("127.0.0.1", urlsplit(service.base_url).port or 80)
+            await browser.open(f"http://127.0.0.1:{proxy.port}/")
+            await browser.wait_for("old/bars at ok", shows("old/bars", "ok"))
+            await streams_open(service, 1)
+            await emit(service, "old/bars", 9000, 10000, BackpressureLevel.hard)
+            await browser.wait_for("old/bars at hard", shows("old/bars", "hard"))
+        new = service_settings(database_url, str(tmp_path), MDS_SERVER_INSTANCE_ID="new")
+        async with running_service(new) as service:
+            proxy.upstream = ("127.0.0.1", urlsplit(service.base_url).port or 80)
+            state = await browser.wait_for("new/bars", shows("new/bars", "ok"))
+            await browser.close_page()
+        problems = browser.take_problems()
+        assert all("/v1/feedback/stream" in p for p in problems), problems
+        assert [r["coordinator"] for r in state["rows"]] == ["new/bars"], state["rows"]
+    finally:
+        await proxy.close()
 
+
+def time_iso(ts: float) -> str:
+    """``ts`` as JavaScript's ``new Date(ts * 1000).toISOString()`` writes it."""
+    ms = int(ts * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
