@@ -648,3 +648,38 @@ async def test_service_stops_promptly_while_the_webhook_hangs(
         assert state == "healthy"
         started = time.monotonic()
     assert time.monotonic() - started < 5.0
+
+
+async def test_a_huge_response_body_is_never_read(bus: FeedbackBus) -> None:
+    """Only the status matters: an endpoint answering 100 GB costs nothing."""
+    sent = 0
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100000000000\r\n\r\n")
+        chunk = b"x" * 65536
+        try:
+            while sent < 1_000_000_000:
+                writer.write(chunk)
+                await writer.drain()
+                sent += len(chunk)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    broadcaster = HttpFeedbackBroadcaster(
+        f"http://127.0.0.1:{port}/hook", timeout=5, max_retries=1, bus=bus
+    )
+    await broadcaster.start()
+    try:
+        async with asyncio.timeout(5):
+            assert await broadcaster.broadcast_one(event()) is True
+    finally:
+        await broadcaster.stop()
+        server.close()
+        await server.wait_closed()
+    assert sent < 50_000_000  # the client hung up instead of reading

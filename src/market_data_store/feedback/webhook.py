@@ -112,8 +112,12 @@ class HttpFeedbackBroadcaster:
             if attempt > 1:
                 self.stats.retried += 1
             try:
-                async with asyncio.timeout(self.timeout):  # the whole attempt, not per phase
-                    response = await client.post(self.endpoint, content=body, headers=HEADERS)
+                async with (
+                    asyncio.timeout(self.timeout),  # the whole attempt, not per phase
+                    # the status is all we need: the body is never read (it could be huge)
+                    client.stream("POST", self.endpoint, content=body, headers=HEADERS) as response,
+                ):
+                    pass
             except Exception as exc:  # not only httpx.HTTPError: a bad URL raises InvalidURL,
                 # a port > 65535 an ExceptionGroup; either must count as a failed attempt
                 # (retried, then ``failing``), not escape and leave health at "ok"
