@@ -22,6 +22,8 @@ from .wire import encode_event
 
 log = logging.getLogger(__name__)
 
+MAX_RESPONSE_BYTES = 64 * 1024
+
 FINAL_STATUSES = frozenset(range(400, 500)) - {408, 425, 429}
 """Client errors other than timeout / too early / too many requests: not retried."""
 
@@ -114,10 +116,15 @@ class HttpFeedbackBroadcaster:
             try:
                 async with (
                     asyncio.timeout(self.timeout),  # the whole attempt, not per phase
-                    # the status is all we need: the body is never read (it could be huge)
                     client.stream("POST", self.endpoint, content=body, headers=HEADERS) as response,
                 ):
-                    pass
+                    # the status is all we need; a small body is read (the connection is
+                    # then reused), a large one is not: past the limit we hang up
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read > MAX_RESPONSE_BYTES:
+                            break
             except Exception as exc:  # not only httpx.HTTPError: a bad URL raises InvalidURL,
                 # a port > 65535 an ExceptionGroup; either must count as a failed attempt
                 # (retried, then ``failing``), not escape and leave health at "ok"
