@@ -1,4 +1,5 @@
-"""SSE fan-out: delivery latency and completeness to many subscribers, memory per stream.
+"""SSE fan-out: delivery latency and completeness to many subscribers, memory per stream,
+against the plainest Litestar broadcast measured in the same run.
 
     .venv/bin/python bench/sse.py [--subscribers 1000] [--clients 4] [--rounds 10]
                                   [--port PORT] [--database-url URL]
@@ -24,11 +25,21 @@ and which event ids were published.
    per level, per event (when the first and the last subscriber got it), and how
    many subscribers received every event published after they connected.
 
-Prints one table: the figures, the targets (every subscriber gets every event,
-p99 < 100 ms to all, crossing -> client p50 < 5 ms, < 50 KiB per idle
-subscriber) and, for scale, the plainest Litestar broadcast measured on
-1,000 subscribers (p50 58 ms, p99 110 ms). Absolute figures depend on the
-machine (and on the clients sharing its cores with the server).
+Then the baseline, the plainest Litestar broadcast (this file with
+``--baseline-server``: per subscriber an ``asyncio.Queue`` registered in a set and
+a ``ServerSentEvent`` over an async generator that JSON-encodes each event it
+takes from its queue), served by uvicorn as the service is (httptools, uvloop,
+no access log, lifespan on), goes through steps 2 and 3 with the same client
+processes: after a snapshot event, each round publishes soft and hard at once,
+then ok after the service's median hard -> ok delay in step 3 (its ``ts`` is
+``time.time()`` at publish), and the next round starts ``ROUND_GAP`` after the
+control stream got the ok, as with the service.
+
+Prints one table: the service's figures, the targets (every subscriber gets every
+event, p99 < 100 ms to all, crossing -> client p50 < 5 ms, < 50 KiB per idle
+subscriber), the baseline's figures and the ratios service / baseline (p50, p99,
+max latency, RSS per idle subscriber). Absolute figures depend on the machine
+(and on the clients sharing its cores with the server): compare the ratios.
 """
 
 from __future__ import annotations
@@ -38,25 +49,33 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
+import math
 import os
 import re
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
 import uvloop
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+T = TypeVar("T")
 
 STREAM = "/v1/feedback/stream"
 INSTANCE = "bench-sse"
@@ -64,12 +83,10 @@ CAPACITY, HIGH, LOW, BATCH = 1000, 800, 500, 100
 BARS_PER_ROUND = 900  # > HIGH: soft, hard, then ok once drained to LOW
 T0 = datetime(2024, 1, 2, tzinfo=UTC)
 
-# targets (from the issue) and the reference it was measured against
+# targets (from the issue)
 TARGET_P99_MS = 100.0
 TARGET_SINGLE_P50_MS = 5.0
 TARGET_KIB = 50.0  # server RSS per idle subscriber
-REF_P50_MS, REF_P99_MS = 58.0, 110.0
-REFERENCE = "plainest Litestar broadcast, 1,000 subscribers: p50 58 ms, p99 110 ms"
 
 READY_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 30.0  # one batch of connections, until every response head is in
@@ -79,6 +96,8 @@ SETTLE = 1.0  # idle time before reading RSS
 DELIVERY_TIMEOUT = 15.0  # clients waiting for the last event before they report
 CLIENT_TIMEOUT = 120.0  # a client process from start to its report
 SHUTDOWN_TIMEOUT = 30.0
+BASELINE_GRACE = 5  # the baseline's uvicorn timeout_graceful_shutdown
+DEFAULT_OK_DELAY = 0.03  # baseline hard -> ok when the service gave none (it failed)
 
 
 # -- reading a stream -------------------------------------------------------------
@@ -92,7 +111,7 @@ class Received(NamedTuple):
 
 
 class SseParser:
-    """Incremental: the HTTP/1.1 response head, a chunked body, SSE messages."""
+    """Incremental: the HTTP/1.1 response head, a chunked body, SSE messages (LF or CRLF)."""
 
     def __init__(self) -> None:
         self.status = 0
@@ -139,7 +158,9 @@ class SseParser:
         else:
             self._raw = b""
             text = self._text + raw
-        *messages, self._text = text.split(b"\n\n")
+        # Litestar's ServerSentEvent (the baseline) ends lines with CRLF, the service with LF;
+        # a CR left at the end of the rest joins its LF on the next call
+        *messages, self._text = text.replace(b"\r\n", b"\n").split(b"\n\n")
         for message in messages:
             self._message(message, at)
 
@@ -344,7 +365,7 @@ async def stop_clients(clients: list[Client]) -> None:
             await c.proc.wait()
 
 
-# -- the service ------------------------------------------------------------------
+# -- the servers ------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -379,13 +400,30 @@ def server_env(database_url: str, tmp: str, subscribers: int) -> dict[str, str]:
     return env
 
 
-async def wait_ready(http: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> None:
+@contextlib.contextmanager
+def server_process(
+    command: list[str], log: IO[bytes], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A server process, SIGTERMed on the way out (killed if it does not end in time)."""
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+    try:
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_ready(http: httpx.AsyncClient, proc: subprocess.Popen[bytes], path: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         with contextlib.suppress(httpx.TransportError):
-            if (await http.get("/readyz", timeout=1)).status_code == 200:
+            if (await http.get(path, timeout=1)).status_code == 200:
                 return
         await asyncio.sleep(0.2)
     raise RuntimeError("server did not become ready")
@@ -393,6 +431,8 @@ async def wait_ready(http: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> 
 
 async def subscribers_open(http: httpx.AsyncClient) -> int:
     health = (await http.get("/healthz", timeout=5)).json()
+    if "subscribers" in health:  # the baseline
+        return int(health["subscribers"])
     for component in health["components"]:
         if component["name"] == "feedback":
             return int(component["details"]["subscribers"])
@@ -419,34 +459,24 @@ async def fanout_counters(http: httpx.AsyncClient) -> dict[str, float]:
 
 
 class Rounds:
-    """POSTs that each make the queue go soft, hard and back to ok."""
+    """Rounds of level changes (soft, hard, ok); each is over once its `ok` reached
+    the control stream."""
 
     def __init__(self, http: httpx.AsyncClient, control: Stream) -> None:
         self.http = http
         self.control = control
         self.done = 0
 
-    def body(self) -> bytes:
-        first = self.done * BARS_PER_ROUND
-        bars = [
-            {"symbol": "SSE", "ts": (T0 + timedelta(minutes=first + i)).isoformat(),
-             "open": "1", "high": "1", "low": "1", "close": "1", "volume": "1",
-             "resolution": "1m"}
-            for i in range(BARS_PER_ROUND)
-        ]  # fmt: skip
-        return json.dumps({"provider": "bench-sse", "bars": bars}).encode()
+    async def publish(self) -> None:
+        raise NotImplementedError
 
     async def run(self, n: int) -> list[Received]:
         """``n`` rounds; the events the control stream got meanwhile."""
         start = self.control.last_id()
         for _ in range(n):
-            body, before = self.body(), self.control.last_id()
+            before = self.control.last_id()
+            await self.publish()
             self.done += 1
-            response = await self.http.post(
-                "/v1/bars", content=body, headers={"content-type": "application/json"}
-            )
-            if response.status_code != 202:
-                raise RuntimeError(f"POST /v1/bars: {response.status_code} {response.text}")
             await self.wait_recovered(after=before)
             await asyncio.sleep(ROUND_GAP)
         return [e for e in self.control.parse().events if e.id > start]
@@ -461,6 +491,156 @@ class Rounds:
                     raise RuntimeError("the control stream ended")
                 changed.clear()
                 await changed.wait()
+
+
+class ServiceRounds(Rounds):
+    """POSTs that each make the queue go soft, hard and back to ok."""
+
+    def body(self) -> bytes:
+        first = self.done * BARS_PER_ROUND
+        bars = [
+            {"symbol": "SSE", "ts": (T0 + timedelta(minutes=first + i)).isoformat(),
+             "open": "1", "high": "1", "low": "1", "close": "1", "volume": "1",
+             "resolution": "1m"}
+            for i in range(BARS_PER_ROUND)
+        ]  # fmt: skip
+        return json.dumps({"provider": "bench-sse", "bars": bars}).encode()
+
+    async def publish(self) -> None:
+        response = await self.http.post(
+            "/v1/bars", content=self.body(), headers={"content-type": "application/json"}
+        )
+        if response.status_code != 202:
+            raise RuntimeError(f"POST /v1/bars: {response.status_code} {response.text}")
+
+
+class BaselineRounds(Rounds):
+    """``POST /publish``: soft and hard at once, ok ``ok_delay`` later."""
+
+    def __init__(self, http: httpx.AsyncClient, control: Stream, ok_delay: float) -> None:
+        super().__init__(http, control)
+        self.ok_delay = ok_delay
+
+    async def publish(self) -> None:
+        steps = [["soft", 0.0], ["hard", 0.0], ["ok", self.ok_delay]]
+        response = await self.http.post("/publish", json={"steps": steps})
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /publish: {response.status_code} {response.text}")
+
+
+def ok_delay(events: list[Received]) -> float | None:
+    """The median delay from a `hard` to the `ok` that follows it (``ts`` to ``ts``)."""
+    delays = [
+        b.ts - a.ts for a, b in itertools.pairwise(events) if (a.level, b.level) == ("hard", "ok")
+    ]
+    return statistics.median(delays) if delays else None
+
+
+# -- the baseline: the plainest Litestar broadcast ---------------------------------
+
+BaselineItem = tuple[int, dict[str, Any]]  # (id, event)
+BASELINE_SHAPES = {  # level: (queue_size, reason), as the service's bars queue sends them
+    "soft": (LOW + 1, None),
+    "hard": (HIGH, None),
+    "ok": (LOW, "queue_recovered"),
+}
+
+
+def baseline_event(level: str, queue_size: int, reason: str | None) -> dict[str, Any]:
+    """The service's event JSON (Core's FeedbackEvent + reason, utilization), ts now."""
+    return {
+        "coordinator_id": f"{INSTANCE}/bars",
+        "queue_size": queue_size,
+        "capacity": CAPACITY,
+        "level": level,
+        "source": "store",
+        "ts": time.time(),
+        "reason": reason,
+        "utilization": round(queue_size / CAPACITY, 4),
+    }
+
+
+def baseline_app() -> Litestar:
+    """``GET /v1/feedback/stream``, ``POST /publish``, ``GET /healthz``; the process ends
+    by itself if the bench goes away without stopping it."""
+    from litestar import Litestar, get, post  # here: not for the client processes
+    from litestar.response import ServerSentEvent, ServerSentEventMessage
+
+    queues: set[asyncio.Queue[BaselineItem]] = set()
+    latest: list[BaselineItem] = [(0, baseline_event("ok", 0, "service_started"))]
+
+    async def messages(queue: asyncio.Queue[BaselineItem]) -> AsyncIterator[ServerSentEventMessage]:
+        try:
+            while True:
+                seq, event = await queue.get()
+                yield ServerSentEventMessage(data=json.dumps(event), event="feedback", id=seq)
+        finally:
+            queues.discard(queue)
+
+    @get(STREAM, sync_to_thread=False)
+    def stream() -> ServerSentEvent:
+        queue: asyncio.Queue[BaselineItem] = asyncio.Queue()
+        queue.put_nowait(latest[-1])  # the snapshot: the latest event
+        queues.add(queue)
+        return ServerSentEvent(messages(queue))
+
+    @post("/publish", status_code=200)
+    async def publish(data: dict[str, Any]) -> dict[str, int]:
+        """``{"steps": [[level, delay], ...]}``: each level published ``delay`` s after
+        the previous one (at once when 0)."""
+        for level, delay in data["steps"]:
+            if delay:
+                await asyncio.sleep(delay)
+            item = (latest[-1][0] + 1, baseline_event(level, *BASELINE_SHAPES[level]))
+            latest[-1] = item
+            for queue in queues:
+                queue.put_nowait(item)
+        return {"last_id": latest[-1][0]}
+
+    @get("/healthz", sync_to_thread=False)
+    def healthz() -> dict[str, int]:
+        return {"subscribers": len(queues)}
+
+    parent = os.getppid()
+
+    def watch_parent() -> None:  # once a second
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            asyncio.get_running_loop().call_later(1, watch_parent)
+
+    return Litestar(
+        [stream, publish, healthz],
+        on_startup=[watch_parent],
+        openapi_config=None,
+        logging_config=None,  # the basicConfig of serve_baseline
+        signature_namespace={"ServerSentEvent": ServerSentEvent},
+    )
+
+
+def serve_baseline(port: int) -> None:
+    """uvicorn as ``market_data_store.server.build_server`` sets it up."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    config = uvicorn.Config(
+        baseline_app(),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=BASELINE_GRACE,
+        log_config=None,
+    )
+    # uvicorn re-raises SIGTERM once shut down: let the process end with 0 (as the service)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: None)
+    uvicorn.Server(config).run()
 
 
 # -- figures ----------------------------------------------------------------------
@@ -500,10 +680,9 @@ class Delivery:
         )
 
     def levels(self, q: float) -> str:
-        """Percentile ``q`` per level, e.g. ``soft 3.1 / hard 3.2 / ok 1.0``."""
+        """Percentile ``q`` per level, soft / hard / ok, e.g. ``3.1 / 3.2 / 1.0``."""
         return " / ".join(
-            f"{level} {percentile(self.by_level.get(level, []), q):.1f}"
-            for level in ("soft", "hard", "ok")
+            f"{percentile(self.by_level.get(level, []), q):.1f}" for level in ("soft", "hard", "ok")
         )
 
 
@@ -549,27 +728,96 @@ def server_log_problems(path: Path) -> list[str]:
 
 
 @dataclass
-class Results:
-    single: Delivery
-    single_events: list[Received]
+class Fanout:
+    """Steps 2 and 3 on one server: memory per idle subscriber, then the rounds to all."""
+
     many: Delivery
-    many_events: list[Received]
+    events: list[Received]
     clients: list[Client]
     open_during: int
     rss_before: int
     rss_after: int
+    problems: list[str] = field(default_factory=list)  # server log warnings/errors, exit
+
+    def kib_per_subscriber(self) -> float:
+        return (self.rss_after - self.rss_before) / max(self.open_during, 1) / 1024
+
+    def refused(self) -> str:
+        statuses: dict[str, int] = {}
+        for client in self.clients:
+            for status, count in client.statuses.items():
+                statuses[status] = statuses.get(status, 0) + count
+        return ", ".join(
+            f"{'connect failed' if k == '0' else 'HTTP ' + k}: {v}"
+            for k, v in sorted(statuses.items())
+            if k != "200"
+        )
+
+
+@dataclass
+class Results:
+    service: Fanout
+    single: Delivery
+    single_events: list[Received]
     counters: dict[str, float]
+    baseline: Fanout
+    baseline_ok_delay: float  # the pause between hard and ok the baseline was asked for
 
 
-async def measure(args: argparse.Namespace, port: int, server: subprocess.Popen[bytes]) -> Results:
-    base = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-        await wait_ready(http, server)
-        control = await open_stream("127.0.0.1", port, notify=True)
+@contextlib.asynccontextmanager
+async def control_stream(port: int) -> AsyncIterator[Stream]:
+    """The bench's own stream: which events were published, when a round is over."""
+    control = await open_stream("127.0.0.1", port, notify=True)
+    try:
         if control.parser.status != 200:
             raise RuntimeError(f"control stream: HTTP {control.parser.status}")
-        try:
-            rounds = Rounds(http, control)
+        yield control
+    finally:
+        control.close()
+
+
+async def fan_out(
+    args: argparse.Namespace,
+    http: httpx.AsyncClient,
+    server: subprocess.Popen[bytes],
+    rounds: Rounds,
+) -> Fanout:
+    """Steps 2 and 3; the control stream is the only one open when called."""
+    await wait_subscribers(http, 1)
+    await asyncio.sleep(SETTLE)
+    rss_before = rss_bytes(server.pid)
+    shares = [
+        args.subscribers // args.clients + (i < args.subscribers % args.clients)
+        for i in range(args.clients)
+    ]
+    clients = await start_clients(server_port(http), [n for n in shares if n], args.connect_batch)
+    try:
+        await asyncio.sleep(SETTLE)
+        open_during = await subscribers_open(http) - 1  # minus the control stream
+        rss_after = rss_bytes(server.pid)
+        events = await rounds.run(args.rounds)
+        streams = await collect(clients, rounds.control.last_id())
+    finally:
+        await stop_clients(clients)
+    return Fanout(
+        delivery(streams, events, args.subscribers), events, clients, open_during,
+        rss_before, rss_after,
+    )  # fmt: skip
+
+
+def server_port(http: httpx.AsyncClient) -> int:
+    port = http.base_url.port
+    assert port is not None
+    return port
+
+
+async def measure_service(
+    args: argparse.Namespace, port: int, server: subprocess.Popen[bytes]
+) -> tuple[Fanout, Delivery, list[Received], dict[str, float]]:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        await wait_ready(http, server, "/readyz")
+        async with control_stream(port) as control:
+            rounds = ServiceRounds(http, control)
             await rounds.run(1)  # warm-up (first connection, first writes...)
 
             # 1. crossing -> client, one subscriber
@@ -581,33 +829,21 @@ async def measure(args: argparse.Namespace, port: int, server: subprocess.Popen[
                 await stop_clients(single)
             one = delivery(single_streams, single_events, 1)
 
-            # 2. memory per idle subscriber
-            await wait_subscribers(http, 1)
-            await asyncio.sleep(SETTLE)
-            rss_before = rss_bytes(server.pid)
-            shares = [
-                args.subscribers // args.clients + (i < args.subscribers % args.clients)
-                for i in range(args.clients)
-            ]
-            clients = await start_clients(port, [n for n in shares if n], args.connect_batch)
-            try:
-                await asyncio.sleep(SETTLE)
-                open_during = await subscribers_open(http) - 1  # minus the control stream
-                rss_after = rss_bytes(server.pid)
-
-                # 3. fan-out to all of them
-                many_events = await rounds.run(args.rounds)
-                many_streams = await collect(clients, control.last_id())
-            finally:
-                await stop_clients(clients)
-            many = delivery(many_streams, many_events, args.subscribers)
+            # 2. and 3.
+            many = await fan_out(args, http, server, rounds)
             counters = await fanout_counters(http)
-        finally:
-            control.close()
-    return Results(
-        one, single_events, many, many_events, clients, open_during, rss_before, rss_after,
-        counters,
-    )  # fmt: skip
+    return many, one, single_events, counters
+
+
+async def measure_baseline(
+    args: argparse.Namespace, port: int, server: subprocess.Popen[bytes], delay: float
+) -> Fanout:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        await wait_ready(http, server, "/healthz")
+        async with control_stream(port) as control:
+            rounds = BaselineRounds(http, control, delay)
+            await rounds.run(1)  # warm-up
+            return await fan_out(args, http, server, rounds)
 
 
 async def create_database(admin_url: str) -> tuple[str, str]:
@@ -630,120 +866,164 @@ async def drop_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-def run(args: argparse.Namespace) -> tuple[Results, list[str]]:
-    raise_fd_limit(args.subscribers + 1024)  # inherited by the server and the clients
-    port = args.port or free_port()
-    dropped: str | None = None
-    url = args.database_url
-    if not url:
-        url, dropped = asyncio.run(create_database(args.admin_url))
+def problems_of(proc: subprocess.Popen[bytes], log_path: Path) -> list[str]:
+    problems = server_log_problems(log_path)
+    if proc.returncode != 0:
+        problems.append(f"server exited with {proc.returncode}")
+    return problems
+
+
+def run(args: argparse.Namespace) -> Results:
+    """The service (on its database), then the baseline: one server at a time."""
+    raise_fd_limit(args.subscribers + 1024)  # inherited by the servers and the clients
+    with tempfile.TemporaryDirectory(prefix="mds-bench-sse-") as tmp:
+        dropped: str | None = None
+        url = args.database_url
+        if not url:
+            url, dropped = asyncio.run(create_database(args.admin_url))
+        try:
+            port = args.port or free_port()
+            log_path = Path(tmp) / "service.log"
+            command = [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(port)]
+            with (
+                log_path.open("wb") as log,
+                server_process(command, log, server_env(url, tmp, args.subscribers)) as server,
+            ):
+                measured = in_loop(measure_service(args, port, server), log_path)
+            service, single, single_events, counters = measured
+            service.problems = problems_of(server, log_path)
+        finally:
+            if dropped:
+                asyncio.run(drop_database(args.admin_url, dropped))
+
+        delay = ok_delay(service.events)
+        delay = DEFAULT_OK_DELAY if delay is None else delay
+        port = free_port()
+        log_path = Path(tmp) / "baseline.log"
+        command = [sys.executable, __file__, "--baseline-server", "--port", str(port)]
+        with log_path.open("wb") as log, server_process(command, log) as server:
+            baseline = in_loop(measure_baseline(args, port, server, delay), log_path)
+        baseline.problems = problems_of(server, log_path)
+    return Results(service, single, single_events, counters, baseline, delay)
+
+
+def in_loop(coro: Coroutine[Any, Any, T], log_path: Path) -> T:
+    """Run ``coro`` on uvloop; on failure, show the end of the server's log."""
     try:
-        with tempfile.TemporaryDirectory(prefix="mds-bench-sse-") as tmp:
-            log_path = Path(tmp) / "server.log"
-            with log_path.open("wb") as log:
-                server = subprocess.Popen(
-                    [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(port)],
-                    env=server_env(url, tmp, args.subscribers), stdout=log, stderr=log,
-                )  # fmt: skip
-                try:
-                    results = uvloop.run(measure(args, port, server))
-                except BaseException:
-                    sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
-                    raise
-                finally:
-                    server.send_signal(signal.SIGTERM)
-                    try:
-                        server.wait(timeout=SHUTDOWN_TIMEOUT)
-                    except subprocess.TimeoutExpired:
-                        server.kill()
-                        server.wait()
-            problems = server_log_problems(log_path)
-            if server.returncode != 0:
-                problems.append(f"server exited with {server.returncode}")
-    finally:
-        if dropped:
-            asyncio.run(drop_database(args.admin_url, dropped))
-    return results, problems
+        return uvloop.run(coro)
+    except BaseException:
+        sys.stderr.write(log_path.read_text(errors="replace")[-4000:])
+        raise
 
 
-def report(args: argparse.Namespace, r: Results, problems: list[str]) -> None:
-    many, one, n = r.many, r.single, args.subscribers
-    per_sub_kib = (r.rss_after - r.rss_before) / max(r.open_during, 1) / 1024
-    levels = "/".join(e.level for e in r.many_events[:3])
-    statuses: dict[str, int] = {}
-    for client in r.clients:
-        for status, count in client.statuses.items():
-            statuses[status] = statuses.get(status, 0) + count
-    refused = ", ".join(
-        f"{'connect failed' if k == '0' else 'HTTP ' + k}: {v}"
-        for k, v in sorted(statuses.items())
-        if k != "200"
+def ratio(service: float, baseline: float) -> str:
+    if not baseline > 0 or math.isnan(service):
+        return "-"
+    return f"{service / baseline:.2f}x"
+
+
+def report(args: argparse.Namespace, r: Results) -> None:
+    svc, base, one, n = r.service, r.baseline, r.single, args.subscribers
+    rows: list[tuple[str, str, str, str, str]] = []
+
+    def row(name: str, service: str, target: str = "", baseline: str = "", times: str = "") -> None:
+        rows.append((name, service, target, baseline, times))
+
+    def both(name: str, value: Callable[[Fanout], str], target: str = "") -> None:
+        row(name, value(svc), target, value(base))
+
+    def ms(value: float) -> str:
+        return f"{value:.1f} ms"
+
+    def delay(f: Fanout) -> str:
+        d = ok_delay(f.events)
+        return "-" if d is None else ms(d * 1000)
+
+    def every(f: Fanout) -> bool:
+        return f.many.complete == n and len(f.events) > 0
+
+    p99 = svc.many.pct(99)
+    kib = svc.kib_per_subscriber()
+    single_p50 = one.pct(50)
+    both("subscribers (client processes)", lambda f: f"{n:,} ({args.clients})")
+    both("streams opened / open per /healthz", lambda f: f"{f.many.opened:,} / {f.open_during:,}")
+    both("streams refused", lambda f: f.refused() or "none")
+    both(
+        "events published (rounds x levels)",
+        lambda f: f"{len(f.events)} ({args.rounds} x {'/'.join(e.level for e in f.events[:3])})",
     )
-    counters = r.counters
-    p50, p99 = many.pct(50), many.pct(99)
-    rows: list[tuple[str, str, str]] = []
-
-    def row(name: str, value: str, target: str = "") -> None:
-        rows.append((name, value, target))
-
-    row("subscribers (client processes)", f"{n:,} ({args.clients})")
-    row(
-        "streams opened / open per /healthz",
-        f"{many.opened:,} / {r.open_during:,}",
-        refused or "none refused",
+    both("hard -> ok in a round, median", delay)
+    both(
+        "subscribers that got every event",
+        lambda f: f"{f.many.complete:,} / {n:,}",
+        f"all: {verdict(every(svc))}",
     )
-    row("events published (rounds x levels)", f"{len(r.many_events)} ({args.rounds} x {levels})")
-    every = many.complete == n and len(r.many_events) > 0
-    row("subscribers that got every event", f"{many.complete:,} / {n:,}", f"all: {verdict(every)}")
-    row(
+    both(
         "missing / duplicate / out-of-order",
-        f"{many.missing} / {many.duplicates} / {many.out_of_order}",
+        lambda f: f"{f.many.missing} / {f.many.duplicates} / {f.many.out_of_order}",
     )
-    row("streams ended by the server", f"{many.ended_early}")
-    row("delivery latency p50", f"{p50:.1f} ms", f"reference {REF_P50_MS:g} ms")
-    row(
-        "delivery latency p99",
-        f"{p99:.1f} ms",
-        f"< {TARGET_P99_MS:g} ms: {verdict(p99 < TARGET_P99_MS)} (reference {REF_P99_MS:g} ms)",
-    )
-    row("delivery latency max", f"{many.pct(100):.1f} ms")
-    row("per event, first / last reached", f"{many.spread()} ms", "median (worst) over events")
-    row("p50 by level", f"{many.levels(50)} ms")
-    row("p99 by level", f"{many.levels(99)} ms")
-    row("p50 / p99 over the reference's", f"{p50 / REF_P50_MS:.2f}x / {p99 / REF_P99_MS:.2f}x")
-    row(
+    both("streams ended by the server", lambda f: f"{f.many.ended_early}")
+    for name, q, target in (
+        ("delivery latency p50", 50, ""),
+        ("delivery latency p99", 99, f"< {TARGET_P99_MS:g} ms: {verdict(p99 < TARGET_P99_MS)}"),
+        ("delivery latency max", 100, ""),
+    ):
+        s, b = svc.many.pct(q), base.many.pct(q)
+        row(name, ms(s), target, ms(b), ratio(s, b))
+    both("per event first / last, median (worst)", lambda f: f"{f.many.spread()} ms")
+    both("p50 soft / hard / ok", lambda f: f"{f.many.levels(50)} ms")
+    both("p99 soft / hard / ok", lambda f: f"{f.many.levels(99)} ms")
+    both(
         "server RSS before / after (idle)",
-        f"{r.rss_before / 2**20:.1f} / {r.rss_after / 2**20:.1f} MiB",
+        lambda f: f"{f.rss_before / 2**20:.1f} / {f.rss_after / 2**20:.1f} MiB",
     )
     row(
         "server RSS per idle subscriber",
-        f"{per_sub_kib:.1f} KiB",
-        f"< {TARGET_KIB:g} KiB: {verdict(per_sub_kib < TARGET_KIB)}",
+        f"{kib:.1f} KiB",
+        f"< {TARGET_KIB:g} KiB: {verdict(kib < TARGET_KIB)}",
+        f"{base.kib_per_subscriber():.1f} KiB",
+        ratio(kib, base.kib_per_subscriber()),
     )
     row(
         "crossing->client, 1 subscriber p50",
-        f"{one.pct(50):.2f} ms",
-        f"< {TARGET_SINGLE_P50_MS:g} ms: {verdict(one.pct(50) < TARGET_SINGLE_P50_MS)}",
+        f"{single_p50:.2f} ms",
+        f"< {TARGET_SINGLE_P50_MS:g} ms: {verdict(single_p50 < TARGET_SINGLE_P50_MS)}",
     )
-    row("crossing->client p50 by level", f"{one.levels(50)} ms")
-    row(
-        "crossing->client p99 / max",
-        f"{one.pct(99):.2f} / {one.pct(100):.2f} ms",
-        f"{len(one.latencies_ms)} events, complete: {one.complete == 1}",
-    )
+    row("crossing->client p50 soft / hard / ok", f"{one.levels(50)} ms")
+    row("crossing->client p99 / max", f"{one.pct(99):.2f} / {one.pct(100):.2f} ms")
+    row("crossing->client events, complete", f"{len(one.latencies_ms)}, {one.complete == 1}")
+    c = r.counters
     row(
         "server: conflated / dropped slow, timeout",
-        f"{counters.get('conflated', 0):.0f} / {counters.get('dropped:slow', 0):.0f}, "
-        f"{counters.get('dropped:send_timeout', 0):.0f}",
+        f"{c.get('conflated', 0):.0f} / {c.get('dropped:slow', 0):.0f}, "
+        f"{c.get('dropped:send_timeout', 0):.0f}",
     )
-    row("server log warnings/errors", f"{len(problems)}")
+    both("server log warnings/errors", lambda f: f"{len(f.problems)}")
 
-    width = max(len(name) for name, _, _ in rows)
-    for name, value, target in rows:
-        print(f"{name:<{width}} : {value:>20}  {target}".rstrip())
-    print(f"reference: {REFERENCE}")
-    for line in problems[:10]:
-        print(f"  server log: {line}")
+    head = ("", "service", "target", "baseline", "service/baseline")
+    widths = [max(len(cells[i]) for cells in [*rows, head]) for i in range(5)]
+    for i, (name, service, target, baseline, times) in enumerate([head, *rows]):
+        sep = ":" if i else " "
+        print(
+            f"{name:<{widths[0]}} {sep} {service:>{widths[1]}}  {target:<{widths[2]}}"
+            f"  {baseline:>{widths[3]}}  {times:>{widths[4]}}".rstrip()
+        )
+    print(
+        f"targets (service): every subscriber gets every event: {verdict(every(svc))}; "
+        f"p99 < {TARGET_P99_MS:g} ms: {verdict(p99 < TARGET_P99_MS)}; "
+        f"crossing->client p50 < {TARGET_SINGLE_P50_MS:g} ms: "
+        f"{verdict(single_p50 < TARGET_SINGLE_P50_MS)}; "
+        f"< {TARGET_KIB:g} KiB per idle subscriber: {verdict(kib < TARGET_KIB)}"
+    )
+    print(
+        "baseline: the plainest Litestar broadcast (a Queue per subscriber, ServerSentEvent "
+        "over an async generator, JSON encoded per subscriber) on uvicorn httptools/uvloop, "
+        f"same clients, rounds of soft+hard then ok {r.baseline_ok_delay * 1000:.1f} ms later; "
+        "measured after the service, in this run"
+    )
+    for label, f in (("service", svc), ("baseline", base)):
+        for line in f.problems[:10]:
+            print(f"  {label} log: {line}")
 
 
 def main() -> None:
@@ -751,7 +1031,7 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=4, help="client processes")
     parser.add_argument("--rounds", type=int, default=10, help="3 level changes each")
-    parser.add_argument("--port", type=int, default=0, help="default: a free port")
+    parser.add_argument("--port", type=int, default=0, help="the service's; default: a free port")
     parser.add_argument(
         "--connect-batch", type=int, default=50, help="connections a client opens at once"
     )
@@ -766,18 +1046,26 @@ def main() -> None:
         help="where the throwaway database is created (and dropped)",
     )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         uvloop.run(run_client(args.port, args.subscribers, args.connect_batch))
         return
+    if args.baseline_server:
+        serve_baseline(args.port)
+        return
     if args.subscribers < 1 or args.clients < 1 or args.rounds < 1:
         parser.error("--subscribers, --clients and --rounds must be at least 1")
     args.clients = min(args.clients, args.subscribers)
+    # SIGTERM as Ctrl+C: the servers and clients are stopped, the database dropped
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        results, problems = run(args)
+        results = run(args)
     except (RuntimeError, TimeoutError, OSError, asyncpg.PostgresError) as exc:
         sys.exit(f"bench/sse.py: {type(exc).__name__}: {exc}")
-    report(args, results, problems)
+    except KeyboardInterrupt:
+        sys.exit("bench/sse.py: interrupted")
+    report(args, results)
 
 
 if __name__ == "__main__":
