@@ -8,10 +8,12 @@ handler also flips the app's ``Lifecycle`` before uvicorn's own handling.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import signal
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from litestar import Litestar
@@ -34,19 +36,20 @@ class _OneLineStartupFailure(logging.Filter):
         return True
 
 
-class _AbandonedStreams(logging.Filter):
-    """A feedback stream whose client stopped reading is left without its final chunk
-    (it could not be sent); uvicorn reports that as an error. The stream already logged
-    why (rate-limited), so uvicorn's line is dropped."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != "ASGI callable returned without completing response."
-
-
 class _Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
+
+    def transport_of(self, scope: Any) -> asyncio.BaseTransport | None:
+        """The transport of the connection whose current request has ``scope`` (uvicorn
+        keeps its protocols in ``server_state``; each has its request ``cycle``)."""
+        for protocol in self.server_state.connections:
+            cycle = getattr(protocol, "cycle", None)
+            if cycle is not None and cycle.scope is scope:
+                transport: asyncio.BaseTransport | None = getattr(protocol, "transport", None)
+                return transport
+        return None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self._lifecycle.begin_shutdown_threadsafe()
@@ -69,14 +72,15 @@ def build_server(
     # With log_config=None uvicorn leaves logging alone, access_log=False included:
     # detach its access logger so per-request lines stay off (metrics count requests).
     errors = logging.getLogger("uvicorn.error")
-    for kind in (_OneLineStartupFailure, _AbandonedStreams):
-        if not any(isinstance(f, kind) for f in errors.filters):
-            errors.addFilter(kind())
+    if not any(isinstance(f, _OneLineStartupFailure) for f in errors.filters):
+        errors.addFilter(_OneLineStartupFailure())
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False
     lifecycle: Lifecycle = app.state.lifecycle
-    return _Server(config, lifecycle)
+    server = _Server(config, lifecycle)
+    lifecycle.transport_of = server.transport_of
+    return server
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> bool:

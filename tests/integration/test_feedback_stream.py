@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta
@@ -237,12 +238,14 @@ def stalled_reader(port: int) -> socket.socket:
     return sock
 
 
-async def test_a_stalled_reader_delays_no_one_and_stays_bounded(
-    service_with: ServiceFactory,
+async def test_a_stalled_reader_delays_no_one_stays_bounded_and_is_cut(
+    service_with: ServiceFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = {"MDS_FEEDBACK_SSE_SUBSCRIBER_QUEUE": "8", "MDS_FEEDBACK_SSE_SEND_TIMEOUT": "0.5"}
     async with service_with(**env) as svc, open_stream(svc.client) as fast:
         await fast.next_event()
+        connections = svc.server.server_state.connections
+        held = len(connections)
         port = int(svc.base_url.rsplit(":", 1)[1])
         before = set(fanout(svc)._subscribers)
         stalled = stalled_reader(port)
@@ -251,20 +254,24 @@ async def test_a_stalled_reader_delays_no_one_and_stays_bounded(
                 await asyncio.sleep(0.01)
             (slow,) = set(fanout(svc)._subscribers) - before
             most_pending = 0
-            # ~8 MB in all: more than the kernel buffers a loopback socket (4 MiB at most)
-            n = 2500
+            # ~1 MB in all: far more than a stream's socket and write buffers hold
+            n = 1000
             coordinators = [f"x/{i}" for i in range(4)]
             reader = asyncio.create_task(fast.events(n, timeout=30))  # reads as events come
             for i in range(n):
                 level = (SOFT, HARD)[i % 2]
-                await emit(svc, level, coordinators[i % len(coordinators)], "r" * 3000)
+                await emit(svc, level, coordinators[i % len(coordinators)], "r" * 1000)
                 most_pending = max([most_pending, *(s.pending for s in fanout(svc)._subscribers)])
                 await asyncio.sleep(0)  # the streams run between events, as they would
             received = await reader
-            stats = fanout(svc).stats
             async with asyncio.timeout(10):
                 while fanout(svc).subscriber_count > 1:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)
+                # the server holds nothing for it: its connection was cut, not left to
+                # drain a buffer its client never reads
+                while len(connections) > held:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            stats = fanout(svc).stats
         finally:
             stalled.close()
     assert [check(m).coordinator_id for m in received] == [
@@ -272,8 +279,34 @@ async def test_a_stalled_reader_delays_no_one_and_stays_bounded(
     ]  # the fast reader got every event, in order
     assert slow.closed
     assert slow.close_reason in ("slow", "send_timeout")
-    assert stats.dropped_slow + stats.dropped_send_timeout >= 1
+    assert stats.dropped_slow + stats.dropped_send_timeout == 1
     assert most_pending <= 8  # never more than subscriber_queue buffered for anyone
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_shutdown_does_not_wait_on_a_stalled_reader(service_with: ServiceFactory) -> None:
+    """A stream blocked on a client that reads nothing ends (and its connection is cut)
+    within a short grace at shutdown, not after the whole send timeout."""
+    async with service_with(MDS_FEEDBACK_SSE_SEND_TIMEOUT="60") as svc:
+        connections = svc.server.server_state.connections
+        port = int(svc.base_url.rsplit(":", 1)[1])
+        stalled = stalled_reader(port)
+        try:
+            while fanout(svc).subscriber_count < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            for i in range(300):  # ~1 MB: its buffers fill, a send blocks
+                await emit(svc, (SOFT, HARD)[i % 2], LOCAL, "r" * 3000)
+                await asyncio.sleep(0)
+            await asyncio.sleep(0.2)
+            started = time.monotonic()
+            svc.app.state.lifecycle.begin_shutdown()
+            async with asyncio.timeout(5):
+                while fanout(svc).subscriber_count or connections:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            took = time.monotonic() - started
+        finally:
+            stalled.close()
+    assert took < 3  # the grace (0.5 s), far from the 60 s send timeout
 
 
 async def test_openapi_documents_the_stream(service: RunningService) -> None:

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from market_data_store.coordinator import FeedbackEvent
@@ -84,6 +84,7 @@ class Subscriber:
         "keepalive_due",
         "limit",
         "min_rank",
+        "on_close",
         "sent_since_tick",
     )
 
@@ -105,6 +106,8 @@ class Subscriber:
         self.close_reason: str | None = None
         self.keepalive_due = False
         self.sent_since_tick = False
+        self.on_close: Callable[[], None] | None = None
+        """Called once when closed (the stream cuts short a send in progress)."""
 
     @property
     def closed(self) -> bool:
@@ -173,6 +176,8 @@ class Subscriber:
             self.close_reason = reason
             self._pending.clear()
             self._wake()
+            if self.on_close is not None:
+                self.on_close()
 
     def _wake(self) -> None:
         waiter = self._waiter

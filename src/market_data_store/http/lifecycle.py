@@ -9,14 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+TransportLookup = Callable[[Any], asyncio.BaseTransport | None]
+
+
+def _no_transport(scope: Any) -> asyncio.BaseTransport | None:
+    return None
 
 
 class Lifecycle:
     def __init__(self) -> None:
         self.shutdown_event = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.transport_of: TransportLookup = _no_transport
+        """The connection serving an ASGI scope, when the server can tell (``server.py``
+        sets it for uvicorn): a long-lived response whose client stopped reading aborts
+        it, since ending the response cannot get through a full buffer."""
 
     @property
     def shutting_down(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -27,6 +28,7 @@ from market_data_store.feedback import (
     Subscriber,
 )
 
+from ..lifecycle import Lifecycle
 from ..problems import PROBLEM_JSON
 
 log = logging.getLogger(__name__)
@@ -68,11 +70,16 @@ class FeedbackStream(ASGIResponse):
     shutdown (the stream ends at once, cleanly).
     """
 
-    __slots__ = ("_fanout", "_head", "_send_timeout", "_sub")
+    __slots__ = ("_fanout", "_head", "_lifecycle", "_send_timeout", "_sending", "_sub")
     _should_set_content_length = False
 
     def __init__(
-        self, fanout: FeedbackFanout, sub: Subscriber, head: bytes, send_timeout: float
+        self,
+        fanout: FeedbackFanout,
+        sub: Subscriber,
+        head: bytes,
+        send_timeout: float,
+        lifecycle: Lifecycle,
     ) -> None:
         super().__init__(
             media_type=EVENT_STREAM,
@@ -82,18 +89,21 @@ class FeedbackStream(ASGIResponse):
         self._sub = sub
         self._head = head
         self._send_timeout = send_timeout
+        self._lifecycle = lifecycle
+        self._sending: asyncio.Timeout | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         sub, fanout = self._sub, self._fanout
+        transport = self._lifecycle.transport_of(scope)
+        if transport is not None:
+            _small_buffers(transport)
         watcher = asyncio.create_task(self._watch_disconnect(receive))
+        sub.on_close = self._hurry
         try:
             await self.start_response(send)
             chunk: bytes | None = self._head
             while chunk is not None:
-                try:
-                    async with asyncio.timeout(self._send_timeout):
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                except TimeoutError:
+                if not await self._send(send, chunk, more=True):
                     fanout.send_timed_out(sub)
                     _ended.log(
                         logging.INFO,
@@ -101,14 +111,42 @@ class FeedbackStream(ASGIResponse):
                         "feedback stream ended: a send did not complete within %gs",
                         self._send_timeout,
                     )
-                    return  # the connection cannot take even the last chunk: leave it
+                    break
                 chunk = await sub.next_chunk()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._send_timeout):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                if await self._send(send, b"", more=False):
+                    return
+            # the client stopped reading: the response cannot be ended, the
+            # connection's buffers would never drain; cut it
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+                await asyncio.sleep(0)  # the server learns of it before this response ends
         finally:
             watcher.cancel()
             fanout.unsubscribe(sub)
+
+    async def _send(self, send: Send, chunk: bytes, *, more: bool) -> bool:
+        """False when the send did not complete within the send timeout (or, once the
+        stream is closed, within ``CLOSING_SEND_GRACE``)."""
+        timeout = self._send_timeout if not self._sub.closed else CLOSING_SEND_GRACE
+        try:
+            async with asyncio.timeout(timeout) as self._sending:
+                await send({"type": "http.response.body", "body": chunk, "more_body": more})
+        except TimeoutError:
+            return False
+        finally:
+            self._sending = None
+        return True
+
+    def _hurry(self) -> None:
+        """The stream was closed (shutdown, lagging, client gone): a send still blocked
+        on a client that does not read gets ``CLOSING_SEND_GRACE``, not the full timeout."""
+        sending = self._sending
+        if sending is not None:
+            deadline = asyncio.get_running_loop().time() + CLOSING_SEND_GRACE
+            when = sending.when()
+            if when is None or when > deadline:
+                sending.reschedule(deadline)
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         try:
@@ -116,6 +154,21 @@ class FeedbackStream(ASGIResponse):
                 pass
         finally:
             self._sub.close("disconnected")
+
+
+CLOSING_SEND_GRACE = 0.5
+"""Seconds a closed stream's last sends may take (shutdown must not wait on dead clients)."""
+STREAM_SEND_BUFFER = 32 * 1024
+"""Kernel send buffer of a stream's socket, and (half of it) the server's write buffer
+limit: a client that stops reading blocks a send after tens of KiB, not megabytes."""
+
+
+def _small_buffers(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.set_write_buffer_limits(high=STREAM_SEND_BUFFER // 2)
 
 
 def _frame(event: str, event_id: int, data: bytes) -> bytes:
@@ -179,6 +232,7 @@ class FeedbackStreamController(Controller):
         self,
         feedback_fanout: NamedDependency[FeedbackFanout],
         settings: NamedDependency[Settings],
+        lifecycle: NamedDependency[Lifecycle],
         coordinator_id: Annotated[
             list[str] | None,
             QueryParameter(description="Only these coordinators (repeatable)"),
@@ -219,7 +273,9 @@ class FeedbackStreamController(Controller):
             first = sub.first_pending_id()
             reset_id = feedback_fanout.last_id if first is None else first - 1
             head += _frame("reset", reset_id, b'{"reason":"last_event_id_unknown"}')
-        return FeedbackStream(feedback_fanout, sub, head, settings.feedback.sse.send_timeout)
+        return FeedbackStream(
+            feedback_fanout, sub, head, settings.feedback.sse.send_timeout, lifecycle
+        )
 
 
 def _coordinator_filter(values: list[str] | None) -> list[str] | None:
