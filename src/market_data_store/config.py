@@ -339,10 +339,42 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
         "feedback.redis.url": (s.feedback.redis.url, ("redis://", "rediss://", "unix://")),
     }
     for key, (url, allowed) in schemes.items():
-        if url is not None and not url.startswith(allowed):
+        if url is None:
+            continue
+        if not url.startswith(allowed):
             problems.append(f"{key}{sources.describe(key)}: must start with {' or '.join(allowed)}")
+        elif not _host_and_port_parse(url):
+            # the URL is not shown: a password with '/' or '#' in it ends up in the "host"
+            problems.append(
+                f"{key}{sources.describe(key)}: not a valid URL (host or port cannot be "
+                "read; percent-encode special characters in the password)"
+            )
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def _host_and_port_parse(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError:
+        return False
+    return parts.scheme == "unix" or bool(parts.hostname) or parts.scheme.startswith("postgres")
+
+
+def endpoint_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, for logs: paths and queries of webhooks often
+    carry a secret (Slack-style ``/services/T0/B0/<secret>``, ``?token=``)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    rest = "/…" if parts.path not in ("", "/") or parts.query else ""
+    return f"{parts.scheme}://{host}{port}{rest}"
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
@@ -351,10 +383,10 @@ def redacted(settings: Settings) -> dict[str, Any]:
     data["admin_token"] = "<default>" if settings.admin_token_is_default else "<set>"
     if settings.database_url:
         data["database_url"] = redact_url(settings.database_url)
-    for section in ("webhook", "redis"):
-        url = getattr(settings.feedback, section).url
-        if url:
-            data["feedback"][section]["url"] = redact_url(url)
+    if settings.feedback.webhook.url:
+        data["feedback"]["webhook"]["url"] = endpoint_origin(settings.feedback.webhook.url)
+    if settings.feedback.redis.url:
+        data["feedback"]["redis"]["url"] = redact_url(settings.feedback.redis.url)
     return data
 
 
@@ -389,6 +421,7 @@ __all__ = [
     "Settings",
     "SseSettings",
     "WebhookSettings",
+    "endpoint_origin",
     "load_settings",
     "redact_url",
     "redacted",

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -20,6 +21,7 @@ from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout, RedisFeedbackBridge, RedisFeedbackPublisher
 from tests.support.process import serve, stop
 from tests.support.redis_server import PrivateRedis, shared_redis_url, unique_channel
+from tests.support.tcp_proxy import TcpProxy
 
 HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
 
@@ -43,9 +45,7 @@ async def test_events_of_one_replica_reach_the_other_and_not_themselves() -> Non
     publisher = RedisFeedbackPublisher(
         url, channel, instance_id="a", latest=here.local_events, timeout=1
     )
-    bridges = [
-        RedisFeedbackBridge(url, channel, f.publish_remote, timeout=1) for f in (here, there)
-    ]
+    bridges = [RedisFeedbackBridge(url, channel, f, timeout=1) for f in (here, there)]
     try:
         await publisher.start()
         await eventually(lambda: publisher.connected)  # writes the latest events (seed) first
@@ -71,21 +71,58 @@ async def test_events_of_one_replica_reach_the_other_and_not_themselves() -> Non
 async def test_garbage_on_the_channel_is_counted_and_ignored() -> None:
     url, channel = shared_redis_url(), unique_channel()
     fanout = FeedbackFanout()
-    bridge = RedisFeedbackBridge(url, channel, fanout.publish_remote, timeout=1)
+    bridge = RedisFeedbackBridge(url, channel, fanout, timeout=1)
+    client = Redis.from_url(url)
+    good = FeedbackEvent.create("b/bars", 1, 10, SOFT)
+    poison = [
+        b"not json",
+        b'{"coordinator_id": "x"}',
+        b"x" * 10_000,
+        good.model_dump_json().replace(str(good.ts), "1e400").encode(),  # inf
+        good.model_dump_json().replace(str(good.ts), "4102444800.0").encode(),  # 2100
+        good.model_copy(update={"coordinator_id": "b\x00"}).model_dump_json().encode(),
+    ]
+    try:
+        await client.set(f"{channel}:latest:junk", "not a hash")  # must not break seeding
+        await bridge.start()
+        await eventually(lambda: bridge.connected)
+        for junk in poison:
+            await client.publish(channel, junk)
+        await client.publish(channel, good.model_dump_json())
+        await eventually(lambda: bridge.received == len(poison) + 2)  # + the stray key
+    finally:
+        await bridge.stop()
+        await client.delete(f"{channel}:latest:junk")
+        await client.aclose()
+    assert bridge.rejected == len(poison) + 1  # and the stray key
+    assert [f.event for f in fanout.snapshot()] == [good]  # later events are not hidden
+
+
+async def test_a_silently_dead_subscription_is_noticed_and_renewed(tmp_path: Path) -> None:
+    """Redis stops answering on an open connection (no error, no close): the bridge
+    notices within its timeout, and subscribes again once Redis answers."""
+    url, channel = shared_redis_url(), unique_channel()
+    parts = urlsplit(url)
+    proxy = await TcpProxy((parts.hostname or "127.0.0.1", parts.port or 6379)).start()
+    fanout = FeedbackFanout()
+    bridge = RedisFeedbackBridge(
+        f"redis://127.0.0.1:{proxy.port}{parts.path}", channel, fanout, timeout=0.5
+    )
     client = Redis.from_url(url)
     try:
         await bridge.start()
         await eventually(lambda: bridge.connected)
-        for junk in (b"not json", b'{"coordinator_id": "x"}', b"x" * 10_000):
-            await client.publish(channel, junk)
-        good = FeedbackEvent.create("b/bars", 1, 10, SOFT)
-        await client.publish(channel, good.model_dump_json())
-        await eventually(lambda: bridge.received == 4)
+        proxy.hang()
+        await eventually(lambda: not bridge.connected, timeout=5)
+        proxy.restore()
+        await eventually(lambda: bridge.connected, timeout=10)
+        event = FeedbackEvent.create("c/bars", 5, 10, HARD)
+        await client.publish(channel, event.model_dump_json())
+        await eventually(lambda: [f.event for f in fanout.snapshot()] == [event])
     finally:
         await bridge.stop()
+        await proxy.close()
         await client.aclose()
-    assert bridge.rejected == 3
-    assert [f.event for f in fanout.snapshot()] == [good]
 
 
 # -- two service processes -------------------------------------------------------

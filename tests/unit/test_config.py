@@ -218,17 +218,35 @@ def test_error_strategy_needs_requests_that_fit_the_queue() -> None:
 def test_feedback_urls_are_redacted_and_instance_id_defaults_to_the_host_name() -> None:
     s = load_settings(
         {
-            "MDS_FEEDBACK_WEBHOOK_URL": "https://hook:s3cret@example.test/feedback",
+            "MDS_FEEDBACK_WEBHOOK_URL": "https://hook:s3cret@example.test/services/T0/B0/t0k3n",
             "MDS_FEEDBACK_REDIS_URL": "redis://:hunter2@redis:6379/0",
         }
     )
     data = redacted(s)
-    assert data["feedback"]["webhook"]["url"] == "https://hook:***@example.test/feedback"
+    assert data["feedback"]["webhook"]["url"] == "https://example.test/…"  # path: secret
     assert data["feedback"]["redis"]["url"] == "redis://:***@redis:6379/0"
     assert "s3cret" not in str(data)
+    assert "t0k3n" not in str(data)
     assert "hunter2" not in str(data)
     assert s.server.resolved_instance_id == socket.gethostname()
     named = load_settings({"MDS_SERVER_INSTANCE_ID": "store-0"})
     assert named.server.resolved_instance_id == "store-0"
     with pytest.raises(ConfigError, match=r"server\.instance_id"):
         load_settings({"MDS_SERVER_INSTANCE_ID": "a/b"})
+
+
+@pytest.mark.parametrize(
+    ("key", "url"),
+    [
+        ("MDS_FEEDBACK_REDIS_URL", "redis://:pa/ss99@redis:6379/0"),
+        ("MDS_FEEDBACK_REDIS_URL", "redis://redis:99999/0"),
+        ("MDS_FEEDBACK_WEBHOOK_URL", "http://[::1/hook"),
+        ("MDS_FEEDBACK_WEBHOOK_URL", "http:///nohost"),
+        ("DATABASE_URL", "postgresql://u:pw@db:port/x"),
+    ],
+)
+def test_urls_that_cannot_be_read_are_refused_without_showing_them(key: str, url: str) -> None:
+    with pytest.raises(ConfigError, match="not a valid URL") as refused:
+        load_settings({key: url})
+    assert "pa/ss99" not in str(refused.value)
+    assert url not in str(refused.value)

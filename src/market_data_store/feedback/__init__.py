@@ -22,11 +22,12 @@ from .fanout import (
 from .outbox import DeliveryStats, Outbox
 from .redis_bridge import RedisFeedbackBridge, RedisFeedbackPublisher
 from .webhook import HttpFeedbackBroadcaster
-from .wire import LEVEL_RANK, WireError, decode_event, encode_event, event_dict
+from .wire import LEVEL_RANK, MAX_ID_LENGTH, WireError, decode_event, encode_event, event_dict
 
 __all__ = [
     "KEEPALIVE",
     "LEVEL_RANK",
+    "MAX_ID_LENGTH",
     "RETRY_MS",
     "ChannelsStatus",
     "DeliveryStats",

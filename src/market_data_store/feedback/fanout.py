@@ -27,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
-from market_data_store.coordinator import FeedbackEvent
+from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
 
 from .wire import LEVEL_RANK, encode_event
 
@@ -69,18 +69,30 @@ class FanoutStats:
     dropped_slow: int = 0  # subscribers disconnected for lagging past subscriber_queue
     dropped_send_timeout: int = 0  # subscribers whose send did not complete in time
     refused: int = 0  # connections refused at the subscriber cap
+    remote_refused: int = 0  # remote events of new coordinators past max_remote
 
 
 class Subscriber:
-    """One stream's buffer. Filled by ``FeedbackFanout.publish``, drained by ``next_chunk``."""
+    """One stream's buffer. Filled by ``FeedbackFanout.publish``, drained by ``next_chunk``.
+
+    What a stream gets on connect (snapshot or replay, bounded by the history) is
+    one pre-joined chunk, sent first. Live frames are buffered in order up to
+    ``limit``; a subscriber that lets ``limit`` frames pile up switches to keeping
+    only the latest frame of each coordinator (in id order) until it catches up,
+    and is disconnected if even that exceeds ``limit``.
+    """
 
     __slots__ = (
         "_above",
+        "_initial",
+        "_initial_frames",
+        "_latest",
         "_pending",
         "_stats",
         "_waiter",
         "close_reason",
         "coordinators",
+        "first_id",
         "keepalive_due",
         "limit",
         "min_rank",
@@ -99,7 +111,12 @@ class Subscriber:
         self.min_rank = min_rank
         self.limit = limit
         self._stats = stats
+        self._initial = b""
+        self._initial_frames = 0
+        self.first_id: int | None = None
+        """Id of the first frame this stream is sent (None: nothing yet)."""
         self._pending: deque[Frame] = deque()
+        self._latest: dict[str, Frame] | None = None  # set while conflating
         # coordinators last told a level >= min_rank: their way back down is sent too
         self._above: set[str] = set()
         self._waiter: asyncio.Future[None] | None = None
@@ -115,10 +132,8 @@ class Subscriber:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
-
-    def first_pending_id(self) -> int | None:
-        return self._pending[0].seq if self._pending else None
+        """Live frames buffered."""
+        return len(self._latest) if self._latest is not None else len(self._pending)
 
     def wants(self, frame: Frame) -> bool:
         """Filters: the coordinator is selected and the level is at least ``min_level``,
@@ -141,28 +156,32 @@ class Subscriber:
         """Buffer ``frame`` if wanted; False when this subscriber has to go."""
         if self.close_reason is not None or not self.wants(frame):
             return True
-        if len(self._pending) >= self.limit:
-            self._conflate()
-            if len(self._pending) >= self.limit:
-                return False
-        self._pending.append(frame)
+        latest = self._latest
+        if latest is None:
+            if len(self._pending) < self.limit:
+                self._pending.append(frame)
+                self._wake()
+                return True
+            latest = self._latest = {}
+            for old in self._pending:
+                latest.pop(old.coordinator_id, None)
+                latest[old.coordinator_id] = old
+            self._stats.conflated += len(self._pending) - len(latest)
+            self._pending.clear()
+        replaced = latest.pop(frame.coordinator_id, None)
+        latest[frame.coordinator_id] = frame  # at the end: ids stay in order
+        if replaced is not None:
+            self._stats.conflated += 1
         self._wake()
-        return True
-
-    def _conflate(self) -> None:
-        """Keep only the latest pending frame of each coordinator, in id order."""
-        latest: dict[str, Frame] = {}
-        for frame in self._pending:
-            latest.pop(frame.coordinator_id, None)
-            latest[frame.coordinator_id] = frame
-        self._stats.conflated += len(self._pending) - len(latest)
-        self._pending = deque(latest.values())
+        return len(latest) <= self.limit
 
     def preload(self, frames: Iterable[Frame]) -> None:
-        """Frames sent before live ones (snapshot or replay), through the same filters."""
-        for frame in frames:
-            if self.wants(frame):
-                self._pending.append(frame)
+        """What the stream gets first (snapshot or replay), through the same filters."""
+        wanted = [frame for frame in frames if self.wants(frame)]
+        if wanted:
+            self.first_id = wanted[0].seq
+            self._initial = b"".join(frame.wire for frame in wanted)
+            self._initial_frames = len(wanted)
 
     def tick(self) -> None:
         """Heartbeat: ask for a keepalive comment unless data went out since the last tick."""
@@ -175,6 +194,8 @@ class Subscriber:
         if self.close_reason is None:
             self.close_reason = reason
             self._pending.clear()
+            self._latest = None
+            self._initial = b""
             self._wake()
             if self.on_close is not None:
                 self.on_close()
@@ -184,17 +205,31 @@ class Subscriber:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _take(self) -> bytes:
+        """Everything buffered, joined (the initial chunk first), and forget it."""
+        chunk, n = self._initial, self._initial_frames
+        self._initial, self._initial_frames = b"", 0
+        if self._latest is not None:
+            frames: Iterable[Frame] = self._latest.values()
+            n += len(self._latest)
+        else:
+            frames = self._pending
+            n += len(self._pending)
+        if n == 1 and not chunk:
+            chunk = next(iter(frames)).wire
+        elif n:
+            chunk = b"".join((chunk, *(f.wire for f in frames)))
+        self._pending.clear()
+        self._latest = None
+        self._stats.delivered += n
+        return chunk
+
     async def next_chunk(self) -> bytes | None:
         """The bytes to send next (buffered frames, or a keepalive); None once closed."""
         while self.close_reason is None:
-            pending = self._pending
-            if pending:
-                n = len(pending)
-                chunk = pending[0].wire if n == 1 else b"".join(f.wire for f in pending)
-                pending.clear()
-                self._stats.delivered += n
+            if self._initial or self._pending or self._latest:
                 self.sent_since_tick = True
-                return chunk
+                return self._take()
             if self.keepalive_due:
                 self.keepalive_due = False
                 return KEEPALIVE
@@ -216,8 +251,11 @@ class FeedbackFanout:
         subscriber_queue: int = 256,
         max_subscribers: int = 10_000,
         heartbeat_sec: float = 15.0,
+        max_remote: int = 1000,
     ) -> None:
         self.stats = FanoutStats()
+        self._remote_seen: dict[str, float] = {}
+        self._max_remote = max_remote
         self._history: deque[Frame] = deque(maxlen=history)
         self._latest: dict[str, Frame] = {}
         self._local: set[str] = set()
@@ -272,15 +310,41 @@ class FeedbackFanout:
     def publish_remote(self, event: FeedbackEvent) -> bool:
         """An event of another replica (from Redis): shown to streams and in the snapshot,
         never put on the local bus. Ignored when it names one of our own coordinators
-        (our own events coming back) or is not newer than what we have."""
+        (our own events coming back), is not newer than what we have, or would add a
+        coordinator past ``max_remote``. Marks the coordinator as seen either way."""
         cid = event.coordinator_id
         if cid in self._local:
             return False
         known = self._latest.get(cid)
+        if known is None and len(self._remote_seen) >= self._max_remote:
+            self.stats.remote_refused += 1
+            return False
+        self._remote_seen[cid] = time.monotonic()
         if known is not None and known.event.ts >= event.ts:
             return False
         self.publish(event, local=False)
         return True
+
+    def expire_remote(self, max_age: float) -> list[str]:
+        """Forget remote coordinators not seen for ``max_age`` s (their replica is gone):
+        streams are told with a last ``ok`` event (reason ``replica_gone``), then the
+        coordinator leaves the snapshot."""
+        cutoff = time.monotonic() - max_age
+        gone = [cid for cid, seen in self._remote_seen.items() if seen < cutoff]
+        for cid in gone:
+            del self._remote_seen[cid]
+            last = self._latest.get(cid)
+            if last is not None:
+                self.publish(
+                    FeedbackEvent.create(
+                        cid, 0, last.event.capacity, BackpressureLevel.ok, "replica_gone"
+                    ),
+                    local=False,
+                )
+                del self._latest[cid]
+        if gone:
+            log.info("feedback: %d coordinator(s) of replicas gone: %s", len(gone), gone[:10])
+        return gone
 
     def is_local(self, coordinator_id: str) -> bool:
         return coordinator_id in self._local
@@ -337,6 +401,17 @@ class FeedbackFanout:
             self.stats,
         )
         replay = None if last_id is None else self.since(last_id)
+        if replay is not None and min_rank:
+            # the levels this consumer was told before last_id: the end of one at or
+            # above min_level is part of the replay
+            above = sub._above
+            for frame in self._history:
+                if frame.seq > (last_id or 0):
+                    break
+                if frame.rank >= min_rank:
+                    above.add(frame.coordinator_id)
+                else:
+                    above.discard(frame.coordinator_id)
         sub.preload(self.snapshot() if replay is None else replay)
         self._subscribers.add(sub)
         return sub, last_id is not None and replay is None

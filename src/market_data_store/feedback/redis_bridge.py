@@ -20,12 +20,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from market_data_store.coordinator import FeedbackEvent
 from market_data_store.coordinator.throttled_log import ThrottledLog
@@ -189,16 +190,31 @@ class RedisFeedbackPublisher:
         )
 
 
+class RemoteEvents(Protocol):
+    """Where the bridge hands other replicas' events (``FeedbackFanout``)."""
+
+    def publish_remote(self, event: FeedbackEvent) -> bool: ...
+
+    def expire_remote(self, max_age: float) -> list[str]: ...
+
+
 class RedisFeedbackBridge:
-    """Feeds other replicas' events from ``channel`` into ``on_remote``."""
+    """Feeds other replicas' events from ``channel`` into ``remote``.
+
+    Every ``refresh_sec`` it re-reads the replicas' hashes: coordinators whose
+    replica stopped refreshing its hash (it is gone) expire from ``remote`` after
+    three intervals. An idle subscription is pinged every second; no answer within
+    ``timeout`` counts as a lost connection (a silently dead socket is noticed).
+    """
 
     def __init__(
         self,
         url: str,
         channel: str,
-        on_remote: Callable[[FeedbackEvent], bool],
+        remote: RemoteEvents,
         *,
         timeout: float = 2.0,
+        refresh_sec: float = 10.0,
     ) -> None:
         self.channel = channel
         self.connected = False
@@ -207,7 +223,8 @@ class RedisFeedbackBridge:
         self.rejected = 0
         self._url = url
         self._timeout = timeout
-        self._on_remote = on_remote
+        self._refresh_sec = refresh_sec
+        self._remote = remote
         self._task: asyncio.Task[None] | None = None
         self._failures = ThrottledLog(log)
 
@@ -220,22 +237,23 @@ class RedisFeedbackBridge:
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, self._timeout)
+                await asyncio.wait({task}, timeout=self._timeout)
         self.connected = False
 
     async def _run(self) -> None:
         delay = 0.1
         while True:
-            client = _client(self._url, self._timeout)
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            client = pubsub = None
             try:
-                await pubsub.subscribe(self.channel)
+                client = _client(self._url, self._timeout)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                await asyncio.wait_for(pubsub.subscribe(self.channel), self._timeout)
                 await self._seed(client)
                 if not self.connected:
                     log.info("redis feedback bridge subscribed to %s", self.channel)
                 self.connected, self.last_error = True, None
                 delay = 0.1
-                await self._listen(pubsub)
+                await self._listen(client, pubsub)
             except REDIS_ERRORS as exc:
                 if self.connected:
                     log.warning("redis feedback bridge lost Redis: %s", _describe(exc))
@@ -244,32 +262,50 @@ class RedisFeedbackBridge:
                     logging.WARNING, "bridge", "redis feedback bridge: %s; resubscribing",
                     _describe(exc),
                 )  # fmt: skip
-            except Exception:
-                self.connected, self.last_error = False, "unexpected error"
+            except Exception as exc:
+                self.connected, self.last_error = False, _describe(exc)
                 self._failures.log(logging.ERROR, "bug", "redis feedback bridge failed", exc=True)
             finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), self._timeout)  # type: ignore[no-untyped-call]
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.aclose(), self._timeout)
+                for closing in (pubsub, client):
+                    if closing is not None:
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(closing.aclose(), self._timeout)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
 
     async def _seed(self, client: Redis) -> None:
         """The latest events every live replica keeps in Redis (missed while away)."""
-        async for key in client.scan_iter(match=latest_key(self.channel, "*"), count=100):
-            for body in (await client.hgetall(key)).values():
-                self._accept(body)
+        pattern = latest_key(_glob_escape(self.channel), "*")
+        async with asyncio.timeout(self._timeout * 5):
+            async for key in client.scan_iter(match=pattern, count=100):
+                try:
+                    latest = await client.hgetall(key)
+                except ResponseError:  # not a hash: nothing of ours
+                    self.received += 1
+                    self.rejected += 1
+                    continue
+                for body in latest.values():
+                    self._accept(body)
 
-    async def _listen(self, pubsub: PubSub) -> None:
+    async def _listen(self, client: Redis, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = next_seed = loop.time()
+        next_seed += self._refresh_sec
         while True:
-            # the timeout bounds each wait; a dead server surfaces as an error here
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None:
-                await pubsub.ping()
-                continue
-            if message.get("type") == "message":
-                self._accept(message["data"])
+            now = loop.time()
+            if message is not None:
+                heard = now  # a message or the answer to our ping
+                if message.get("type") == "message":
+                    self._accept(message["data"])
+            elif now - heard > self._timeout + 1.0:
+                raise TimeoutError(f"no answer from Redis within {self._timeout:g}s")
+            else:
+                await asyncio.wait_for(pubsub.ping(), self._timeout)
+            if now >= next_seed:
+                next_seed = now + self._refresh_sec
+                await self._seed(client)
+                self._remote.expire_remote(3 * self._refresh_sec)
 
     def _accept(self, body: bytes | str) -> None:
         self.received += 1
@@ -279,4 +315,9 @@ class RedisFeedbackBridge:
             self.rejected += 1
             self._failures.log(logging.WARNING, "wire", "redis feedback bridge: %s", exc)
             return
-        self._on_remote(event)
+        self._remote.publish_remote(event)
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` matched literally in a Redis ``SCAN MATCH`` pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

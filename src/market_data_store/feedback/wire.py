@@ -7,6 +7,8 @@ models ignore the two extra fields).
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import msgspec
@@ -16,6 +18,10 @@ from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
 
 MAX_EVENT_BYTES = 4096
 """Largest event accepted from outside (Redis); ours are a few hundred bytes."""
+
+MAX_CLOCK_SKEW = 60.0
+"""Seconds another replica's clock may be ahead of ours."""
+MAX_ID_LENGTH = 200
 
 LEVEL_RANK = {BackpressureLevel.ok: 0, BackpressureLevel.soft: 1, BackpressureLevel.hard: 2}
 
@@ -46,10 +52,19 @@ def encode_event(event: FeedbackEvent) -> bytes:
 
 
 def decode_event(data: bytes | str) -> FeedbackEvent:
-    """Parse and validate an event received from another replica."""
+    """Parse and validate an event received from another replica: Core's model, plus
+    what keeps one bad message from poisoning the snapshot (a ``ts`` that is not a
+    finite time up to ``MAX_CLOCK_SKEW`` s ahead would hide every later event of its
+    coordinator; an id must be printable and short)."""
     if len(data) > MAX_EVENT_BYTES:
         raise WireError(f"event of {len(data)} bytes exceeds {MAX_EVENT_BYTES}")
     try:
-        return FeedbackEvent.model_validate_json(data)
+        event = FeedbackEvent.model_validate_json(data)
     except pydantic.ValidationError as exc:
         raise WireError(f"not a FeedbackEvent: {exc.error_count()} error(s)") from None
+    if not (math.isfinite(event.ts) and 0 < event.ts <= time.time() + MAX_CLOCK_SKEW):
+        raise WireError("ts is not a time up to now")
+    cid = event.coordinator_id
+    if not cid or len(cid) > MAX_ID_LENGTH or not cid.isprintable():
+        raise WireError(f"coordinator_id must be 1-{MAX_ID_LENGTH} printable characters")
+    return event

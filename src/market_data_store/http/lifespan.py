@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import asyncpg
 from litestar import Litestar
 
-from market_data_store.config import Settings, redact_url
+from market_data_store.config import Settings, endpoint_origin, redact_url
 from market_data_store.coordinator import (
     CircuitBreaker,
     DeadLetterQueue,
@@ -205,7 +205,7 @@ async def _feedback_delivery(
             )
             await webhook.start()
             stack.push_async_callback(webhook.stop)
-            log.info("feedback webhook on: %s", redact_url(f.webhook.url))
+            log.info("feedback webhook on: %s", endpoint_origin(f.webhook.url))
 
         publisher = bridge = None
         if f.redis.url:
@@ -221,7 +221,7 @@ async def _feedback_delivery(
             stack.push_async_callback(publisher.stop)
             bus.subscribe(publisher.publish)
             bridge = RedisFeedbackBridge(
-                f.redis.url, f.redis.channel, fanout.publish_remote, timeout=f.redis.timeout
+                f.redis.url, f.redis.channel, fanout, timeout=f.redis.timeout
             )
             await bridge.start()
             stack.push_async_callback(bridge.stop)

@@ -196,9 +196,16 @@ class _Channel(Protocol):
     def stats(self) -> _DeliveryStats: ...
 
 
+class _Bridge(Protocol):
+    received: int
+    rejected: int
+
+
 class _Channels(Protocol):
     @property
     def fanout(self) -> _Fanout: ...
+    @property
+    def redis_bridge(self) -> _Bridge | None: ...
     @property
     def webhook(self) -> _Channel | None: ...
     @property
@@ -242,6 +249,14 @@ _FEEDBACK: dict[str, tuple[str, str, str, FeedbackReading]] = {
     "mds.feedback.sse.subscribers": (
         "gauge", "{stream}", "Open SSE feedback streams",
         lambda ch: ((ch.fanout.subscriber_count, {}),),
+    ),
+    "mds.feedback.redis.received": (
+        "counter", "{message}",
+        "Messages read from Redis (channel and replicas' hashes), by outcome (accepted, rejected)",
+        lambda ch: () if ch.redis_bridge is None else (
+            (ch.redis_bridge.received - ch.redis_bridge.rejected, {"outcome": "accepted"}),
+            (ch.redis_bridge.rejected, {"outcome": "rejected"}),
+        ),
     ),
     "mds.feedback.delivery.sent": (
         "counter", "{event}", "Events delivered by the webhook / published to Redis, by channel",

@@ -22,11 +22,14 @@ def event(
 
 
 def drain(sub: Subscriber) -> list[tuple[int, str, str]]:
-    """(id, coordinator, level) of every frame buffered for ``sub``."""
+    """(id, coordinator, level) of every frame buffered for ``sub``, taken as the stream
+    would take them."""
     out = []
-    for frame in list(sub._pending):
-        out.append((frame.seq, frame.coordinator_id, frame.event.level.value))
-    sub._pending.clear()
+    for message in sub._take().split(b"\n\n"):
+        if message:
+            lines = dict(line.split(b": ", 1) for line in message.split(b"\n"))
+            data = json.loads(lines[b"data"])
+            out.append((int(lines[b"id"]), data["coordinator_id"], data["level"]))
     return out
 
 
@@ -197,3 +200,57 @@ def test_remote_events_join_the_snapshot_but_never_replace_local_ones() -> None:
         "there/bars": "hard",
     }
     assert [e.coordinator_id for e in fanout.local_events()] == ["here/bars"]
+
+
+def test_a_full_buffer_of_distinct_coordinators_takes_a_newer_frame_of_one_of_them() -> None:
+    fanout = FeedbackFanout(subscriber_queue=3)
+    sub, _ = fanout.subscribe()
+    for cid in ("a", "b", "c", "a"):  # the 4th replaces a: still 3 coordinators
+        fanout.publish(event(cid, SOFT))
+    assert not sub.closed
+    assert [c for _, c, _ in drain(sub)] == ["b", "c", "a"]
+    for cid in ("a", "b", "c", "d"):  # 4 coordinators > 3: that is too far behind
+        fanout.publish(event(cid, HARD))
+    assert sub.closed
+
+
+def test_what_a_stream_gets_on_connect_does_not_count_against_its_buffer() -> None:
+    fanout = FeedbackFanout(subscriber_queue=2, history=100)
+    start = fanout.last_id
+    for i in range(10):
+        fanout.publish(event(f"c{i}", SOFT))
+    replaying, _ = fanout.subscribe(last_id=start)
+    snapshot, _ = fanout.subscribe()
+    fanout.publish(event("c0", HARD))
+    assert not replaying.closed
+    assert not snapshot.closed
+    assert len(drain(replaying)) == 11
+    assert len(drain(snapshot)) == 11
+
+
+def test_a_min_level_consumer_resuming_is_told_that_hard_ended_meanwhile() -> None:
+    fanout = FeedbackFanout()
+    sub, _ = fanout.subscribe(min_rank=2)
+    fanout.publish(event("a", HARD))
+    (seen,) = drain(sub)
+    fanout.unsubscribe(sub)
+    fanout.publish(event("a", SOFT))  # hard is over while it was away
+    fanout.publish(event("a", OK))
+    resumed, reset = fanout.subscribe(min_rank=2, last_id=seen[0])
+    assert not reset
+    assert [lvl for _, _, lvl in drain(resumed)] == ["soft"]
+
+
+def test_remote_coordinators_of_gone_replicas_expire_with_a_last_ok() -> None:
+    fanout = FeedbackFanout(max_remote=2)
+    listener, _ = fanout.subscribe()
+    assert fanout.publish_remote(event("r1/bars", HARD, 90))
+    assert fanout.publish_remote(event("r2/bars", SOFT, 60))
+    assert not fanout.publish_remote(event("r3/bars", SOFT))  # past max_remote
+    assert fanout.stats.remote_refused == 1
+    drain(listener)
+    assert fanout.expire_remote(3600) == []
+    fanout._remote_seen["r1/bars"] -= 7200  # not seen for two hours
+    assert fanout.expire_remote(3600) == ["r1/bars"]
+    assert [(c, lvl) for _, c, lvl in drain(listener)] == [("r1/bars", "ok")]
+    assert [f.coordinator_id for f in fanout.snapshot()] == ["r2/bars"]

@@ -22,6 +22,7 @@ from market_data_store.coordinator import BackpressureLevel
 from market_data_store.coordinator.throttled_log import ThrottledLog
 from market_data_store.feedback import (
     LEVEL_RANK,
+    MAX_ID_LENGTH,
     RETRY_MS,
     FeedbackFanout,
     StreamRefusedError,
@@ -37,7 +38,6 @@ _ended = ThrottledLog(log)
 EVENT_STREAM = "text/event-stream"
 REFUSED_RETRY_AFTER = 5
 MAX_COORDINATOR_FILTERS = 100
-MAX_ID_LENGTH = 200
 
 
 class FeedbackEventBody(msgspec.Struct):
@@ -270,7 +270,7 @@ class FeedbackStreamController(Controller):
         head = b"retry: %d\n\n" % RETRY_MS
         if reset:
             # the id just before what follows: resuming from it replays the snapshot
-            first = sub.first_pending_id()
+            first = sub.first_id
             reset_id = feedback_fanout.last_id if first is None else first - 1
             head += _frame("reset", reset_id, b'{"reason":"last_event_id_unknown"}')
         return FeedbackStream(
