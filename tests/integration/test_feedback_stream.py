@@ -7,9 +7,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
@@ -17,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout
+from tests.support.bars import bars_body
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.sse import Message, open_stream
 
@@ -85,18 +84,6 @@ async def test_retry_hint_then_snapshot_then_live_events(service: RunningService
     assert ids == sorted(set(ids))  # strictly increasing
 
 
-def bars(n: int, day: int = 0) -> dict[str, Any]:
-    t0 = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=day)
-    return {
-        "provider": "p",
-        "bars": [
-            {"symbol": "S", "ts": (t0 + timedelta(minutes=i)).isoformat(), "open": "1",
-             "high": "1", "low": "1", "close": "1", "volume": "1", "resolution": "1m"}
-            for i in range(n)
-        ],
-    }  # fmt: skip
-
-
 async def test_ingest_crossing_the_watermarks_reaches_the_stream(
     service_with: ServiceFactory,
 ) -> None:
@@ -108,7 +95,7 @@ async def test_ingest_crossing_the_watermarks_reaches_the_stream(
     }
     async with service_with(**env) as svc, open_stream(svc.client) as stream:
         await stream.next_event()  # snapshot
-        response = await svc.client.post("/v1/bars?wait=commit", json=bars(90))
+        response = await svc.client.post("/v1/bars?wait=commit", json=bars_body(90))
         assert response.status_code == 201
         events = [check(m) for m in await stream.events(3)]
     assert [(e.level, e.queue_size) for e in events][:2] == [(SOFT, 51), (HARD, 80)]

@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,6 +17,7 @@ from redis.asyncio import Redis
 from market_data_store.contracts import FeedbackPublisher
 from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout, RedisFeedbackBridge, RedisFeedbackPublisher
+from tests.support.bars import bars_body
 from tests.support.process import serve, stop
 from tests.support.redis_server import PrivateRedis, shared_redis_url, unique_channel
 from tests.support.tcp_proxy import TcpProxy
@@ -147,18 +146,6 @@ def replica_env(
     }
 
 
-def bars(n: int, day: int) -> dict[str, Any]:
-    t0 = datetime(2024, 1, 1, tzinfo=UTC) + timedelta(days=day)
-    return {
-        "provider": "p",
-        "bars": [
-            {"symbol": "S", "ts": (t0 + timedelta(minutes=i)).isoformat(), "open": "1",
-             "high": "1", "low": "1", "close": "1", "volume": "1", "resolution": "1m"}
-            for i in range(n)
-        ],
-    }  # fmt: skip
-
-
 def levels_of(base: str, coordinator: str) -> str | None:
     state = httpx.get(f"{base}/v1/feedback/state", timeout=2).json()
     found = [c["level"] for c in state["coordinators"] if c["coordinator_id"] == coordinator]
@@ -227,10 +214,8 @@ def test_two_replicas_see_each_other_and_survive_a_redis_restart(
         wait_until(lambda: levels_of(a, "b/bars") == "ok" and levels_of(b, "a/bars") == "ok")
 
         def ingest_on_b(day: int) -> None:
-            assert (
-                httpx.post(f"{b}/v1/bars?wait=commit", json=bars(90, day), timeout=10).status_code
-                == 201
-            )
+            response = httpx.post(f"{b}/v1/bars?wait=commit", json=bars_body(90, day), timeout=10)
+            assert response.status_code == 201
 
         assert levels_after_snapshot(a, "b/bars", 3, lambda: ingest_on_b(0)) == [
             "soft", "hard", "ok",

@@ -14,7 +14,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from market_data_core.telemetry import HealthStatus
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import HttpFeedbackBroadcaster
 from tests.conftest import Recorder
+from tests.support.bars import bars_body
 from tests.support.http_receiver import HttpReceiver, Reply
 from tests.support.service import RunningService, running_service, service_settings
 
@@ -524,27 +524,6 @@ async def test_endpoint_dropping_the_connection_is_retried(
 
 # -- the service --------------------------------------------------------------------------------
 
-T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
-
-
-def bars(count: int) -> dict[str, Any]:
-    return {
-        "provider": "ibkr",
-        "bars": [
-            {
-                "symbol": "AAPL",
-                "ts": (T0 + timedelta(minutes=i)).isoformat(),
-                "open": "187.15",
-                "high": "187.40",
-                "low": "186.90",
-                "close": "187.02",
-                "volume": "120034",
-                "resolution": "1m",
-            }
-            for i in range(count)
-        ],
-    }
-
 
 @asynccontextmanager
 async def webhook_service(
@@ -597,7 +576,7 @@ async def test_service_posts_level_changes_from_ingest(
 ) -> None:
     env = {"MDS_COORDINATOR_CAPACITY": "20", "MDS_COORDINATOR_BATCH_SIZE": "10"}
     async with webhook_service(database_url, tmp_path, receiver, **env) as service:
-        response = await service.client.post("/v1/bars", json=bars(20))
+        response = await service.client.post("/v1/bars", json=bars_body(20))
         assert response.status_code == 202, response.text
         await until(lambda: len(receiver.requests) >= 4)
         bodies = receiver.bodies()

@@ -13,7 +13,7 @@ exporter adds those (``mds_coordinator_items_submitted_total``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
@@ -76,19 +76,31 @@ _OBSERVED: dict[str, tuple[str, str, str, Reading]] = {
 }  # fmt: skip
 
 
+R = TypeVar("R")
+Observe = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+def _register(
+    meter: Meter,
+    table: dict[str, tuple[str, str, str, R]],
+    callback: Callable[[R], Observe],
+) -> None:
+    """One observable counter or gauge per row of ``table``: name -> (kind, unit,
+    description, reading), ``callback(reading)`` turning a reading into observations."""
+    for name, (kind, unit, description, reading) in table.items():
+        create = (
+            meter.create_observable_counter if kind == "counter" else meter.create_observable_gauge
+        )
+        create(name, callbacks=[callback(reading)], unit=unit, description=description)
+
+
 class CoordinatorInstruments:
     """Registers the coordinator instruments on ``meter``; ``track`` coordinators to report."""
 
     def __init__(self, meter: Meter) -> None:
         self._tracked: list[WriteCoordinator[Any]] = []
         self._listeners: dict[int, Callable[[int, float], None]] = {}
-        for name, (kind, unit, description, reading) in _OBSERVED.items():
-            create = (
-                meter.create_observable_counter
-                if kind == "counter"
-                else meter.create_observable_gauge
-            )
-            create(name, callbacks=[self._callback(reading)], unit=unit, description=description)
+        _register(meter, _OBSERVED, self._callback)
         self.write_duration = meter.create_histogram(
             "mds.coordinator.write.duration",
             unit="s",
@@ -282,13 +294,7 @@ class FeedbackInstruments:
 
     def __init__(self, meter: Meter) -> None:
         self._channels: _Channels | None = None
-        for name, (kind, unit, description, reading) in _FEEDBACK.items():
-            create = (
-                meter.create_observable_counter
-                if kind == "counter"
-                else meter.create_observable_gauge
-            )
-            create(name, callbacks=[self._callback(reading)], unit=unit, description=description)
+        _register(meter, _FEEDBACK, self._callback)
 
     def track(self, channels: _Channels) -> None:
         self._channels = channels
