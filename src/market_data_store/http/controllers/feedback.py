@@ -57,7 +57,10 @@ class FeedbackStateBody(msgspec.Struct):
     coordinators: list[FeedbackEventBody]
 
 
-_PROBLEM = ResponseSpec(data_container=dict[str, Any], media_type=PROBLEM_JSON)
+def _problem(description: str) -> ResponseSpec:
+    return ResponseSpec(
+        data_container=dict[str, Any], media_type=PROBLEM_JSON, description=description
+    )
 
 
 class FeedbackStream(ASGIResponse):
@@ -216,16 +219,8 @@ class FeedbackStreamController(Controller):
             200: ResponseSpec(
                 data_container=str, media_type=EVENT_STREAM, description="The event stream"
             ),
-            400: ResponseSpec(
-                data_container=dict[str, Any],
-                media_type=PROBLEM_JSON,
-                description="Bad filter or Last-Event-ID",
-            ),
-            503: ResponseSpec(
-                data_container=dict[str, Any],
-                media_type=PROBLEM_JSON,
-                description="Too many streams, or shutting down; retry after Retry-After",
-            ),
+            400: _problem("Bad filter or Last-Event-ID"),
+            503: _problem("Too many streams, or shutting down; retry after Retry-After"),
         },
     )
     def stream(
