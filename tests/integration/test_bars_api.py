@@ -102,7 +102,8 @@ async def test_plain_202_then_rows_arrive(service: RunningService, database_url:
     body = response.json()
     assert body["accepted"] == 50
     assert body["level"] in ("ok", "soft", "hard")
-    assert set(body) == {"accepted", "level", "queue_size", "capacity"}
+    assert set(body) == {"accepted", "level", "queue_size", "capacity", "coordinator_id"}
+    assert body["coordinator_id"] == "test/bars"
     await asyncio.wait_for(service.app.state.coordinator.wait_idle(), 10)
     assert len(await stored_bars(database_url)) == 50
 

@@ -50,6 +50,7 @@ class IngestResult(msgspec.Struct, omit_defaults=True):
     level: str
     queue_size: int
     capacity: int
+    coordinator_id: str  # whose feedback (GET /v1/feedback/stream) a producer follows
     committed: int | None = None  # ?wait=commit: rows written
     dead_lettered: int | None = None  # ?wait=commit: rows rejected by the database
     pending: bool = False  # ?wait=commit timed out: accepted, still being written
@@ -131,7 +132,9 @@ class BarsController(Controller):
         except QueueClosedError:
             return _unavailable(coordinator, "the service is shutting down", "shutting_down")
         queue = coordinator.queue
-        result = IngestResult(len(rows), queue.level.value, queue.size, queue.capacity)
+        result = IngestResult(
+            len(rows), queue.level.value, queue.size, queue.capacity, coordinator.coord_id
+        )
         if wait != "commit":
             return Response(result, status_code=202)
         if not await coordinator.wait_finished(ticket, limits.commit_timeout):
