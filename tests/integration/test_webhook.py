@@ -270,6 +270,9 @@ def test_compat_import_path() -> None:
     )
 
     assert Compat is HttpFeedbackBroadcaster
+    from market_data_store.coordinator import HttpFeedbackBroadcaster as AsInTheLibrary
+
+    assert AsInTheLibrary is HttpFeedbackBroadcaster
 
 
 def test_importing_coordinator_does_not_import_feedback() -> None:

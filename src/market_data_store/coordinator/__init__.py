@@ -5,6 +5,8 @@ The public names below are those of the original coordinator library, so its
 users can switch without changing imports.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .completions import Ticket
 from .dlq import ClaimInProgress, DeadLetterQueue, DLQRecord
 from .events import BackpressureLevel, FeedbackEvent
@@ -23,6 +25,20 @@ from .types import (
 from .worker import SinkWorker
 from .write_coordinator import CoordinatorHealth, WriteCoordinator
 
+if TYPE_CHECKING:
+    from market_data_store.feedback.webhook import HttpFeedbackBroadcaster
+
+
+def __getattr__(name: str) -> Any:
+    """``HttpFeedbackBroadcaster`` as the reference library exported it, imported only
+    when asked for: importing ``coordinator`` never imports the delivery channels."""
+    if name == "HttpFeedbackBroadcaster":
+        from market_data_store.feedback.webhook import HttpFeedbackBroadcaster
+
+        return HttpFeedbackBroadcaster
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "BackpressureCallback",
     "BackpressureLevel",
@@ -37,6 +53,7 @@ __all__ = [
     "FeedbackBus",
     "FeedbackEvent",
     "FeedbackSubscriber",
+    "HttpFeedbackBroadcaster",
     "OverflowStrategy",
     "QueueClosedError",
     "QueueFullError",
