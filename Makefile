@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/kubernetes-validate --quiet k8s/*.yaml
+	$(BIN)/kubernetes-validate --quiet --strict $(filter-out k8s/kustomization.yaml,$(wildcard k8s/*.yaml))
 	$(BIN)/hadolint Containerfile
 
 format: $(STAMP)
