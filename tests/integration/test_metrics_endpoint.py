@@ -102,3 +102,12 @@ async def test_http_duration_is_labelled_by_route_template(service: RunningServi
     assert not_found  # unrouted requests are measured too,
     # ...without a route (Prometheus renders an absent label as empty)
     assert all(s.labels.get("http_route", "") == "" for s in not_found)
+
+
+async def test_ready_gauge_follows_readiness(service: RunningService) -> None:
+    families = await scrape(service)
+    assert [s.value for s in families["mds_service_ready"]] == [1.0]
+    service.app.state.lifecycle.begin_shutdown()  # readiness fails from now on
+    assert (await service.client.get("/readyz")).status_code == 503
+    families = await scrape(service)
+    assert [s.value for s in families["mds_service_ready"]] == [0.0]

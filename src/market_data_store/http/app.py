@@ -16,6 +16,7 @@ from market_data_store.telemetry import (
     CoordinatorInstruments,
     FeedbackInstruments,
     HttpServerMetrics,
+    ServiceInstruments,
     SinkInstruments,
     build_telemetry,
 )
@@ -62,6 +63,7 @@ def create_app(
             "coordinator_instruments": CoordinatorInstruments(telemetry.meter),
             "sink_instruments": SinkInstruments(telemetry.meter),
             "feedback_instruments": FeedbackInstruments(telemetry.meter),
+            "service_instruments": ServiceInstruments(telemetry.meter),
         }
     )
     handlers: list[type[Controller]] = [

@@ -51,6 +51,7 @@ from market_data_store.storage.pool import PERMANENT_ERRORS
 from market_data_store.telemetry import (
     CoordinatorInstruments,
     FeedbackInstruments,
+    ServiceInstruments,
     SinkInstruments,
     Telemetry,
 )
@@ -108,6 +109,10 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
                 ),
             }
         )
+        health: HealthSources = app.state.health_sources
+        service_instruments: ServiceInstruments = app.state.service_instruments
+        service_instruments.track(lambda: health.render("readiness")[1])
+        stack.callback(service_instruments.untrack)
         log.info("market-data-store ready (instance %s)", settings.server.resolved_instance_id)
         try:
             yield

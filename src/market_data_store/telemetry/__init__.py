@@ -1,7 +1,12 @@
 """OpenTelemetry: the meter provider, the service's instruments, HTTP server metrics."""
 
 from .http_metrics import HttpServerMetrics
-from .instruments import CoordinatorInstruments, FeedbackInstruments, SinkInstruments
+from .instruments import (
+    CoordinatorInstruments,
+    FeedbackInstruments,
+    ServiceInstruments,
+    SinkInstruments,
+)
 from .provider import PROMETHEUS_CONTENT_TYPE, Telemetry, build_telemetry
 
 __all__ = [
@@ -9,6 +14,7 @@ __all__ = [
     "CoordinatorInstruments",
     "FeedbackInstruments",
     "HttpServerMetrics",
+    "ServiceInstruments",
     "SinkInstruments",
     "Telemetry",
     "build_telemetry",

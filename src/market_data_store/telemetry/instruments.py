@@ -312,3 +312,28 @@ class FeedbackInstruments:
             return [Observation(value, attrs) for value, attrs in reading(channels)]
 
         return observe
+
+
+class ServiceInstruments:
+    """``mds.service.ready``: 1 when readiness (``/readyz``) would answer 200, else 0."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._ready: Callable[[], bool] | None = None
+        meter.create_observable_gauge(
+            "mds.service.ready",
+            callbacks=[self._observe],
+            unit="1",
+            description=(
+                "1 when ready (database reachable, breaker not open, not shutting down), else 0"
+            ),
+        )
+
+    def track(self, ready: Callable[[], bool]) -> None:
+        self._ready = ready
+
+    def untrack(self) -> None:
+        self._ready = None
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        ready = self._ready
+        return [] if ready is None else [Observation(1 if ready() else 0)]
