@@ -68,3 +68,21 @@ def test_sse_benchmark_runs(database_url: str) -> None:
     assert "20 / 20  all: met" in proc.stdout  # completeness is deterministic
     assert "server RSS per idle subscriber" in proc.stdout
     assert "crossing->client, 1 subscriber p50" in proc.stdout
+
+
+def test_producer_demo_throttles_and_loses_nothing(database_url: str) -> None:
+    from tests.support.process import serve, stop
+
+    env = {"DATABASE_URL": database_url, "MDS_COORDINATOR_CAPACITY": "2000"}
+    with serve(env, ROOT) as (service, base):
+        proc = subprocess.run(
+            [sys.executable, "examples/producer_demo.py", "--url", base, "--bars", "20000",
+             "--symbols", "4", "--batch-size", "500", "--timeout", "40"],
+            cwd=ROOT, capture_output=True, text=True, timeout=50,
+        )  # fmt: skip
+        stop(service)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "-> HARD" in out or "-> SOFT" in out  # a queue of 2,000 cannot keep up
+    assert "accepted 20,000  stored 20,000  lost 0  wrong values 0" in out
+    assert "nothing lost" in out

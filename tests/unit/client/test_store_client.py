@@ -1,0 +1,438 @@
+"""StoreClient against a scripted store (httpx.MockTransport): every path of an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_type_hints
+
+import httpx
+import msgspec
+import pytest
+
+from market_data_store.client import (
+    BarsRejectedError,
+    ClientClosedError,
+    ClientOptions,
+    DeadlineExceededError,
+    Feedback,
+    InvalidBarError,
+    StoreClient,
+)
+
+T0 = datetime(2024, 1, 2, tzinfo=UTC)
+Answer = Callable[[httpx.Request, dict[str, Any]], Awaitable[httpx.Response] | httpx.Response]
+
+
+def bars(n: int, first: int = 0, symbol: str = "AAPL") -> list[dict[str, Any]]:
+    return [
+        {"symbol": symbol, "ts": T0 + timedelta(minutes=first + i), "open": "1", "high": "2",
+         "low": "1", "close": "1.5", "volume": 10, "resolution": "1m"}
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def accepted(count: int, level: str = "ok", status: int = 202, **extra: Any) -> httpx.Response:
+    body = {"accepted": count, "level": level, "queue_size": 0, "capacity": 100,
+            "coordinator_id": "s/bars", **extra}  # fmt: skip
+    return httpx.Response(status, json=body)
+
+
+class Store:
+    """Decodes each request's MessagePack body and answers with ``answer`` (default 202)."""
+
+    def __init__(self, answer: Answer | None = None) -> None:
+        self.answer = answer
+        self.bodies: list[dict[str, Any]] = []
+        self.requests: list[httpx.Request] = []
+        self.times: list[float] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = msgspec.msgpack.decode(request.content)
+        self.requests.append(request)
+        self.bodies.append(body)
+        self.times.append(time.monotonic())
+        if self.answer is None:
+            return accepted(len(body["bars"]))
+        response = self.answer(request, body)
+        return await response if inspect.isawaitable(response) else response
+
+    def sizes(self) -> list[int]:
+        return [len(b["bars"]) for b in self.bodies]
+
+
+def client(store: Store, **options: Any) -> StoreClient:
+    options.setdefault("follow_feedback", False)
+    options.setdefault("initial_backoff", 0.01)
+    options.setdefault("max_backoff", 0.02)
+    return StoreClient(
+        "http://store", provider="p", transport=httpx.MockTransport(store), **options
+    )
+
+
+async def test_full_batches_go_at_once_the_rest_at_flush() -> None:
+    store = Store()
+    async with client(store, batch_size=4, linger=60) as c:
+        await c.write(bars(10))
+        for _ in range(100):
+            if len(store.bodies) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert store.sizes() == [4, 4]
+        await c.flush(timeout=5)
+        assert sorted(store.sizes()) == [2, 4, 4]
+        assert c.buffered == 0
+    request = store.requests[0]
+    assert request.headers["content-type"] == "application/msgpack"
+    assert request.url.path == "/v1/bars"
+    stats = c.stats
+    assert (stats.bars_written, stats.bars_sent, stats.bars_accepted) == (10, 10, 10)
+    assert (stats.batches_sent, stats.requests, stats.retries) == (3, 3, 0)
+    assert c.coordinators == {"s/bars"}
+
+
+async def test_linger_sends_a_partial_batch_without_flush() -> None:
+    store = Store()
+    async with client(store, batch_size=100, linger=0.05) as c:
+        await c.write(bars(3))
+        for _ in range(200):
+            if store.bodies:
+                break
+            await asyncio.sleep(0.01)
+        assert store.sizes() == [3]
+
+
+async def test_wait_commit_counts_committed_and_dead_lettered() -> None:
+    store = Store(lambda r, b: accepted(3, status=201, committed=2, dead_lettered=1))
+    async with client(store, wait_commit=True) as c:
+        await c.write(bars(3))
+    assert store.requests[0].url.params["wait"] == "commit"
+    assert (c.stats.bars_committed, c.stats.bars_dead_lettered) == (2, 1)
+
+
+async def test_413_splits_the_batch_and_a_single_bar_too_large_is_rejected() -> None:
+    def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        big = any(b["symbol"] == "HUGE" for b in body["bars"])
+        if len(body["bars"]) > 2 or big:
+            return httpx.Response(413, json={"status": 413, "detail": "too many bars"})
+        return accepted(len(body["bars"]))
+
+    store = Store(answer)
+    c = client(store, batch_size=8)
+    await c.write(bars(8))
+    await c.flush(timeout=5)
+    assert store.sizes() == [8, 4, 2, 2, 4, 2, 2]
+    assert c.stats.splits == 3
+    assert c.stats.bars_accepted == 8
+    await c.write([*bars(1, 100), *bars(1, 101, symbol="HUGE")])
+    with pytest.raises(BarsRejectedError) as info:
+        await c.flush(timeout=5)
+    await c.aclose()
+    assert info.value.status == 413
+    assert [b["symbol"] for b in info.value.bars] == ["HUGE"]
+    assert c.stats.bars_accepted == 9
+
+
+async def test_4xx_raises_with_the_problem_and_is_never_retried() -> None:
+    errors = [{"index": 1, "field": "low", "message": "must be <= min(open, close)"}]
+    problem = {"status": 422, "detail": "1 invalid field(s); nothing was stored", "errors": errors}
+    store = Store(lambda r, b: httpx.Response(422, json=problem))
+    c = client(store)
+    await c.write(bars(2))
+    with pytest.raises(BarsRejectedError) as info:
+        await c.flush(timeout=5)
+    error = info.value
+    assert (error.status, error.problem, len(error.bars)) == (422, problem, 2)
+    assert error.errors == problem["errors"]
+    assert "bar 1: low: must be <= min(open, close)" in str(error)
+    assert store.sizes() == [2]  # one request, no retry
+    assert (c.stats.batches_failed, c.stats.bars_failed) == (1, 2)
+    await c.aclose()
+
+
+async def test_failures_are_raised_oldest_first_then_handed_over() -> None:
+    def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        if body["bars"][0]["symbol"].startswith("BAD"):
+            return httpx.Response(400, text="not a problem document")
+        return accepted(len(body["bars"]))
+
+    store = Store(answer)
+    c = client(store, batch_size=1, max_in_flight=1)
+    await c.write([*bars(1, 0, "BAD1"), *bars(1, 1, "BAD2"), *bars(1, 2, "BAD3"), *bars(1, 3)])
+    with pytest.raises(BarsRejectedError, match="not a problem document") as first:
+        await c.flush(timeout=5)
+    assert first.value.bars[0]["symbol"] == "BAD1"
+    with pytest.raises(BarsRejectedError) as second:
+        await c.write(bars(1, 4))  # raised before anything of the call is buffered
+    assert second.value.bars[0]["symbol"] == "BAD2"
+    assert [e.bars[0]["symbol"] for e in c.take_failures()] == ["BAD3"]
+    await c.flush(timeout=5)
+    await c.aclose()
+    assert c.stats.bars_written == 4
+
+
+async def test_5xx_408_and_transport_errors_are_retried() -> None:
+    script: list[Any] = [500, 408, httpx.ConnectError("refused"), 502]
+
+    def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        if script:
+            step = script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return httpx.Response(step, text="later")
+        return accepted(len(body["bars"]))
+
+    store = Store(answer)
+    async with client(store) as c:
+        await c.write(bars(5))
+    stats = c.stats
+    assert (stats.requests, stats.retries, stats.transport_errors) == (5, 4, 1)
+    assert stats.bars_accepted == 5
+
+
+async def test_503_is_retried_after_retry_after_and_names_the_coordinator() -> None:
+    feedback = {
+        "coordinator_id": "s/bars", "queue_size": 100, "capacity": 100, "level": "hard",
+        "source": "store", "ts": 1.0, "reason": "queue_full", "utilization": 1.0,
+    }  # fmt: skip
+    refusals = [1]
+
+    def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        if refusals:
+            refusals.pop()
+            return httpx.Response(
+                503,
+                json={"status": 503, "retry_after": 1, "feedback": feedback},
+                headers={"Retry-After": "0.3"},
+            )
+        return accepted(len(body["bars"]))
+
+    events: list[Feedback] = []
+    store = Store(answer)
+    async with client(store, on_feedback=events.append, probe_interval=0.05) as c:
+        await c.write(bars(5))
+        await c.flush(timeout=10)
+    assert store.times[1] - store.times[0] >= 0.3  # honoured
+    assert c.stats.refused == 1
+    assert c.stats.throttled_seconds > 0
+    assert c.coordinators == {"s/bars"}
+    assert [(e.level, e.via) for e in events] == [("hard", "refusal"), ("ok", "answer")]
+
+
+async def test_retries_end_at_the_deadline_with_the_bars() -> None:
+    store = Store(lambda r, b: httpx.Response(503, headers={"Retry-After": "0.05"}))
+    c = client(store, deadline=0.5, min_rate=1e6)
+    await c.write(bars(3))
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceededError) as info:
+        await c.flush(timeout=5)
+    assert time.monotonic() - began < 2
+    assert info.value.attempts >= 2
+    assert info.value.last_error is not None
+    assert "503" in info.value.last_error
+    assert len(info.value.bars) == 3
+    await c.aclose()
+
+
+async def test_a_retry_after_beyond_the_deadline_fails_at_once() -> None:
+    store = Store(lambda r, b: httpx.Response(503, headers={"Retry-After": "600"}))
+    c = client(store, deadline=5)
+    await c.write(bars(3))
+    began = time.monotonic()
+    with pytest.raises(DeadlineExceededError, match="retries ran out of time"):
+        await c.flush(timeout=5)
+    assert time.monotonic() - began < 1
+    assert store.sizes() == [3]
+    await c.aclose()
+
+
+async def test_an_unreadable_2xx_still_counts_as_accepted() -> None:
+    store = Store(lambda r, b: httpx.Response(202, text="ok"))
+    async with client(store) as c:
+        await c.write(bars(4))
+    assert c.stats.bars_accepted == 4
+
+
+async def test_answer_levels_pause_and_a_probe_resumes_without_the_stream() -> None:
+    levels = ["hard", "ok"]
+    store = Store(lambda r, b: accepted(len(b["bars"]), levels.pop(0) if levels else "ok"))
+    events: list[Feedback] = []
+    async with client(
+        store, batch_size=1, max_in_flight=1, probe_interval=0.2, on_feedback=events.append
+    ) as c:
+        await c.write(bars(1))
+        await c.flush(timeout=5)
+        assert c.level == "hard"
+        assert c.paused
+        await c.write(bars(1, 1))
+        await c.flush(timeout=5)  # the probe
+        assert c.level == "ok"
+    assert store.times[1] - store.times[0] >= 0.15
+    assert [(e.level, e.via) for e in events] == [("hard", "answer"), ("ok", "answer")]
+    assert c.rate is not None  # cut on hard
+
+
+async def test_write_waits_for_room_and_honours_its_timeout() -> None:
+    release = asyncio.Event()
+
+    async def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await release.wait()
+        return accepted(len(body["bars"]))
+
+    store = Store(answer)
+    async with client(store, batch_size=5, max_buffered=5, max_in_flight=1) as c:
+        await c.write(bars(5))
+        with pytest.raises(TimeoutError):
+            await c.write(bars(5, 5), timeout=0.1)
+        assert c.buffered == 5
+        waiter = asyncio.create_task(c.write(bars(5, 10)))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        release.set()
+        await asyncio.wait_for(waiter, 5)
+    assert c.stats.write_wait_seconds > 0
+    assert c.stats.bars_accepted == 10
+
+
+async def test_flush_honours_its_timeout_and_the_batches_keep_going() -> None:
+    release = asyncio.Event()
+
+    async def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await release.wait()
+        return accepted(len(body["bars"]))
+
+    async with client(Store(answer)) as c:
+        await c.write(bars(5))
+        with pytest.raises(TimeoutError):
+            await c.flush(timeout=0.1)
+        release.set()
+        await c.flush(timeout=5)
+    assert c.stats.bars_accepted == 5
+
+
+async def test_a_write_larger_than_the_buffer_goes_in_pieces() -> None:
+    store = Store()
+    async with client(store, batch_size=4, max_buffered=8, max_in_flight=1) as c:
+        await c.write(bars(20))
+    assert sum(store.sizes()) == 20
+
+
+async def test_invalid_bars_buffer_nothing() -> None:
+    store = Store()
+    async with client(store) as c:
+        with pytest.raises(InvalidBarError):
+            await c.write([*bars(1), {"symbol": "X"}])
+        assert c.buffered == 0
+        await c.write([])
+    assert store.bodies == []
+
+
+async def test_closing_refuses_writes_and_hands_back_what_was_not_confirmed() -> None:
+    async def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await asyncio.sleep(3600)  # a store that never answers
+        raise AssertionError
+
+    store = Store(answer)
+    c = client(store, batch_size=5, max_buffered=15, max_in_flight=1, request_timeout=60)
+    await c.write(bars(12))
+    with pytest.raises(DeadlineExceededError, match="closed before the store confirmed 5"):
+        await c.aclose(timeout=0.2)
+    rest = c.take_failures()
+    assert len(rest) == 1
+    assert "closed with 7 bar(s) not sent" in str(rest[0])
+    assert c.stats.bars_failed == 12
+    await c.aclose()  # idempotent
+    with pytest.raises(ClientClosedError):
+        await c.write(bars(1))
+    with pytest.raises(ClientClosedError):
+        await c.start()
+
+
+async def test_a_bug_while_sending_hands_the_bars_back(caplog: pytest.LogCaptureFixture) -> None:
+    def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        raise RuntimeError("bug in the transport")
+
+    c = client(Store(answer))
+    await c.write(bars(2))
+    with pytest.raises(DeadlineExceededError, match="unexpectedly") as info:
+        await c.aclose()
+    assert len(info.value.bars) == 2
+    assert "sending a batch failed unexpectedly" in caplog.text
+
+
+async def test_the_context_manager_does_not_mask_an_exception() -> None:
+    store = Store(lambda r, b: httpx.Response(422, json={"status": 422}))
+    c = client(store)
+
+    async def use() -> None:
+        async with c:
+            await c.write(bars(1))
+            raise KeyError("the caller's own error")
+
+    with pytest.raises(KeyError):
+        await use()
+    assert len(c.take_failures()) == 1
+
+
+async def test_on_feedback_errors_are_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    def on_feedback(event: Feedback) -> None:
+        raise RuntimeError("callback bug")
+
+    store = Store(lambda r, b: accepted(len(b["bars"]), "soft"))
+    async with client(store, on_feedback=on_feedback) as c:
+        await c.write(bars(2))
+    assert c.level == "soft"
+    assert "on_feedback raised" in caplog.text
+
+
+def test_options_name_every_keyword_of_the_constructor() -> None:
+    params = inspect.signature(StoreClient.__init__).parameters
+    keywords = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(get_type_hints(ClientOptions)) == keywords - {"provider"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"base_url": "store:8081"}, "base_url must start with http"),
+        ({"provider": " "}, "provider must not be blank"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_in_flight": 0}, "max_in_flight"),
+        ({"batch_size": 10, "max_buffered": 5}, "max_buffered"),
+        ({"linger": 0}, "linger"),
+        ({"initial_backoff": 2, "max_backoff": 1}, "max_backoff"),
+    ],
+)
+def test_bad_options_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    kwargs = {"base_url": "http://store", "provider": "p", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        StoreClient(**kwargs)
+
+
+async def test_logging_of_level_changes(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "market_data_store.client")
+    store = Store(lambda r, b: accepted(len(b["bars"]), "hard"))
+    async with client(store, probe_interval=0.05) as c:
+        await c.write(bars(1))
+        await c.flush(timeout=5)
+    assert "level ok -> hard" in caplog.text
+
+
+async def test_every_attempt_has_a_timeout() -> None:
+    async def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await asyncio.sleep(3600)  # a store that never answers
+        raise AssertionError
+
+    store = Store(answer)
+    c = client(store, request_timeout=0.1, deadline=0.6)
+    await c.write(bars(2))
+    with pytest.raises(DeadlineExceededError) as info:
+        await c.flush(timeout=5)
+    assert info.value.attempts >= 2
+    assert (info.value.last_error or "").startswith("TimeoutError: no answer within 0.")
+    assert c.stats.transport_errors == info.value.attempts
+    await c.aclose()
