@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo test lint format bench clean
+.PHONY: run demo producer-demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(STAMP)
 ## demo: the coordinator demo (a slow sink, feedback events printed as levels change)
 demo: $(STAMP)
 	$(BIN)/python examples/run_coordinator_demo.py
+
+## producer-demo: a producer faster than the database, throttling on feedback (needs `make run`)
+producer-demo: $(STAMP)
+	$(BIN)/python examples/producer_demo.py
 
 ## test: the whole suite, with coverage of src/ (fails under 85 %)
 test: $(STAMP)
