@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import sys
 import time
@@ -223,7 +224,9 @@ async def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         ticker.cancel()
-        await client.aclose(timeout=5)
+        failed.extend(client.take_failures())  # raised one by one by aclose otherwise
+        with contextlib.suppress(BatchFailedError):
+            await client.aclose(timeout=5)  # a no-op when closed already
     failed.extend(client.take_failures())
     elapsed = time.monotonic() - show.started
     s = client.stats

@@ -227,6 +227,25 @@ async def test_a_batch_too_large_for_the_store_is_split(
         await asyncio.sleep(0.05)
 
 
+async def test_a_bad_half_of_a_split_batch_does_not_lose_the_other_half(
+    service_with: ServiceFactory, database_url: str
+) -> None:
+    """A 413 split whose first half is refused: that half comes back as a failure, the
+    other half is still sent and stored (before the fix it was silently dropped)."""
+    batch = [*bars(3), bar(3, low=Decimal("999")), *bars(196, first=4)]
+    async with service_with(MDS_INGEST_MAX_BARS_PER_REQUEST="100") as svc:
+        client = StoreClient(svc.base_url, provider="ibkr", batch_size=200, max_in_flight=1)
+        await client.write(batch)
+        with pytest.raises(BarsRejectedError) as info:
+            await client.aclose(timeout=30)
+    assert len(info.value.bars) == 100  # the half holding the bad bar, handed back
+    assert info.value.status == 422
+    deadline = time.monotonic() + 10
+    while await count_bars(database_url) < 100:  # the other half is stored (202: queued)
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+
+
 # -- retries -----------------------------------------------------------------------------
 
 

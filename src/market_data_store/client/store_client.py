@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 BARS_PATH = "/v1/bars"
 MAX_ANSWER_BYTES = 1024 * 1024
 """Most of an answer read (the store's are a few hundred bytes; a proxy's page is cut)."""
+
+
+class _NotTheStore(Exception):
+    """A 2xx whose body is not the store's ingest answer."""
+
+
 RETRIED_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 """Answers that say "not now": the batch is sent again (writes are idempotent)."""
 MAX_UNREPORTED = 1000
@@ -257,6 +263,7 @@ class StoreClient:
         self._started = False
         self._closing = False
         self._closed = False
+        self._close_task: asyncio.Task[None] | None = None
 
     # -- public API --------------------------------------------------------------------
 
@@ -360,7 +367,8 @@ class StoreClient:
 
     async def flush(self, timeout: float | None = None) -> None:
         """Send the partial batch and wait until every bar written before the call is
-        stored or failed; then raise the oldest unreported ``BatchFailedError``.
+        accepted by the store (queued there; committed, with ``wait_commit=True``) or
+        failed; then raise the oldest unreported ``BatchFailedError``.
         ``TimeoutError`` after ``timeout`` s (the batches keep going)."""
         if self._started:
             async with self._cond:
@@ -498,11 +506,20 @@ class StoreClient:
         self._stats.batches_sent += 1
         self._stats.bars_sent += len(batch.bars)
         parts = [batch.bars]
+        failed: list[BatchFailedError] = []
         while parts:
             bars = parts.pop()
-            halves = await self._send(bars, batch)
+            try:
+                halves = await self._send(bars, batch)
+            except BatchFailedError as error:  # the other parts still go out
+                failed.append(error)
+                continue
             if halves:
                 parts.extend(reversed(halves))
+        if failed:
+            for earlier in failed[:-1]:
+                self._failed(earlier)
+            raise failed[-1]
 
     async def _send(self, bars: list[WireBar], batch: _Batch) -> list[list[WireBar]] | None:
         """One part until it is accepted (None) or must be split (its halves)."""
@@ -534,8 +551,15 @@ class StoreClient:
                     else f"{type(exc).__name__}: no answer within {budget:.3g}s"
                 )
             else:
-                if 200 <= status < 300:
-                    self._answered(status, content, len(bars))
+                if status in (201, 202):
+                    try:
+                        self._answered(status, content, len(bars))
+                    except _NotTheStore:
+                        raise BarsRejectedError(
+                            status,
+                            {"detail": "a success answer that is not the store's (check base_url)"},
+                            as_dicts(bars),
+                        ) from None
                     return None
                 problem = decode_problem(status, content)
                 if status == 413 and len(bars) > 1:
@@ -546,7 +570,7 @@ class StoreClient:
                     raise BarsRejectedError(status, problem, as_dicts(bars))
                 batch.last_error = f"HTTP {status}: {problem.get('detail', '')}".rstrip(": ")
                 if status in (503, 429):
-                    hold = self._refused(headers.get("retry-after"), problem)
+                    hold = self._refused(headers.get("retry-after"), problem) or None
             delay = (
                 hold * random.uniform(1.0, 1.1)
                 if hold is not None
@@ -609,9 +633,10 @@ class StoreClient:
     def _answered(self, status: int, content: bytes, count: int) -> None:
         answer = decode_answer(content)
         stats = self._stats
-        if answer is None:  # a 2xx the client cannot read: the store took the batch
-            stats.bars_accepted += count
-            return
+        if answer is None:
+            # not the store's answer (a proxy's 200 page, a wrong base_url): nothing says
+            # the bars were taken
+            raise _NotTheStore(status)
         stats.bars_accepted += answer.accepted
         if status == 201:
             stats.bars_committed += answer.committed or 0
@@ -710,9 +735,14 @@ class StoreClient:
     # -- closing ---------------------------------------------------------------------------
 
     async def _close(self, timeout: float | None) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        """Every caller waits for the one close (a second ``aclose`` does not return
+        before the first has flushed)."""
+        if self._close_task is None:
+            self._closed = True
+            self._close_task = asyncio.create_task(self._shut(timeout), name="store-close")
+        await asyncio.shield(self._close_task)
+
+    async def _shut(self, timeout: float | None) -> None:
         async with self._cond:
             self._closing = True
             self._cond.notify_all()

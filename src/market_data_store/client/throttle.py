@@ -18,6 +18,8 @@ MAX_COORDINATORS = 1000
 """Coordinators remembered from the stream (the store itself keeps at most 1,000 remote)."""
 MAX_OURS = 64
 """Coordinator ids learned from answers (one per replica the client's requests reach)."""
+MAX_HOLD = 60.0
+"""Longest a Retry-After holds every request (a longer one is cut to this)."""
 MAX_PROBE_DOUBLINGS = 5
 """Beyond the pre-cut rate the step doubles each interval, up to 32 x ``increase_fraction``."""
 
@@ -162,6 +164,7 @@ class Throttle:
         self._next_probe = now
         self._sent: deque[tuple[float, int]] = deque(maxlen=4096)
         self._first_send: float | None = None
+        self._held = False  # a request waited for the limit since the last increase
 
     # -- what the store says ---------------------------------------------------------
 
@@ -185,7 +188,8 @@ class Throttle:
         now = self.clock()
         self._decrease(now, self.decrease_factor)
         if retry_after:
-            self._hold_until = max(self._hold_until, now + retry_after)
+            # capped: a proxy's Retry-After of a day must not stop every write for a day
+            self._hold_until = max(self._hold_until, now + min(retry_after, MAX_HOLD))
 
     def answered(self, queue_size: int) -> None:
         self.queue_size = queue_size
@@ -221,6 +225,7 @@ class Throttle:
             self._next_probe = now + self.probe_interval
         elif self.rate is not None:
             if now < self._next_start:
+                self._held = True  # a sender waits for the limit: it is used
                 return self._next_start - now
             self._next_start = max(self._next_start, now) + n / self.rate
         if self._first_send is None:
@@ -275,14 +280,24 @@ class Throttle:
         self._last_increase = now
         if self.max_rate is not None and rate >= self.max_rate:
             return False
-        if self.send_rate() < rate / 2:
+        # the limit is used when a request waited for it or the last start reserved
+        # time beyond now (a big batch at a low rate), whatever the recent send rate
+        held = self._held or self._next_start > now
+        self._held = False
+        if not held and self.send_rate() < rate / 2:
             return False  # the producer does not use the limit it has
         base = self.increase_fraction * self._before_cut
         if rate < self._before_cut:
             step = max(base, (self._before_cut - rate) / 2)
         else:  # beyond where congestion began: probe for more, faster each time
-            step = base * 2 ** min(self._probes, MAX_PROBE_DOUBLINGS)
+            step = max(base, self.increase_fraction * rate) * 2 ** min(
+                self._probes, MAX_PROBE_DOUBLINGS
+            )
             self._probes += 1
         new = rate + step
         self.rate = min(new, self.max_rate) if self.max_rate is not None else new
+        # a start reserved at the old rate comes sooner at the new one
+        wait = self._next_start - now
+        if wait > 0:
+            self._next_start = now + wait * rate / self.rate
         return True

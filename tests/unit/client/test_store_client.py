@@ -250,11 +250,16 @@ async def test_a_retry_after_beyond_the_deadline_fails_at_once() -> None:
     await c.aclose()
 
 
-async def test_an_unreadable_2xx_still_counts_as_accepted() -> None:
-    store = Store(lambda r, b: httpx.Response(202, text="ok"))
-    async with client(store) as c:
-        await c.write(bars(4))
-    assert c.stats.bars_accepted == 4
+@pytest.mark.parametrize("status", [200, 202, 204])
+async def test_a_success_that_is_not_the_stores_answer_is_a_failure(status: int) -> None:
+    """A proxy's 200 page or a wrong base_url: nothing says the bars were stored."""
+    store = Store(lambda r, b: httpx.Response(status, text="<html>ok</html>"))
+    c = client(store)
+    with pytest.raises(BarsRejectedError) as failed:
+        async with c:
+            await c.write(bars(4))
+    assert len(failed.value.bars) == 4
+    assert c.stats.bars_accepted == 0
 
 
 async def test_answer_levels_pause_and_a_probe_resumes_without_the_stream() -> None:
@@ -436,3 +441,20 @@ async def test_every_attempt_has_a_timeout() -> None:
     assert (info.value.last_error or "").startswith("TimeoutError: no answer within 0.")
     assert c.stats.transport_errors == info.value.attempts
     await c.aclose()
+
+
+async def test_a_second_aclose_waits_for_the_first_one_to_flush() -> None:
+    async def slow(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        await asyncio.sleep(0.2)
+        return accepted(len(body["bars"]))
+
+    store = Store(slow)
+    c = client(store, linger=60)
+    await c.start()
+    await c.write(bars(3))
+    first = asyncio.create_task(c.aclose())
+    await asyncio.sleep(0)
+    await c.aclose()  # returns only once the bars went out
+    assert store.sizes() == [3]
+    assert c.stats.bars_accepted == 3
+    await first

@@ -233,8 +233,11 @@ def test_beyond_the_pre_cut_rate_the_step_doubles_until_the_next_cut() -> None:
         rates.append(round(t.rate or 0, -1))
     before = 5_000 * 2  # the pre-cut rate, as measured
     assert rates[3] > before  # back where congestion began within 4 s
+    # 10 % of the current rate (at least of the pre-cut one), the step doubling each time
     steps = [b - a for a, b in itertools.pairwise(rates[3:])]
-    assert steps == pytest.approx([1_000, 2_000, 4_000, 8_000], rel=0.05)
+    expected = [0.1 * rate * 2**i for i, rate in enumerate(rates[3:-1])]
+    assert steps == pytest.approx(expected, rel=0.05)
+    assert all(b > a for a, b in itertools.pairwise(steps))
     t.set_level("soft")  # the next cut: the doubling starts over
     t.set_level("ok")
     clock.now += 5
@@ -250,3 +253,28 @@ def test_a_limit_above_what_is_sent_is_cut_from_what_is_sent() -> None:
     send(t, clock, 100, 0.01, 2.0)  # 10,000 bars/s under a limit of 100,000
     t.set_level("hard")
     assert t.rate == pytest.approx(5_000, rel=0.02)
+
+
+def test_a_sender_held_by_the_limit_counts_as_using_it() -> None:
+    """After one 503 early on (a tiny rate), the rate climbs back while requests wait
+    for the limit, and a start reserved at the old rate comes sooner at the new one."""
+    clock = Clock()
+    t = throttle(clock)
+    send(t, clock, 10, 0.01, 0.01)
+    t.refused(1.0)
+    low = t.rate or 0
+    clock.now += 1.0
+    assert t.delay(5_000, may_probe=False) == 0.0  # starts, and reserves a long slot
+    reserved = t.delay(5_000, may_probe=False)
+    for _ in range(8):
+        clock.now += 1.0
+        t.tick()
+    assert (t.rate or 0) > 20 * low  # not stuck near min_rate for minutes
+    assert t.delay(5_000, may_probe=False) < reserved - 8
+
+
+def test_a_huge_retry_after_holds_at_most_a_minute() -> None:
+    clock = Clock()
+    t = throttle(clock)
+    t.refused(86_400.0)
+    assert t.delay(1, may_probe=False) <= 60.0
