@@ -6,7 +6,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -28,22 +28,23 @@ from market_data_store.client import (
 )
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from tests.support.postgres import count_bars, stored_bars
-from tests.support.service import RunningService, running_service, service_settings
+from tests.support.service import (
+    RunningService,
+    ServiceFactory,
+    running_service,
+    service_factory,
+    service_settings,
+)
 from tests.support.tcp_proxy import TcpProxy
 
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 LOCAL = "test/bars"
 HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
 
-ServiceFactory = Callable[..., AbstractAsyncContextManager[RunningService]]
-
 
 @pytest.fixture
 def service_with(database_url: str, tmp_path: Path) -> ServiceFactory:
-    def make(**env: str) -> AbstractAsyncContextManager[RunningService]:
-        return running_service(service_settings(database_url, str(tmp_path), **env))
-
-    return make
+    return service_factory(database_url, str(tmp_path))
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout
 from tests.support.bars import bars_body
-from tests.support.service import RunningService, running_service, service_settings
+from tests.support.service import RunningService, ServiceFactory, service_factory
 from tests.support.sse import Message, open_stream
 
 HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
 LOCAL = "test/bars"
 
-ServiceFactory = Callable[..., AbstractAsyncContextManager[RunningService]]
-
 
 @pytest.fixture
 def service_with(database_url: str, tmp_path: Path) -> ServiceFactory:
-    def make(**env: str) -> AbstractAsyncContextManager[RunningService]:
-        return running_service(service_settings(database_url, str(tmp_path), **env))
-
-    return make
+    return service_factory(database_url, str(tmp_path))
 
 
 @pytest.fixture

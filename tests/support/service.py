@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -76,3 +76,15 @@ async def running_service(
         server.should_exit = True
         await asyncio.wait_for(task, 30)
         sock.close()
+
+
+ServiceFactory = Callable[..., AbstractAsyncContextManager[RunningService]]
+
+
+def service_factory(database_url: str, tmp_dir: str) -> ServiceFactory:
+    """``make(**env)``: a running service on ``database_url`` with these settings."""
+
+    def make(**env: str) -> AbstractAsyncContextManager[RunningService]:
+        return running_service(service_settings(database_url, tmp_dir, **env))
+
+    return make
