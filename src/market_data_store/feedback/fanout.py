@@ -346,9 +346,6 @@ class FeedbackFanout:
             log.info("feedback: %d coordinator(s) of replicas gone: %s", len(gone), gone[:10])
         return gone
 
-    def is_local(self, coordinator_id: str) -> bool:
-        return coordinator_id in self._local
-
     # -- reading -------------------------------------------------------------
 
     @property
