@@ -106,6 +106,92 @@ async def test_duplicate_keys_inside_one_batch_keep_the_latest(pool: DbPool) -> 
     assert only["close"] == Decimal("187.03")
 
 
+async def test_new_bars_take_the_fast_path(pool: DbPool) -> None:
+    sink = BarsSink(pool)
+    await sink.write([row(i) for i in range(10)])
+    await sink.write([row(i) for i in range(10, 20)])
+    assert (sink.stats.copied_batches, sink.stats.merged_batches, sink.stats.conflicts) == (2, 0, 0)
+    assert sink.stats.rows_written == 20
+    rows = await stored(pool)
+    assert len(rows) == 20
+    assert {(r["ingested_at"], r["updated_at"]) for r in rows} == {(ACCEPTED, ACCEPTED)}
+
+
+async def test_a_mixed_batch_falls_back_to_the_merge_whole(pool: DbPool) -> None:
+    """Existing keys (a unique violation inside the fast COPY) send the batch to the
+    merge: new keys are inserted, newer versions win, older ones and unchanged ones
+    are left alone, and nothing of the failed COPY remains."""
+    sink = BarsSink(pool)
+    await sink.write([row(0, close="187.00"), row(1), row(2, close="187.30")])
+    later = ACCEPTED + timedelta(seconds=5)
+    await sink.write(
+        [
+            row(3),  # new, before the conflicting key in the COPY
+            row(0, close="187.10", accepted=later),  # existing, newer: wins
+            row(1, accepted=later),  # existing, unchanged: not rewritten
+            row(2, close="187.00", accepted=ACCEPTED - timedelta(seconds=5)),  # older
+            row(4),  # new, after
+        ]
+    )
+    assert (sink.stats.copied_batches, sink.stats.merged_batches, sink.stats.conflicts) == (1, 1, 1)
+    assert sink.stats.rows_written == 3 + 3  # 3 copied; 2 new + 1 changed merged
+    by_minute = {(r["ts"] - T0) // timedelta(minutes=1): r for r in await stored(pool)}
+    assert sorted(by_minute) == [0, 1, 2, 3, 4]
+    assert (by_minute[0]["close"], by_minute[0]["updated_at"]) == (Decimal("187.10"), later)
+    assert by_minute[0]["ingested_at"] == ACCEPTED
+    assert by_minute[1]["updated_at"] == ACCEPTED
+    assert by_minute[2]["close"] == Decimal("187.30")
+
+
+async def test_conflicts_make_the_sink_skip_the_fast_path_for_a_while(pool: DbPool) -> None:
+    """A replay of existing bars pays a failed COPY once per growing number of
+    batches (1, 2, 4... up to 64); a fast success resets it."""
+    sink = BarsSink(pool)
+    await sink.write([row(0)])
+    attempts = []
+    for i in range(12):  # each batch holds an existing key
+        before = sink.stats.conflicts
+        await sink.write([row(0, accepted=ACCEPTED + timedelta(seconds=i + 1)), row(100 + i)])
+        attempts.append(sink.stats.conflicts - before)
+    # tried at batches 0, 2, 5 (after skipping 1, then 2), 10 (after skipping 4)
+    assert attempts == [1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0]
+    assert sink.stats.merged_batches == 12
+    for i in range(9):  # new keys only: tried again after the 8 skipped batches, then reset
+        await sink.write([row(200 + i)])
+    assert sink.stats.copied_batches == 1 + 2  # the first batch, then batches 8 and 9
+    assert len(await stored(pool)) == 1 + 12 + 9
+
+
+async def test_a_check_violation_in_the_fast_path_is_raised_not_merged(pool: DbPool) -> None:
+    """A CHECK violation inside the fast COPY is the poison path's business (the writer
+    bisects): raised as it is, non-retryable, not taken for a conflict."""
+    sink = BarsSink(pool)
+    with pytest.raises(asyncpg.CheckViolationError) as info:
+        await sink.write([row(0), row(1, low="999")])
+    assert not is_retryable(info.value)
+    assert (sink.stats.conflicts, sink.stats.merged_batches) == (0, 0)
+    assert await stored(pool) == []
+    await sink.write([row(0)])  # the fast path is still on
+    assert sink.stats.copied_batches == 1
+
+
+async def test_a_conflict_and_a_check_violation_in_one_batch(pool: DbPool) -> None:
+    sink = BarsSink(pool)
+    await sink.write([row(0)])
+    with pytest.raises(asyncpg.CheckViolationError):
+        await sink.write([row(0, close="187.30", accepted=ACCEPTED + timedelta(seconds=1)),
+                          row(1, low="999")])  # fmt: skip
+    (only,) = await stored(pool)
+    assert only["close"] == Decimal("187.02")
+
+
+async def test_without_the_fast_path_every_batch_is_merged(pool: DbPool) -> None:
+    sink = BarsSink(pool, fast_path=False)
+    await sink.write([row(0), row(1)])
+    assert (sink.stats.copied_batches, sink.stats.merged_batches) == (0, 1)
+    assert len(await stored(pool)) == 2
+
+
 async def test_text_needing_csv_quoting_round_trips(pool: DbPool) -> None:
     sink = BarsSink(pool)
     odd = ["we,ird", 'quo"te', "multi\nline", ""]
@@ -179,5 +265,5 @@ def test_csv_fast_path_output() -> None:
     out = encode_csv([row(0)]).decode()
     assert out == (
         "ibkr,AAPL,1m,2024-01-02T14:30:00+00:00,187.15,187.40,186.90,187.02,120034,f,"
-        "2026-01-01T00:00:00+00:00\n"
+        "2026-01-01T00:00:00+00:00,2026-01-01T00:00:00+00:00\n"
     )

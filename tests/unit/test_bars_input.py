@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -28,9 +29,9 @@ def body(**bar: Any) -> dict[str, Any]:
     return {"provider": " ibkr ", "bars": [{**base, **bar}]}
 
 
-def rows_of(payload: dict[str, Any], media_type: str = JSON) -> list[Any]:
+def rows_of(payload: dict[str, Any], media_type: str = JSON, limit: int = 100) -> list[Any]:
     encode = msgspec.json.encode if media_type == JSON else msgspec.msgpack.encode
-    return to_rows(decode(encode(payload), media_type, 100), NOW)
+    return to_rows(decode(encode(payload), media_type, limit), NOW)
 
 
 def test_valid_bar_becomes_a_row() -> None:
@@ -42,12 +43,87 @@ def test_valid_bar_becomes_a_row() -> None:
 
 @pytest.mark.parametrize(
     ("given", "stored"),
-    [("1E+2", "1E+2"), ("100.00", "100.00"), (1e2, "100.0"), ("0.000000000000000001", "1E-18")],
+    [
+        ("1E+2", "100"),
+        ("100.00", "100.00"),
+        (1e2, "100.0"),
+        ("0.000000000000000001", "0.000000000000000001"),
+        ("1e-18", "0.000000000000000001"),
+        ("\u0665", "5"),  # Arabic-Indic five: Decimal reads it; stored as ASCII
+    ],
 )
 def test_unusual_but_valid_numbers_pass_the_slow_path(given: Any, stored: str) -> None:
     (row,) = rows_of(body(open=given, close=given, high="1000", low="0", volume=given))
     assert row.open == stored
     assert Decimal(row.open) == Decimal(str(given))
+
+
+def test_json_numbers_keep_their_literal_text() -> None:
+    raw = (
+        b'{"provider": "p", "bars": [{"symbol": "A", "ts": "2024-01-02T00:00:00Z",'
+        b' "open": 10.10, "high": 12.000000000000000001, "low": 9, "close": 11.5,'
+        b' "volume": 123456789012345678901e-2}]}'
+    )
+    (row,) = to_rows(decode(raw, JSON, 10), NOW)
+    assert (row.open, row.high, row.low, row.close) == (
+        "10.10",
+        "12.000000000000000001",
+        "9",
+        "11.5",
+    )
+    assert row.volume == "1234567890123456789.01"
+
+
+@pytest.mark.parametrize("offset", ["+23:59", "-23:59", "+16:00", "-00:00", "+05:30"])
+def test_timestamps_leave_in_utc(offset: str) -> None:
+    (row,) = rows_of(body(ts=f"2024-01-02T14:30:00{offset}"))
+    assert row.ts.tzinfo is UTC
+    assert row.ts == datetime.fromisoformat(f"2024-01-02T14:30:00{offset}")
+
+
+@pytest.mark.parametrize(
+    "value", [True, None, [], {}, "", "abc", "1.2.3", "--1", "nan", "Infinity"]
+)
+def test_what_is_not_a_number_is_refused(value: Any) -> None:
+    with pytest.raises(InvalidBody) as info:
+        rows_of(body(open=value))
+    assert [(e.index, e.field) for e in info.value.errors] == [(0, "open")]
+
+
+@pytest.mark.parametrize("long_values", [False, True])
+def test_fast_and_exact_checks_agree(long_values: bool) -> None:
+    """Every combination of prices around the edges the fast path decides with floats
+    (ties, values equal as floats but not as decimals, equal values written
+    differently), in one request: every bar gets the verdict ``Decimal`` gives, and a
+    valid one keeps its value. With long values in the request, every bar takes the
+    exact path."""
+    base = ["100.25", "100.250", "100.2500000000001", "-0", "0", "9007199254740993",
+            "9007199254740992", "12345678901234567"]  # fmt: skip
+    volumes = ["0", "-0", "-1", "12.5", "1" * 19]
+    if long_values:
+        base += ["99999999999999999999", "100000000000000000000", "100.25000000000000001"]
+        volumes.append("1" * 21)
+    bars: list[dict[str, Any]] = []
+    for i, (o, h, lo, c) in enumerate(itertools.product(base, repeat=4)):
+        bars.append({"symbol": "X", "ts": "2024-01-02T00:00:00Z", "open": o, "high": h,
+                     "low": lo, "close": c, "volume": volumes[i % len(volumes)],
+                     "resolution": "1m"})  # fmt: skip
+    invalid = set()
+    for index, bar in enumerate(bars):
+        do, dh, dl, dc, dv = (Decimal(bar[k]) for k in ("open", "high", "low", "close", "volume"))
+        if not (dl <= min(do, dc) and dh >= max(do, dc) and dv >= 0 and max(dh, dv) < 10**20):
+            invalid.add(index)
+    assert 100 < len(invalid) < len(bars) - 100
+    with pytest.raises(InvalidBody) as info:
+        rows_of({"provider": "p", "bars": bars}, limit=100_000)
+    assert {e.index for e in info.value.errors} == invalid
+    valid = [{**bar, "ts": f"2024-01-02T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"}
+             for i, bar in enumerate(bars) if i not in invalid]  # fmt: skip
+    rows = rows_of({"provider": "p", "bars": valid}, limit=100_000)
+    assert len(rows) == len(valid)
+    for bar, row in zip(valid, rows, strict=True):
+        for key in ("open", "high", "low", "close", "volume"):
+            assert Decimal(getattr(row, key)) == Decimal(bar[key])
 
 
 def test_msgpack_numbers_decode_exactly() -> None:
@@ -134,3 +210,12 @@ def test_mangled_bodies_only_ever_raise_client_errors() -> None:
         except (InvalidBody, MalformedBody, TooManyBars):
             seen += 1
     assert seen > 1000  # most mutations are indeed refused
+
+
+@pytest.mark.parametrize("ts", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
+def test_timestamps_at_the_ends_of_the_calendar_are_refused(ts: str) -> None:
+    payload = body(ts=ts)
+    payload["bars"] = [body()["bars"][0], payload["bars"][0]]  # the fast path's request
+    with pytest.raises(InvalidBody) as info:
+        rows_of(payload)
+    assert [(e.index, e.field) for e in info.value.errors] == [(1, "ts")]

@@ -1,19 +1,26 @@
 """POST /v1/bars bodies: decode (JSON or MessagePack), validate every bar, build rows.
 
-Decoding goes straight into typed msgspec Structs; prices become ``Decimal``
-whether sent as strings or numbers, so nothing passes through a float. A
-request is all or nothing: every problem of every bar is collected (index,
+Decoding goes straight into typed msgspec Structs. Prices stay the text they
+were sent as: JSON strings as they are, JSON numbers as their literal text (a
+``float_hook``: never a float), MessagePack numbers as their shortest repr.
+The common bar is checked in one pass on that text (one regular expression for
+all five numbers, float comparisons that decide exactly or defer, cached
+symbols); only a bar that fails the cheap test is examined with ``Decimal`` to
+find out exactly what is wrong, or that it is fine after all (e.g. ``1E+2``).
+
+A request is all or nothing: every problem of every bar is collected (index,
 field, message) and reported together, so a producer fixes a batch in one go.
 A body msgspec cannot type is re-read loosely, field by field, for the same
-complete report.
+complete report. Timestamps leave this module in UTC: PostgreSQL refuses
+offsets beyond +-15:59 that RFC 3339 allows.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import msgspec
@@ -42,21 +49,24 @@ MEDIA_TYPES = {
 }
 
 
-class BarIn(msgspec.Struct):
-    """One bar as sent: Core ``Bar`` fields (unknown extra fields are ignored)."""
+class BarIn(msgspec.Struct, gc=False):
+    """One bar as sent: Core ``Bar`` fields (unknown extra fields are ignored).
+
+    Prices are typed loosely on purpose: a string, an integer or a float (MessagePack)
+    as decoded, JSON numbers as their literal text; ``to_rows`` checks them."""
 
     symbol: str
     ts: datetime
-    open: Decimal
-    high: Decimal
-    low: Decimal
-    close: Decimal
-    volume: Decimal
+    open: Any
+    high: Any
+    low: Any
+    close: Any
+    volume: Any
     resolution: str = "1d"
     delayed: bool = False
 
 
-class IngestRequest(msgspec.Struct):
+class IngestRequest(msgspec.Struct, gc=False):
     provider: str
     bars: list[BarIn]
 
@@ -84,7 +94,11 @@ class TooManyBars(Exception):
 
 
 _DECODERS: dict[str, Any] = {
-    JSON: (msgspec.json.Decoder(IngestRequest), msgspec.json.Decoder()),
+    # float_hook: a JSON number with a fraction or exponent arrives as its own text
+    JSON: (
+        msgspec.json.Decoder(IngestRequest, float_hook=str),
+        msgspec.json.Decoder(float_hook=str),
+    ),
     MSGPACK: (msgspec.msgpack.Decoder(IngestRequest), msgspec.msgpack.Decoder()),
 }
 
@@ -150,8 +164,9 @@ def _all_errors(data: Any) -> list[BarError]:
         if typing_errors:
             errors.extend(typing_errors)
             continue
-        typed = msgspec.convert(bar, BarIn, strict=True)
-        errors.extend(BarError(index, f, m) for f, m in _check(typed, typed.symbol.strip().upper()))
+        checked = _check(msgspec.convert(bar, BarIn, strict=True))
+        if isinstance(checked, list):
+            errors.extend(BarError(index, f, m) for f, m in checked)
     return errors or [BarError(None, "$", "body does not match the expected shape")]
 
 
@@ -201,58 +216,135 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
     """Validate every bar (all errors collected) and build the rows to store; a key
     sent twice in one request keeps its last bar.
 
-    A cheap combined test passes the common, valid bar; only a bar that fails it
-    goes through ``_check`` to find out what exactly is wrong (or that it is fine
-    after all, e.g. a price written as ``1E+2``).
+    The numbers of the whole request are checked at once (``_plain_numbers``);
+    then a cheap test per bar passes the common, valid one: a known symbol, a
+    timestamp in range, a known resolution, and float values that put low and high
+    around open and close. Float conversion is monotonic, so a strict float
+    inequality holds exactly; a tie holds exactly when the texts are equal. Any
+    other tie, and anything unusual, goes through ``_check``, which decides with
+    ``Decimal`` (so does every bar of a request whose numbers are not all plain).
     """
     errors = _provider_errors(request.provider)
     provider = request.provider.strip()
-    if not request.bars:
+    bars = request.bars
+    if not bars:
         errors.append(BarError(None, "bars", "must not be empty"))
     rows: list[BarRow] = []
     append = rows.append
-    plain = _PLAIN_NUMBERS
-    good_resolutions = _GOOD_RESOLUTIONS
-    for index, bar in enumerate(request.bars):
-        symbol = bar.symbol.strip().upper()
-        o, h, lo, c, v = bar.open, bar.high, bar.low, bar.close, bar.volume
-        so, sh, sl, sc, sv = str(o), str(h), str(lo), str(c), str(v)
-        if not (
-            plain(f"{so},{sh},{sl},{sc},{sv}")
-            and bar.ts.utcoffset() is not None
-            and EARLIEST <= bar.ts < LATEST
-            and (bar.resolution in good_resolutions or _remember_resolution(bar.resolution))
-            and 0 < len(symbol) <= MAX_SYMBOL_LENGTH
-            and symbol.isprintable()
-            and " " not in symbol
-            and v >= 0
-            and lo <= o
-            and lo <= c
-            and h >= o
-            and h >= c
-        ):
-            problems = _check(bar, symbol)
-            if problems:
-                errors.extend(BarError(index, field, message) for field, message in problems)
-                continue
-        append(
-            BarRow(
-                provider,
-                symbol,
-                bar.resolution,
-                bar.ts,
-                so,
-                sh,
-                sl,
-                sc,
-                sv,
-                bar.delayed,
-                received_at,
+    plain = _plain_numbers(bars)
+    if plain is None:
+        for index, bar in enumerate(bars):
+            _check_into(index, bar, provider, received_at, append, errors)
+    else:
+        good_resolutions, symbols, utc = _GOOD_RESOLUTIONS, _SYMBOLS, UTC
+        earliest, latest = EARLIEST, LATEST
+        texts, values = iter(plain[0]), iter(plain[1])
+        for index, (bar, o, h, lo, c, v, fo, fh, fl, fc, fv) in enumerate(
+            zip(
+                bars,
+                texts,
+                texts,
+                texts,
+                texts,
+                texts,
+                values,
+                values,
+                values,
+                values,
+                values,
+                strict=True,
             )
-        )
+        ):
+            symbol = symbols.get(bar.symbol)
+            ts = bar.ts
+            if ts.tzinfo is not utc:
+                ts = _utc(ts)
+            if (
+                symbol is not None
+                and ts is not None
+                and earliest <= ts < latest
+                and bar.resolution in good_resolutions
+                and fv >= 0
+                and (fl < fo or lo == o)
+                and (fl < fc or lo == c)
+                and (fh > fo or h == o)
+                and (fh > fc or h == c)
+            ):
+                append(
+                    BarRow(
+                        provider,
+                        symbol,
+                        bar.resolution,
+                        ts,
+                        o,
+                        h,
+                        lo,
+                        c,
+                        v,
+                        bar.delayed,
+                        received_at,
+                    )
+                )
+            else:
+                _check_into(index, bar, provider, received_at, append, errors)
     if errors:
         raise InvalidBody(errors)
     return _last_of_each_key(rows)
+
+
+def _check_into(
+    index: int,
+    bar: BarIn,
+    provider: str,
+    received_at: datetime,
+    append: Callable[[BarRow], None],
+    errors: list[BarError],
+) -> None:
+    checked = _check(bar)
+    if isinstance(checked, list):
+        errors.extend(BarError(index, field, message) for field, message in checked)
+    else:
+        append(BarRow(provider, *checked, bar.delayed, received_at))
+
+
+def _utc(ts: datetime) -> datetime | None:
+    """``ts`` in UTC; None when it has no offset or is out of range (``_check`` says
+    which). Compared before converted: near year 1 or 9999 converting overflows."""
+    if ts.utcoffset() is None or not EARLIEST <= ts < LATEST:
+        return None
+    return ts.astimezone(UTC)
+
+
+_FLOATS = msgspec.json.Decoder(list[float])
+_NOT_PLAIN = "eE+ \t\r\n"  # what JSON numbers may hold and plain decimals may not
+_MAX_PLAIN_LENGTH = 19  # no fraction beyond MAX_SCALE digits, nothing reaching 10^20
+
+
+def _plain_numbers(bars: list[BarIn]) -> tuple[list[str], list[float]] | None:
+    """The five numbers of every bar as text and as float, when each one is a plain
+    decimal within the column's domain; None otherwise.
+
+    One pass over the request in C: the numbers are joined into one JSON array
+    (JSON's number grammar without exponents is the plain decimal grammar, bar
+    ``-0``-style details PostgreSQL reads the same), parsed as floats in one call,
+    and each is at most 19 characters long, so it cannot have more than 18 digits
+    after the point nor reach 10^20. A comma inside a value shows as a wrong count.
+    """
+    if not bars:
+        return None
+    joined = ",".join([f"{b.open},{b.high},{b.low},{b.close},{b.volume}" for b in bars])
+    if any(character in joined for character in _NOT_PLAIN):
+        return None
+    try:
+        values = _FLOATS.decode(f"[{joined}]")
+    except msgspec.DecodeError:
+        return None
+    texts = joined.split(",")
+    if len(values) != 5 * len(bars) or len(texts) != len(values):
+        return None
+    if max(map(len, texts)) > _MAX_PLAIN_LENGTH:
+        return None
+    return texts, values
 
 
 def _last_of_each_key(rows: list[BarRow]) -> list[BarRow]:
@@ -262,48 +354,75 @@ def _last_of_each_key(rows: list[BarRow]) -> list[BarRow]:
     return rows if len(latest) == len(rows) else list(latest.values())
 
 
-# Five decimals in plain notation within the column's domain (see MAX_* above).
-_NUMBER = rf"-?\d{{1,{MAX_INTEGER_DIGITS}}}(?:\.\d{{1,{MAX_SCALE}}})?"
-_PLAIN_NUMBERS = re.compile(rf"(?:{_NUMBER},){{4}}{_NUMBER}").fullmatch
 _GOOD_RESOLUTIONS: set[str] = set()
+_SYMBOLS: dict[str, str] = {}  # symbol as sent -> as stored, for valid symbols only
+_MAX_CACHED = 100_000
+
+# (symbol, resolution, ts, open, high, low, close, volume) of a valid bar
+Checked = tuple[str, str, datetime, str, str, str, str, str]
 
 
-def _remember_resolution(resolution: str) -> bool:
-    if RESOLUTION.fullmatch(resolution) is None:
-        return False
-    if len(_GOOD_RESOLUTIONS) < 1000:  # a handful in practice; bounded regardless
-        _GOOD_RESOLUTIONS.add(resolution)
-    return True
-
-
-def _check(bar: BarIn, symbol: str) -> list[tuple[str, str]]:
-    """What is wrong with one bar: (field, message) pairs; empty when valid."""
+def _check(bar: BarIn) -> Checked | list[tuple[str, str]]:
+    """One bar, examined exactly: its stored form when valid, else what is wrong
+    ((field, message) pairs)."""
     problems: list[tuple[str, str]] = []
+    symbol = bar.symbol.strip().upper()
     if not 0 < len(symbol) <= MAX_SYMBOL_LENGTH or not symbol.isprintable() or " " in symbol:
         problems.append(
             ("symbol", f"must be 1-{MAX_SYMBOL_LENGTH} printable characters without spaces")
         )
-    if bar.ts.tzinfo is None or bar.ts.utcoffset() is None:
+    ts = bar.ts
+    if ts.tzinfo is None or ts.utcoffset() is None:
         problems.append(("ts", "must include a timezone (e.g. 2024-01-02T14:30:00Z)"))
-    elif not EARLIEST <= bar.ts < LATEST:
+    elif not EARLIEST <= ts < LATEST:
         problems.append(("ts", f"must be from {EARLIEST.year} to {LATEST.year - 1}"))
     if not RESOLUTION.fullmatch(bar.resolution):
         problems.append(("resolution", "must be <n><s|m|h|d|w|mo>, e.g. 1m, 5m, 1h, 1d, 1mo"))
-    bad: set[str] = set()
+    values: dict[str, Decimal] = {}
     for name in ("open", "high", "low", "close", "volume"):
-        message = _number_problem(getattr(bar, name))
-        if message:
+        value = _decimal(getattr(bar, name))
+        message = value if isinstance(value, str) else _number_problem(value)
+        if message is None:
+            assert isinstance(value, Decimal)
+            values[name] = value
+        else:
             problems.append((name, message))
-            bad.add(name)
-    if "volume" not in bad and bar.volume < 0:
+    volume = values.get("volume")
+    if volume is not None and volume < 0:
         problems.append(("volume", "must be >= 0"))
-    if not bad.intersection(PRICE_FIELDS):
-        lo, hi = min(bar.open, bar.close), max(bar.open, bar.close)
-        if bar.low > lo:
+    if all(name in values for name in PRICE_FIELDS):
+        o, h, lo, c = (values[name] for name in ("open", "high", "low", "close"))
+        if lo > min(o, c):
             problems.append(("low", "must be <= min(open, close)"))
-        if bar.high < hi:
+        if h < max(o, c):
             problems.append(("high", "must be >= max(open, close)"))
-    return problems
+    if problems:
+        return problems
+    # remembered for the fast path; bounded (a few thousand in practice)
+    if len(_SYMBOLS) >= _MAX_CACHED:
+        _SYMBOLS.clear()
+    _SYMBOLS[bar.symbol] = symbol
+    if len(_GOOD_RESOLUTIONS) < 1000:
+        _GOOD_RESOLUTIONS.add(bar.resolution)
+    texts = (_plain(values[name]) for name in ("open", "high", "low", "close", "volume"))
+    to, th, tl, tc, tv = texts
+    return (symbol, bar.resolution, ts.astimezone(UTC), to, th, tl, tc, tv)
+
+
+def _decimal(value: Any) -> Decimal | str:
+    """The exact value of a number as sent, or what is wrong with it."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return "must be a number or a decimal string"
+    try:
+        # a float only ever comes from MessagePack: its shortest repr is what was meant
+        return Decimal(repr(value) if isinstance(value, float) else value)
+    except (InvalidOperation, ValueError):
+        return "must be a decimal number"
+
+
+def _plain(value: Decimal) -> str:
+    """Positional notation (1E+2 -> 100): the text the fast path would have stored."""
+    return format(value, "f")
 
 
 def _number_problem(value: Decimal) -> str | None:

@@ -1,11 +1,20 @@
-"""Writes batches of bars: CSV COPY into a staging table, then one idempotent upsert.
+"""Writes batches of bars: optimistic COPY into ``bars``, else staging and one upsert.
 
-COPY cannot do ``ON CONFLICT``, so each batch is copied (CSV text, prices as the
-decimal strings received: no float or Decimal encoding on the hot path) into a
-per-connection temporary table and merged with ``INSERT ... SELECT ... ON
-CONFLICT DO UPDATE``. The merge keeps the most recently *accepted* version of a
-bar (``received_at``) and skips rows whose values did not change. Copy and
-merge share one transaction: a batch lands whole or not at all.
+Market data is append-mostly, so a batch is first copied (CSV text, prices as
+the decimal strings received: no float or Decimal encoding on the hot path)
+straight into ``bars``: one statement, atomic on its own. Only when that meets a
+unique violation (some keys exist already) is the batch written the idempotent
+way: COPY into a per-connection temporary table, then ``INSERT ... SELECT ... ON
+CONFLICT DO UPDATE`` in one transaction. The merge keeps the most recently
+*accepted* version of a bar (``received_at``) and skips rows whose values did not
+change. Either way a batch lands whole or not at all. Any other error of the
+fast COPY (a CHECK, a bad value) is raised as it is: the writer isolates the
+poison rows by bisection, as for the merge.
+
+After a conflict the sink skips the fast path for a number of batches that
+doubles with each further conflict (1, 2, 4... up to 64) and resets on a fast
+success, so a replay of existing bars pays one failed COPY (which fails at the
+first existing key) per 64 batches, not one per batch.
 """
 
 from __future__ import annotations
@@ -19,6 +28,8 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
     from .pool import DbPool
 
 from .rows import BarRow
@@ -26,6 +37,8 @@ from .rows import BarRow
 log = logging.getLogger(__name__)
 
 STAGING = "bars_staging"
+# The CSV's columns, in ``bars`` and in the staging table alike: when the store
+# accepted this version is both ``ingested_at`` (of a new key) and ``updated_at``.
 COLUMNS = (
     "provider",
     "symbol",
@@ -37,14 +50,16 @@ COLUMNS = (
     "close",
     "volume",
     "delayed",
-    "received_at",
+    "ingested_at",
+    "updated_at",
 )
+MAX_SKIPPED_BATCHES = 64
 
 _CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
     provider text, symbol text, resolution text, ts timestamptz,
     open numeric, high numeric, low numeric, close numeric, volume numeric,
-    delayed boolean, received_at timestamptz
+    delayed boolean, ingested_at timestamptz, updated_at timestamptz
 ) ON COMMIT DELETE ROWS
 """
 
@@ -52,7 +67,7 @@ _MERGE = f"""
 INSERT INTO bars AS b (provider, symbol, resolution, ts, open, high, low, close, volume,
                        delayed, ingested_at, updated_at)
 SELECT provider, symbol, resolution, ts, open, high, low, close, volume,
-       delayed, received_at, received_at
+       delayed, ingested_at, updated_at
 FROM {STAGING}
 ON CONFLICT (provider, symbol, resolution, ts) DO UPDATE
 SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
@@ -73,27 +88,63 @@ async def prepare_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
 class SinkStats:
     rows_received: int = 0
     rows_written: int = 0  # inserted or changed; unchanged duplicates are not rewritten
+    copied_batches: int = 0  # written by the fast path (COPY straight into bars)
+    merged_batches: int = 0  # written by staging + upsert
+    conflicts: int = 0  # fast COPYs that met existing keys (then merged)
 
 
 class BarsSink:
     """The coordinator's sink for ``BarRow`` batches (satisfies ``Sink[BarRow]``)."""
 
-    def __init__(self, pool: DbPool) -> None:
+    def __init__(self, pool: DbPool, *, fast_path: bool = True) -> None:
         self._pool = pool
         self.stats = SinkStats()
+        self._fast_path = fast_path
+        self._skip = 0  # batches still to merge without trying the fast path
+        self._penalty = 0  # what the next conflict sets ``_skip`` to (doubling)
 
     async def write(self, batch: Sequence[BarRow]) -> None:
         if not batch:
             return
         rows = latest_versions(batch)
         payload = encode_csv(rows)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.copy_to_table(
-                STAGING, source=_chunks(payload), columns=COLUMNS, format="csv"
-            )
-            status = await conn.execute(_MERGE)
+        async with self._pool.acquire() as conn:
+            written = await self._copy(conn, payload)
+            if written is None:
+                async with conn.transaction():
+                    await conn.copy_to_table(
+                        STAGING, source=_chunks(payload), columns=COLUMNS, format="csv"
+                    )
+                    status = await conn.execute(_MERGE)
+                written = _count(status)
+                self.stats.merged_batches += 1
         self.stats.rows_received += len(batch)
-        self.stats.rows_written += int(status.rsplit(" ", 1)[-1])
+        self.stats.rows_written += written
+
+    async def _copy(self, conn: PoolConnectionProxy[asyncpg.Record], payload: bytes) -> int | None:
+        """The fast path: rows written, or None when the batch must be merged."""
+        if not self._fast_path:
+            return None
+        if self._skip > 0:
+            self._skip -= 1
+            return None
+        try:
+            status = await conn.copy_to_table(
+                "bars", source=_chunks(payload), columns=COLUMNS, format="csv"
+            )
+        except asyncpg.UniqueViolationError:
+            self.stats.conflicts += 1
+            self._penalty = min(max(1, 2 * self._penalty), MAX_SKIPPED_BATCHES)
+            self._skip = self._penalty
+            return None
+        self._penalty = 0
+        self.stats.copied_batches += 1
+        return _count(status)
+
+
+def _count(status: str) -> int:
+    """Rows of a command status (``COPY 5000``, ``INSERT 0 5000``)."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 async def _chunks(payload: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
@@ -119,8 +170,8 @@ def _quote(value: str) -> str:
 
 
 def encode_csv(rows: Sequence[BarRow]) -> bytes:
-    """CSV in ``COLUMNS`` order. Text is quoted only when it must be (or is empty,
-    which unquoted CSV would read as NULL)."""
+    """CSV in ``COLUMNS`` order (``received_at`` twice). Text is quoted only when it
+    must be (or is empty, which unquoted CSV would read as NULL)."""
     out: list[str] = []
     append = out.append
     last_received: datetime | None = None
@@ -130,7 +181,8 @@ def encode_csv(rows: Sequence[BarRow]) -> bytes:
     for r in rows:
         if r.received_at is not last_received:  # one request shares one timestamp
             last_received = r.received_at
-            received = r.received_at.isoformat()
+            stamp = r.received_at.isoformat()
+            received = f"{stamp},{stamp}"
         if r.ts != last_ts:  # bars of many symbols often share a timestamp
             last_ts = r.ts
             ts = r.ts.isoformat()
@@ -139,7 +191,7 @@ def encode_csv(rows: Sequence[BarRow]) -> bytes:
             f"{r.low},{r.close},{r.volume},{'t' if r.delayed else 'f'},{received}\n"
         )
         if (
-            line.count(",") != 10
+            line.count(",") != 11
             or '"' in line
             or "\r" in line
             or line.count("\n") != 1
@@ -163,6 +215,5 @@ def _slow_line(r: BarRow, received: str) -> str:
         r.close,
         r.volume,
         "t" if r.delayed else "f",
-        received,
     )
-    return ",".join(_quote(f) for f in fields) + "\n"
+    return ",".join(_quote(f) for f in fields) + f",{received}\n"

@@ -7,7 +7,7 @@ from datetime import datetime
 import msgspec
 
 
-class BarRow(msgspec.Struct, frozen=True):
+class BarRow(msgspec.Struct, frozen=True, gc=False):
     """One OHLCV bar, validated, with prices kept as the decimal text received.
 
     Prices stay text so they reach PostgreSQL exactly as sent (no float, no

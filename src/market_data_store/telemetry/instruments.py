@@ -141,6 +141,9 @@ class CoordinatorInstruments:
 class _SinkStats(Protocol):
     rows_received: int
     rows_written: int
+    copied_batches: int
+    merged_batches: int
+    conflicts: int
 
 
 class _HasSinkStats(Protocol):
@@ -149,7 +152,8 @@ class _HasSinkStats(Protocol):
 
 
 class SinkInstruments:
-    """``mds.sink.rows.received`` / ``mds.sink.rows.written`` of the tracked sinks."""
+    """``mds.sink.rows.*``, ``mds.sink.batches`` and ``mds.sink.conflicts`` of the
+    tracked sinks."""
 
     def __init__(self, meter: Meter) -> None:
         self._tracked: dict[str, _HasSinkStats] = {}
@@ -165,6 +169,24 @@ class SinkInstruments:
             unit="{row}",
             description="Rows inserted or changed by the sink (unchanged duplicates excluded)",
         )
+        meter.create_observable_counter(
+            "mds.sink.batches",
+            callbacks=[self._batches],
+            unit="{batch}",
+            description="Batches written, by path: copy (straight into the table) or merge",
+        )
+        meter.create_observable_counter(
+            "mds.sink.conflicts",
+            callbacks=[self._reading(lambda s: s.conflicts)],
+            unit="{batch}",
+            description="Fast-path COPYs that met existing keys (the batch was then merged)",
+        )
+
+    def _batches(self, options: CallbackOptions) -> Iterable[Observation]:
+        for name, sink in self._tracked.items():
+            stats = sink.stats
+            yield Observation(stats.copied_batches, {"sink": name, "path": "copy"})
+            yield Observation(stats.merged_batches, {"sink": name, "path": "merge"})
 
     def track(self, sink: _HasSinkStats, name: str) -> None:
         """Report ``sink`` labelled ``sink=name``."""
