@@ -1,22 +1,26 @@
-"""Ingest throughput: HTTP path against the in-process upsert ceiling and psql \\copy.
+"""Ingest throughput: the HTTP path against psql \\copy and the in-process sink.
 
     .venv/bin/python bench/ingest.py [--symbols 500] [--minutes 2000] [--per-request 5000]
-                                     [--clients 4] [--profile profile.txt]
+                                     [--clients 4] [--profile profile.txt] [--truncate]
 
-Same rows (symbols x minutes synthetic 1m bars) three ways, each into an
-emptied ``bars`` table of one database (``DATABASE_URL``, else an embedded
-PostgreSQL started for the run):
+The same rows (symbols x minutes synthetic 1m bars) several ways into one
+database (``DATABASE_URL`` with ``--truncate``: its ``bars`` table is emptied
+again and again; else an embedded PostgreSQL started for the run):
 
-1. ceiling: in-process, one connection, ``BarsSink`` (CSV COPY into a staging
-   table, then ``INSERT ... SELECT ... ON CONFLICT DO UPDATE``), 5,000 rows per write;
-2. ``psql \\copy`` of the same rows as CSV straight into ``bars`` (if psql exists);
-3. HTTP: ``mds-store serve`` in its own process; ``--clients`` concurrent clients POST
-   ``/v1/bars`` (JSON, ``--per-request`` bars each); the last request of each client
-   uses ``?wait=commit`` and, commits being tracked in order, the clock stops when
-   all of them answered: every row is committed then.
+- in-process, one connection, 5,000 rows per write: ``BarsSink`` with the fast
+  path off (COPY into a staging table, then the upsert: 0.4.0's only path) and on
+  (COPY straight into ``bars``), for new rows and for a replay of existing ones;
+- ``psql \\copy`` of the same rows as CSV straight into ``bars`` (if psql exists):
+  what PostgreSQL itself takes;
+- HTTP: ``mds-store serve`` in its own process; ``--clients`` concurrent clients
+  POST ``/v1/bars`` (``--per-request`` bars each): new rows as JSON and as
+  MessagePack, 10 % existing keys (every 10th row stored before, with another
+  close: every batch conflicts), and a full replay. The last request of each client
+  uses ``?wait=commit``; commits being tracked in order, the clock stops when all
+  of them answered: every row is committed then.
 
-Prints rows/s for each and the ratios. ``--profile FILE`` records the service
-with py-spy during the HTTP phase (needs py-spy; run as root).
+Prints rows/s for each and the ratios that matter. ``--profile FILE`` records the
+service with py-spy during the first HTTP case (needs py-spy; run as root).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from market_data_store.storage.bars_sink import COLUMNS, encode_csv
 from market_data_store.storage.embedded import EmbeddedPostgres
 
 T0 = datetime(2024, 1, 2, tzinfo=UTC)
+JSON, MSGPACK = "application/json", "application/msgpack"
 
 
 def make_rows(symbols: int, minutes: int) -> list[BarRow]:
@@ -59,13 +64,13 @@ def make_rows(symbols: int, minutes: int) -> list[BarRow]:
     return rows
 
 
-def request_bodies(rows: list[BarRow], per_request: int) -> list[bytes]:
-    encoder = msgspec.json.Encoder()
+def request_bodies(rows: list[BarRow], per_request: int, media: str = JSON) -> list[bytes]:
+    encoder = msgspec.json.Encoder() if media == JSON else msgspec.msgpack.Encoder()
     bodies = []
     for lo in range(0, len(rows), per_request):
         bars = [
-            {"symbol": r.symbol, "ts": r.ts, "open": r.open, "high": r.high, "low": r.low,
-             "close": r.close, "volume": r.volume, "resolution": r.resolution}
+            {"symbol": r.symbol, "ts": r.ts.isoformat(), "open": r.open, "high": r.high,
+             "low": r.low, "close": r.close, "volume": r.volume, "resolution": r.resolution}
             for r in rows[lo : lo + per_request]
         ]  # fmt: skip
         bodies.append(encoder.encode({"provider": "bench", "bars": bars}))
@@ -90,10 +95,9 @@ async def count(url: str) -> int:
         await conn.close()
 
 
-async def ceiling(url: str, rows: list[BarRow], per_write: int) -> float:
-    await reset(url)
+async def in_process(url: str, rows: list[BarRow], per_write: int, *, fast_path: bool) -> float:
     pool = await open_pool(url, min_size=1, max_size=1)
-    sink = BarsSink(pool)
+    sink = BarsSink(pool, fast_path=fast_path)
     started = time.perf_counter()
     for lo in range(0, len(rows), per_write):
         await sink.write(rows[lo : lo + per_write])
@@ -103,17 +107,27 @@ async def ceiling(url: str, rows: list[BarRow], per_write: int) -> float:
     return len(rows) / elapsed
 
 
+async def preload_every_tenth(url: str, rows: list[BarRow], per_write: int) -> None:
+    """Every 10th row stored before, with another close (still within high/low)."""
+    earlier = rows[0].received_at - timedelta(seconds=1)
+    changed = [msgspec.structs.replace(r, close=r.open, received_at=earlier) for r in rows[::10]]
+    pool = await open_pool(url, min_size=1, max_size=1)
+    sink = BarsSink(pool)
+    for lo in range(0, len(changed), per_write):
+        await sink.write(changed[lo : lo + per_write])
+    await pool.close()
+
+
 def psql_copy(url: str, rows: list[BarRow], tmp: Path) -> float | None:
     if not shutil.which("psql"):
         return None
     asyncio.run(reset(url))
     csv_path = tmp / "bars.csv"
     csv_path.write_bytes(encode_csv(rows))
-    columns = ",".join(c if c != "received_at" else "updated_at" for c in COLUMNS)
     started = time.perf_counter()
     subprocess.run(
         ["psql", url, "-v", "ON_ERROR_STOP=1", "-qc",
-         f"\\copy bars({columns}) FROM '{csv_path}' WITH (FORMAT csv)"],
+         f"\\copy bars({','.join(COLUMNS)}) FROM '{csv_path}' WITH (FORMAT csv)"],
         check=True,
     )  # fmt: skip
     elapsed = time.perf_counter() - started
@@ -132,8 +146,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def post_all(base: str, bodies: list[bytes], clients: int) -> float:
-    headers = {"content-type": "application/json"}
+async def post_all(base: str, bodies: list[bytes], media: str, clients: int) -> float:
+    headers = {"content-type": media}
     shares = [bodies[i::clients] for i in range(clients)]
 
     async def client(share: list[bytes]) -> None:
@@ -155,81 +169,141 @@ async def post_all(base: str, bodies: list[bytes], clients: int) -> float:
     return time.perf_counter() - started
 
 
-def http_path(url: str, rows: int, bodies: list[bytes], clients: int, profile: str | None) -> float:
-    asyncio.run(reset(url))
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="mds-bench-") as tmp:
+class Service:
+    """``mds-store serve`` in its own process, on ``url``."""
+
+    def __init__(self, url: str, tmp: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": url,
                "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/dlq.ndjson"}  # fmt: skip
-        cmd = [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(port)]
-        server = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
+        cmd = [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(self.port)]
+        self.process = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                sys.exit("service did not become ready")
+            time.sleep(0.2)
+
+    def post(self, url: str, rows: int, bodies: list[bytes], media: str, clients: int,
+             profile: str | None = None) -> float:  # fmt: skip
         profiler = None
+        if profile:
+            profiler = subprocess.Popen(
+                [_py_spy(), "record", "--format", "raw", "-o", profile, "-r", "200",
+                 "-p", str(self.process.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    sys.exit("service did not become ready")
-                time.sleep(0.2)
-            if profile:
-                profiler = subprocess.Popen(
-                    [_py_spy(), "record", "--format", "raw", "-o", profile, "-r", "200",
-                     "-p", str(server.pid)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-                time.sleep(1)
-            elapsed = asyncio.run(post_all(base, bodies, clients))
+            elapsed = asyncio.run(post_all(self.base, bodies, media, clients))
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(timeout=60)
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-    assert asyncio.run(count(url)) == rows
-    return rows / elapsed
+        assert asyncio.run(count(url)) == rows
+        return rows / elapsed
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=60)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--symbols", type=int, default=500)
     parser.add_argument("--minutes", type=int, default=2000)
     parser.add_argument("--per-request", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--profile", help="py-spy raw output file for the HTTP phase")
+    parser.add_argument("--profile", help="py-spy raw output file for the first HTTP case")
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="with DATABASE_URL: allow emptying its bars table (again and again)",
+    )
     args = parser.parse_args()
+    url = os.environ.get("DATABASE_URL")
+    if url and not args.truncate:
+        sys.exit(
+            "bench/ingest.py empties the bars table of DATABASE_URL, again and again; "
+            "pass --truncate if that is what you want, or unset DATABASE_URL to run on "
+            "an embedded PostgreSQL"
+        )
 
     rows = make_rows(args.symbols, args.minutes)
-    bodies = request_bodies(rows, args.per_request)
+    per = args.per_request
+    json_bodies = request_bodies(rows, per)
+    msgpack_bodies = request_bodies(rows, per, MSGPACK)
+    n = len(rows)
+    results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mds-bench-") as tmp:
-        url = os.environ.get("DATABASE_URL")
         embedded = None
         if not url:
             embedded = EmbeddedPostgres(Path(tmp) / "pgdata")
             url = asyncio.run(embedded.start())
         try:
-            top = asyncio.run(ceiling(url, rows, args.per_request))
-            raw = psql_copy(url, rows, Path(tmp))
-            via_http = http_path(url, len(rows), bodies, args.clients, args.profile)
+            asyncio.run(reset(url))
+            results["upsert"] = asyncio.run(in_process(url, rows, per, fast_path=False))
+            results["upsert replay"] = asyncio.run(in_process(url, rows, per, fast_path=False))
+            results["fast replay"] = asyncio.run(in_process(url, rows, per, fast_path=True))
+            asyncio.run(reset(url))
+            results["fast"] = asyncio.run(in_process(url, rows, per, fast_path=True))
+            copy = psql_copy(url, rows, Path(tmp))
+            asyncio.run(reset(url))
+            service = Service(url, tmp)
+            try:
+                results["http json"] = service.post(
+                    url, n, json_bodies, JSON, args.clients, args.profile
+                )
+                results["http replay"] = service.post(url, n, json_bodies, JSON, args.clients)
+                asyncio.run(reset(url))
+                results["http msgpack"] = service.post(
+                    url, n, msgpack_bodies, MSGPACK, args.clients
+                )
+                asyncio.run(reset(url))
+                asyncio.run(preload_every_tenth(url, rows, per))
+                results["http mixed"] = service.post(url, n, json_bodies, JSON, args.clients)
+            finally:
+                service.stop()
         finally:
             if embedded is not None:
                 asyncio.run(embedded.stop())
 
-    n = len(rows)
     print(f"rows: {n:,} ({args.symbols} symbols x {args.minutes} minutes), "
-          f"{args.per_request:,} per request, {args.clients} clients")  # fmt: skip
-    print(f"in-process ceiling (COPY->staging->upsert, 1 conn): {top:>10,.0f} rows/s")
-    if raw is not None:
-        print(f"psql \\copy straight into bars                     : {raw:>10,.0f} rows/s")
-    print(f"HTTP POST /v1/bars until committed                : {via_http:>10,.0f} rows/s")
-    print(
-        f"HTTP / ceiling: {via_http / top:.1%}"
-        + (f"   ceiling / \\copy: {top / raw:.1%}" if raw else "")
-    )
+          f"{per:,} per request, {args.clients} clients")  # fmt: skip
+    lines = [
+        ("in-process, staging + upsert (0.4.0's path), new rows", "upsert"),
+        ("in-process, staging + upsert, replay of existing rows", "upsert replay"),
+        ("in-process, fast path, new rows", "fast"),
+        ("in-process, fast path, replay of existing rows", "fast replay"),
+        ("HTTP JSON, new rows, until committed", "http json"),
+        ("HTTP MessagePack, new rows, until committed", "http msgpack"),
+        ("HTTP JSON, 10 % existing keys, until committed", "http mixed"),
+        ("HTTP JSON, replay of existing rows, until committed", "http replay"),
+    ]
+    if copy is not None:
+        lines.insert(0, ("psql \\copy straight into bars", "copy"))
+        results["copy"] = copy
+    for label, key in lines:
+        print(f"{label:54} {results[key]:>10,.0f} rows/s")
+    ratios = [
+        ("HTTP JSON new / psql \\copy (target >= 80 %)", "http json", "copy"),
+        ("HTTP MessagePack new / psql \\copy", "http msgpack", "copy"),
+        ("HTTP MessagePack / HTTP JSON", "http msgpack", "http json"),
+        ("HTTP replay / in-process upsert (target >= 100 %)", "http replay", "upsert"),
+        ("HTTP 10 % existing / HTTP new", "http mixed", "http json"),
+        ("in-process replay, fast path on / off", "fast replay", "upsert replay"),
+        ("in-process new, fast path / upsert", "fast", "upsert"),
+    ]
+    for label, top, bottom in ratios:
+        if top in results and bottom in results:
+            print(f"{label:54} {results[top] / results[bottom]:>10.1%}")
 
 
 if __name__ == "__main__":

@@ -37,15 +37,31 @@ def test_coordinator_benchmark_prints_each_case() -> None:
 
 
 def test_ingest_benchmark_runs_end_to_end(database_url: str) -> None:
+    command = [sys.executable, "bench/ingest.py", "--symbols", "5", "--minutes", "40",
+               "--per-request", "50", "--clients", "2"]  # fmt: skip
+    env = {**os.environ, "DATABASE_URL": database_url}
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0
+    assert "pass --truncate" in refused.stderr  # it empties that table: not without consent
     proc = subprocess.run(
-        [sys.executable, "bench/ingest.py", "--symbols", "5", "--minutes", "40",
-         "--per-request", "50", "--clients", "2"],
+        [*command, "--truncate"], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    cases = ("HTTP JSON, new rows", "HTTP MessagePack, new rows", "10 % existing keys",
+             "HTTP JSON, replay of existing rows", "psql \\copy straight into bars")  # fmt: skip
+    for case in cases:
+        assert case in proc.stdout
+    assert "HTTP JSON new / psql \\copy" in proc.stdout
+
+
+def test_request_path_benchmark_compares_with_0_4_0() -> None:
+    proc = subprocess.run(
+        [sys.executable, "bench/request_path.py", "--bars", "600", "--rounds", "2"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
-        env={**os.environ, "DATABASE_URL": database_url},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "HTTP POST /v1/bars until committed" in proc.stdout
-    assert "HTTP / ceiling:" in proc.stdout
+    assert proc.stdout.count("now/0.4.0") == 1
+    assert "decode + validate, msgpack, string prices" in proc.stdout
 
 
 def test_health_benchmark_runs(database_url: str) -> None:

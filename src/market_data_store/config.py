@@ -93,6 +93,11 @@ class CoordinatorSettings(_Section, kw_only=True, frozen=True):
         return max(1, int(0.8 * self.capacity))
 
     @property
+    def resolved_batch_size(self) -> int:
+        """Items per write: ``batch_size``, at most the whole queue."""
+        return min(self.batch_size, self.capacity)
+
+    @property
     def resolved_low_watermark(self) -> int:
         """The low watermark, defaulting to 50 % of capacity."""
         if self.low_watermark is not None:
@@ -304,11 +309,6 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
     if low >= high:
         problems.append(
             f"coordinator.low_watermark ({low}) must be below coordinator.high_watermark ({high})"
-        )
-    if c.batch_size > c.capacity:
-        problems.append(
-            f"coordinator.batch_size ({c.batch_size}) must not exceed coordinator.capacity "
-            f"({c.capacity})"
         )
     if c.overflow_strategy == "error" and s.ingest.max_bars_per_request > c.capacity:
         problems.append(

@@ -246,7 +246,7 @@ def build_coordinator(
         sink=sink,
         capacity=c.capacity,
         workers=c.workers,
-        batch_size=c.batch_size,
+        batch_size=c.resolved_batch_size,
         flush_interval=c.flush_interval,
         high_watermark=c.resolved_high_watermark,
         low_watermark=c.resolved_low_watermark,

@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import asyncpg
 
@@ -106,14 +106,15 @@ class BarsSink:
     async def write(self, batch: Sequence[BarRow]) -> None:
         if not batch:
             return
-        rows = latest_versions(batch)
-        payload = encode_csv(rows)
         async with self._pool.acquire() as conn:
-            written = await self._copy(conn, payload)
+            # A key twice in one batch fails the fast COPY like an existing key does:
+            # only the merge, which may not touch a row twice, needs latest_versions.
+            written = await self._copy(conn, batch)
             if written is None:
+                payload = encode_csv(latest_versions(batch))
                 async with conn.transaction():
                     await conn.copy_to_table(
-                        STAGING, source=_chunks(payload), columns=COLUMNS, format="csv"
+                        STAGING, source=_source(payload), columns=COLUMNS, format="csv"
                     )
                     status = await conn.execute(_MERGE)
                 written = _count(status)
@@ -121,7 +122,9 @@ class BarsSink:
         self.stats.rows_received += len(batch)
         self.stats.rows_written += written
 
-    async def _copy(self, conn: PoolConnectionProxy[asyncpg.Record], payload: bytes) -> int | None:
+    async def _copy(
+        self, conn: PoolConnectionProxy[asyncpg.Record], batch: Sequence[BarRow]
+    ) -> int | None:
         """The fast path: rows written, or None when the batch must be merged."""
         if not self._fast_path:
             return None
@@ -130,7 +133,7 @@ class BarsSink:
             return None
         try:
             status = await conn.copy_to_table(
-                "bars", source=_chunks(payload), columns=COLUMNS, format="csv"
+                "bars", source=_source(encode_csv(batch)), columns=COLUMNS, format="csv"
             )
         except asyncpg.UniqueViolationError:
             self.stats.conflicts += 1
@@ -147,8 +150,17 @@ def _count(status: str) -> int:
     return int(status.rsplit(" ", 1)[-1])
 
 
+def _source(payload: bytes) -> AsyncIterator[bytes]:
+    """COPY data: a buffer goes out as one message (PostgreSQL takes up to 1 GiB);
+    beyond 64 MiB, in chunks. (asyncpg would read a file object in a thread pool.)
+    asyncpg documents buffers as a source, its type stubs omit them (hence the cast);
+    a memoryview, as ``bytes`` would be taken for a file name."""
+    if len(payload) > 1 << 26:
+        return _chunks(payload)
+    return cast(AsyncIterator[bytes], memoryview(payload))
+
+
 async def _chunks(payload: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
-    """COPY data as an async iterator: asyncpg reads file objects in a thread pool."""
     view = memoryview(payload)
     for start in range(0, len(view), size):
         yield bytes(view[start : start + size])
@@ -171,9 +183,40 @@ def _quote(value: str) -> str:
 
 def encode_csv(rows: Sequence[BarRow]) -> bytes:
     """CSV in ``COLUMNS`` order (``received_at`` twice). Text is quoted only when it
-    must be (or is empty, which unquoted CSV would read as NULL)."""
-    out: list[str] = []
-    append = out.append
+    must be (or is empty, which unquoted CSV would read as NULL).
+
+    Every line is first written plain; the whole text is then checked at once (each
+    line holds at least its 11 separators and its terminator, so exact totals mean
+    no field holds either; no quote, no carriage return, no empty field). Only when
+    that fails is each line checked, and the lines that need it quoted."""
+    lines = _plain_lines(rows)
+    text = "".join(lines)
+    if (
+        text.count(",") == 11 * len(lines)
+        and text.count("\n") == len(lines)
+        and '"' not in text
+        and "\r" not in text
+        and ",," not in text
+        and "\n," not in text
+        and not text.startswith(",")
+    ):
+        return text.encode()
+    for index, (line, row) in enumerate(zip(lines, rows, strict=True)):
+        if (
+            line.count(",") != 11
+            or '"' in line
+            or "\r" in line
+            or line.count("\n") != 1
+            or ",," in line
+            or line[0] == ","
+        ):
+            lines[index] = _slow_line(row)
+    return "".join(lines).encode()
+
+
+def _plain_lines(rows: Sequence[BarRow]) -> list[str]:
+    lines: list[str] = []
+    append = lines.append
     last_received: datetime | None = None
     received = ""
     last_ts: datetime | None = None
@@ -186,24 +229,15 @@ def encode_csv(rows: Sequence[BarRow]) -> bytes:
         if r.ts != last_ts:  # bars of many symbols often share a timestamp
             last_ts = r.ts
             ts = r.ts.isoformat()
-        line = (
+        append(
             f"{r.provider},{r.symbol},{r.resolution},{ts},{r.open},{r.high},"
             f"{r.low},{r.close},{r.volume},{'t' if r.delayed else 'f'},{received}\n"
         )
-        if (
-            line.count(",") != 11
-            or '"' in line
-            or "\r" in line
-            or line.count("\n") != 1
-            or ",," in line
-            or line[0] == ","
-        ):
-            line = _slow_line(r, received)
-        append(line)
-    return "".join(out).encode()
+    return lines
 
 
-def _slow_line(r: BarRow, received: str) -> str:
+def _slow_line(r: BarRow) -> str:
+    stamp = r.received_at.isoformat()
     fields = (
         r.provider,
         r.symbol,
@@ -216,4 +250,4 @@ def _slow_line(r: BarRow, received: str) -> str:
         r.volume,
         "t" if r.delayed else "f",
     )
-    return ",".join(_quote(f) for f in fields) + f",{received}\n"
+    return ",".join(_quote(f) for f in fields) + f",{stamp},{stamp}\n"
