@@ -201,18 +201,19 @@ class DeadLetterQueue(Generic[T]):
         says so they stay on disk in a claimed file of their own, which only a
         claim after a crash picks up again.
         """
+        lines = [_encode_record(r) for r in keep]
+        lines.extend(raw if raw.endswith(b"\n") else raw + b"\n" for raw in claim.unreadable)
         try:
-            lines = [_encode_record(r) for r in keep]
-            lines.extend(raw if raw.endswith(b"\n") else raw + b"\n" for raw in claim.unreadable)
-            if lines:
-                await self._write(b"".join(lines))
-            if in_flight and finished is not None and not finished():
-                journal = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
-                payload = b"".join(_encode_record(r) for r in in_flight)
-                await asyncio.to_thread(_write_new, journal, payload)
-                self._held[journal] = finished
-            for path in claim.paths:
-                await asyncio.to_thread(path.unlink, missing_ok=True)
+            async with self._lock:  # no claim or prune sees a half-done settle
+                if lines:
+                    await asyncio.to_thread(self._append, b"".join(lines))
+                if in_flight and finished is not None and not finished():
+                    journal = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
+                    payload = b"".join(_encode_record(r) for r in in_flight)
+                    await asyncio.to_thread(_write_new, journal, payload)
+                    self._held[journal] = finished
+                for path in claim.paths:
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
         finally:
             for path in claim.paths:
                 self._held.pop(path, None)
