@@ -83,7 +83,7 @@ async def test_readiness_is_back_within_2s_of_the_database(
         str(tmp_path),
         # the old behaviour waited for this timer: ready again only after 30 s
         MDS_CIRCUIT_BREAKER_HALF_OPEN_AFTER_SEC="30",
-        # the shipped check intervals, not the suite's fast ones
+        # slow regular checks, not the suite's fast ones: the failing interval does it
         MDS_DATABASE_HEALTH_INTERVAL="2",
         MDS_DATABASE_HEALTH_INTERVAL_FAILING="0.5",
         MDS_DATABASE_HEALTH_TIMEOUT="1",

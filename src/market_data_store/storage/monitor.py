@@ -40,7 +40,7 @@ class DatabaseMonitor:
     def __init__(
         self,
         url: str,
-        interval: float = 2.0,
+        interval: float = 1.0,
         timeout: float = 1.0,
         *,
         failing_interval: float | None = None,
