@@ -29,6 +29,8 @@ def _value(value: Any) -> str:
         return f"{value:,}"
     if isinstance(value, float):
         return f"{value:,.2f}".rstrip("0").rstrip(".") if value % 1 else f"{value:,.0f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_value(v)}" for k, v in value.items()) or "none"
     if isinstance(value, list):
         return ", ".join(_value(v) for v in value) or "none"
     return str(value)

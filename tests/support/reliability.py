@@ -9,6 +9,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -233,9 +234,21 @@ class Probe:
     workers_alive: str | None = None
 
 
+def _probe(sent: float, response: httpx.Response) -> Probe:
+    latency = time.monotonic() - sent
+    circuit = workers = None
+    if response.headers.get("content-type", "").startswith("application/json"):
+        for c in response.json().get("components", []):
+            if c["name"] == "coordinator":
+                circuit = c["details"]["circuit_state"]
+                workers = c["details"]["workers_alive"]
+    return Probe(sent, latency, response.status_code, circuit, workers)
+
+
 @dataclass
 class ProbeSampler:
-    """GET ``path`` every ``interval`` s on its own connection; every answer kept."""
+    """GET ``path`` every ``interval`` s on its own connection (and thread); every
+    answer kept."""
 
     base_url: str
     path: str = "/readyz"
@@ -244,23 +257,27 @@ class ProbeSampler:
     probes: list[Probe] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout) as client:
+        """Probe from a thread of its own until ``stop`` is set: the latency measured is
+        then the server's, not the wait for the test's own busy event loop."""
+        halt = threading.Event()
+        thread = asyncio.create_task(asyncio.to_thread(self.run_blocking, halt))
+        try:
+            await stop.wait()
+        finally:
+            halt.set()
+            await thread
+
+    def run_blocking(self, stop: threading.Event) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=self.timeout) as client:
             while not stop.is_set():
                 sent = time.monotonic()
                 try:
-                    response = await client.get(self.path)
+                    response = client.get(self.path)
                 except httpx.HTTPError:
                     self.probes.append(Probe(sent, time.monotonic() - sent, 0))
                 else:
-                    latency = time.monotonic() - sent
-                    circuit = workers = None
-                    if response.headers.get("content-type", "").startswith("application/json"):
-                        for c in response.json().get("components", []):
-                            if c["name"] == "coordinator":
-                                circuit = c["details"]["circuit_state"]
-                                workers = c["details"]["workers_alive"]
-                    self.probes.append(Probe(sent, latency, response.status_code, circuit, workers))
-                await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - sent)))
+                    self.probes.append(_probe(sent, response))
+                stop.wait(max(0.0, self.interval - (time.monotonic() - sent)))
 
     def latencies(self, since: float = 0.0, until: float = math.inf) -> list[float]:
         return [p.latency for p in self.probes if since <= p.sent < until and p.status]
