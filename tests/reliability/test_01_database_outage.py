@@ -25,6 +25,7 @@ from tests.support.reliability import (
     percentile,
     stored_values,
     until,
+    until_queue_empty,
 )
 
 SCENARIO = ScenarioReport(
@@ -109,8 +110,7 @@ def test_database_outage_during_ingest(
                 halt.set()
                 await asyncio.gather(*tasks)
                 # everything accepted is written before the service is stopped
-                await until(lambda: queue_empty(base), 60, "queue drained", interval=0.2)
-                await asyncio.sleep(0.5)
+                await until_queue_empty(client)
                 halt_samplers.set()
                 await sampler
                 await levels.stop(listener)
@@ -170,9 +170,3 @@ def test_database_outage_during_ingest(
     assert "hard" in during, levels.levels
     assert "ok" in after, levels.levels
     assert levels.levels[-1][1] == "ok", levels.levels
-
-
-def queue_empty(base: str) -> bool:
-    body = httpx.get(f"{base}/healthz", timeout=2).json()
-    (coordinator,) = [c for c in body["components"] if c["name"] == "coordinator"]
-    return bool(coordinator["details"]["queue_size"] == "0")

@@ -22,6 +22,7 @@ from tests.support.reliability import (
     percentile,
     stored_values,
     until,
+    until_queue_empty,
 )
 from tests.support.tcp_proxy import upstream_of
 
@@ -35,12 +36,6 @@ SCENARIO = ScenarioReport(
     " get 503 + Retry-After); every accepted bar stored with its values after it resumes",
 )
 HANG = 8.0
-
-
-async def queue_size(client: httpx.AsyncClient) -> int:
-    body = (await client.get("/healthz")).json()
-    (coordinator,) = [c for c in body["components"] if c["name"] == "coordinator"]
-    return int(coordinator["details"]["queue_size"])
 
 
 @pytest.mark.timeout(150)
@@ -82,7 +77,7 @@ def test_database_hangs(database_url: str, tmp_path: Path, report: ScenarioRepor
                     await asyncio.sleep(2)
                     halt.set()
                     await asyncio.gather(*tasks)
-                    await until_empty(client)
+                    await until_queue_empty(client)
                     halt_probes.set()
                     await asyncio.gather(*probes)
                 return producers, ready, live, hung_at, resumed_at
@@ -128,11 +123,3 @@ def test_database_hangs(database_url: str, tmp_path: Path, report: ScenarioRepor
     assert statuses[503] >= 1, "producers were never told to wait"
     assert all(ra and ra.isdigit() for p in producers for ra in p.retry_after)
     assert accepted == stored, diff(accepted, stored)
-
-
-async def until_empty(client: httpx.AsyncClient) -> None:
-    deadline = time.monotonic() + 60
-    while await queue_size(client):
-        assert time.monotonic() < deadline, "queue not drained"
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(0.5)

@@ -222,6 +222,22 @@ def diff(accepted: dict[Key, Values], stored: dict[Key, Values]) -> str:
     )
 
 
+async def queue_size(client: httpx.AsyncClient) -> int:
+    """The coordinator's queue size, from /healthz."""
+    body = (await client.get("/healthz")).json()
+    (coordinator,) = [c for c in body["components"] if c["name"] == "coordinator"]
+    return int(coordinator["details"]["queue_size"])
+
+
+async def until_queue_empty(client: httpx.AsyncClient, timeout: float = 60) -> None:
+    """Until everything accepted has left the queue (and the last batch is written)."""
+    deadline = time.monotonic() + timeout
+    while await queue_size(client):
+        assert time.monotonic() < deadline, "queue not drained"
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)
+
+
 # -- samplers --------------------------------------------------------------------
 
 
