@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run demo producer-demo test lint format bench clean
+.PHONY: run demo producer-demo test reliability lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ producer-demo: $(STAMP)
 ## test: the whole suite, with coverage of src/ (fails under 85 %)
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=85
+
+## reliability: the fault suite (tests/reliability, ~3 min; not part of `make test`), then
+## docs/reliability.md's table rewritten from the figures it measured (also when it fails)
+RELIABILITY_RESULTS := .mds/reliability
+reliability: $(STAMP)
+	rm -rf $(RELIABILITY_RESULTS)
+	MDS_RELIABILITY_RESULTS=$(RELIABILITY_RESULTS) $(BIN)/python -m pytest tests/reliability; \
+	status=$$?; \
+	$(BIN)/python scripts/reliability_report.py $(RELIABILITY_RESULTS) docs/reliability.md; \
+	exit $$status
 
 ## lint: ruff (lint + format check), mypy --strict, k8s manifests, Containerfile
 lint: $(STAMP)

@@ -64,6 +64,7 @@ class DatabaseSettings(_Section, kw_only=True, frozen=True):
     startup_timeout: Seconds
     command_timeout: Seconds
     health_interval: Seconds
+    health_interval_failing: Seconds
     health_timeout: Seconds
 
 

@@ -133,17 +133,49 @@ async def test_readyz_503_while_shutting_down(service: RunningService) -> None:
     assert component(status, "database")["state"] == "healthy"  # the reason is named, not guessed
 
 
-async def test_readyz_503_when_circuit_breaker_is_open(service: RunningService) -> None:
+async def test_readyz_503_while_circuit_breaker_is_not_closed(
+    database_url: str, tmp_path: Path
+) -> None:
+    quiet = {  # one check at start, none after: the breaker is the test's alone
+        "MDS_DATABASE_HEALTH_INTERVAL": "60",
+        "MDS_DATABASE_HEALTH_INTERVAL_FAILING": "60",
+        "MDS_DATABASE_HEALTH_TIMEOUT": "1",
+        "MDS_CIRCUIT_BREAKER_HALF_OPEN_AFTER_SEC": "3600",
+    }
+    async with running_service(service_settings(database_url, str(tmp_path), **quiet)) as svc:
+        breaker = svc.app.state.coordinator.breaker
+        for _ in range(5):
+            await breaker.on_failure()
+        response = await svc.client.get("/readyz")
+        assert response.status_code == 503
+        coordinator = component(HealthStatus.model_validate_json(response.content), "coordinator")
+        assert coordinator["state"] == "unhealthy"
+        assert coordinator["circuit_state"] == "open"
+
+        trial = asyncio.create_task(breaker.wait_allowed())
+        await asyncio.sleep(0)
+        breaker.half_open_now()
+        await trial
+        response = await svc.client.get("/readyz")
+        assert response.status_code == 503  # half-open: the trial write has not succeeded yet
+        coordinator = component(HealthStatus.model_validate_json(response.content), "coordinator")
+        assert coordinator["circuit_state"] == "half_open"
+
+        await breaker.on_success()
+        assert (await svc.client.get("/readyz")).status_code == 200
+
+
+async def test_open_breaker_with_nothing_to_write_closes_on_the_next_check(
+    service: RunningService,
+) -> None:
     breaker = service.app.state.coordinator.breaker
     for _ in range(5):
         await breaker.on_failure()
-    response = await service.client.get("/readyz")
-    assert response.status_code == 503
-    coordinator = component(HealthStatus.model_validate_json(response.content), "coordinator")
-    assert coordinator["state"] == "unhealthy"
-    assert coordinator["circuit_state"] == "open"
-    await breaker.on_success()
-    assert (await service.client.get("/readyz")).status_code == 200
+    assert breaker.state == "open"
+    # its timer alone would leave it open for good: no writer calls on it
+    response = await wait_for_status(service.client, "/readyz", 200)
+    assert response.status_code == 200
+    assert breaker.state == "closed"
 
 
 async def test_providers_can_be_overridden(database_url: str, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ users can switch without changing imports.
 from typing import TYPE_CHECKING, Any
 
 from .completions import Ticket
-from .dlq import ClaimInProgress, DeadLetterQueue, DLQRecord
+from .dlq import DeadLetterQueue, DLQRecord
 from .events import BackpressureLevel, FeedbackEvent
 from .feedback import FeedbackBus, FeedbackSubscriber, feedback_bus
 from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy, default_retry_classifier
@@ -45,7 +45,6 @@ __all__ = [
     "BoundedQueue",
     "CircuitBreaker",
     "CircuitOpenError",
-    "ClaimInProgress",
     "CoordinatorHealth",
     "CoordinatorStats",
     "DLQRecord",

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -34,10 +35,6 @@ class DLQRecord(Generic[T]):
     items: list[T] = field(default_factory=list)
 
 
-class ClaimInProgress(RuntimeError):
-    """Another replay holds the records (one claim at a time)."""
-
-
 @dataclass
 class Scan(Generic[T]):
     records: list[DLQRecord[T]]
@@ -51,6 +48,7 @@ class Claim(Generic[T]):
     records: list[DLQRecord[T]]
     paths: list[Path]
     unreadable: list[bytes]
+    duplicates: int = 0  # items found more than once in the claimed files, claimed once
 
 
 class _Line(msgspec.Struct):
@@ -90,7 +88,9 @@ class DeadLetterQueue(Generic[T]):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._item_type = item_type
         self._lock = asyncio.Lock()
-        self._claimed = False
+        # claimed files this process holds: None while their replay runs, then a
+        # "finished?" check while their submitted items are still being written
+        self._held: dict[Path, Callable[[], bool] | None] = {}
 
     @property
     def item_type(self) -> Any:
@@ -153,44 +153,82 @@ class DeadLetterQueue(Generic[T]):
         """Take every record out of the queue for a replay.
 
         The file is renamed aside (new failures start a fresh file meanwhile);
-        files left claimed by an interrupted replay are picked up again. Hand the
+        claimed files left by an interrupted replay (a crash) are picked up
+        again, those of replays still running in this process are not: replays
+        may run concurrently, each gets records no other one holds. An item
+        found more than once in what is claimed (the same item dead-lettered
+        again before a crash) is claimed once, its latest record kept. Hand the
         claim to ``settle`` when the replay is over, whatever happened.
         """
-        if self._claimed:
-            raise ClaimInProgress("a replay already holds this dead-letter queue's records")
-        self._claimed = True
-        try:
-            async with self._lock:
-                paths = sorted(self.path.parent.glob(f"{self.path.name}.claimed-*"))
-                if self.path.exists():
-                    target = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
-                    os.replace(self.path, target)
-                    paths.append(target)
-            claim = Claim[T]([], paths, [])
-            for path in paths:
-                scan = await asyncio.to_thread(self._read, path, None)
-                claim.records.extend(scan.records)
-                claim.unreadable.extend(scan.unreadable)
-        except BaseException:
-            self._claimed = False  # claimed files stay on disk; the next claim takes them
-            raise
-        return claim
-
-    async def settle(self, claim: Claim[T], keep: list[DLQRecord[T]]) -> None:
-        """End a replay: write back ``keep`` (records not known to have landed) and the
-        unreadable lines, then drop the claimed files."""
-        try:
-            lines = [
-                _encoder.encode(_Line(r.ts, r.error, r.metadata, list(r.items))) + b"\n"
-                for r in keep
+        async with self._lock:
+            await self._prune_locked()
+            held = self._held
+            paths = [
+                p
+                for p in sorted(self.path.parent.glob(f"{self.path.name}.claimed-*"))
+                if p not in held
             ]
-            lines.extend(raw if raw.endswith(b"\n") else raw + b"\n" for raw in claim.unreadable)
-            if lines:
-                await self._write(b"".join(lines))
-            for path in claim.paths:
-                await asyncio.to_thread(path.unlink, missing_ok=True)
+            if self.path.exists():
+                target = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
+                os.replace(self.path, target)
+                paths.append(target)
+            for path in paths:
+                held[path] = None
+        try:
+            scans = [await asyncio.to_thread(self._read, path, None) for path in paths]
+        except BaseException:
+            for path in paths:  # still on disk: the next claim takes them
+                held.pop(path, None)
+            raise
+        records, duplicates = _latest_once([r for scan in scans for r in scan.records])
+        unreadable = [raw for scan in scans for raw in scan.unreadable]
+        return Claim[T](records, paths, unreadable, duplicates)
+
+    async def settle(
+        self,
+        claim: Claim[T],
+        keep: Sequence[DLQRecord[T]],
+        *,
+        in_flight: Sequence[DLQRecord[T]] = (),
+        finished: Callable[[], bool] | None = None,
+    ) -> None:
+        """End a replay: write back ``keep`` (records not handed over for writing)
+        and the unreadable lines, then drop the claimed files.
+
+        ``in_flight`` are records whose items were handed to a writer that will
+        write them or dead-letter them afresh itself (the coordinator), and are not
+        finished yet: they do not go back into the queue. Until ``finished()``
+        says so they stay on disk in a claimed file of their own, which only a
+        claim after a crash picks up again.
+        """
+        lines = [_encode_record(r) for r in keep]
+        lines.extend(raw if raw.endswith(b"\n") else raw + b"\n" for raw in claim.unreadable)
+        try:
+            async with self._lock:  # no claim or prune sees a half-done settle
+                if lines:
+                    await asyncio.to_thread(self._append, b"".join(lines))
+                if in_flight and finished is not None and not finished():
+                    journal = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
+                    payload = b"".join(_encode_record(r) for r in in_flight)
+                    await asyncio.to_thread(_write_new, journal, payload)
+                    self._held[journal] = finished
+                for path in claim.paths:
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
         finally:
-            self._claimed = False
+            for path in claim.paths:
+                self._held.pop(path, None)
+
+    async def prune(self) -> None:
+        """Delete the claimed files kept for in-flight replayed items that are now
+        finished (also done by every ``claim``; the coordinator calls it at stop)."""
+        async with self._lock:
+            await self._prune_locked()
+
+    async def _prune_locked(self) -> None:
+        for path, finished in list(self._held.items()):
+            if finished is not None and finished():
+                await asyncio.to_thread(path.unlink, missing_ok=True)
+                del self._held[path]
 
     def _read(self, path: Path, max_records: int | None) -> Scan[T]:
         scan = Scan[T]([], [])
@@ -216,6 +254,50 @@ class DeadLetterQueue(Generic[T]):
                     continue
                 scan.records.append(DLQRecord(line.ts, line.error, line.metadata, items))
         return scan
+
+
+def _encode_record(record: DLQRecord[Any]) -> bytes:
+    return (
+        _encoder.encode(_Line(record.ts, record.error, record.metadata, list(record.items))) + b"\n"
+    )
+
+
+def _write_new(path: Path, payload: bytes) -> None:
+    """Write ``path`` whole and durably: a temporary name, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _latest_once(records: list[DLQRecord[T]]) -> tuple[list[DLQRecord[T]], int]:
+    """``records`` with every item kept once, in its latest record (the newest
+    error); records left empty are dropped. Returns them and the items dropped."""
+    seen: set[bytes] = set()
+    kept: list[DLQRecord[T]] = []
+    duplicates = 0
+    for record in reversed(records):
+        items: list[T] = []
+        for item in record.items:
+            key = _encoder.encode(item)
+            if key in seen:
+                duplicates += 1
+            else:
+                seen.add(key)
+                items.append(item)
+        if len(items) < len(record.items):
+            if not items:
+                continue
+            record = DLQRecord(record.ts, record.error, record.metadata, items)
+        kept.append(record)
+    kept.reverse()
+    return kept, duplicates
 
 
 def _decode_item(raw: Any, item_type: Any) -> Any:

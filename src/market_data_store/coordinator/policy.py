@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -72,9 +74,11 @@ class CircuitBreaker:
     """Stops hammering a failing sink.
 
     ``closed`` → ``open`` after ``failure_threshold`` consecutive failures;
-    ``open`` → ``half_open`` once ``half_open_after_sec`` have passed (the next
-    ``allow``); ``half_open`` → ``closed`` on a success, back to ``open`` on a
-    failure.
+    ``open`` → ``half_open`` once ``half_open_after_sec`` have passed, or at once
+    when ``half_open_now`` says the sink answers again (the database monitor);
+    ``half_open`` lets one trial call through (another only if the trial has not
+    reported within ``half_open_after_sec``) → ``closed`` on a success, back to
+    ``open`` on a failure. Callers wait with ``wait_allowed``.
     """
 
     def __init__(self, *, failure_threshold: int = 5, half_open_after_sec: float = 60.0) -> None:
@@ -85,6 +89,9 @@ class CircuitBreaker:
         self._state: CircuitState = "closed"
         self._failures = 0
         self._opened_at = 0.0
+        self._trial_at: float | None = None  # when the half-open trial was let through
+        self._waiting = 0  # callers in wait_allowed: they have a call to make
+        self._changed = asyncio.Event()  # set (and replaced) at every state change
 
     @property
     def state(self) -> CircuitState:
@@ -102,14 +109,69 @@ class CircuitBreaker:
         if self._state == "open":
             if self.retry_after > 0:
                 raise CircuitOpenError(f"circuit open, retry in {self.retry_after:.2f}s")
-            self._state = "half_open"
+            self._set_state("half_open")
+        if self._state == "half_open":
+            now = time.monotonic()
+            if self._trial_at is not None and now - self._trial_at < self._half_open_after:
+                raise CircuitOpenError("circuit half-open, a trial call is in progress")
+            self._trial_at = now
+
+    async def wait_allowed(self, not_before: float | None = None) -> None:
+        """Wait until ``allow`` lets a call through, and not before the monotonic time
+        ``not_before`` (a retry backoff). Wakes as soon as the breaker changes state:
+        a ``half_open_now`` or the end of a trial lets waiters in without delay."""
+        self._waiting += 1
+        try:
+            if not_before is not None:
+                delay = not_before - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            while True:
+                try:
+                    await self.allow()
+                except CircuitOpenError:
+                    pass
+                else:
+                    return
+                changed = self._changed
+                if self._state == "open":
+                    timeout = self.retry_after
+                else:  # half-open with a trial out: until it reports, or its time is up
+                    assert self._trial_at is not None
+                    timeout = self._trial_at + self._half_open_after - time.monotonic()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(timeout, 0.001)):
+                        await changed.wait()
+        finally:
+            self._waiting -= 1
+
+    def half_open_now(self) -> bool:
+        """The sink is known to answer again (e.g. a health check succeeded): an open
+        breaker goes half-open at once instead of when its timer runs out, and lets
+        one trial call through. With no caller waiting there is nothing to try, and
+        it closes. Does nothing unless open; returns whether the state changed."""
+        if self._state != "open":
+            return False
+        if self._waiting:
+            self._set_state("half_open")
+        else:
+            self._failures = 0
+            self._set_state("closed")
+        return True
 
     async def on_success(self) -> None:
         self._failures = 0
-        self._state = "closed"
+        self._set_state("closed")
 
     async def on_failure(self) -> None:
         self._failures += 1
         if self._state == "half_open" or self._failures >= self._threshold:
-            self._state = "open"
             self._opened_at = time.monotonic()
+            self._set_state("open")
+
+    def _set_state(self, state: CircuitState) -> None:
+        self._trial_at = None
+        if state != self._state or state == "open":  # (re)opened: waiters recompute
+            self._state = state
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()

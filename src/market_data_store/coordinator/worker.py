@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Generic
 
 from .dlq import DeadLetterQueue, describe_error
-from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy
+from .policy import CircuitBreaker, RetryPolicy
 from .queue import BoundedQueue
 from .stats import CoordinatorStats
 from .throttled_log import ThrottledLog
@@ -157,8 +157,11 @@ class SinkWorker(Generic[T]):
     async def _write_retrying(self, batch: Sequence[T]) -> BaseException | None:
         """Write until success (None) or a non-retryable error (returned)."""
         attempt = 0
+        not_before: float | None = None
         while True:
-            await self._wait_for_breaker()
+            # the backoff is spent waiting on the breaker: while it lasts this worker
+            # counts as having a call to make (it may be the half-open trial)
+            await self._cb.wait_allowed(not_before)
             attempt += 1
             started = time.perf_counter()
             try:
@@ -178,20 +181,11 @@ class SinkWorker(Generic[T]):
                     attempt,
                     describe_error(exc),
                 )
-                await asyncio.sleep(self._retry.next_backoff_ms(attempt) / 1000)
+                not_before = time.monotonic() + self._retry.next_backoff_ms(attempt) / 1000
                 continue
             await self._cb.on_success()
             self.stats.record_write(len(batch), time.perf_counter() - started)
             return None
-
-    async def _wait_for_breaker(self) -> None:
-        while True:
-            try:
-                await self._cb.allow()
-            except CircuitOpenError:
-                await asyncio.sleep(max(self._cb.retry_after, 0.01))
-            else:
-                return
 
     async def _dead_letter(self, items: Sequence[T], error: BaseException) -> None:
         self.stats.dead_lettered += len(items)

@@ -160,6 +160,8 @@ class WriteCoordinator(Generic[T]):
         await self._rescue_unwritten()
         if self._background:  # evicted items still being saved
             await asyncio.wait(self._background, timeout=max(1.0, deadline - time.monotonic()))
+        if self._dlq is not None:  # replayed items are all finished now: drop their journals
+            await self._dlq.prune()
         self._started = False
         log.info("coordinator %s stopped", self.coord_id)
 

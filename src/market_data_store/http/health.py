@@ -76,9 +76,9 @@ def coordinator_component(figures: CoordinatorFigures, workers: int) -> Componen
         "workers": str(workers),
     }
     state: State = "healthy"
-    if circuit_state == "open" or workers_alive < workers:
+    if circuit_state != "closed" or workers_alive < workers:
         state = "unhealthy"
-    elif circuit_state == "half_open" or level is not BackpressureLevel.ok:
+    elif level is not BackpressureLevel.ok:
         state = "degraded"
     return Component("coordinator", state, details)
 
@@ -164,13 +164,15 @@ class HealthSources:
         return _report(components, _overall(components), ok=True)
 
     def readiness(self, key: tuple[Any, ...] | None = None) -> HealthReport:
-        """Ready unless the database is unreachable, the breaker is open or we are stopping."""
+        """Ready when the database is reachable, the breaker closed and we are not
+        stopping. Half-open is not ready: writes are not known to work until the
+        trial write succeeded (which closes the breaker)."""
         components = self.components(key)
         database, coordinator, _, lifecycle = components
         ready = (
             database.state != "unhealthy"
             and lifecycle.state != "unhealthy"
-            and coordinator.details["circuit_state"] != "open"
+            and coordinator.details["circuit_state"] == "closed"
         )
         return _report(components, _overall(components) if ready else "unhealthy", ok=ready)
 

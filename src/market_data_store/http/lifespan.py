@@ -86,7 +86,16 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
         # /v1/feedback/state, the webhook and other replicas know it from the start
         await bus.publish(coordinator.feedback_event("service_started"))
         db = settings.database
-        monitor = DatabaseMonitor(url, db.health_interval, db.health_timeout)
+        breaker = coordinator.breaker
+        monitor = DatabaseMonitor(
+            url,
+            db.health_interval,
+            db.health_timeout,
+            failing_interval=db.health_interval_failing,
+            failing=lambda: breaker.state != "closed",
+            # the database answers: an open breaker tries one write now, not at its timer
+            on_reachable=breaker.half_open_now,
+        )
         await monitor.start()
         stack.push_async_callback(monitor.stop)
 

@@ -5,6 +5,11 @@ connection of the monitor's own - not the pool's: a pool busy with writes and
 reads says nothing about the database being reachable, and must not make
 readiness fail. The result is kept in memory; health and readiness read it,
 cost nothing, never open a connection and never hang on a hung database.
+
+While the database is unreachable, or ``failing()`` says writes are failing (the
+circuit breaker is not closed), checks run every ``failing_interval`` instead, so
+a recovery is seen within that; every check that finds the database reachable
+calls ``on_reachable`` (the service lets its circuit breaker try again at once).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +37,21 @@ class DatabaseStatus:
 
 
 class DatabaseMonitor:
-    def __init__(self, url: str, interval: float = 2.0, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        interval: float = 1.0,
+        timeout: float = 1.0,
+        *,
+        failing_interval: float | None = None,
+        failing: Callable[[], bool] | None = None,
+        on_reachable: Callable[[], object] | None = None,
+    ) -> None:
         self._url = url
         self._interval = interval
+        self._failing_interval = min(interval, failing_interval or interval)
+        self._failing = failing
+        self._on_reachable = on_reachable
         self._timeout = timeout
         self._conn: asyncpg.Connection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -72,6 +90,8 @@ class DatabaseMonitor:
             self._record(False, None, f"{type(exc).__name__}: {exc}".rstrip(": "))
         else:
             self._record(True, (time.perf_counter() - started) * 1000, None)
+            if self._on_reachable is not None:
+                self._on_reachable()
         return self.status
 
     async def _select_one(self) -> None:
@@ -95,10 +115,21 @@ class DatabaseMonitor:
                 log.warning("database unreachable: %s", error)
         self.status = DatabaseStatus(reachable, now, latency_ms, error, since)
 
+    def _hurry(self) -> bool:
+        """Check every ``failing_interval``: the database is gone or writes fail."""
+        return not self.status.reachable or (self._failing is not None and self._failing())
+
     async def _loop(self) -> None:
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(self._interval)
+            # wake at the short interval, check when due: a failure that starts
+            # between two checks shortens the wait for the next one
+            await asyncio.sleep(self._failing_interval)
             try:
+                due = self._failing_interval if self._hurry() else self._interval
+                if time.monotonic() - last < due * 0.99:
+                    continue
+                last = time.monotonic()
                 await self.check()
             except Exception:  # a monitor that dies would freeze readiness for good
                 log.exception("database check failed unexpectedly")

@@ -346,7 +346,7 @@ class ServiceInstruments:
             callbacks=[self._observe],
             unit="1",
             description=(
-                "1 when ready (database reachable, breaker not open, not shutting down), else 0"
+                "1 when ready (database reachable, breaker closed, not shutting down), else 0"
             ),
         )
 

@@ -11,7 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from market_data_store.config import Settings
-from market_data_store.coordinator import ClaimInProgress, DLQRecord, WriteCoordinator
+from market_data_store.coordinator import DLQRecord, WriteCoordinator
 from market_data_store.coordinator.replay import replay_dead_letters
 from market_data_store.storage import BarRow
 
@@ -64,7 +64,14 @@ class DeadLetterController(Controller):
         )
         return Response(summary)
 
-    @post("/replay", summary="Re-submit dead-lettered bars; those that land are removed")
+    @post(
+        "/replay",
+        summary="Re-submit dead-lettered bars; those that land are removed (idempotent)",
+        description=(
+            "Bars rejected again come back into the file once, with their new error; "
+            "records not submitted go back untouched. Safe to repeat and to run concurrently."
+        ),
+    )
     async def replay(
         self,
         coordinator: NamedDependency[WriteCoordinator[BarRow]],
@@ -73,8 +80,5 @@ class DeadLetterController(Controller):
         dlq = coordinator.dead_letter_queue
         if dlq is None:
             return problem(404, "no dead-letter queue is configured")
-        try:
-            result = await replay_dead_letters(dlq, coordinator, settings.ingest.commit_timeout)
-        except ClaimInProgress:
-            return problem(409, "a replay is already running")
+        result = await replay_dead_letters(dlq, coordinator, settings.ingest.commit_timeout)
         return Response(result, status_code=200)

@@ -33,7 +33,8 @@ class HealthController(Controller):
         summary="Readiness",
         description=(
             "200 when ready; 503 (same body, state `unhealthy`) when the database is "
-            "unreachable, the circuit breaker is open or the service is shutting down."
+            "unreachable, the circuit breaker is not closed (open, or half-open until its "
+            "trial write succeeds) or the service is shutting down."
         ),
         sync_to_thread=False,
         responses={
