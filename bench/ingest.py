@@ -15,9 +15,11 @@ again and again; else an embedded PostgreSQL started for the run):
 - HTTP: ``mds-store serve`` in its own process; ``--clients`` concurrent clients
   POST ``/v1/bars`` (``--per-request`` bars each): new rows as JSON and as
   MessagePack, 10 % existing keys (every 10th row stored before, with another
-  close: every batch conflicts), and a full replay. The last request of each client
-  uses ``?wait=commit``; commits being tracked in order, the clock stops when all
-  of them answered: every row is committed then.
+  close: every batch conflicts), and a full replay; then new rows and a replay
+  again with ``database.copy_fast_path = false`` (0.4.0's writes). The last request
+  of each client uses ``?wait=commit``; commits being tracked in order, the clock
+  stops when all of them answered: every row is committed then. Replays start
+  from a vacuumed, analysed table.
 
 Prints rows/s for each and the ratios that matter. ``--profile FILE`` records the
 service with py-spy during the first HTTP case (needs py-spy; run as root).
@@ -90,6 +92,15 @@ async def reset(url: str) -> None:
     try:
         await apply_migrations(conn)
         await conn.execute("TRUNCATE bars")
+        await conn.execute("VACUUM ANALYZE bars")
+    finally:
+        await conn.close()
+
+
+async def settle(url: str) -> None:
+    """After a load, before a replay: the same table state for every replay case."""
+    conn = await asyncpg.connect(url)
+    try:
         await conn.execute("VACUUM ANALYZE bars")
     finally:
         await conn.close()
@@ -225,11 +236,12 @@ async def post_all(base: str, bodies: list[bytes], media: str, clients: int) -> 
 class Service:
     """``mds-store serve`` in its own process, on ``url``."""
 
-    def __init__(self, url: str, tmp: str) -> None:
+    def __init__(self, url: str, tmp: str, *, fast_path: bool = True) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "DATABASE_URL": url,
-               "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/dlq.ndjson"}  # fmt: skip
+               "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/dlq.ndjson",
+               "MDS_DATABASE_COPY_FAST_PATH": str(fast_path).lower()}  # fmt: skip
         cmd = [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
@@ -303,8 +315,9 @@ def main() -> None:
         try:
             asyncio.run(reset(url))
             results["upsert"] = asyncio.run(in_process(url, rows, per, fast_path=False))
-            results["upsert replay"] = asyncio.run(in_process(url, rows, per, fast_path=False))
+            asyncio.run(settle(url))
             results["fast replay"] = asyncio.run(in_process(url, rows, per, fast_path=True))
+            results["upsert replay"] = asyncio.run(in_process(url, rows, per, fast_path=False))
             asyncio.run(reset(url))
             results["fast"] = asyncio.run(in_process(url, rows, per, fast_path=True))
             copy = psql_copy(url, rows, Path(tmp))
@@ -317,6 +330,7 @@ def main() -> None:
                 results["http json"] = service.post(
                     url, n, json_bodies, JSON, args.clients, args.profile
                 )
+                asyncio.run(settle(url))
                 results["http replay"] = service.post(url, n, json_bodies, JSON, args.clients)
                 asyncio.run(reset(url))
                 results["http msgpack"] = service.post(
@@ -325,6 +339,14 @@ def main() -> None:
                 asyncio.run(reset(url))
                 asyncio.run(preload_every_tenth(url, rows, per))
                 results["http mixed"] = service.post(url, n, json_bodies, JSON, args.clients)
+            finally:
+                service.stop()
+            asyncio.run(reset(url))
+            service = Service(url, tmp, fast_path=False)  # 0.4.0's write path, over HTTP
+            try:
+                results["http json off"] = service.post(url, n, json_bodies, JSON, args.clients)
+                asyncio.run(settle(url))
+                results["http replay off"] = service.post(url, n, json_bodies, JSON, args.clients)
             finally:
                 service.stop()
         finally:
@@ -344,6 +366,8 @@ def main() -> None:
         ("HTTP MessagePack, new rows, until committed", "http msgpack"),
         ("HTTP JSON, 10 % existing keys, until committed", "http mixed"),
         ("HTTP JSON, replay of existing rows, until committed", "http replay"),
+        ("HTTP JSON, new rows, fast path off (0.4.0's writes)", "http json off"),
+        ("HTTP JSON, replay, fast path off (0.4.0's writes)", "http replay off"),
     ]
     if copy is not None:
         lines.insert(0, ("psql \\copy straight into bars", "copy"))
@@ -357,6 +381,8 @@ def main() -> None:
         ("HTTP MessagePack new / psql \\copy", "http msgpack", "copy"),
         ("HTTP MessagePack / HTTP JSON", "http msgpack", "http json"),
         ("HTTP replay / in-process upsert (target >= 100 %)", "http replay", "upsert"),
+        ("HTTP replay, fast path on / off (not slower)", "http replay", "http replay off"),
+        ("HTTP new, fast path on / off", "http json", "http json off"),
         ("HTTP 10 % existing / HTTP new", "http mixed", "http json"),
         ("in-process replay, fast path on / off", "fast replay", "upsert replay"),
         ("in-process new, fast path / upsert", "fast", "upsert"),

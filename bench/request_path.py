@@ -104,14 +104,14 @@ def main() -> None:
         return lambda: module.to_rows(module.decode(body, media, 10**6), now)
 
     print(f"{args.bars} bars per body, best of {args.rounds} rounds, us per bar")
-    print(f"{'':32} {'0.4.0':>8} {'now':>8} {'now/0.4.0':>10}")
+    print(f"{'':44} {'0.4.0':>8} {'now':>8} {'now/0.4.0':>10}")
     for label, (body, media) in bodies(args.bars).items():
         old, new = ingest(old_input, body, media), ingest(bars_input, body, media)
         if old() != new():  # same rows (text of prices aside, none differ here)
             sys.exit(f"{label}: this tree and 0.4.0 build different rows")
         figures = best_of(args.rounds, {"old": old, "new": new}, args.bars)
         print(
-            f"{'decode + validate, ' + label:32} {figures['old']:8.3f} {figures['new']:8.3f}"
+            f"{'decode + validate, ' + label:44} {figures['old']:8.3f} {figures['new']:8.3f}"
             f" {figures['new'] / figures['old']:10.2f}"
         )
     rows = bars_input.to_rows(
@@ -126,7 +126,7 @@ def main() -> None:
         len(rows),
     )
     print(
-        f"{'writer: CSV text (0.4.0: + dedupe)':32} {figures['old']:8.3f} {figures['new']:8.3f}"
+        f"{'writer: CSV text (0.4.0: + dedupe)':44} {figures['old']:8.3f} {figures['new']:8.3f}"
         f" {figures['new'] / figures['old']:10.2f}"
     )
 

@@ -66,6 +66,7 @@ class DatabaseSettings(_Section, kw_only=True, frozen=True):
     health_interval: Seconds
     health_interval_failing: Seconds
     health_timeout: Seconds
+    copy_fast_path: bool
 
 
 class IngestSettings(_Section, kw_only=True, frozen=True):

@@ -155,10 +155,12 @@ async def test_conflicts_make_the_sink_skip_the_fast_path_for_a_while(pool: DbPo
         attempts.append(sink.stats.conflicts - before)
     # tried at batches 0, 2, 5 (after skipping 1, then 2), 10 (after skipping 4)
     assert attempts == [1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0]
+    assert sink.stats.failed_copies == 1  # later tries looked up their first key instead
     assert sink.stats.merged_batches == 12
     for i in range(9):  # new keys only: tried again after the 8 skipped batches, then reset
         await sink.write([row(200 + i)])
     assert sink.stats.copied_batches == 1 + 2  # the first batch, then batches 8 and 9
+    assert sink.stats.failed_copies == 1
     assert len(await stored(pool)) == 1 + 12 + 9
 
 

@@ -59,6 +59,8 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
         "mds_coordinator_write_duration_seconds",
         "mds_sink_rows_written",
         "mds_sink_rows_received",
+        "mds_sink_batches",
+        "mds_sink_conflicts",
         "target_info",
     ):
         assert name in families, name
@@ -71,12 +73,32 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
     assert value("mds_coordinator_queue_capacity") == 10_000
     assert value("mds_coordinator_workers_alive") == 4
     assert value("mds_sink_rows_written", "_total") == 30
+    batches = {s.labels["path"]: s.value for s in families["mds_sink_batches"]}
+    assert batches["copy"] >= 1  # new bars: straight into the table
+    assert batches["merge"] == 0
+    await coordinator.submit_many([bar(i) for i in range(5)])  # existing keys: merged
+    await coordinator.wait_idle()
+    families = await scrape(service)
+    assert value("mds_sink_conflicts", "_total") == 1
+    assert {s.labels["path"]: s.value for s in families["mds_sink_batches"]}["merge"] == 1
     assert value("mds_coordinator_write_duration_seconds", "_count") >= 1
     labels = families["mds_coordinator_queue_depth"][0].labels
     assert labels["coordinator_id"] == "test/bars"  # <server.instance_id>/bars
     (info,) = families["target_info"]
     assert info.labels["service_name"] == "market-data-store"
     assert info.labels["service_version"] == "0.4.0"
+
+
+async def test_the_fast_path_can_be_turned_off(database_url: str, tmp_path: Path) -> None:
+    settings = service_settings(database_url, str(tmp_path), MDS_DATABASE_COPY_FAST_PATH="false")
+    async with running_service(settings) as svc:
+        await svc.app.state.coordinator.submit_many([bar(i) for i in range(10)])
+        await svc.app.state.coordinator.wait_idle()
+        families = await scrape(svc)
+    assert {s.labels["path"]: s.value for s in families["mds_sink_batches"]} == {
+        "copy": 0,
+        "merge": 1,
+    }
 
 
 async def test_http_duration_is_labelled_by_route_template(service: RunningService) -> None:

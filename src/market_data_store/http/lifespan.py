@@ -172,7 +172,7 @@ async def _write_path(
 ) -> AsyncIterator[WriteCoordinator[BarRow]]:
     """The bars coordinator writing to PostgreSQL; drained (bounded) on the way out."""
     async with AsyncExitStack() as stack:
-        sink = BarsSink(pool)
+        sink = BarsSink(pool, fast_path=settings.database.copy_fast_path)
         coordinator = build_coordinator(settings, sink, bus)
         instruments: CoordinatorInstruments = app.state.coordinator_instruments
         instruments.track(coordinator)

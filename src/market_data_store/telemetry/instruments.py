@@ -179,7 +179,7 @@ class SinkInstruments:
             "mds.sink.conflicts",
             callbacks=[self._reading(lambda s: s.conflicts)],
             unit="{batch}",
-            description="Fast-path COPYs that met existing keys (the batch was then merged)",
+            description="Batches the fast path found meeting existing keys (then merged)",
         )
 
     def _batches(self, options: CallbackOptions) -> Iterable[Observation]:
