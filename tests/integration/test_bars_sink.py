@@ -256,6 +256,9 @@ async def test_lost_connection_is_retryable(pool: DbPool, database_url: str) -> 
         (asyncpg.exceptions.NumericValueOutOfRangeError("overflow"), False),
         (asyncpg.exceptions.NotNullViolationError("null"), False),
         (asyncpg.exceptions.InvalidTextRepresentationError("bad"), False),
+        (asyncpg.exceptions.RaiseError("a trigger refused the row"), False),
+        (asyncpg.exceptions.AssertError("a trigger's ASSERT"), False),
+        (asyncpg.exceptions.ProgramLimitExceededError("index row size exceeds"), False),
         (ValueError("bug"), False),
     ],
 )

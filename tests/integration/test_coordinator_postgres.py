@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from market_data_store.coordinator import DeadLetterQueue, WriteCoordinator
@@ -84,3 +85,42 @@ async def test_bad_rows_are_dead_lettered_good_rows_written(
     assert all("InvalidTextRepresentation" in r.error for r in records)
     assert isinstance(records[0].items[0], BarRow)
     assert records[0].items[0].ts.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    "raise_clause",
+    [
+        "RAISE EXCEPTION 'volume % refused by a trigger', NEW.volume",  # P0001
+        "ASSERT NEW.volume <> 17, 'assert failed'",  # P0004
+    ],
+)
+async def test_rows_a_trigger_refuses_are_dead_lettered_not_retried_forever(
+    service: RunningService, database_url: str, tmp_path: Path, raise_clause: str
+) -> None:
+    """A trigger's own error (PL/pgSQL, SQLSTATE class P0) is about the row, as a
+    CHECK violation is: the row is isolated and dead-lettered with that error, the
+    rest land, and the breaker stays closed (retrying it would hold the writers and
+    readiness for good)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            f"""
+            CREATE FUNCTION refuse_17() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.volume = 17 THEN {raise_clause}; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_17 BEFORE INSERT OR UPDATE ON bars
+                FOR EACH ROW EXECUTE FUNCTION refuse_17();
+            """
+        )
+        coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+        await coordinator.submit_many(bars(100))
+        await asyncio.wait_for(coordinator.wait_idle(), 30)
+        assert await count_bars(database_url) == 99
+        (record,) = await DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson").records()
+        assert [item.volume for item in record.items] == ["17"]
+        assert coordinator.breaker.state == "closed"
+        assert (await service.client.get("/readyz")).status_code == 200
+    finally:
+        await conn.close()

@@ -131,3 +131,43 @@ async def test_readiness_is_back_after_an_outage_the_monitor_did_not_see(
         await asyncio.wait_for(coordinator.wait_idle(), 10)
         assert await count_bars(url) == 50
         assert took < BACK_WITHIN
+
+
+async def test_a_database_back_during_the_drain_gets_the_queue_written(
+    owned_postgres: EmbeddedPostgres, tmp_path: Path
+) -> None:
+    """Shutdown during an outage: the coordinator drains with the breaker open. The
+    database monitor keeps watching until the drain is over, so a database that comes
+    back meanwhile half-opens the breaker and the queue is written, not dead-lettered
+    when the drain bound runs out."""
+    assert owned_postgres.uri is not None
+    url = owned_postgres.uri
+    settings = service_settings(
+        url,
+        str(tmp_path),
+        MDS_CIRCUIT_BREAKER_HALF_OPEN_AFTER_SEC="30",  # longer than the drain
+        MDS_COORDINATOR_DRAIN_TIMEOUT="10",
+        MDS_DATABASE_HEALTH_INTERVAL="1",
+        MDS_DATABASE_HEALTH_INTERVAL_FAILING="0.2",
+        MDS_DATABASE_HEALTH_TIMEOUT="0.5",
+    )
+    back: asyncio.Task[None] | None = None
+    async with running_service(settings) as svc:
+        coordinator: WriteCoordinator[BarRow] = svc.app.state.coordinator
+        await owned_postgres.stop()
+        await coordinator.submit_many(bars(30))
+        await breaker_opened(coordinator)
+
+        async def come_back() -> None:
+            await asyncio.sleep(1.0)  # the shutdown and its drain have begun
+            await owned_postgres.start()
+
+        back = asyncio.create_task(come_back())
+        started = time.monotonic()
+    drained_in = time.monotonic() - started
+    await back
+    assert await count_bars(url) == 30
+    assert not (tmp_path / "dlq.ndjson").exists() or (tmp_path / "dlq.ndjson").stat().st_size == 0
+    assert drained_in < 8, (
+        f"the drain waited {drained_in:.1f}s: the breaker's timer, not the database"
+    )

@@ -1,13 +1,14 @@
 """Start-up and shut-down of the service's components, one context manager per concern.
 
 Up: database (embedded when no URL is configured) → pool → migrations →
-feedback delivery (SSE fan-out, webhook, Redis) → bars coordinator (PostgreSQL
-sink) → database monitor; each stored on ``app.state`` for the dependency
+feedback delivery (SSE fan-out, webhook, Redis) → database monitor → bars
+coordinator (PostgreSQL sink); each stored on ``app.state`` for the dependency
 providers.
 Down, in reverse: readiness fails and feedback streams end at once (the
-lifecycle's shutdown event) → monitor stops → the coordinator drains (bounded by
+lifecycle's shutdown event) → the coordinator drains (bounded by
 ``coordinator.drain_timeout``; the rest is dead-lettered; its last events still
-go out) → feedback channels flush (each bounded by its timeout) → the pool
+go out; the monitor still half-opens the breaker if the database comes back) →
+monitor stops → feedback channels flush (each bounded by its timeout) → the pool
 closes → the embedded database stops.
 """
 
@@ -81,23 +82,34 @@ async def service_lifespan(app: Litestar) -> AsyncIterator[None]:
         channels = await stack.enter_async_context(
             _feedback_delivery(settings, bus, lifecycle, app.state.feedback_instruments)
         )
-        coordinator = await stack.enter_async_context(_write_path(app, settings, pool, bus))
-        # the current level of our coordinator, before any transition: streams,
-        # /v1/feedback/state, the webhook and other replicas know it from the start
-        await bus.publish(coordinator.feedback_event("service_started"))
         db = settings.database
-        breaker = coordinator.breaker
+        breaker: CircuitBreaker | None = None  # the write path's, once it exists
+
+        def failing() -> bool:
+            return breaker is not None and breaker.state != "closed"
+
+        def on_reachable() -> None:
+            # the database answers: an open breaker tries one write now, not at its timer
+            if breaker is not None:
+                breaker.half_open_now()
+
         monitor = DatabaseMonitor(
             url,
             db.health_interval,
             db.health_timeout,
             failing_interval=db.health_interval_failing,
-            failing=lambda: breaker.state != "closed",
-            # the database answers: an open breaker tries one write now, not at its timer
-            on_reachable=breaker.half_open_now,
+            failing=failing,
+            on_reachable=on_reachable,
         )
         await monitor.start()
+        # stopped after the coordinator has drained: a database back during the drain
+        # still half-opens the breaker, and the queue is written, not dead-lettered
         stack.push_async_callback(monitor.stop)
+        coordinator = await stack.enter_async_context(_write_path(app, settings, pool, bus))
+        breaker = coordinator.breaker
+        # the current level of our coordinator, before any transition: streams,
+        # /v1/feedback/state, the webhook and other replicas know it from the start
+        await bus.publish(coordinator.feedback_event("service_started"))
 
         app.state.update(
             {
