@@ -79,10 +79,18 @@ async def poison(database_url: str) -> AsyncIterator[asyncpg.Connection[asyncpg.
         await conn.close()
 
 
-async def seed(tmp_path: Path) -> DeadLetterQueue[BarRow]:
-    dlq = DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson")
+async def seed(service: RunningService) -> DeadLetterQueue[BarRow]:
+    """The service's own queue (one process owns a dead-letter path), filled."""
+    dlq = service_queue(service)
     for item in [*GOOD, *BAD]:  # one record per bar, as bisection leaves them
         await dlq.save([item], "an earlier failure")
+    return dlq
+
+
+def service_queue(service: RunningService) -> DeadLetterQueue[BarRow]:
+    coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+    dlq = coordinator.dead_letter_queue
+    assert dlq is not None
     return dlq
 
 
@@ -108,7 +116,7 @@ async def test_replays_while_earlier_ones_are_in_flight_never_multiply_records(
     database_url: str,
     tmp_path: Path,
 ) -> None:
-    dlq = await seed(tmp_path)
+    dlq = await seed(service)
     async with poison.transaction():
         # writes wait on this lock: every replay below answers with its bars in flight
         await poison.execute("LOCK TABLE bars IN ACCESS EXCLUSIVE MODE")
@@ -137,3 +145,33 @@ async def test_replays_while_earlier_ones_are_in_flight_never_multiply_records(
     assert await dlq.records() == []
     assert len(await stored_bars(database_url)) == len(GOOD) + len(BAD)
     assert not [name for name in os.listdir(tmp_path) if ".claimed-" in name]
+
+
+async def dlq_summary(client: httpx.AsyncClient) -> tuple[int, int]:
+    response = await client.get("/admin/dlq", headers=AUTH)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return body["records"], body["in_flight_records"]
+
+
+async def test_get_counts_what_a_replay_holds_and_what_an_earlier_run_left_aside(
+    service: RunningService, database_url: str, tmp_path: Path
+) -> None:
+    earlier_run = DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson")
+    for item in GOOD[:3]:
+        await earlier_run.save([item], "an earlier failure")
+    await earlier_run.claim()  # its replay was killed: the records sit in a claimed file
+    assert await dlq_summary(service.client) == (3, 0)
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE bars IN ACCESS EXCLUSIVE MODE")
+            first = await replay(service.client)
+            assert (first["records"], first["pending"]) == (3, True)
+            assert await dlq_summary(service.client) == (0, 3)  # held, not gone
+    finally:
+        await conn.close()
+    await settled(service)
+    assert await dlq_summary(service.client) == (0, 0)
+    assert len(await stored_bars(database_url)) == 3

@@ -137,8 +137,7 @@ async def test_after_a_crash_an_item_is_claimed_once_with_its_latest_error(
     await dlq.settle(claim, [], in_flight=claim.records, finished=lambda: False)
     await dlq.save([row(1)], "rejected again")  # then the process dies
     after_restart = DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson")
-    claim = await after_restart.claim()
-    assert claim.duplicates == 1
+    claim = await after_restart.claim()  # folds the journal back in first, once
     assert sorted((r.items[0].ts, r.error) for r in claim.records) == [
         (row(0).ts, "earlier failure"),
         (row(1).ts, "rejected again"),

@@ -9,6 +9,7 @@ decoded back into that type, so Decimal and datetime fields come back exact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -39,6 +40,9 @@ class DLQRecord(Generic[T]):
 class Scan(Generic[T]):
     records: list[DLQRecord[T]]
     unreadable: list[bytes]  # lines that do not decode (torn write, changed item type)
+    # held by a replay of this process: being re-submitted, or re-submitted and not
+    # written yet (those rejected again come back into ``records`` with their new error)
+    in_flight: list[DLQRecord[T]] = field(default_factory=list)
 
 
 @dataclass
@@ -49,6 +53,14 @@ class Claim(Generic[T]):
     paths: list[Path]
     unreadable: list[bytes]
     duplicates: int = 0  # items found more than once in the claimed files, claimed once
+
+
+@dataclass
+class _Hold:
+    """A claimed file this process holds, out of reach of ``claim``."""
+
+    finished: Callable[[], bool] | None  # None while the replay that claimed it runs
+    delete: bool = True  # once finished: delete it (a journal), or let go of it
 
 
 class _Line(msgspec.Struct):
@@ -78,7 +90,14 @@ def describe_error(error: BaseException | str) -> str:
 
 
 class DeadLetterQueue(Generic[T]):
-    """Append-only NDJSON file of failed batches."""
+    """Append-only NDJSON file of failed batches.
+
+    One process owns a path: claimed files (``<file>.claimed-*``) it does not hold
+    are taken as left by an earlier run: ``scan`` counts them as records, ``open``
+    (by the owner at start, else by the first ``claim``) folds them back into the file.
+    Processes sharing a path would take each other's claimed files: give each its
+    own.
+    """
 
     def __init__(
         self, path: str | os.PathLike[str], mkdirs: bool = True, *, item_type: Any = None
@@ -90,7 +109,8 @@ class DeadLetterQueue(Generic[T]):
         self._lock = asyncio.Lock()
         # claimed files this process holds: None while their replay runs, then a
         # "finished?" check while their submitted items are still being written
-        self._held: dict[Path, Callable[[], bool] | None] = {}
+        self._held: dict[Path, _Hold] = {}
+        self._opened = False
 
     @property
     def item_type(self) -> Any:
@@ -124,14 +144,33 @@ class DeadLetterQueue(Generic[T]):
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             size = os.fstat(fd).st_size
-            if size and os.pread(fd, 1, size - 1) != b"\n":
-                line = b"\n" + line  # a torn last line must not swallow this record
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            try:
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    line = b"\n" + line  # a torn last line must not swallow this record
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except BaseException:
+                # disk full midway: leave no part of a record behind
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
+
+    async def open(self) -> None:
+        """Fold claimed files left by an earlier run of the process (a crash, or a
+        settle that failed) back into the file, once, each item kept once with its
+        latest record; remove half-written temporary files. Idempotent; meant for
+        the queue's owner at start, and done by the first ``claim`` anyway."""
+        async with self._lock:
+            await self._open_locked()
+
+    async def _open_locked(self) -> None:
+        if not self._opened:
+            await asyncio.to_thread(self._fold, set(self._held))
+            self._opened = True
 
     async def replay(self, max_records: int = 100) -> list[DLQRecord[T]]:
         """The oldest ``max_records`` records (the file is left as it is)."""
@@ -146,8 +185,76 @@ class DeadLetterQueue(Generic[T]):
         return (await self.scan()).records
 
     async def scan(self) -> Scan[T]:
-        """Every record, and the lines that cannot be read back (kept, never dropped)."""
-        return await asyncio.to_thread(self._read, self.path, None)
+        """Every record a claim would take, the lines that cannot be read back (kept,
+        never dropped), and the records held by this queue's replays (``in_flight``).
+        Changes no file."""
+        async with self._lock:  # no claim or settle moves records between files meanwhile
+            held: set[Path] = set()
+            finished: set[Path] = set()  # journals the next prune deletes
+            for path, hold in self._held.items():
+                if hold.finished is None or not hold.finished():
+                    held.add(path)
+                elif hold.delete:
+                    finished.add(path)
+            return await asyncio.to_thread(self._scan_all, held, finished)
+
+    def _scan_all(self, held: set[Path], finished: set[Path]) -> Scan[T]:
+        claimed = [p for p in self._claimed_files() if p not in finished]
+        loose = [self._read(p, None) for p in claimed if p not in held]
+        main = self._read(self.path, None)
+        in_flight = [self._read(p, None) for p in claimed if p in held]
+        if loose:  # left by an earlier run or a failed settle: the next claim takes them
+            records, _ = _latest_once([r for s in [*loose, main] for r in s.records])
+            unreadable = _unique([raw for s in [*loose, main] for raw in s.unreadable])
+        else:
+            records, unreadable = main.records, main.unreadable
+        held_records, _ = _latest_once([r for s in in_flight for r in s.records])
+        return Scan[T](records, unreadable, held_records)
+
+    def _claimed_files(self) -> list[Path]:
+        """``<file>.claimed-*`` (a prefix match: the name may hold glob characters)."""
+        prefix = f"{self.path.name}.claimed-"
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except FileNotFoundError:
+            return []
+        return sorted(
+            self.path.parent / e.name
+            for e in entries
+            if e.name.startswith(prefix) and e.is_file(follow_symlinks=False)
+        )
+
+    def _fold(self, held: set[Path]) -> None:
+        name = self.path.name
+        parent = self.path.parent
+        try:
+            entries = list(os.scandir(parent))
+        except FileNotFoundError:
+            return
+        for entry in entries:  # temporaries of a write cut short: never renamed, not data
+            if entry.name == f".{name}.tmp" or (
+                entry.name.startswith(f".{name}.claimed-") and entry.name.endswith(".tmp")
+            ):
+                (parent / entry.name).unlink(missing_ok=True)
+        claimed = [p for p in self._claimed_files() if p not in held]
+        if not claimed:
+            return
+        scans = [self._read(p, None) for p in [*claimed, self.path]]
+        records, duplicates = _latest_once([r for s in scans for r in s.records])
+        unreadable = _unique([raw for s in scans for raw in s.unreadable])
+        payload = b"".join(_encode_record(r) for r in records)
+        payload += b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for raw in unreadable)
+        _write_new(self.path, payload)
+        for path in claimed:  # a crash before this: the next open folds them again, once
+            path.unlink(missing_ok=True)
+        log.warning(
+            "%s: %d claimed file(s) of an earlier run folded back in (%d records, "
+            "%d duplicate items dropped)",
+            self.path,
+            len(claimed),
+            len(records),
+            duplicates,
+        )
 
     async def claim(self) -> Claim[T]:
         """Take every record out of the queue for a replay.
@@ -161,19 +268,16 @@ class DeadLetterQueue(Generic[T]):
         claim to ``settle`` when the replay is over, whatever happened.
         """
         async with self._lock:
+            await self._open_locked()
             await self._prune_locked()
             held = self._held
-            paths = [
-                p
-                for p in sorted(self.path.parent.glob(f"{self.path.name}.claimed-*"))
-                if p not in held
-            ]
+            paths = [p for p in self._claimed_files() if p not in held]
             if self.path.exists():
                 target = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
                 os.replace(self.path, target)
                 paths.append(target)
             for path in paths:
-                held[path] = None
+                held[path] = _Hold(None)
         try:
             scans = [await asyncio.to_thread(self._read, path, None) for path in paths]
         except BaseException:
@@ -198,11 +302,16 @@ class DeadLetterQueue(Generic[T]):
         ``in_flight`` are records whose items were handed to a writer that will
         write them or dead-letter them afresh itself (the coordinator), and are not
         finished yet: they do not go back into the queue. Until ``finished()``
-        says so they stay on disk in a claimed file of their own, which only a
-        claim after a crash picks up again.
+        says so they stay on disk in a claimed file of their own, which only the
+        next start (after a crash) folds back into the file.
+
+        If this fails (disk full), the claimed files stay held until ``finished()``
+        - their in-flight items must not be claimed again while the writer has
+        them - and are then let go of: the next claim takes them again.
         """
         lines = [_encode_record(r) for r in keep]
         lines.extend(raw if raw.endswith(b"\n") else raw + b"\n" for raw in claim.unreadable)
+        done = False
         try:
             async with self._lock:  # no claim or prune sees a half-done settle
                 if lines:
@@ -211,12 +320,18 @@ class DeadLetterQueue(Generic[T]):
                     journal = self.path.with_name(f"{self.path.name}.claimed-{time.time_ns()}")
                     payload = b"".join(_encode_record(r) for r in in_flight)
                     await asyncio.to_thread(_write_new, journal, payload)
-                    self._held[journal] = finished
+                    self._held[journal] = _Hold(finished)
                 for path in claim.paths:
                     await asyncio.to_thread(path.unlink, missing_ok=True)
+                done = True
         finally:
+            hold = not done and bool(in_flight) and finished is not None
             for path in claim.paths:
-                self._held.pop(path, None)
+                if hold:
+                    assert finished is not None
+                    self._held[path] = _Hold(finished, delete=False)
+                else:
+                    self._held.pop(path, None)
 
     async def prune(self) -> None:
         """Delete the claimed files kept for in-flight replayed items that are now
@@ -225,9 +340,10 @@ class DeadLetterQueue(Generic[T]):
             await self._prune_locked()
 
     async def _prune_locked(self) -> None:
-        for path, finished in list(self._held.items()):
-            if finished is not None and finished():
-                await asyncio.to_thread(path.unlink, missing_ok=True)
+        for path, hold in list(self._held.items()):
+            if hold.finished is not None and hold.finished():
+                if hold.delete:
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
                 del self._held[path]
 
     def _read(self, path: Path, max_records: int | None) -> Scan[T]:
@@ -265,24 +381,35 @@ def _encode_record(record: DLQRecord[Any]) -> bytes:
 def _write_new(path: Path, payload: bytes) -> None:
     """Write ``path`` whole and durably: a temporary name, fsync, rename."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def _unique(lines: list[bytes]) -> list[bytes]:
+    return list(dict.fromkeys(lines))
 
 
 def _latest_once(records: list[DLQRecord[T]]) -> tuple[list[DLQRecord[T]], int]:
     """``records`` with every item kept once, in its latest record (the newest
-    error); records left empty are dropped. Returns them and the items dropped."""
+    error, by ``ts``: a replay writes back old records after newer ones); records
+    left empty are dropped. Returns them, oldest first, and the items dropped."""
     seen: set[bytes] = set()
     kept: list[DLQRecord[T]] = []
     duplicates = 0
-    for record in reversed(records):
+    oldest_first = sorted(records, key=lambda r: r.ts)  # stable: equal ts keep file order
+    for record in reversed(oldest_first):
         items: list[T] = []
         for item in record.items:
             key = _encoder.encode(item)

@@ -31,6 +31,10 @@ class DeadLetterSummary(msgspec.Struct):
     items: int
     unreadable_lines: int  # kept in the file as they are, for an operator to look at
     recent: list[DeadLetterRecordBody]  # newest last
+    # held by a replay: being re-submitted, or re-submitted and not written yet (those
+    # rejected again come back into ``records`` with their new error)
+    in_flight_records: int = 0
+    in_flight_items: int = 0
 
 
 def _body(record: DLQRecord[BarRow]) -> DeadLetterRecordBody:
@@ -61,6 +65,8 @@ class DeadLetterController(Controller):
             sum(len(r.items) for r in records),
             len(scan.unreadable),
             [_body(r) for r in shown],
+            len(scan.in_flight),
+            sum(len(r.items) for r in scan.in_flight),
         )
         return Response(summary)
 
