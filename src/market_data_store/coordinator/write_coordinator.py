@@ -127,6 +127,14 @@ class WriteCoordinator(Generic[T]):
     async def start(self) -> None:
         if self._started:
             return
+        if self._dlq is not None:
+            try:
+                # what a crash left beside the file (a replay's claimed files) is folded
+                # back now, so it is counted and replayed like any other record
+                await self._dlq.open()
+            except OSError:
+                log.warning("dead letters: leftovers of an earlier run not folded back yet "
+                            "(the next replay tries again)", exc_info=True)  # fmt: skip
         for worker in self._workers:
             worker.start()
         self._started = True

@@ -98,3 +98,23 @@ async def test_records_held_by_a_running_replay_are_reported_in_flight(tmp_path:
     assert scan.in_flight == []
     await dlq.prune()
     assert [n for n in listing(tmp_path) if ".claimed-" in n] == []
+
+
+async def test_a_coordinator_folds_the_leftovers_back_when_it_starts(tmp_path: Path) -> None:
+    from market_data_store.coordinator import WriteCoordinator
+
+    class Sink:
+        async def write(self, batch: object) -> None:
+            pass
+
+    path = tmp_path / "dlq.ndjson"
+    await crashed_mid_replay(path)
+    coordinator = WriteCoordinator[BarRow](
+        sink=Sink(), coord_id="t", dead_letter_queue=DeadLetterQueue[BarRow](path)
+    )
+    await coordinator.start()
+    try:
+        assert listing(tmp_path) == ["dlq.ndjson"]  # folded back at start, not at a replay
+        assert len(await DeadLetterQueue[BarRow](path).records()) == 3
+    finally:
+        await coordinator.stop()
