@@ -219,3 +219,42 @@ def test_timestamps_at_the_ends_of_the_calendar_are_refused(ts: str) -> None:
     with pytest.raises(InvalidBody) as info:
         rows_of(payload)
     assert [(e.index, e.field) for e in info.value.errors] == [(1, "ts")]
+
+
+@pytest.mark.parametrize("media_type", [JSON, MSGPACK])
+def test_a_price_nested_just_shallow_enough_to_decode_is_a_422(media_type: str) -> None:
+    """Below the decoder's own depth limit, but too deep to print: still the client's
+    mistake, reported, never a 500 (RecursionError)."""
+    outcomes: list[tuple[int, str]] = []
+    for depth in range(900, 1100, 3):
+        if media_type == JSON:  # built by hand: encoders refuse such depths themselves
+            placeholder, nested = b'"X"', b"[" * depth + b"1" + b"]" * depth
+            data = msgspec.json.encode(body(open="X")).replace(placeholder, nested)
+        else:
+            placeholder, nested = b"\xa1X", b"\x91" * depth + b"\x01"
+            data = msgspec.msgpack.encode(body(open="X")).replace(placeholder, nested)
+        try:
+            to_rows(decode(data, media_type, 10), NOW)
+        except (MalformedBody, InvalidBody) as exc:  # 400 (deeper than decoded) or 422
+            fields = [(e.index, e.field) for e in getattr(exc, "errors", [])]
+            outcomes.append((depth, "400" if isinstance(exc, MalformedBody) else str(fields)))
+    assert {o for _, o in outcomes} == {"400", str([(0, "open")])}, outcomes
+
+
+def test_msgpack_field_names_that_are_not_strings_are_a_422() -> None:
+    payload = body()
+    payload["bars"][0][1] = "x"
+    with pytest.raises(InvalidBody) as info:
+        to_rows(decode(msgspec.msgpack.encode(payload), MSGPACK, 10), NOW)
+    assert [(e.index, e.field, e.message) for e in info.value.errors] == [
+        (0, "$", "field names must be strings")
+    ]
+
+
+def test_huge_integers_are_refused_without_converting_them() -> None:
+    with pytest.raises(InvalidBody) as info:
+        rows_of(body(volume=10**4000, open=-(10**21)))
+    assert [(e.field, e.message) for e in info.value.errors] == [
+        ("open", "must be below 10^20 in magnitude"),
+        ("volume", "must be below 10^20 in magnitude"),
+    ]

@@ -160,6 +160,9 @@ def _all_errors(data: Any) -> list[BarError]:
         if not isinstance(bar, dict):
             errors.append(BarError(index, "$", "each bar must be an object"))
             continue
+        if not all(isinstance(key, str) for key in bar):  # MessagePack maps may have others
+            errors.append(BarError(index, "$", "field names must be strings"))
+            continue
         typing_errors = list(_typing_errors(index, bar))
         if typing_errors:
             errors.extend(typing_errors)
@@ -332,7 +335,10 @@ def _plain_numbers(bars: list[BarIn]) -> tuple[list[str], list[float]] | None:
     """
     if not bars:
         return None
-    joined = ",".join([f"{b.open},{b.high},{b.low},{b.close},{b.volume}" for b in bars])
+    try:
+        joined = ",".join([f"{b.open},{b.high},{b.low},{b.close},{b.volume}" for b in bars])
+    except RecursionError:  # a price nested too deeply to print: ``_check`` refuses it
+        return None
     if any(character in joined for character in _NOT_PLAIN):
         return None
     try:
@@ -409,10 +415,16 @@ def _check(bar: BarIn) -> Checked | list[tuple[str, str]]:
     return (symbol, bar.resolution, ts.astimezone(UTC), to, th, tl, tc, tv)
 
 
+_LIMIT = 10**MAX_INTEGER_DIGITS
+_TOO_LARGE = f"must be below 10^{MAX_INTEGER_DIGITS} in magnitude"
+
+
 def _decimal(value: Any) -> Decimal | str:
     """The exact value of a number as sent, or what is wrong with it."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         return "must be a number or a decimal string"
+    if isinstance(value, int) and not -_LIMIT < value < _LIMIT:
+        return _TOO_LARGE  # said without converting thousands of digits
     try:
         # a float only ever comes from MessagePack: its shortest repr is what was meant
         return Decimal(repr(value) if isinstance(value, float) else value)
@@ -433,5 +445,5 @@ def _number_problem(value: Decimal) -> str | None:
     if exponent < -MAX_SCALE:
         return f"at most {MAX_SCALE} digits after the decimal point"
     if value and value.adjusted() >= MAX_INTEGER_DIGITS:
-        return f"must be below 10^{MAX_INTEGER_DIGITS} in magnitude"
+        return _TOO_LARGE
     return None

@@ -76,6 +76,7 @@ INSERT INTO bars AS b (provider, symbol, resolution, ts, open, high, low, close,
 SELECT provider, symbol, resolution, ts, open, high, low, close, volume,
        delayed, ingested_at, updated_at
 FROM {STAGING}
+ORDER BY provider, symbol, resolution, ts  -- rows locked in key order: no deadlocks
 ON CONFLICT (provider, symbol, resolution, ts) DO UPDATE
 SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, delayed = EXCLUDED.delayed, updated_at = EXCLUDED.updated_at
