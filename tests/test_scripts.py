@@ -38,7 +38,7 @@ def test_coordinator_benchmark_prints_each_case() -> None:
 
 def test_ingest_benchmark_runs_end_to_end(database_url: str) -> None:
     command = [sys.executable, "bench/ingest.py", "--symbols", "5", "--minutes", "40",
-               "--per-request", "50", "--clients", "2"]  # fmt: skip
+               "--per-request", "50", "--clients", "2", "--repeat", "2"]  # fmt: skip
     env = {**os.environ, "DATABASE_URL": database_url}
     refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert refused.returncode != 0

@@ -9,9 +9,11 @@ handler also flips the app's ``Lifecycle`` before uvicorn's own handling.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import math
 import signal
+import socket
 from types import FrameType
 from typing import Any
 
@@ -36,10 +38,35 @@ class _OneLineStartupFailure(logging.Filter):
         return True
 
 
+# Young-generation size between garbage collections (Python's default: 700).
+GC_GEN0_THRESHOLD = 50_000
+
+
+def freeze_heap() -> None:
+    """Once the service is up: collect, then move everything alive (the app, its
+    routes, Litestar, OpenTelemetry, the pool...) out of the collector's sight, and
+    let the young generation grow larger before it is scanned. A 5,000-bar request
+    allocates thousands of short-lived containers; with Python's defaults each burst
+    triggers collections that rescan that whole stable heap. Measured with
+    bench/ingest.py's service process: about 7 % less CPU per ingested bar."""
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle) -> None:
+    def __init__(
+        self, config: uvicorn.Config, lifecycle: Lifecycle, *, tune_gc: bool = False
+    ) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
+        self._tune_gc = tune_gc
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._tune_gc and self.started:
+            freeze_heap()
 
     def transport_of(self, scope: Any) -> asyncio.BaseTransport | None:
         """The transport of the connection whose current request has ``scope`` (uvicorn
@@ -57,8 +84,15 @@ class _Server(uvicorn.Server):
 
 
 def build_server(
-    app: Litestar, settings: Settings, *, host: str | None = None, port: int | None = None
+    app: Litestar,
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    tune_gc: bool = False,
 ) -> uvicorn.Server:
+    """The uvicorn server of ``app``; ``tune_gc`` (the ``serve`` command's, not an
+    embedding process's) freezes the heap once started: see ``freeze_heap``."""
     config = uvicorn.Config(
         app,
         host=host or settings.server.host,
@@ -78,7 +112,7 @@ def build_server(
     access.handlers.clear()
     access.propagate = False
     lifecycle: Lifecycle = app.state.lifecycle
-    server = _Server(config, lifecycle)
+    server = _Server(config, lifecycle, tune_gc=tune_gc)
     lifecycle.transport_of = server.transport_of
     return server
 
@@ -90,7 +124,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     exit status would say "killed", or Ctrl+C would end in a traceback); a
     shutdown that completed is a clean exit here.
     """
-    server = build_server(create_app(settings), settings, host=host, port=port)
+    server = build_server(create_app(settings), settings, host=host, port=port, tune_gc=True)
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.signal(sig, _ignore_after_shutdown) for sig in signals}
     try:

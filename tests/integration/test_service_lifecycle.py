@@ -119,3 +119,45 @@ def test_sigterm_while_waiting_for_the_database_exits_promptly(tmp_path: Path) -
         if proc.poll() is None:
             proc.kill()
     assert "shutdown requested while waiting for it" in err
+
+
+async def test_the_serve_command_freezes_the_heap_once_up(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve`` (``tune_gc``) freezes the heap once start-up is over, not before (the
+    lifespan's objects are part of it); an embedding process (no ``tune_gc``) keeps
+    its collector as it is."""
+    from market_data_store import server as server_module
+    from market_data_store.http import create_app
+    from tests.support.service import service_settings
+
+    calls: list[bool] = []
+    monkeypatch.setattr(server_module, "freeze_heap", lambda: calls.append(True))
+    settings = service_settings(database_url, str(tmp_path))
+    for tune_gc, expected in ((False, []), (True, [True])):
+        app = create_app(settings)
+        srv = server_module.build_server(app, settings, host="127.0.0.1", port=0, tune_gc=tune_gc)
+        task = asyncio.create_task(srv.serve())
+        while not srv.started:
+            assert not task.done()
+            await asyncio.sleep(0.01)
+        assert app.state.coordinator is not None  # the lifespan had run
+        assert calls == expected
+        srv.should_exit = True
+        await asyncio.wait_for(task, 30)
+        calls.clear()
+
+
+def test_freeze_heap_freezes_and_widens_the_young_generation() -> None:
+    import gc
+
+    from market_data_store.server import GC_GEN0_THRESHOLD, freeze_heap
+
+    before = gc.get_threshold()
+    try:
+        freeze_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_GEN0_THRESHOLD, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

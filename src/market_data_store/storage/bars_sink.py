@@ -238,20 +238,20 @@ def _plain_lines(rows: Sequence[BarRow]) -> list[str]:
     lines: list[str] = []
     append = lines.append
     last_received: datetime | None = None
-    received = ""
+    tails = ("", "")  # ",f,<received>,<received>\n" and ",t,...": one per request
     last_ts: datetime | None = None
     ts = ""
     for r in rows:
         if r.received_at is not last_received:  # one request shares one timestamp
             last_received = r.received_at
             stamp = r.received_at.isoformat()
-            received = f"{stamp},{stamp}"
+            tails = (f",f,{stamp},{stamp}\n", f",t,{stamp},{stamp}\n")
         if r.ts != last_ts:  # bars of many symbols often share a timestamp
             last_ts = r.ts
             ts = r.ts.isoformat()
         append(
             f"{r.provider},{r.symbol},{r.resolution},{ts},{r.open},{r.high},"
-            f"{r.low},{r.close},{r.volume},{'t' if r.delayed else 'f'},{received}\n"
+            f"{r.low},{r.close},{r.volume}{tails[r.delayed]}"
         )
     return lines
 
