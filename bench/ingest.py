@@ -247,6 +247,7 @@ class Service:
                "MDS_DATABASE_COPY_FAST_PATH": str(fast_path).lower()}  # fmt: skip
         cmd = [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        self.cpu_per_row = 0.0
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -269,14 +270,22 @@ class Service:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )  # fmt: skip
             time.sleep(1)
+        cpu_before = self.cpu_seconds()
         try:
             elapsed = asyncio.run(post_all(self.base, bodies, media, clients))
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(timeout=60)
+        self.cpu_per_row = (self.cpu_seconds() - cpu_before) / rows
         assert asyncio.run(count(url)) == rows
         return rows / elapsed
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the service process so far: steadier than a
+        rate on a shared machine, as other processes' load does not add to it."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -316,6 +325,7 @@ def main() -> None:
     msgpack_bodies = request_bodies(rows, per, MSGPACK)
     n = len(rows)
     results: dict[str, float] = {}
+    cpu_us: dict[str, float] = {}  # service CPU per row, new-row HTTP cases (best round)
     with tempfile.TemporaryDirectory(prefix="mds-bench-") as tmp:
         embedded = None
         if not url:
@@ -351,6 +361,8 @@ def main() -> None:
                             asyncio.run(reset(url))
                             profile = args.profile if round_ == 0 and key == "http json" else None
                             rate = service.post(url, n, bodies, media, args.clients, profile)
+                            cpu = service.cpu_per_row * 1e6
+                            cpu_us[key] = min(cpu_us.get(key, cpu), cpu)
                         results[key] = max(results.get(key, 0.0), rate)
                 asyncio.run(settle(url))  # full, from the last case
                 results["http replay"] = on.post(url, n, json_bodies, JSON, args.clients)
@@ -400,6 +412,10 @@ def main() -> None:
         ("in-process new, fast path / upsert", "fast", "upsert"),
         ("in-process 10 % existing, MERGE / ON CONFLICT", "mixed merge", "mixed on conflict"),
     ]
+    for key, label in (("http json", "JSON"), ("http msgpack", "MessagePack"),
+                       ("http json off", "JSON, fast path off")):  # fmt: skip
+        if key in cpu_us:
+            print(f"{'service CPU per new bar, ' + label:54} {cpu_us[key]:>10.2f} us")
     for label, top, bottom in ratios:
         if top in results and bottom in results:
             print(f"{label:54} {results[top] / results[bottom]:>10.1%}")
