@@ -19,7 +19,7 @@ from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout, RedisFeedbackBridge, RedisFeedbackPublisher
 from tests.support.bars import bars_body
 from tests.support.process import serve, stop
-from tests.support.redis_server import PrivateRedis, shared_redis_url, unique_channel
+from tests.support.redis_server import PrivateRedis, replica_env, shared_redis_url, unique_channel
 from tests.support.tcp_proxy import TcpProxy
 
 HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
@@ -125,25 +125,6 @@ async def test_a_silently_dead_subscription_is_noticed_and_renewed(tmp_path: Pat
 
 
 # -- two service processes -------------------------------------------------------
-
-
-def replica_env(
-    database_url: str, tmp: Path, name: str, redis_url: str, channel: str
-) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "MDS_SERVER_INSTANCE_ID": name,
-        "MDS_FEEDBACK_REDIS_URL": redis_url,
-        "MDS_FEEDBACK_REDIS_CHANNEL": channel,
-        "MDS_FEEDBACK_REDIS_TIMEOUT": "0.5",
-        "MDS_COORDINATOR_CAPACITY": "100",
-        "MDS_COORDINATOR_HIGH_WATERMARK": "80",
-        "MDS_COORDINATOR_LOW_WATERMARK": "50",
-        "MDS_COORDINATOR_BATCH_SIZE": "50",
-        "MDS_COORDINATOR_DEAD_LETTER_PATH": str(tmp / f"{name}.ndjson"),
-        "MDS_DATABASE_HEALTH_INTERVAL": "0.2",
-        "MDS_DATABASE_HEALTH_TIMEOUT": "0.2",
-    }
 
 
 def levels_of(base: str, coordinator: str) -> str | None:

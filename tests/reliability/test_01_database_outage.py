@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.support.reliability import (
     diff,
     ms,
     percentile,
+    statuses_of,
     stored_values,
     until,
     until_queue_empty,
@@ -127,9 +127,7 @@ def test_database_outage_during_ingest(
 
     accepted = accepted_of(producers)
     stored = asyncio.run(stored_values(url))
-    statuses: Counter[int] = Counter()
-    for p in producers:
-        statuses.update(p.statuses)
+    statuses = statuses_of(producers)
     first_503 = probes.first(503, outage_at)
     first_200 = probes.first(200, restart_at)
     circuit = [p.circuit_state for p in probes.probes if p.circuit_state]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from tests.support.reliability import (
     diff,
     ms,
     percentile,
+    statuses_of,
     stored_values,
     until,
     until_queue_empty,
@@ -87,9 +87,7 @@ def test_database_hangs(database_url: str, tmp_path: Path, report: ScenarioRepor
 
     accepted = accepted_of(producers)
     stored = asyncio.run(stored_values(database_url))
-    statuses: Counter[int] = Counter()
-    for p in producers:
-        statuses.update(p.statuses)
+    statuses = statuses_of(producers)
     during = ready.latencies(hung_at, resumed_at) + live.latencies(hung_at, resumed_at)
     first_503 = ready.first(503, hung_at)
     first_200 = ready.first(200, resumed_at)

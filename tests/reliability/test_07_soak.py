@@ -21,6 +21,7 @@ from tests.support.reliability import (
     ms,
     percentile,
     rss_mb,
+    statuses_of,
     stored_values,
 )
 
@@ -123,9 +124,7 @@ def test_soak(database_url: str, tmp_path: Path, report: ScenarioReport) -> None
 
     accepted = accepted_of(producers)
     stored = asyncio.run(stored_values(database_url))
-    statuses: Counter[int] = Counter()
-    for p in producers:
-        statuses.update(p.statuses)
+    statuses = statuses_of(producers)
     latencies = probes[0].latencies() + probes[1].latencies()
     first = min(p.sent for s in probes for p in s.probes)
     windows = [

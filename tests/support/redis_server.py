@@ -87,3 +87,23 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def replica_env(
+    database_url: str, tmp: Path, name: str, redis_url: str, channel: str
+) -> dict[str, str]:
+    """Environment of one ``mds-store serve`` replica sharing feedback over Redis."""
+    return {
+        "DATABASE_URL": database_url,
+        "MDS_SERVER_INSTANCE_ID": name,
+        "MDS_FEEDBACK_REDIS_URL": redis_url,
+        "MDS_FEEDBACK_REDIS_CHANNEL": channel,
+        "MDS_FEEDBACK_REDIS_TIMEOUT": "0.5",
+        "MDS_COORDINATOR_CAPACITY": "100",
+        "MDS_COORDINATOR_HIGH_WATERMARK": "80",
+        "MDS_COORDINATOR_LOW_WATERMARK": "50",
+        "MDS_COORDINATOR_BATCH_SIZE": "50",
+        "MDS_COORDINATOR_DEAD_LETTER_PATH": str(tmp / f"{name}.ndjson"),
+        "MDS_DATABASE_HEALTH_INTERVAL": "0.2",
+        "MDS_DATABASE_HEALTH_TIMEOUT": "0.2",
+    }

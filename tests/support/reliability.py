@@ -190,6 +190,14 @@ class Producer:
                 await asyncio.sleep(0.1)
 
 
+def statuses_of(producers: list[Producer]) -> Counter[int]:
+    """How many answers of each status the producers got."""
+    statuses: Counter[int] = Counter()
+    for producer in producers:
+        statuses.update(producer.statuses)
+    return statuses
+
+
 def accepted_of(producers: list[Producer]) -> dict[Key, Values]:
     merged: dict[Key, Values] = {}
     for producer in producers:
