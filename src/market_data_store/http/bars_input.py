@@ -241,27 +241,14 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
     else:
         good_resolutions, symbols, utc = _GOOD_RESOLUTIONS, _SYMBOLS, UTC
         earliest, latest = EARLIEST, LATEST
-        texts, values = iter(plain[0]), iter(plain[1])
-        for index, (bar, o, h, lo, c, v, fo, fh, fl, fc, fv) in enumerate(
-            zip(
-                bars,
-                texts,
-                texts,
-                texts,
-                texts,
-                texts,
-                values,
-                values,
-                values,
-                values,
-                values,
-                strict=True,
-            )
+        texts, values = iter(plain[0]), iter(plain[1])  # five of each per bar, in order
+        fives = zip(texts, texts, texts, texts, texts, strict=True)
+        floats = zip(values, values, values, values, values, strict=True)
+        for index, (bar, (o, h, lo, c, v), (fo, fh, fl, fc, fv)) in enumerate(
+            zip(bars, fives, floats, strict=True)
         ):
             symbol = symbols.get(bar.symbol)
-            ts = bar.ts
-            if ts.tzinfo is not utc:
-                ts = _utc(ts)
+            ts = bar.ts if bar.ts.tzinfo is utc else _utc(bar.ts)
             if (
                 symbol is not None
                 and ts is not None
