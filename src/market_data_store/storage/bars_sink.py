@@ -116,11 +116,15 @@ class BarsSink:
         if not batch:
             return
         async with self._pool.acquire() as conn:
-            # A key twice in one batch fails the fast COPY like an existing key does:
-            # only the merge, which may not touch a row twice, needs latest_versions.
-            written = await self._copy(conn, batch)
+            payload = encode_csv(batch) if await self._fast_path_due(conn, batch) else None
+            written = None if payload is None else await self._copy(conn, payload)
             if written is None:
-                payload = encode_csv(latest_versions(batch))
+                # A key twice in one batch fails the fast COPY like an existing key
+                # does: only the merge, which may not touch a row twice, needs
+                # latest_versions (which returns the batch itself when no key repeats).
+                rows = latest_versions(batch)
+                if payload is None or rows is not batch:
+                    payload = encode_csv(rows)
                 async with conn.transaction():
                     await conn.copy_to_table(
                         STAGING, source=_source(payload), columns=COLUMNS, format="csv"
@@ -131,21 +135,26 @@ class BarsSink:
         self.stats.rows_received += len(batch)
         self.stats.rows_written += written
 
-    async def _copy(
+    async def _fast_path_due(
         self, conn: PoolConnectionProxy[asyncpg.Record], batch: Sequence[BarRow]
-    ) -> int | None:
-        """The fast path: rows written, or None when the batch must be merged."""
+    ) -> bool:
+        """Whether this batch tries the fast path (not while skipping after conflicts;
+        when retrying after them, only if its first key is new)."""
         if not self._fast_path:
-            return None
+            return False
         if self._skip > 0:
             self._skip -= 1
-            return None
+            return False
         if self._penalty and await conn.fetchval(_EXISTS, *_key(batch[0])):
             self._conflict()  # still meeting existing keys: no COPY sent only to fail
-            return None
+            return False
+        return True
+
+    async def _copy(self, conn: PoolConnectionProxy[asyncpg.Record], payload: bytes) -> int | None:
+        """The fast path: rows written, or None when the batch must be merged."""
         try:
             status = await conn.copy_to_table(
-                "bars", source=_source(encode_csv(batch)), columns=COLUMNS, format="csv"
+                "bars", source=_source(payload), columns=COLUMNS, format="csv"
             )
         except asyncpg.UniqueViolationError:
             self.stats.failed_copies += 1
