@@ -23,7 +23,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from market_data_store.config import Settings, load_settings
+from market_data_store.config import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).parents[1]
 K8S = ROOT / "k8s"
@@ -261,7 +261,8 @@ def test_production_toml_holds_no_secret_and_loads() -> None:
     assert s.server.host == "0.0.0.0"
     assert not s.admin_token_is_default
     # without the Secret's token it is the default one, which production refuses
-    assert load_settings({}, config_file=PRODUCTION_TOML).admin_token_is_default
+    with pytest.raises(ConfigError, match="admin_token is still the default"):
+        load_settings({}, config_file=PRODUCTION_TOML)
     # the example Secret's values are well-formed for the settings they fill
     example = dict(out_of_band_secret()["stringData"])
     example["ADMIN_TOKEN"] = secrets.token_hex(32)

@@ -14,14 +14,17 @@ value came from and the rule it breaks - never a traceback.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
 import socket
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_type_hints
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote
 
 import msgspec
 
@@ -246,7 +249,11 @@ def _from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
             continue
         path = _env_path(name[len(ENV_PREFIX) :].lower(), Settings)
         if path is None:
-            log.warning("environment variable %s does not name a setting; ignored", name)
+            log.warning(
+                "environment variable %s does not name a setting; ignored%s",
+                name,
+                _did_you_mean(name, [_env_name(key) for key in setting_keys()]),
+            )
             continue
         found[path] = (name, value)  # prefixed wins over unprefixed
     names: dict[str, str] = {}
@@ -274,6 +281,50 @@ def _env_path(rest: str, struct: type[msgspec.Struct]) -> tuple[str, ...] | None
     return None
 
 
+def setting_keys(struct: type[msgspec.Struct] | None = None, prefix: str = "") -> list[str]:
+    """Every setting's dotted key (``coordinator.capacity``...)."""
+    hints = get_type_hints(struct or Settings, include_extras=True)
+    struct = struct or Settings
+    keys: list[str] = []
+    for field in struct.__struct_fields__:
+        kind = hints[field]
+        if isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            keys += setting_keys(kind, f"{prefix}{field}.")
+        else:
+            keys.append(prefix + field)
+    return keys
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "_").upper()
+
+
+def _did_you_mean(wrong: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _field_type(key: str) -> Any:
+    """The declared type of the setting ``key`` (``None`` if it names none)."""
+    node: Any = Settings
+    for part in key.split("."):
+        if not (isinstance(node, type) and issubclass(node, msgspec.Struct)):
+            return None
+        node = get_type_hints(node, include_extras=True).get(part)
+    return node
+
+
+def _accepted_values(kind: Any) -> str:
+    """``: one of 'a', 'b'`` for enums, the accepted spellings for booleans."""
+    while typing.get_origin(kind) is Annotated:
+        kind = typing.get_args(kind)[0]
+    if kind is bool:
+        return " (accepted: true, false, 1, 0)"
+    if typing.get_origin(kind) is Literal:
+        return f" (accepted: {', '.join(repr(v) for v in typing.get_args(kind))})"
+    return ""
+
+
 def _explain(message: str, data: Mapping[str, Any], sources: _Sources) -> str:
     """Turn msgspec's ``Expected ... - at `$.a.b``` into ``a.b = v (from X): expected ...``."""
     rule, _, where = message.partition(" - at ")
@@ -281,7 +332,8 @@ def _explain(message: str, data: Mapping[str, Any], sources: _Sources) -> str:
     if rule.startswith("Object contains unknown field"):
         unknown = rule.split("`")[1]
         full = f"{key}.{unknown}" if key else unknown
-        return f"{full}{sources.describe(full)}: unknown setting"
+        hint = _did_you_mean(full, setting_keys())
+        return f"{full}{sources.describe(full)}: unknown setting{hint}"
     if rule.startswith("Object missing required field"):
         missing = rule.split("`")[1]
         full = f"{key}.{missing}" if key else missing
@@ -291,18 +343,16 @@ def _explain(message: str, data: Mapping[str, Any], sources: _Sources) -> str:
         value = value.get(part) if isinstance(value, Mapping) else None
     rule = rule[0].lower() + rule[1:] if rule else rule
     shown = f" = {value!r}" if value is not None and not isinstance(value, Mapping) else ""
-    return f"{key}{shown}{sources.describe(key)}: {rule}"
+    if key in _URL_KEYS or key == "admin_token":
+        shown = ""  # may be (part of) a secret
+    return f"{key}{shown}{sources.describe(key)}: {rule}{_accepted_values(_field_type(key))}"
 
 
 def _check_rules(s: Settings, sources: _Sources) -> None:
     """Rules spanning several keys, or beyond what a type can say."""
     c = s.coordinator
     high, low = c.resolved_high_watermark, c.resolved_low_watermark
-    problems: list[str] = []
-    if not s.admin_token.strip():
-        problems.append(
-            f"admin_token = {s.admin_token!r}{sources.describe('admin_token')}: must not be blank"
-        )
+    problems: list[str] = _admin_token_problems(s, sources)
     if high > c.capacity:
         problems.append(
             f"coordinator.high_watermark ({high}) must not exceed coordinator.capacity "
@@ -335,48 +385,176 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
             f"retry.max_backoff_ms ({r.max_backoff_ms}) must be at least "
             f"retry.initial_backoff_ms ({r.initial_backoff_ms})"
         )
-    schemes = {
-        "database_url": (s.database_url, ("postgres://", "postgresql://")),
-        "feedback.webhook.url": (s.feedback.webhook.url, ("http://", "https://")),
-        "feedback.redis.url": (s.feedback.redis.url, ("redis://", "rediss://", "unix://")),
-    }
-    for key, (url, allowed) in schemes.items():
-        if url is None:
-            continue
-        if not url.startswith(allowed):
-            problems.append(f"{key}{sources.describe(key)}: must start with {' or '.join(allowed)}")
-        elif not _host_and_port_parse(url):
-            # the URL is not shown: a password with '/' or '#' in it ends up in the "host"
-            problems.append(
-                f"{key}{sources.describe(key)}: not a valid URL (host or port cannot be "
-                "read; percent-encode special characters in the password)"
-            )
+    for key, url in _urls(s):
+        if url is not None and (problem := _url_problem(url, _URL_KEYS[key])):
+            # the URL itself is never shown: it may hold a password
+            problems.append(f"{key}{sources.describe(key)}: {problem}")
     if problems:
         raise ConfigError("; ".join(problems))
 
 
-def _host_and_port_parse(url: str) -> bool:
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 (raises on a bad port)
-    except ValueError:
-        return False
-    return parts.scheme == "unix" or bool(parts.hostname) or parts.scheme.startswith("postgres")
+MIN_PRODUCTION_TOKEN = 32
+GENERATE_TOKEN = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+def check_admin_token(settings: Settings) -> None:
+    """Raise ``ConfigError`` unless the admin token suits ``settings.env`` (the rule
+    ``load_settings`` applies, for settings built another way)."""
+    if problems := _admin_token_problems(settings, _Sources({})):
+        raise ConfigError("; ".join(problems))
+
+
+def _admin_token_problems(s: Settings, sources: _Sources) -> list[str]:
+    """Any env: printable ASCII (a header carries bytes: a token of other characters
+    cannot be compared reliably with what clients send). Production: no default, at
+    least ``MIN_PRODUCTION_TOKEN`` characters."""
+    token, where = s.admin_token, sources.describe("admin_token")
+    if not token.strip():
+        return [f"admin_token{where}: must not be blank"]
+    if not (token.isascii() and token.isprintable()) or token != token.strip():
+        return [
+            f"admin_token{where}: must be printable ASCII without leading or trailing "
+            f"spaces (generate one with: {GENERATE_TOKEN})"
+        ]
+    if s.env != "production":
+        return []
+    if s.admin_token_is_default:
+        return [
+            "env is production but admin_token is still the default; set ADMIN_TOKEN "
+            f"(or MDS_ADMIN_TOKEN) to a secret, e.g. the output of: {GENERATE_TOKEN}"
+        ]
+    if len(token) < MIN_PRODUCTION_TOKEN:
+        return [
+            f"admin_token{where}: env is production and the token has {len(token)} characters;"
+            f" at least {MIN_PRODUCTION_TOKEN} are required (generate one with: "
+            f"{GENERATE_TOKEN})"
+        ]
+    return []
+
+
+# -- URLs: validated at load, never shown with a credential ---------------------------
+
+_URL_KEYS: dict[str, tuple[str, ...]] = {
+    "database_url": ("postgres", "postgresql"),
+    "feedback.webhook.url": ("http", "https"),
+    "feedback.redis.url": ("redis", "rediss", "unix"),
+}
+# query parameters that may carry a credential (password=, sslpassword=, token=,
+# access_token=, secret=, api_key=, sig=...): their values are masked
+_SECRET_PARAMETER = re.compile(r"pass|pwd|token|secret|key|auth|sig|cred", re.IGNORECASE)
+_HOST = re.compile(r"[A-Za-z0-9._%~-]*")
+
+
+def _urls(s: Settings) -> Iterator[tuple[str, str | None]]:
+    yield "database_url", s.database_url
+    yield "feedback.webhook.url", s.feedback.webhook.url
+    yield "feedback.redis.url", s.feedback.redis.url
+
+
+@dataclass(frozen=True)
+class _UrlParts:
+    """A URL cut where a reader would cut it, whatever the password holds."""
+
+    scheme: str
+    userinfo: str | None  # up to the last '@' before the query's first value
+    authority: str  # host[:port][,host[:port]...]
+    path: str
+    query: str | None
+    fragment: str | None
+
+    @classmethod
+    def of(cls, url: str) -> _UrlParts | None:
+        scheme, sep, rest = url.partition("://")
+        if not sep:
+            return None
+        # the userinfo ends at the last '@' - but an '@' in a query value is data
+        question = rest.find("?")
+        equals = rest.find("=", question) if question != -1 else -1
+        at = rest.rfind("@", 0, equals if equals != -1 else len(rest))
+        userinfo = rest[:at] if at != -1 else None
+        rest = rest[at + 1 :]
+        rest, hash_, fragment = rest.partition("#")
+        rest, question_mark, query = rest.partition("?")
+        authority, slash, path = rest.partition("/")
+        return cls(
+            scheme.lower(),
+            userinfo,
+            authority,
+            slash + path,
+            query if question_mark else None,
+            fragment if hash_ else None,
+        )
+
+    def shown_userinfo(self) -> str:
+        if self.userinfo is None:
+            return ""
+        user, colon, _ = self.userinfo.partition(":")
+        if any(c in self.userinfo for c in "/?#@"):
+            return "***@"  # cannot tell user from password: hide it all
+        return f"{user}:***@" if colon else f"{user}@"
+
+
+def _url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Why ``url`` cannot be used (never quoting it), or None."""
+    parts = _UrlParts.of(url)
+    if parts is None or parts.scheme not in schemes:
+        return f"must start with {' or '.join(f'{x}://' for x in schemes)}"
+    if parts.userinfo is not None and any(c in parts.userinfo for c in "/?#@"):
+        return (
+            "not a valid URL: the user name or password holds '/', '?', '#' or '@'; "
+            "percent-encode them (%2F, %3F, %23, %40)"
+        )
+    if parts.fragment is not None and parts.scheme != "https" and parts.scheme != "http":
+        return "not a valid URL: '#' is not allowed here; percent-encode it (%23)"
+    if parts.scheme == "unix":
+        return None if parts.path not in ("", "/") else "not a valid URL: no socket path"
+    hosts = parts.authority.split(",") if parts.scheme.startswith("postgres") else [parts.authority]
+    for host in hosts:
+        if problem := _host_problem(host, required=not parts.scheme.startswith("postgres")):
+            return f"not a valid URL: {problem}"
+    return None
+
+
+def _host_problem(hostport: str, *, required: bool) -> str | None:
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end == -1:
+            return "an IPv6 address lacks its closing ']'"
+        host, after = hostport[1:end], hostport[end + 1 :]
+        if not re.fullmatch(r"[0-9A-Fa-f:.]+(%[A-Za-z0-9._-]+)?", host):
+            return "the IPv6 address between '[' and ']' is not one"
+        if after and not after.startswith(":"):
+            return "unexpected text after ']'"
+        port = after[1:] if after else None
+    else:
+        host, colon, port_text = hostport.partition(":")
+        port = port_text if colon else None
+        if not _HOST.fullmatch(host):
+            return "the host name holds characters a host name cannot (percent-encode them)"
+    if required and not host:
+        return "no host"
+    if port and not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        # not shown: when the URL is misread, the "port" is part of a password
+        return "the port is not a number from 1 to 65535"
+    return None
+
+
+def _mask_query(query: str) -> str:
+    out = []
+    for item in query.split("&"):
+        name, equals, _ = item.partition("=")
+        out.append(f"{name}=***" if equals and _SECRET_PARAMETER.search(unquote(name)) else item)
+    return "&".join(out)
 
 
 def endpoint_origin(url: str) -> str:
     """``scheme://host[:port]`` of a URL, for logs: paths and queries of webhooks often
     carry a secret (Slack-style ``/services/T0/B0/<secret>``, ``?token=``)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<unparseable URL>"
-    rest = "/…" if parts.path not in ("", "/") or parts.query else ""
-    return f"{parts.scheme}://{host}{port}{rest}"
+    parts = _UrlParts.of(url)
+    if parts is None:
+        return "<not a URL>"
+    rest = "/…" if parts.path not in ("", "/") or parts.query or parts.fragment else ""
+    return f"{parts.scheme}://{parts.authority}{rest}"
 
 
 def redacted(settings: Settings) -> dict[str, Any]:
@@ -393,20 +571,26 @@ def redacted(settings: Settings) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """``url`` with its password masked (in the authority and a ``password=`` query)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            userinfo, _, host = netloc.rpartition("@")
-            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
-        query = urlencode(
-            [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)],
-            safe="/:*@",
-        )
-        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-    except ValueError:
-        return "<unparseable URL>"
+    """``url`` with whatever may be a credential masked: the password (all the userinfo
+    when a special character in it makes user and password hard to tell apart), the
+    values of ``password=``, ``sslpassword=``, ``token=``, ``secret=``, ``*key*``...
+    query parameters, and any fragment."""
+    parts = _UrlParts.of(url)
+    if parts is None:
+        return "<not a URL>"
+    query = f"?{_mask_query(parts.query)}" if parts.query is not None else ""
+    fragment = "#…" if parts.fragment else ""
+    return (
+        f"{parts.scheme}://{parts.shown_userinfo()}{parts.authority}{parts.path}{query}{fragment}"
+    )
+
+
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def redact_text(text: str) -> str:
+    """``text`` (an error message) with every URL in it passed through ``redact_url``."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
 __all__ = [
@@ -423,8 +607,11 @@ __all__ = [
     "Settings",
     "SseSettings",
     "WebhookSettings",
+    "check_admin_token",
     "endpoint_origin",
     "load_settings",
+    "redact_text",
     "redact_url",
     "redacted",
+    "setting_keys",
 ]

@@ -72,4 +72,6 @@ async def test_migrate_applies_what_is_pending(database_url: str, tmp_path: Path
 def test_production_refuses_the_default_admin_token() -> None:
     with pytest.raises(ConfigError, match="admin_token is still the default"):
         create_app(load_settings({"MDS_ENV": "production"}))
-    create_app(load_settings({"MDS_ENV": "production", "ADMIN_TOKEN": "x"}))  # fine
+    with pytest.raises(ConfigError, match="at least 32"):
+        create_app(load_settings({"MDS_ENV": "production", "ADMIN_TOKEN": "x"}))
+    create_app(load_settings({"MDS_ENV": "production", "ADMIN_TOKEN": "x" * 32}))  # fine

@@ -14,6 +14,7 @@ from market_data_store.config import (
     ConfigError,
     Settings,
     load_settings,
+    redact_text,
     redact_url,
     redacted,
 )
@@ -82,6 +83,7 @@ def test_environment_reaches_nested_sections_and_converts_types() -> None:
             "MDS_CIRCUIT_BREAKER_FAILURE_THRESHOLD": "9",
             "MDS_COORDINATOR_OVERFLOW_STRATEGY": "drop_oldest",
             "MDS_ENV": "production",
+            "MDS_ADMIN_TOKEN": "t" * 32,
         }
     )
     assert s.feedback.webhook.url == "https://hooks.example/feedback"
@@ -143,7 +145,21 @@ def test_unknown_environment_variable_is_warned_about(caplog: pytest.LogCaptureF
         ),
         ({"DATABASE_URL": "mysql://x"}, "database_url (from DATABASE_URL): must start with"),
         ({"MDS_ENV": "staging"}, "env = 'staging' (from MDS_ENV): invalid enum value"),
-        ({"MDS_ADMIN_TOKEN": " "}, "admin_token = ' ' (from MDS_ADMIN_TOKEN): must not be blank"),
+        ({"MDS_ADMIN_TOKEN": " "}, "admin_token (from MDS_ADMIN_TOKEN): must not be blank"),
+        (
+            {"MDS_ENV": "staging"},
+            "env = 'staging' (from MDS_ENV): invalid enum value 'staging' "
+            "(accepted: 'dev', 'production')",
+        ),
+        (
+            {"MDS_COORDINATOR_OVERFLOW_STRATEGY": "drop"},
+            "(accepted: 'block', 'drop_oldest', 'error')",
+        ),
+        (
+            {"MDS_RETRY_JITTER": "yes"},
+            "retry.jitter = 'yes' (from MDS_RETRY_JITTER): expected `bool`, got `str` "
+            "(accepted: true, false, 1, 0)",
+        ),
     ],
 )
 def test_bad_values_name_key_source_and_rule(env: dict[str, str], message: str) -> None:
@@ -247,3 +263,132 @@ def test_urls_that_cannot_be_read_are_refused_without_showing_them(key: str, url
         load_settings({key: url})
     assert "pa/ss99" not in str(refused.value)
     assert url not in str(refused.value)
+
+
+def test_unknown_keys_suggest_the_nearest_known_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    toml = tmp_path / "a.toml"
+    toml.write_text("[coordinator]\ncapasity = 5\n")
+    with pytest.raises(ConfigError, match=r"did you mean coordinator\.capacity\?"):
+        load_settings({}, config_file=toml)
+    toml.write_text("[feedback.redis]\nchanel = 'x'\n")
+    with pytest.raises(ConfigError, match=r"did you mean feedback\.redis\.channel\?"):
+        load_settings({}, config_file=toml)
+    load_settings({"MDS_COORDINATOR_CAPACTY": "5", "MDS_XYZZY": "1"})
+    assert "(did you mean MDS_COORDINATOR_CAPACITY?)" in caplog.text
+    assert "MDS_XYZZY does not name a setting; ignored\n" in caplog.text + "\n"
+
+
+@pytest.mark.parametrize("token", ["x", "1", "password", "CHANGEME", "changeme", "a" * 31])
+def test_production_refuses_weak_admin_tokens(token: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"MDS_ENV": "production", "ADMIN_TOKEN": token})
+    assert "secrets.token_urlsafe(32)" in str(refused.value)
+    assert repr(token) not in str(refused.value)  # a secret, even a weak one
+
+
+def test_production_accepts_a_long_printable_ascii_token() -> None:
+    token = "0123456789abcdefghijklmnopqrstuv"
+    assert load_settings({"MDS_ENV": "production", "ADMIN_TOKEN": token}).admin_token == token
+
+
+@pytest.mark.parametrize("env", ["dev", "production"])
+@pytest.mark.parametrize(
+    "token", ["pässwörd-" * 4, "tab\tinside-the-token-0123456789abc", " " + "a" * 40]
+)
+def test_admin_token_must_be_printable_ascii_in_every_env(env: str, token: str) -> None:
+    """A header carries bytes: a client sending UTF-8 would never match a str compared
+    as latin-1, so such a token is refused at load rather than accepted and never met."""
+    with pytest.raises(ConfigError, match=r"admin_token .*printable ASCII") as refused:
+        load_settings({"MDS_ENV": env, "ADMIN_TOKEN": token})
+    assert token.strip() not in str(refused.value)
+
+
+SECRET = "S3cr3tZ"
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "shown"),
+    [
+        (
+            "DATABASE_URL",
+            f"postgresql://db:5432/x?sslpassword={SECRET}&sslmode=require",
+            "postgresql://db:5432/x?sslpassword=***&sslmode=require",
+        ),
+        (
+            "DATABASE_URL",
+            f"postgresql://me@db/x?password={SECRET}&token={SECRET}",
+            "postgresql://me@db/x?password=***&token=***",
+        ),
+        (
+            "DATABASE_URL",
+            f"postgresql://me:{SECRET}@db1:5432,db2:5433/x?sslkey={SECRET}",
+            "postgresql://me:***@db1:5432,db2:5433/x?sslkey=***",
+        ),
+        (
+            "MDS_FEEDBACK_REDIS_URL",
+            f"redis://r:6379/0?password={SECRET}",
+            "redis://r:6379/0?password=***",
+        ),
+        (
+            "MDS_FEEDBACK_REDIS_URL",
+            f"unix:///run/redis.sock?db=0&password={SECRET}",
+            "unix:///run/redis.sock?db=0&password=***",
+        ),
+        ("MDS_FEEDBACK_REDIS_URL", f"redis://[::1]:6379?secret={SECRET}", None),
+    ],
+)
+def test_credentials_in_queries_are_masked(key: str, url: str, shown: str | None) -> None:
+    settings = load_settings({key: url})
+    data = redacted(settings)
+    assert SECRET not in str(data)
+    if shown is not None:
+        assert shown in str(data)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://me:pa/{SECRET}@db:5432/x",
+        f"postgresql://me:pa#{SECRET}@db:5432/x",
+        f"postgresql://me:pa?{SECRET}@db:5432/x",
+        f"postgresql://me:pa@{SECRET}@db:5432/x",  # asyncpg splits at the first '@'
+        f"postgresql://me:123/{SECRET}@db:5432/x",  # "port" 123 of host "me" reads
+        f"postgresql://me:{SECRET}@db:abc/x",
+        f"postgresql://me:{SECRET}@[::1/x",
+        f"postgresql://me:{SECRET}@[::1]x/x",
+        f"postgresql://me:{SECRET}@db:0/x",
+        f"postgresql://me:{SECRET}@d b/x",
+    ],
+)
+def test_malformed_urls_are_one_line_errors_naming_the_key_never_the_secret(url: str) -> None:
+    for key, name in [
+        ("DATABASE_URL", "database_url"),
+        ("MDS_FEEDBACK_REDIS_URL", "feedback.redis.url"),
+        ("MDS_FEEDBACK_WEBHOOK_URL", "feedback.webhook.url"),
+    ]:
+        scheme = {"DATABASE_URL": "postgresql", "MDS_FEEDBACK_REDIS_URL": "redis"}.get(key, "https")
+        with pytest.raises(ConfigError) as refused:
+            load_settings({key: url.replace("postgresql", scheme, 1)})
+        message = str(refused.value)
+        assert message.startswith(f"{name} (from {key}): not a valid URL"), message
+        assert "\n" not in message
+        assert SECRET not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (f"postgresql://me:pa/ss#w?o@rd{SECRET}@db:5432/x", "postgresql://***@db:5432/x"),
+        (f"redis://:pa#{SECRET}@r:6379/0", "redis://***@r:6379/0"),
+        (f"https://u:p@ss/w{SECRET}@h:1/x?token=a", "https://***@h:1/x?token=***"),
+        ("postgresql://u@/db?application_name=a@b", "postgresql://u@/db?application_name=a@b"),
+        (f"https://h/x#{SECRET}", "https://h/x#…"),
+    ],
+)
+def test_redact_url_masks_userinfo_up_to_the_last_at(url: str, shown: str) -> None:
+    """What cannot be told apart is masked whole: a password with an unencoded '/',
+    '#', '?' or '@' leaves urlsplit without a password."""
+    assert redact_url(url) == shown
+    assert redact_text(f"connect to {url} failed") == f"connect to {shown} failed"

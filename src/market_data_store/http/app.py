@@ -11,7 +11,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from market_data_store import __version__
-from market_data_store.config import ConfigError, Settings
+from market_data_store.config import Settings, check_admin_token
 from market_data_store.telemetry import (
     CoordinatorInstruments,
     FeedbackInstruments,
@@ -38,12 +38,9 @@ from .problems import EXCEPTION_HANDLERS
 
 
 def check_startup_safety(settings: Settings) -> None:
-    """Refuse to run a production service with the well-known default admin token."""
-    if settings.env == "production" and settings.admin_token_is_default:
-        raise ConfigError(
-            "env is production but admin_token is still the default; set ADMIN_TOKEN "
-            "(or MDS_ADMIN_TOKEN) to a secret"
-        )
+    """Refuse an admin token unfit for ``settings.env`` (the default or a short one in
+    production; not printable ASCII anywhere): the rule lives in ``config``."""
+    check_admin_token(settings)
 
 
 def create_app(
