@@ -19,10 +19,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import asyncpg
 from litestar import Litestar
 
-from market_data_store.config import Settings, endpoint_origin, redact_url
+from market_data_store.config import Settings, endpoint_origin, redact_text, redact_url
 from market_data_store.coordinator import (
     CircuitBreaker,
     DeadLetterQueue,
@@ -47,8 +46,7 @@ from market_data_store.storage import (
     apply_migrations,
     is_retryable,
 )
-from market_data_store.storage.database import database
-from market_data_store.storage.pool import PERMANENT_ERRORS
+from market_data_store.storage.database import CONNECT_ERRORS, database, describe_failure
 from market_data_store.telemetry import (
     CoordinatorInstruments,
     FeedbackInstruments,
@@ -159,15 +157,14 @@ async def _database(settings: Settings, lifecycle: Lifecycle) -> AsyncIterator[t
                     give_up=lifecycle.shutdown_event,
                 )
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            if lifecycle.shutting_down:
-                why = "shutdown requested while waiting for it"
-            elif isinstance(exc, PERMANENT_ERRORS):
-                why = "not usable"
-            else:
-                why = f"not reachable within {db.startup_timeout:g}s"
+        except CONNECT_ERRORS as exc:
             target = redact_url(settings.database_url) if settings.database_url else "(embedded)"
-            raise StartupError(f"database {target} {why}: {type(exc).__name__}: {exc}") from None
+            why = describe_failure(
+                target, exc, db.startup_timeout, shutting_down=lifecycle.shutting_down
+            )
+            raise StartupError(redact_text(why)) from None
+        if settings.database_url:  # the embedded one says where it runs itself
+            log.info("using database %s", redact_url(settings.database_url))
         if db.auto_migrate:
             try:
                 async with pool.acquire() as conn:

@@ -11,8 +11,30 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import asyncpg
+
 from .embedded import EmbeddedPostgres
-from .pool import DbPool, close_pool, open_pool
+from .pool import PERMANENT_ERRORS, DbPool, close_pool, open_pool
+
+# What opening the database can fail with: unreachable, refused, timed out, wrong
+# credentials, no such database. Start-up code answers them in one line
+# (``describe_failure``), never with a traceback.
+CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def describe_failure(
+    target: str, exc: BaseException, startup_timeout: float, *, shutting_down: bool = False
+) -> str:
+    """``database <target> <why>: <error>`` in one line, for ``serve`` and ``migrate``
+    alike; ``target`` is the redacted URL or ``(embedded)``."""
+    if shutting_down:
+        why = "shutdown requested while waiting for it"
+    elif isinstance(exc, PERMANENT_ERRORS):
+        why = "not usable"
+    else:
+        why = f"not reachable within {startup_timeout:g}s"
+    detail = " ".join(str(exc).split())  # one line, whatever the server said
+    return f"database {target} {why}: {type(exc).__name__}: {detail}".rstrip(": ")
 
 
 @asynccontextmanager

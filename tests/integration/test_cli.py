@@ -1,0 +1,81 @@
+"""``mds-store`` commands against a real PostgreSQL: one-line failures, same exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+
+from tests.support.postgres import with_database
+from tests.support.process import SERVE, free_port, serve_once
+
+MIGRATE = [sys.executable, "-m", "market_data_store.cli", "migrate"]
+SECRET = "pa55-Wq7z"
+
+
+def with_user(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, "", ""))
+
+
+def broken_urls(database_url: str) -> dict[str, str]:
+    return {
+        "unreachable": f"postgresql://u:{SECRET}@127.0.0.1:{free_port()}/x",
+        "wrong credentials": with_user(database_url, "no_such_role_h8", SECRET),
+        "missing database": with_database(
+            with_user(database_url, urlsplit(database_url).username or "postgres", SECRET),
+            "no_such_database_h8",
+        ),
+    }
+
+
+@pytest.mark.parametrize("case", ["unreachable", "wrong credentials", "missing database"])
+def test_migrate_fails_in_one_line_with_the_exit_code_of_serve(
+    database_url: str, tmp_path: Path, case: str
+) -> None:
+    url = broken_urls(database_url)[case]
+    env = {**os.environ, "DATABASE_URL": url, "MDS_DATABASE_STARTUP_TIMEOUT": "0.5"}
+    migrate = subprocess.run(MIGRATE, env=env, capture_output=True, text=True, timeout=60)
+    served = serve_once(env, tmp_path, timeout=60)
+    assert migrate.returncode == served.returncode == 3, (migrate.stderr, served.stderr)
+    assert "Traceback" not in migrate.stderr
+    assert SECRET not in migrate.stderr + migrate.stdout
+    last = migrate.stderr.strip().splitlines()[-1]
+    assert last.startswith("mds-store: migrate failed: database postgresql://")
+    # the reason is the one serve gives (up to the error's text: the driver words a
+    # refused connection differently from one attempt to the next)
+    what, error_class, _ = last.split(" failed: ", 1)[1].split(": ", 2)
+    assert f"start-up failed: {what}: {error_class}: " in served.stderr
+    if case != "unreachable":  # no waiting: the one line is all
+        assert migrate.stderr.count("\n") == 1, migrate.stderr
+
+
+def test_serve_names_its_external_database_redacted(database_url: str, tmp_path: Path) -> None:
+    """Started against a configured database, the log says which one (password masked)."""
+    url = with_user(database_url, urlsplit(database_url).username or "postgres", SECRET)
+    env = {**os.environ, "DATABASE_URL": url + "?sslmode=disable"}
+    proc = subprocess.Popen(
+        [*SERVE, str(free_port())],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        while "market-data-store ready" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"exited early: {seen}"
+            seen += line
+    finally:
+        proc.terminate()
+        seen += proc.communicate(timeout=30)[1]
+    host = urlsplit(database_url).netloc.rpartition("@")[2]
+    assert f"using database postgresql://postgres:***@{host}/" in seen
+    assert SECRET not in seen
