@@ -24,6 +24,8 @@ from typing import Any
 
 import asyncpg
 
+from .pool import RECONNECT_LOG
+
 log = logging.getLogger(__name__)
 
 
@@ -110,7 +112,9 @@ class DatabaseMonitor:
         since = previous.since if previous.reachable == reachable and previous.since else now
         if previous.reachable != reachable and previous.checked_at:
             if reachable:
-                log.info("database reachable again")
+                failed = RECONNECT_LOG.outage_over()
+                meanwhile = f" (the pool failed {failed} reconnection attempt(s))" if failed else ""
+                log.info("database reachable again%s", meanwhile)
             else:
                 log.warning("database unreachable: %s", error)
         self.status = DatabaseStatus(reachable, now, latency_ms, error, since)

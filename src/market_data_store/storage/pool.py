@@ -24,6 +24,58 @@ else:  # asyncpg.Pool is not subscriptable at runtime, and Litestar evaluates an
     DbConnection = asyncpg.Connection
 
 
+class PoolReconnectLog(logging.Filter):
+    """asyncpg's pool logs "Failed to restore the pool connection floor; retrying" with
+    a full traceback at every reconnection attempt (1, 2, 4... 60 s apart) for as long
+    as the database is away. Installed on asyncpg's logger, this keeps one line when an
+    outage begins, then one every ``interval`` seconds with the count of failed attempts
+    - no traceback; ``outage_over`` (the database monitor calls it when the database
+    answers again) reports the total and starts counting afresh."""
+
+    MESSAGE = "Failed to restore the pool connection floor"
+
+    def __init__(self, interval: float = 300.0) -> None:
+        super().__init__()
+        self.interval = interval
+        self.failures = 0  # in the current outage
+        self.total = 0  # since the process started
+        self._shown_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.MESSAGE):
+            return True
+        self.failures += 1
+        self.total += 1
+        now = time.monotonic()
+        exc = record.exc_info[1] if record.exc_info else None
+        reason = " ".join(f"{type(exc).__name__}: {exc}".split()) if exc else "unknown error"
+        if self._shown_at is None:
+            record.msg = "database pool lost connections; reconnecting in the background (%s)"
+            record.args = (reason,)
+        elif now - self._shown_at >= self.interval:
+            record.msg = "database pool still reconnecting: %d failed attempts so far (last: %s)"
+            record.args = (self.failures, reason)
+        else:
+            return False
+        self._shown_at = now
+        record.exc_info = record.exc_text = None
+        return True
+
+    def outage_over(self) -> int:
+        """The number of failed attempts of the outage that ended; counting restarts."""
+        failures, self.failures, self._shown_at = self.failures, 0, None
+        return failures
+
+
+RECONNECT_LOG = PoolReconnectLog()
+
+
+def _install_reconnect_log() -> None:
+    asyncpg_log = logging.getLogger("asyncpg.pool")
+    if RECONNECT_LOG not in asyncpg_log.filters:
+        asyncpg_log.addFilter(RECONNECT_LOG)
+
+
 # Errors no amount of waiting fixes: wrong credentials, no such database.
 PERMANENT_ERRORS = (
     asyncpg.InvalidAuthorizationSpecificationError,
@@ -49,6 +101,7 @@ async def open_pool(
     the last error is raised. Wrong credentials or an unknown database are raised
     at once.
     """
+    _install_reconnect_log()
     deadline = time.monotonic() + startup_timeout
     delay = 0.2
     while True:

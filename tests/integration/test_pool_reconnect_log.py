@@ -1,0 +1,49 @@
+"""The pool's background reconnection during an outage: a line, not a traceback storm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from market_data_store.storage.monitor import DatabaseMonitor
+from market_data_store.storage.pool import RECONNECT_LOG, close_pool, open_pool
+from tests.support.tcp_proxy import TcpProxy, upstream_of
+
+ATTEMPTS = 3  # asyncpg retries after 1, 2, 4... s: three failures within ~3 s
+
+
+async def test_reconnect_failures_log_one_line_per_outage(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await TcpProxy(upstream_of(database_url)).start()
+    url = proxy.url_for(database_url)
+    pool = await open_pool(url, min_size=2, max_size=2)
+    monitor = DatabaseMonitor(url, timeout=2.0)
+    try:
+        assert (await monitor.check()).reachable
+        caplog.set_level(logging.INFO)
+        RECONNECT_LOG.outage_over()
+        proxy.cut()  # the pool's connections drop; asyncpg restores its floor, failing
+        for _ in range(300):  # until asyncpg tried ATTEMPTS times (at most 30 s)
+            if RECONNECT_LOG.failures >= ATTEMPTS:
+                break
+            await asyncio.sleep(0.1)
+        assert RECONNECT_LOG.failures >= ATTEMPTS
+        assert not (await monitor.check()).reachable
+        proxy.restore()
+        assert (await monitor.check()).reachable
+    finally:
+        await monitor.stop()
+        await close_pool(pool)
+        await proxy.close()
+    from_pool = [r for r in caplog.records if r.name == "asyncpg.pool"]
+    assert len(from_pool) == 1, [r.getMessage() for r in from_pool]
+    (line,) = from_pool
+    assert line.exc_info is None
+    assert "\n" not in line.getMessage()
+    assert line.getMessage().startswith("database pool lost connections; reconnecting")
+    back = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(back) == 1
+    assert "reconnection attempt(s)" in back[0]
