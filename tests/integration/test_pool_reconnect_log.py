@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
+from market_data_store.storage.embedded import EmbeddedPostgres
 from market_data_store.storage.monitor import DatabaseMonitor
 from market_data_store.storage.pool import RECONNECT_LOG, close_pool, open_pool
 from tests.support.tcp_proxy import TcpProxy, upstream_of
@@ -47,3 +51,29 @@ async def test_reconnect_failures_log_one_line_per_outage(
     back = [r.getMessage() for r in caplog.records if "reachable again" in r.getMessage()]
     assert len(back) == 1
     assert "reconnection attempt(s)" in back[0]
+
+
+async def test_an_embedded_database_that_dies_is_said_in_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bundled server stopped under the service (its postmaster killed or shut
+    down): its unix socket is gone, and the log says so in words, no traceback."""
+    folder = Path(tempfile.mkdtemp(prefix="mds-pg-"))  # short: the socket lives here
+    await asyncio.to_thread(folder.chmod, 0o755)
+    pg = EmbeddedPostgres(folder / "data")
+    url = await pg.start()
+    monitor = DatabaseMonitor(url, timeout=5.0)
+    try:
+        assert (await monitor.check()).reachable
+        caplog.set_level(logging.INFO)
+        await pg.stop()
+        status = await monitor.check()
+    finally:
+        await monitor.stop()
+        await pg.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert not status.reachable
+    assert status.error == "the database server is not running (its unix socket is gone)"
+    said = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in said] == [f"database unreachable: {status.error}"]
+    assert all(r.exc_info is None for r in said)

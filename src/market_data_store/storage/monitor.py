@@ -24,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from .pool import RECONNECT_LOG
+from .pool import RECONNECT_LOG, describe_connect_error
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class DatabaseMonitor:
             self._record(False, None, f"no answer within {self._timeout:g}s")
         elif (exc := probe.exception()) is not None:
             self._drop_connection()
-            self._record(False, None, f"{type(exc).__name__}: {exc}".rstrip(": "))
+            self._record(False, None, describe_connect_error(exc))
         else:
             self._record(True, (time.perf_counter() - started) * 1000, None)
             if self._on_reachable is not None:

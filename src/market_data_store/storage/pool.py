@@ -24,6 +24,15 @@ else:  # asyncpg.Pool is not subscriptable at runtime, and Litestar evaluates an
     DbConnection = asyncpg.Connection
 
 
+def describe_connect_error(exc: BaseException) -> str:
+    """One line for a failed connection attempt. A unix socket that is gone (the
+    embedded PostgreSQL, or a local server, stopped or was killed) is said in words:
+    asyncpg only reports ``FileNotFoundError: No such file or directory``."""
+    if isinstance(exc, FileNotFoundError):
+        return "the database server is not running (its unix socket is gone)"
+    return " ".join(f"{type(exc).__name__}: {exc}".split()).rstrip(": ")
+
+
 class PoolReconnectLog(logging.Filter):
     """asyncpg's pool logs "Failed to restore the pool connection floor; retrying" with
     a full traceback at every reconnection attempt (1, 2, 4... 60 s apart) for as long
@@ -48,7 +57,7 @@ class PoolReconnectLog(logging.Filter):
         self.total += 1
         now = time.monotonic()
         exc = record.exc_info[1] if record.exc_info else None
-        reason = " ".join(f"{type(exc).__name__}: {exc}".split()) if exc else "unknown error"
+        reason = describe_connect_error(exc) if exc else "unknown error"
         if self._shown_at is None:
             record.msg = "database pool lost connections; reconnecting in the background (%s)"
             record.args = (reason,)
