@@ -2,26 +2,38 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two stamps: `run` and the demos need the service's dependencies only; test, lint
+# and bench add the dev tools on top. pip shows its progress (the first `make run`
+# downloads for a minute or more).
+RUNTIME := $(VENV)/.runtime
+STAMP   := $(VENV)/.installed
+PIP     := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: run demo producer-demo test reliability lint format bench clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
+	@echo "==> creating $(VENV) and installing the service's dependencies (first time: a minute or two)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
-	touch $(STAMP)
+	$(PIP) install --progress-bar on --upgrade pip
+	$(PIP) install --progress-bar on -e .
+	@touch $(RUNTIME)
+	@echo "==> $(VENV) ready to run"
+
+$(STAMP): $(RUNTIME)
+	@echo "==> installing the dev tools (pytest, ruff, mypy...)"
+	$(PIP) install --progress-bar on -e '.[dev]'
+	@touch $(STAMP)
 
 ## run: the service on http://127.0.0.1:8081 (embedded PostgreSQL unless DATABASE_URL is set)
-run: $(STAMP)
+run: $(RUNTIME)
 	$(BIN)/mds-store serve
 
 ## demo: the coordinator demo (a slow sink, feedback events printed as levels change)
-demo: $(STAMP)
+demo: $(RUNTIME)
 	$(BIN)/python examples/run_coordinator_demo.py
 
 ## producer-demo: a producer faster than the database, throttling on feedback (needs `make run`)
-producer-demo: $(STAMP)
+producer-demo: $(RUNTIME)
 	$(BIN)/python examples/producer_demo.py
 
 ## test: the whole suite, with coverage of src/ (fails under 85 %)
