@@ -100,10 +100,11 @@ class _TimedFlowControl(FlowControl):
             self._paused_since = self._clock()
         super().pause_reading()
 
-    def resume_reading(self) -> None:
+    def resume_reading(self) -> None:  # called for every request: inlined
         if self.read_paused:
             self._paused_total += self._clock() - self._paused_since
-        super().resume_reading()
+            self.read_paused = False
+            self._transport.resume_reading()
 
     def paused_time(self, now: float) -> float:
         """Seconds reading has been paused since the connection opened, up to ``now``."""
@@ -215,6 +216,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.data_received(data[room:])
                 return
             self._header_bytes += len(data)
+            # in the head phase any byte begins a request (if these bytes end it and
+            # begin a pipelined one, uvicorn's keep-alive timeout bounds the latter)
+            self._request_begun = True
         super().data_received(data)
         if self.transport.is_closing() or self._lingering:
             return
@@ -228,10 +232,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._start_body_clock()
 
     # -- parser callbacks ---------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._request_begun = True
 
     def on_headers_complete(self) -> None:
         self._reading_headers = False
