@@ -219,16 +219,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # in the head phase any byte begins a request (if these bytes end it and
             # begin a pipelined one, uvicorn's keep-alive timeout bounds the latter)
             self._request_begun = True
-        super().data_received(data)
-        if self.transport.is_closing() or self._lingering:
-            return
-        # timers only for requests that did not arrive whole in one read
+        HttpToolsProtocol.data_received(self, data)
+        # timers only for requests that did not arrive whole in one read (a closed
+        # transport's timers are cancelled by connection_lost)
         if self._reading_headers:
-            if self._request_begun and self._header_timer is None:
+            if self._request_begun and self._header_timer is None and not self._lingering:
                 self._header_timer = self.loop.call_later(
                     self.limits.read_timeout, self._header_timeout
                 )
-        elif self._body_pending and self._body_timer is None:
+        elif self._body_pending and self._body_timer is None and not self._lingering:
             self._start_body_clock()
 
     # -- parser callbacks ---------------------------------------------------------
@@ -241,7 +240,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._header_timer = None
         self._body_pending = True
         self._body_received = 0
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)
@@ -252,7 +251,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_paused_at_last = self._timed_flow.paused_time(self._body_last)
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
         self._reading_headers = True
         self._request_begun = False
         self._body_pending = False
