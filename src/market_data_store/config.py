@@ -51,6 +51,10 @@ class ServerSettings(_Section, kw_only=True, frozen=True):
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
     graceful_timeout: Seconds
     instance_id: InstanceId | None = None
+    read_timeout: Seconds
+    min_body_rate: NonNegative
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)]
+    max_connections: Positive
 
     @property
     def resolved_instance_id(self) -> str:
@@ -378,6 +382,13 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
         problems.append(
             f"database.health_timeout ({d.health_timeout}) must not exceed "
             f"database.health_interval ({d.health_interval})"
+        )
+    sse = s.feedback.sse
+    if sse.enabled and sse.max_streams >= s.server.max_connections:
+        problems.append(
+            f"feedback.sse.max_streams ({sse.max_streams}) must be below "
+            f"server.max_connections ({s.server.max_connections}): every stream holds a "
+            "connection, and API clients need some too"
         )
     r = s.retry
     if r.max_backoff_ms < r.initial_backoff_ms:

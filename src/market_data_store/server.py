@@ -9,9 +9,11 @@ handler also flips the app's ``Lifecycle`` before uvicorn's own handling.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import math
+import resource
 import signal
 import socket
 from types import FrameType
@@ -22,6 +24,15 @@ from litestar import Litestar
 
 from market_data_store.config import Settings
 from market_data_store.http import Lifecycle, create_app
+from market_data_store.http_protocol import TransportLimits, TransportStats, guarded_protocol
+
+log = logging.getLogger(__name__)
+
+# Served even beyond server.max_connections: the kubelet must not kill a busy pod.
+PROBE_PATHS = frozenset({"/healthz", "/health", "/readyz"})
+# Descriptors kept free of client connections: pool, Redis, webhook, DLQ file, the
+# listening socket, and the connections beyond the cap that are answered (probes, 503).
+FD_RESERVE = 512
 
 
 class _OneLineStartupFailure(logging.Filter):
@@ -55,13 +66,47 @@ def freeze_heap() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (Go does the same at start);
+    the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # an unlimited hard limit may be refused (macOS): the soft one then stays
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft
+
+
+def connection_cap(max_connections: int) -> int:
+    """``server.max_connections``, lowered to fit the open-files limit (with a warning)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or max_connections + FD_RESERVE <= soft:
+        return max_connections
+    cap = max(1, soft - FD_RESERVE)
+    log.warning(
+        "server.max_connections (%d) lowered to %d: the open-files limit is %d (raise it, "
+        "e.g. ulimit -n, or lower server.max_connections)",
+        max_connections,
+        cap,
+        soft,
+    )
+    return cap
+
+
 class _Server(uvicorn.Server):
     def __init__(
-        self, config: uvicorn.Config, lifecycle: Lifecycle, *, tune_gc: bool = False
+        self,
+        config: uvicorn.Config,
+        lifecycle: Lifecycle,
+        transport_stats: TransportStats,
+        *,
+        tune_gc: bool = False,
     ) -> None:
         super().__init__(config)
         self._lifecycle = lifecycle
         self._tune_gc = tune_gc
+        self.transport_stats = transport_stats
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -92,9 +137,21 @@ def build_server(
     tune_gc: bool = False,
 ) -> uvicorn.Server:
     """The uvicorn server of ``app``; ``tune_gc`` (the ``serve`` command's, not an
-    embedding process's) freezes the heap once started: see ``freeze_heap``."""
+    embedding process's) freezes the heap once started: see ``freeze_heap``. Its
+    connections enforce ``server.read_timeout``, ``min_body_rate``,
+    ``max_header_bytes`` and ``max_connections``: see ``http_protocol``."""
+    s = settings.server
+    limits = TransportLimits(
+        read_timeout=s.read_timeout,
+        min_body_rate=s.min_body_rate,
+        max_header_bytes=s.max_header_bytes,
+        max_connections=connection_cap(s.max_connections),
+        probe_paths=PROBE_PATHS,
+    )
+    stats = TransportStats()
     config = uvicorn.Config(
         app,
+        http=guarded_protocol(limits, stats),
         host=host or settings.server.host,
         port=settings.server.port if port is None else port,
         lifespan="on",
@@ -112,7 +169,7 @@ def build_server(
     access.handlers.clear()
     access.propagate = False
     lifecycle: Lifecycle = app.state.lifecycle
-    server = _Server(config, lifecycle, tune_gc=tune_gc)
+    server = _Server(config, lifecycle, stats, tune_gc=tune_gc)
     lifecycle.transport_of = server.transport_of
     return server
 
@@ -124,6 +181,7 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     exit status would say "killed", or Ctrl+C would end in a traceback); a
     shutdown that completed is a clean exit here.
     """
+    raise_fd_limit()
     server = build_server(create_app(settings), settings, host=host, port=port, tune_gc=True)
     signals = (signal.SIGTERM, signal.SIGINT)
     previous = {sig: signal.signal(sig, _ignore_after_shutdown) for sig in signals}

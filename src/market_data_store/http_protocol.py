@@ -1,0 +1,368 @@
+"""uvicorn's httptools protocol with the transport limits uvicorn lacks.
+
+uvicorn bounds only the idle time between keep-alive requests. This protocol adds:
+
+- **read timeout**: a request whose headers are not complete ``read_timeout``
+  seconds after its first byte (after the connection opened, for its first
+  request), or whose body makes no progress for ``read_timeout`` seconds, is
+  answered 408 and the connection closed. A connection that never sent a byte is
+  closed without an answer.
+- **minimum body rate** (``min_body_rate`` bytes/s; the rule of Apache's
+  ``mod_reqtimeout``): a body must be received by ``read_timeout + received /
+  min_body_rate`` seconds after its headers, so a client trickling 2 bytes/s is
+  ended after about ``read_timeout`` although it never stalls. Time in which the
+  server itself does not read (the app has not consumed the buffered body yet, or
+  has not asked for it behind ``Expect: 100-continue``) is not held against the
+  client.
+- **header size**: request line and headers beyond ``max_header_bytes`` are
+  answered 431 and the connection closed, before the excess is parsed.
+- **connection cap**: beyond ``max_connections`` open connections, a new
+  connection's request is answered 503 + ``Retry-After`` and the connection closed,
+  except requests to ``probe_paths`` (kubelet probes), which are served - each
+  such connection serves one request and is closed.
+
+Refusals are answered with a problem+json body only when nothing of a response was
+sent for that request yet; the connection then stops reading (data is discarded)
+and closes once the client closes or after a short linger, so the client reads
+the answer instead of a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# Seconds a refused connection keeps discarding what the client still sends before
+# it is closed (closing with unread data would reset the connection, and the client
+# would likely lose the answer).
+LINGER_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class TransportLimits:
+    """What ``GuardedHttpToolsProtocol`` enforces (see the module docstring)."""
+
+    read_timeout: float
+    min_body_rate: int  # bytes/s; 0: only the no-progress rule
+    max_header_bytes: int
+    max_connections: int
+    probe_paths: frozenset[str]
+    retry_after: int = 1
+
+
+@dataclass
+class TransportStats:
+    """Per-server counts, shared by all connections (plain integers on the hot path)."""
+
+    open_connections: int = 0  # admitted connections (within max_connections) now open
+    over_capacity: int = 0  # connections accepted beyond max_connections
+    header_timeouts: int = 0
+    body_timeouts: int = 0
+    oversize_headers: int = 0
+
+
+def problem_response(status: int, detail: str, headers: dict[str, str] | None = None) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 problem+json response."""
+    phrase = HTTPStatus(status).phrase
+    body = json.dumps(
+        {"type": "about:blank", "title": phrase, "status": status, "detail": detail}
+    ).encode()
+    lines = [
+        f"HTTP/1.1 {status} {phrase}",
+        "content-type: application/problem+json",
+        f"content-length: {len(body)}",
+        "connection: close",
+        *(f"{name}: {value}" for name, value in (headers or {}).items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+class _TimedFlowControl(FlowControl):
+    """uvicorn's flow control, also adding up how long reading was paused (the
+    server's own doing, never held against a slow client)."""
+
+    def __init__(self, transport: asyncio.Transport, clock: Callable[[], float]) -> None:
+        super().__init__(transport)
+        self._clock = clock
+        self._paused_since = 0.0
+        self._paused_total = 0.0
+
+    def pause_reading(self) -> None:
+        if not self.read_paused:
+            self._paused_since = self._clock()
+        super().pause_reading()
+
+    def resume_reading(self) -> None:  # called for every request: inlined
+        if self.read_paused:
+            self._paused_total += self._clock() - self._paused_since
+            self.read_paused = False
+            self._transport.resume_reading()
+
+    def paused_time(self, now: float) -> float:
+        """Seconds reading has been paused since the connection opened, up to ``now``."""
+        if self.read_paused:
+            return self._paused_total + now - self._paused_since
+        return self._paused_total
+
+
+def _over_capacity_app(app: ASGI3Application, limits: TransportLimits) -> ASGI3Application:
+    """The app of a connection beyond the cap: probes are served (and the connection
+    closed after), anything else gets 503."""
+    refusal = json.dumps(
+        {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "too many open connections; retry later",
+        }
+    ).encode()
+    refusal_headers = [
+        (b"content-type", b"application/problem+json"),
+        (b"content-length", str(len(refusal)).encode()),
+        (b"retry-after", str(limits.retry_after).encode()),
+        (b"connection", b"close"),
+    ]
+
+    async def over_capacity(
+        scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
+    ) -> None:
+        if scope["type"] == "http" and scope["path"] in limits.probe_paths:
+
+            async def send_and_close(message: Any) -> None:
+                if message["type"] == "http.response.start":
+                    headers = [*message.get("headers", ()), (b"connection", b"close")]
+                    message = {**message, "headers": headers}
+                await send(message)
+
+            await app(scope, receive, send_and_close)
+            return
+        await send({"type": "http.response.start", "status": 503, "headers": refusal_headers})
+        await send({"type": "http.response.body", "body": refusal, "more_body": False})
+
+    return over_capacity
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """See the module docstring; make a configured subclass with ``guarded_protocol``."""
+
+    limits: ClassVar[TransportLimits]
+    stats: ClassVar[TransportStats]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._admitted = False
+        self._lingering = False
+        self._reading_headers = True  # between two requests or inside a head
+        self._request_begun = False  # a byte of the current request arrived
+        self._header_bytes = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        # the body of the current request
+        self._body_pending = False
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_start = 0.0
+        self._body_paused_at_start = 0.0
+        self._body_received = 0
+        self._body_last = 0.0
+        self._body_paused_at_last = 0.0
+        self._timed_flow: _TimedFlowControl | None = None
+
+    # -- connection -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        stats, limits = self.stats, self.limits
+        if stats.open_connections < limits.max_connections:
+            stats.open_connections += 1
+            self._admitted = True
+        else:
+            stats.over_capacity += 1
+            self.app = _over_capacity_app(self.app, limits)
+        super().connection_made(transport)
+        self._timed_flow = self.flow = _TimedFlowControl(transport, self.loop.time)
+        self._header_timer = self.loop.call_later(limits.read_timeout, self._header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.stats.open_connections -= 1
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return
+        if self._reading_headers:
+            room = self.limits.max_header_bytes - self._header_bytes
+            if len(data) > room:
+                # feed what the limit allows: the headers may end inside it
+                super().data_received(data[:room])
+                if self._lingering or self.transport.is_closing():
+                    return
+                if self._reading_headers:
+                    self.stats.oversize_headers += 1
+                    self._refuse(
+                        431,
+                        f"request line and headers exceed {self.limits.max_header_bytes} bytes",
+                        headers_phase=True,
+                    )
+                    return
+                self.data_received(data[room:])
+                return
+            self._header_bytes += len(data)
+            # in the head phase any byte begins a request (if these bytes end it and
+            # begin a pipelined one, uvicorn's keep-alive timeout bounds the latter)
+            self._request_begun = True
+        HttpToolsProtocol.data_received(self, data)
+        # timers only for requests that did not arrive whole in one read (a closed
+        # transport's timers are cancelled by connection_lost)
+        if self._reading_headers:
+            if self._request_begun and self._header_timer is None and not self._lingering:
+                self._header_timer = self.loop.call_later(
+                    self.limits.read_timeout, self._header_timeout
+                )
+        elif self._body_pending and self._body_timer is None and not self._lingering:
+            self._start_body_clock()
+
+    # -- parser callbacks ---------------------------------------------------------
+
+    def on_headers_complete(self) -> None:
+        self._reading_headers = False
+        self._header_bytes = 0
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        self._body_pending = True
+        self._body_received = 0
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        self._body_received += len(body)
+        if self._body_timer is not None:
+            self._body_last = self.loop.time()
+            assert self._timed_flow is not None
+            self._body_paused_at_last = self._timed_flow.paused_time(self._body_last)
+
+    def on_message_complete(self) -> None:
+        HttpToolsProtocol.on_message_complete(self)
+        self._reading_headers = True
+        self._request_begun = False
+        self._body_pending = False
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    # -- the timers ---------------------------------------------------------------
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self._lingering:
+            return
+        if not self._request_begun:  # never sent anything: an idle connection
+            self.transport.close()
+            return
+        self.stats.header_timeouts += 1
+        self._refuse(
+            408,
+            f"request headers not complete within {self.limits.read_timeout:g} s",
+            headers_phase=True,
+        )
+
+    def _start_body_clock(self) -> None:
+        assert self._timed_flow is not None
+        now = self.loop.time()
+        self._body_start = self._body_last = now
+        self._body_paused_at_start = self._body_paused_at_last = self._timed_flow.paused_time(now)
+        self._body_timer = self.loop.call_later(self.limits.read_timeout, self._body_check)
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing() or self._lingering or not self._body_pending:
+            return
+        assert self._timed_flow is not None
+        now = self.loop.time()
+        limits = self.limits
+        if self.cycle is not None and self.cycle.waiting_for_100_continue:
+            # the client waits for our "100 Continue": its body clock has not started
+            self._start_body_clock()
+            return
+        paused = self._timed_flow.paused_time(now)
+        stalled = (now - self._body_last) - (paused - self._body_paused_at_last)
+        deadline = now + limits.read_timeout - stalled
+        if limits.min_body_rate:
+            allowed = limits.read_timeout + self._body_received / limits.min_body_rate
+            elapsed = (now - self._body_start) - (paused - self._body_paused_at_start)
+            deadline = min(deadline, now + allowed - elapsed)
+        if deadline > now and not self._timed_flow.read_paused:
+            self._body_timer = self.loop.call_later(deadline - now, self._body_check)
+            return
+        if self._timed_flow.read_paused:  # our doing: look again later
+            self._body_timer = self.loop.call_later(limits.read_timeout, self._body_check)
+            return
+        self.stats.body_timeouts += 1
+        rule = (
+            f"no progress for {limits.read_timeout:g} s"
+            if stalled >= limits.read_timeout
+            else f"slower than {limits.min_body_rate} bytes/s"
+        )
+        self._refuse(408, f"request body {rule}", headers_phase=False)
+
+    # -- refusing -----------------------------------------------------------------
+
+    def _refuse(self, status: int, detail: str, *, headers_phase: bool) -> None:
+        """Answer ``status`` if nothing was sent for this request yet, then close."""
+        cycle = self.cycle
+        if headers_phase:
+            can_answer = cycle is None or cycle.response_complete
+        else:
+            can_answer = cycle is not None and not cycle.response_started
+            if cycle is not None and not cycle.response_complete:
+                # the app sees a disconnect: its receive() returns, its send() is a no-op
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self._cancel_timers()
+        self._lingering = True
+        self.pipeline.clear()
+        if not can_answer:
+            self.transport.close()
+            return
+        self.transport.write(problem_response(status, detail))
+        self.flow.resume_reading()  # drain what the client still sends, unanswered
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(min(LINGER_SECONDS, self.limits.read_timeout), self.transport.close)
+
+
+def guarded_protocol(
+    limits: TransportLimits, stats: TransportStats | None = None
+) -> type[GuardedHttpToolsProtocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` enforcing ``limits``."""
+
+    class Protocol(GuardedHttpToolsProtocol):
+        pass
+
+    Protocol.limits = limits
+    Protocol.stats = stats if stats is not None else TransportStats()
+    return Protocol
+
+
+__all__ = [
+    "GuardedHttpToolsProtocol",
+    "TransportLimits",
+    "TransportStats",
+    "guarded_protocol",
+    "problem_response",
+]

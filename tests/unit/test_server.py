@@ -1,0 +1,67 @@
+"""server.py: the transport settings, the open-files limit and the connection cap."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from market_data_store.config import ConfigError, load_settings
+
+
+def test_transport_defaults_leave_room_beyond_the_feedback_streams() -> None:
+    s = load_settings({})
+    assert s.server.read_timeout == 10.0
+    assert s.server.min_body_rate == 65536
+    assert s.server.max_header_bytes == 65536
+    assert s.server.max_connections > s.feedback.sse.max_streams
+
+
+def test_streams_must_not_take_every_connection() -> None:
+    env = {"MDS_SERVER_MAX_CONNECTIONS": "100", "MDS_FEEDBACK_SSE_MAX_STREAMS": "100"}
+    with pytest.raises(ConfigError, match=r"feedback\.sse\.max_streams \(100\) must be below"):
+        load_settings(env)
+    load_settings({**env, "MDS_FEEDBACK_SSE_ENABLED": "false"})  # no streams: no rule
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MDS_SERVER_READ_TIMEOUT": "0"}, r"server\.read_timeout = '0'"),
+        ({"MDS_SERVER_MAX_HEADER_BYTES": "100"}, r"server\.max_header_bytes = '100'"),
+        ({"MDS_SERVER_MIN_BODY_RATE": "-1"}, r"server\.min_body_rate = '-1'"),
+    ],
+)
+def test_bad_transport_values_are_refused(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(env)
+
+
+def in_subprocess(code: str) -> str:
+    """Run ``code`` in a fresh interpreter (the open-files limit is process-wide)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    return done.stdout.strip()
+
+
+def test_start_raises_the_soft_open_files_limit_to_the_hard_one() -> None:
+    out = in_subprocess(
+        "import resource as r\n"
+        "soft, hard = r.getrlimit(r.RLIMIT_NOFILE)\n"
+        "r.setrlimit(r.RLIMIT_NOFILE, (min(hard, 256), hard))\n"
+        "from market_data_store.server import raise_fd_limit\n"
+        "print(raise_fd_limit() == hard == r.getrlimit(r.RLIMIT_NOFILE)[0])"
+    )
+    assert out == "True"
+
+
+def test_the_cap_is_lowered_to_fit_the_open_files_limit() -> None:
+    out = in_subprocess(
+        "import resource as r\n"
+        "r.setrlimit(r.RLIMIT_NOFILE, (2048, 2048))\n"
+        "from market_data_store.server import connection_cap\n"
+        "print(connection_cap(12000), connection_cap(1000))"
+    )
+    assert out == "1536 1000"
