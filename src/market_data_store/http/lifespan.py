@@ -19,7 +19,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import asyncpg
 from litestar import Litestar
 
 from market_data_store.config import Settings, endpoint_origin, redact_url
@@ -42,13 +41,14 @@ from market_data_store.storage import (
     BarRow,
     BarsSink,
     DatabaseMonitor,
+    DatabaseUnavailableError,
     DbPool,
     MigrationError,
     apply_migrations,
+    connection,
     is_retryable,
 )
 from market_data_store.storage.database import database
-from market_data_store.storage.pool import PERMANENT_ERRORS
 from market_data_store.telemetry import (
     CoordinatorInstruments,
     FeedbackInstruments,
@@ -159,21 +159,26 @@ async def _database(settings: Settings, lifecycle: Lifecycle) -> AsyncIterator[t
                     give_up=lifecycle.shutdown_event,
                 )
             )
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except DatabaseUnavailableError as exc:
             if lifecycle.shutting_down:
                 why = "shutdown requested while waiting for it"
-            elif isinstance(exc, PERMANENT_ERRORS):
+            elif exc.permanent:
                 why = "not usable"
             else:
                 why = f"not reachable within {db.startup_timeout:g}s"
             target = redact_url(settings.database_url) if settings.database_url else "(embedded)"
-            raise StartupError(f"database {target} {why}: {type(exc).__name__}: {exc}") from None
+            cause = exc.__cause__ or exc  # the driver's words
+            raise StartupError(
+                f"database {target} {why}: {type(cause).__name__}: {cause}"
+            ) from None
         if db.auto_migrate:
             try:
-                async with pool.acquire() as conn:
+                async with connection(pool, timeout=db.connect_timeout) as conn:
                     applied = await apply_migrations(conn)
             except MigrationError as exc:
                 raise StartupError(str(exc)) from None
+            except DatabaseUnavailableError as exc:
+                raise StartupError(f"schema migration: {exc}") from None
             log.info("schema up to date (%d migration(s) applied now)", len(applied))
         yield pool, url
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -35,14 +34,6 @@ from ..problems import problem
 DEFAULT_LIMIT = 1_000
 MAX_LIMIT = 10_000
 SHUTDOWN_RETRY_AFTER = 5
-READ_RETRY_AFTER = 5
-DATABASE_UNAVAILABLE = (
-    TimeoutError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
 
 
 class IngestResult(msgspec.Struct, omit_defaults=True):
@@ -168,24 +159,15 @@ class BarsController(Controller):
         errors = _query_errors(provider, symbol, resolution, start, end)
         if errors:
             raise ValidationException("invalid query parameters", extra=errors)
-        try:
-            bars = await bar_reader.fetch(
-                provider=provider.strip(),
-                symbol=symbol.strip().upper(),
-                resolution=resolution,
-                start=start,
-                end=end,
-                limit=limit,
-            )
-        except asyncpg.DataError as exc:
-            raise ValidationException(f"invalid query parameters: {exc}") from None
-        except DATABASE_UNAVAILABLE:
-            return problem(
-                503,
-                "the database is not available right now (or too busy); retry later",
-                headers={"Retry-After": str(READ_RETRY_AFTER)},
-                retry_after=READ_RETRY_AFTER,
-            )
+        # the database unavailable (503) or refusing a value (400): raised, mapped in problems.py
+        bars = await bar_reader.fetch(
+            provider=provider.strip(),
+            symbol=symbol.strip().upper(),
+            resolution=resolution,
+            start=start,
+            end=end,
+            limit=limit,
+        )
         return Response(BarsPage(bars, len(bars), len(bars) == limit))
 
 

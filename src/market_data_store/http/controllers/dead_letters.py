@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
 from litestar.params import QueryParameter
 
 from market_data_store.config import Settings
@@ -16,7 +17,6 @@ from market_data_store.coordinator.replay import replay_dead_letters
 from market_data_store.storage import BarRow
 
 from ..guards import admin_token_guard
-from ..problems import problem
 
 
 class DeadLetterRecordBody(msgspec.Struct):
@@ -56,7 +56,7 @@ class DeadLetterController(Controller):
     ) -> Response[Any]:
         dlq = coordinator.dead_letter_queue
         if dlq is None:
-            return problem(404, "no dead-letter queue is configured")
+            raise NotFoundException("no dead-letter queue is configured")
         scan = await dlq.scan()
         records = scan.records
         shown = records[-recent:] if recent else []
@@ -85,6 +85,6 @@ class DeadLetterController(Controller):
     ) -> Response[Any]:
         dlq = coordinator.dead_letter_queue
         if dlq is None:
-            return problem(404, "no dead-letter queue is configured")
+            raise NotFoundException("no dead-letter queue is configured")
         result = await replay_dead_letters(dlq, coordinator, settings.ingest.commit_timeout)
         return Response(result, status_code=200)
