@@ -35,6 +35,7 @@ from .dependencies import build_dependencies
 from .lifecycle import Lifecycle
 from .lifespan import service_lifespan
 from .problems import EXCEPTION_HANDLERS
+from .query_params import ScalarQueryCheck
 
 
 def check_startup_safety(settings: Settings) -> None:
@@ -76,8 +77,10 @@ def create_app(
     ]
     if settings.feedback.sse.enabled:
         handlers += [FeedbackStreamController, StatusPageController]
+    scalar_query_check = ScalarQueryCheck()  # ?limit=1&limit=2 -> 400, on every route
     app = Litestar(
         route_handlers=handlers,
+        before_request=scalar_query_check,
         lifespan=[service_lifespan],
         dependencies={**build_dependencies(state), **(dependencies or {})},
         exception_handlers=EXCEPTION_HANDLERS,
@@ -92,6 +95,7 @@ def create_app(
             ),
         ),
     )
+    scalar_query_check.bind(app)
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
     app.asgi_handler = HttpServerMetrics(app.asgi_handler, telemetry.meter)
