@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from litestar import Controller, Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 
 from market_data_store import __version__
 from market_data_store.config import ConfigError, Settings
@@ -34,6 +32,7 @@ from .controllers import (
 from .dependencies import build_dependencies
 from .lifecycle import Lifecycle
 from .lifespan import service_lifespan
+from .openapi import openapi_config
 from .problems import EXCEPTION_HANDLERS
 from .query_params import ScalarQueryCheck
 
@@ -87,13 +86,7 @@ def create_app(
         logging_config=None,  # the process (CLI, uvicorn, tests) owns logging
         request_max_body_size=settings.ingest.max_body_bytes,
         state=state,
-        openapi_config=OpenAPIConfig(
-            title="market-data-store",
-            version=__version__,
-            components=Components(
-                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}
-            ),
-        ),
+        openapi_config=openapi_config(),
     )
     scalar_query_check.bind(app)
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI

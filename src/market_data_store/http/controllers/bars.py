@@ -29,7 +29,8 @@ from ..bars_input import (
     to_rows,
 )
 from ..lifecycle import Lifecycle
-from ..problems import problem
+from ..openapi import IngestOperation
+from ..problems import problem, problem_responses
 
 DEFAULT_LIMIT = 1_000
 MAX_LIMIT = 10_000
@@ -79,9 +80,17 @@ class BarsController(Controller):
             "FeedbackEvent when the queue has no room or the service is stopping."
         ),
         status_code=202,
+        response_description="Queued (or, with ?wait=commit, still being written: `pending`)",
+        operation_class=IngestOperation,
         responses={
             201: ResponseSpec(data_container=IngestResult, description="Committed"),
-            503: ResponseSpec(data_container=dict[str, Any], description="Back off"),
+            **problem_responses(
+                s400="Unparseable body, or a bad or repeated query parameter",
+                s413="More bars than `ingest.max_bars_per_request`, or a body too large",
+                s415="Another content type, or a content encoding",
+                s422="Invalid bars or provider: every error, by bar index and field",
+                s503="Back off: queue full or stopping (`Retry-After`, `feedback`)",
+            ),
         },
     )
     async def ingest(
@@ -143,7 +152,10 @@ class BarsController(Controller):
         ),
         responses={
             200: ResponseSpec(data_container=BarsPage, description="Bars, oldest first"),
-            503: ResponseSpec(data_container=dict[str, Any], description="Database unavailable"),
+            **problem_responses(
+                s400="Bad, missing or repeated query parameters: each one listed",
+                s503="The database cannot be used right now; retry after `Retry-After`",
+            ),
         },
     )
     async def read(

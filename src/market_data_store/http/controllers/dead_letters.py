@@ -17,6 +17,7 @@ from market_data_store.coordinator.replay import replay_dead_letters
 from market_data_store.storage import BarRow
 
 from ..guards import admin_token_guard
+from ..problems import problem_responses
 
 
 class DeadLetterRecordBody(msgspec.Struct):
@@ -48,7 +49,15 @@ class DeadLetterController(Controller):
     tags = ["admin"]
     security = [{"BearerToken": []}]
 
-    @get("/", summary="Dead-letter queue size and its most recent records")
+    @get(
+        "/",
+        summary="Dead-letter queue size and its most recent records",
+        responses=problem_responses(
+            s400="Bad or repeated `recent`",
+            s401="No valid admin bearer token (`WWW-Authenticate: Bearer`)",
+            s404="No dead-letter queue is configured",
+        ),
+    )
     async def summary(
         self,
         coordinator: NamedDependency[WriteCoordinator[BarRow]],
@@ -76,6 +85,11 @@ class DeadLetterController(Controller):
         description=(
             "Bars rejected again come back into the file once, with their new error; "
             "records not submitted go back untouched. Safe to repeat and to run concurrently."
+        ),
+        status_code=200,
+        responses=problem_responses(
+            s401="No valid admin bearer token (`WWW-Authenticate: Bearer`)",
+            s404="No dead-letter queue is configured",
         ),
     )
     async def replay(

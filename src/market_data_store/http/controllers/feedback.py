@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, MediaType, get
@@ -30,7 +30,7 @@ from market_data_store.feedback import (
 )
 
 from ..lifecycle import Lifecycle
-from ..problems import PROBLEM_JSON
+from ..problems import problem_responses
 
 log = logging.getLogger(__name__)
 _ended = ThrottledLog(log)
@@ -38,6 +38,7 @@ _ended = ThrottledLog(log)
 EVENT_STREAM = "text/event-stream"
 REFUSED_RETRY_AFTER = 5
 MAX_COORDINATOR_FILTERS = 100
+EVENT_ID_PATTERN = r"^\s*[0-9]{1,20}\s*$"  # what _event_id accepts
 
 
 class FeedbackEventBody(msgspec.Struct):
@@ -53,14 +54,18 @@ class FeedbackEventBody(msgspec.Struct):
     utilization: float
 
 
+class StreamEventBody(msgspec.Struct, omit_defaults=True):
+    """One Server-Sent Event of the stream (``event: feedback`` or ``event: reset``;
+    ``data`` is a FeedbackEventBody, or ``{"reason": ...}`` for a reset, as JSON)."""
+
+    event: str | msgspec.UnsetType = msgspec.UNSET
+    id: str | msgspec.UnsetType = msgspec.UNSET
+    data: str | msgspec.UnsetType = msgspec.UNSET
+    retry: int | msgspec.UnsetType = msgspec.UNSET
+
+
 class FeedbackStateBody(msgspec.Struct):
     coordinators: list[FeedbackEventBody]
-
-
-def _problem(description: str) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=dict[str, Any], media_type=PROBLEM_JSON, description=description
-    )
 
 
 class FeedbackStream(ASGIResponse):
@@ -217,10 +222,15 @@ class FeedbackStreamController(Controller):
         sync_to_thread=False,
         responses={
             200: ResponseSpec(
-                data_container=str, media_type=EVENT_STREAM, description="The event stream"
+                data_container=StreamEventBody,
+                media_type=EVENT_STREAM,
+                description="The event stream (the schema is that of each event)",
+                generate_examples=False,
             ),
-            400: _problem("Bad filter or Last-Event-ID"),
-            503: _problem("Too many streams, or shutting down; retry after Retry-After"),
+            **problem_responses(
+                s400="Bad filter or Last-Event-ID, or a repeated query parameter",
+                s503="Too many streams, or shutting down; retry after Retry-After",
+            ),
         },
     )
     def stream(
@@ -240,11 +250,19 @@ class FeedbackStreamController(Controller):
             ),
         ] = None,
         last_event_id_header: Annotated[
-            str | None, HeaderParameter(name="last-event-id", description="Resume after this id")
+            str | None,
+            HeaderParameter(
+                name="last-event-id",
+                description="Resume after this id",
+                schema_extra={"pattern": EVENT_ID_PATTERN},
+            ),
         ] = None,
         last_event_id: Annotated[
             str | None,
-            QueryParameter(description="Resume after this id (when no header can be set)"),
+            QueryParameter(
+                description="Resume after this id (when no header can be set)",
+                schema_extra={"pattern": EVENT_ID_PATTERN},
+            ),
         ] = None,
     ) -> FeedbackStream:
         coordinators = _coordinator_filter(coordinator_id)
