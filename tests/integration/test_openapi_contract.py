@@ -16,7 +16,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from litestar.routes import HTTPRoute
 
 from tests.support.service import RunningService, running_service, service_settings
 
@@ -24,6 +26,7 @@ TOKEN = "contract-admin-token-" + "x" * 16
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 HERE = Path(__file__).parent
 MIN_CASES = 1_000
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 ERROR_STATUSES = {"400", "401", "404", "413", "415", "422", "503"}
 
 
@@ -77,11 +80,44 @@ async def test_the_document_describes_bodies_statuses_and_problems(
                     assert schema == {"$ref": "#/components/schemas/ProblemBody"}, (path, status)
 
 
-async def test_options_lists_every_method_of_a_path(service: RunningService) -> None:
-    response = await service.client.options("/v1/bars")
-    assert response.status_code == 204
-    allowed = {m.strip() for m in response.headers["allow"].split(",")}
-    assert {"GET", "POST", "OPTIONS"} <= allowed
+def allow(response: httpx.Response) -> set[str]:
+    return {method.strip() for method in response.headers["allow"].split(",") if method.strip()}
+
+
+async def answer(
+    service: RunningService, method: str, path: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """The status and headers only (without a body, and but for OPTIONS without the token:
+    nothing is changed; an event stream is closed at once)."""
+    async with service.client.stream(method, path, headers=headers) as response:
+        return response
+
+
+async def test_allow_lists_exactly_the_methods_every_route_answers(
+    service: RunningService,
+) -> None:
+    """For every route: ``OPTIONS`` lists the methods that are answered, every other
+    method is 405 with the same ``Allow``, and the document has the same operations."""
+    documented = (await openapi(service))["paths"]
+    routes = [route for route in service.app.routes if isinstance(route, HTTPRoute)]
+    for route in routes:
+        path = re.sub(r"\{[^}]*\}", "x", route.path_format)
+        options = await answer(service, "OPTIONS", path, AUTH)  # admin routes: 401 without
+        assert options.status_code == 204, path
+        allowed = allow(options)
+        assert allowed == set(route.route_handler_map), path
+        for method in METHODS:
+            response = await answer(service, method, path)
+            if method in allowed:
+                assert response.status_code != 405, (method, path)
+            else:
+                assert response.status_code == 405, (method, path)
+                assert allow(response) == allowed, (method, path)
+        if route.path in documented:
+            operations = {method.upper() for method in documented[route.path]}
+            assert operations | {"OPTIONS"} == allowed, path
+    assert set(documented) <= {route.path for route in routes}
+    assert allow(await answer(service, "OPTIONS", "/v1/bars", AUTH)) == {"GET", "POST", "OPTIONS"}
 
 
 async def test_schemathesis_finds_nothing(service: RunningService, tmp_path: Path) -> None:

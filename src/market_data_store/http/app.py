@@ -19,6 +19,7 @@ from market_data_store.telemetry import (
     build_telemetry,
 )
 
+from .allow import point_options_at_routes
 from .controllers import (
     AdminController,
     BarsController,
@@ -89,6 +90,7 @@ def create_app(
         openapi_config=openapi_config(),
     )
     scalar_query_check.bind(app)
+    point_options_at_routes(app)  # OPTIONS /v1/bars: Allow: GET, OPTIONS, POST
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
     app.asgi_handler = HttpServerMetrics(app.asgi_handler, telemetry.meter)
