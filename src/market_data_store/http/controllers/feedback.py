@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 from typing import Annotated, Literal
 
@@ -13,6 +14,7 @@ from litestar import Controller, MediaType, get
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIType
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
@@ -38,7 +40,12 @@ _ended = ThrottledLog(log)
 EVENT_STREAM = "text/event-stream"
 REFUSED_RETRY_AFTER = 5
 MAX_COORDINATOR_FILTERS = 100
-EVENT_ID_PATTERN = r"^\s*[0-9]{1,20}\s*$"  # what _event_id accepts
+EVENT_ID_PATTERN = r"^[0-9]{1,20}$"
+"""An event id, in the document and in ``_event_id`` alike."""
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+# A header or query parameter is absent or a string, never null: not ``oneOf [string, null]``
+# (a generator sends ``last-event-id: null`` as valid), a string of the pattern.
+_EVENT_ID_SCHEMA = {"one_of": None, "type": OpenAPIType.STRING, "pattern": EVENT_ID_PATTERN}
 
 
 class FeedbackEventBody(msgspec.Struct):
@@ -253,20 +260,23 @@ class FeedbackStreamController(Controller):
             str | None,
             HeaderParameter(
                 name="last-event-id",
-                description="Resume after this id",
-                schema_extra={"pattern": EVENT_ID_PATTERN},
+                description="Resume after this id (checked, like the query parameter)",
+                schema_extra=_EVENT_ID_SCHEMA,
             ),
         ] = None,
         last_event_id: Annotated[
             str | None,
             QueryParameter(
-                description="Resume after this id (when no header can be set)",
-                schema_extra={"pattern": EVENT_ID_PATTERN},
+                description="Resume after this id (when no header can be set; the header wins)",
+                schema_extra=_EVENT_ID_SCHEMA,
             ),
         ] = None,
     ) -> FeedbackStream:
         coordinators = _coordinator_filter(coordinator_id)
-        resume = _event_id(last_event_id_header or last_event_id)
+        # both are checked, whichever is used: a bad one is a 400 naming it
+        from_header = _event_id(last_event_id_header, "last-event-id", "header")
+        from_query = _event_id(last_event_id, "last_event_id", "query")
+        resume = from_header if from_header is not None else from_query
         try:
             sub, reset = feedback_fanout.subscribe(
                 coordinators=coordinators,
@@ -313,13 +323,14 @@ def _coordinator_filter(values: list[str] | None) -> list[str] | None:
     return values
 
 
-def _event_id(text: str | None) -> int | None:
+def _event_id(text: str | None, key: str, source: str) -> int | None:
+    """The id ``text`` names (``None``: not given); 400 naming ``key`` unless it is
+    ``EVENT_ID_PATTERN``, as the document says (an empty value is not an id either)."""
     if text is None:
         return None
-    text = text.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 20:
+    if _EVENT_ID.search(text) is None:
         raise ValidationException(
-            "invalid Last-Event-ID",
-            extra=[{"key": "last_event_id", "message": "must be an event id (digits)"}],
+            f"invalid {key}",
+            extra=[{"key": key, "source": source, "message": f"must match {EVENT_ID_PATTERN}"}],
         )
     return int(text)
