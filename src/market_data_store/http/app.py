@@ -33,7 +33,7 @@ from .controllers import (
 from .dependencies import build_dependencies
 from .lifecycle import Lifecycle
 from .lifespan import service_lifespan
-from .openapi import openapi_config
+from .openapi import openapi_config, parameters_never_null
 from .problems import EXCEPTION_HANDLERS
 from .query_params import ScalarQueryCheck
 
@@ -91,6 +91,7 @@ def create_app(
     )
     scalar_query_check.bind(app)
     point_options_at_routes(app)  # OPTIONS /v1/bars: Allow: GET, OPTIONS, POST
+    parameters_never_null(app.openapi_schema)  # built once, here
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
     app.asgi_handler = HttpServerMetrics(app.asgi_handler, telemetry.meter)

@@ -5,6 +5,7 @@ is decoded into (``bars_input``), by msgspec's own JSON Schema."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -12,7 +13,10 @@ import msgspec
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
     Components,
+    OpenAPI,
+    OpenAPIType,
     Operation,
+    Parameter,
     RequestBody,
     Schema,
     SecurityScheme,
@@ -73,3 +77,45 @@ def openapi_config() -> OpenAPIConfig:
             security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")},
         ),
     )
+
+
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def parameters_never_null(document: OpenAPI) -> None:
+    """A query or header parameter is absent or has a value: ``null`` has no spelling
+    there. ``x: str | None = None`` is documented as what it is when given (a string),
+    not ``oneOf [string, null]`` (a generator sent ``last-event-id: null``, ``?end=null``
+    as valid values). What the parameter's declaration adds (description, pattern...)
+    is kept."""
+    for path_item in (document.paths or {}).values():
+        for method in _METHODS:
+            operation: Operation | None = getattr(path_item, method)
+            for parameter in (operation.parameters or []) if operation else []:
+                if isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema):
+                    parameter.schema = _without_null(parameter.schema)
+
+
+def _is_null(schema: object) -> bool:
+    return isinstance(schema, Schema) and schema.type == OpenAPIType.NULL
+
+
+def _without_null(schema: Schema) -> Schema:
+    if schema.one_of and any(_is_null(branch) for branch in schema.one_of):
+        rest = [branch for branch in schema.one_of if not _is_null(branch)]
+        if len(rest) == 1 and isinstance(rest[0], Schema):
+            declared = {
+                field.name: value
+                for field in dataclasses.fields(schema)
+                if field.name != "one_of" and (value := getattr(schema, field.name)) is not None
+            }
+            return dataclasses.replace(rest[0], **declared)
+        schema = dataclasses.replace(schema, one_of=rest)
+    if isinstance(schema.type, list) and OpenAPIType.NULL in schema.type:
+        types = [kind for kind in schema.type if kind != OpenAPIType.NULL]
+        schema = dataclasses.replace(schema, type=types[0] if len(types) == 1 else types)
+    if schema.enum is not None and None in schema.enum:
+        schema = dataclasses.replace(
+            schema, enum=[value for value in schema.enum if value is not None]
+        )
+    return schema

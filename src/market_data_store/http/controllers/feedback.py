@@ -14,7 +14,7 @@ from litestar import Controller, MediaType, get
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import OpenAPIType
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
@@ -43,9 +43,11 @@ MAX_COORDINATOR_FILTERS = 100
 EVENT_ID_PATTERN = r"^[0-9]{1,20}$"
 """An event id, in the document and in ``_event_id`` alike."""
 _EVENT_ID = re.compile(EVENT_ID_PATTERN)
-# A header or query parameter is absent or a string, never null: not ``oneOf [string, null]``
-# (a generator sends ``last-event-id: null`` as valid), a string of the pattern.
-_EVENT_ID_SCHEMA = {"one_of": None, "type": OpenAPIType.STRING, "pattern": EVENT_ID_PATTERN}
+# What _coordinator_filter checks, but "printable" (no JSON Schema for it: a 400 too).
+_COORDINATOR_FILTER_SCHEMA = {
+    "items": Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_ID_LENGTH),
+    "max_items": MAX_COORDINATOR_FILTERS,
+}
 
 
 class FeedbackEventBody(msgspec.Struct):
@@ -247,7 +249,12 @@ class FeedbackStreamController(Controller):
         lifecycle: NamedDependency[Lifecycle],
         coordinator_id: Annotated[
             list[str] | None,
-            QueryParameter(description="Only these coordinators (repeatable)"),
+            QueryParameter(
+                description=(
+                    f"Only these coordinators (repeatable; 1-{MAX_ID_LENGTH} printable characters)"
+                ),
+                schema_extra=_COORDINATOR_FILTER_SCHEMA,
+            ),
         ] = None,
         min_level: Annotated[
             Literal["ok", "soft", "hard"] | None,
@@ -261,14 +268,14 @@ class FeedbackStreamController(Controller):
             HeaderParameter(
                 name="last-event-id",
                 description="Resume after this id (checked, like the query parameter)",
-                schema_extra=_EVENT_ID_SCHEMA,
+                schema_extra={"pattern": EVENT_ID_PATTERN},
             ),
         ] = None,
         last_event_id: Annotated[
             str | None,
             QueryParameter(
                 description="Resume after this id (when no header can be set; the header wins)",
-                schema_extra=_EVENT_ID_SCHEMA,
+                schema_extra={"pattern": EVENT_ID_PATTERN},
             ),
         ] = None,
     ) -> FeedbackStream:
