@@ -72,3 +72,33 @@ async def test_repeatable_parameters_stay_repeatable(service: RunningService) ->
         service.client, "GET", f"/v1/bars?{READ}&unknown=1&unknown=2"
     )
     assert status == 200  # parameters a route does not take are not its business
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "name"),
+    [
+        ("GET", f"/v1/bars?{READ}&start=null", "start"),
+        ("GET", f"/v1/bars?{READ}&end=null", "end"),
+        ("POST", "/v1/bars?wait=null", "wait"),
+        ("GET", "/v1/feedback/stream?min_level=null", "min_level"),
+    ],
+)
+async def test_null_is_not_a_value_of_a_parameter(
+    service: RunningService, method: str, url: str, name: str
+) -> None:
+    """The document says a date-time, "commit", a level: Litestar read ``null`` as the
+    parameter left out."""
+    status, content_type, body = await status_and_body(service.client, method, url)
+    assert status == 400, (url, status, body)
+    assert content_type == "application/problem+json"
+    assert body["errors"] == [
+        {"key": name, "source": "query", "message": "null is not a value: leave the parameter out"}
+    ]
+
+
+async def test_null_is_text_where_a_parameter_is_text(service: RunningService) -> None:
+    status, _, body = await status_and_body(
+        service.client, "GET", "/v1/feedback/stream?last_event_id=null"
+    )
+    assert status == 400  # checked as the id it is not
+    assert body["errors"][0]["key"] == "last_event_id"  # type: ignore[index]
