@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout
+from market_data_store.http.controllers.feedback import EVENT_ID_PATTERN
 from tests.support.bars import bars_body
 from tests.support.service import RunningService, ServiceFactory, service_factory
 from tests.support.sse import Message, open_stream
@@ -158,8 +159,15 @@ async def test_filters_by_coordinator_and_level(service: RunningService) -> None
     ("params", "headers", "key"),
     [
         ({"min_level": "critical"}, {}, "min_level"),
-        ({}, {"last-event-id": "abc"}, "last_event_id"),
+        ({}, {"last-event-id": "abc"}, "last-event-id"),
+        ({}, {"last-event-id": "null"}, "last-event-id"),
+        ({}, {"last-event-id": ""}, "last-event-id"),
         ({"last_event_id": "-1"}, {}, "last_event_id"),
+        ({"last_event_id": " 12"}, {}, "last_event_id"),
+        ({"last_event_id": "1" * 21}, {}, "last_event_id"),
+        # both given: the header is used, and the query is checked all the same
+        ({"last_event_id": "abc"}, {"last-event-id": "12"}, "last_event_id"),
+        ({"last_event_id": "12"}, {"last-event-id": "abc"}, "last-event-id"),
         ({"coordinator_id": "a\x01b"}, {}, "coordinator_id"),
     ],
 )
@@ -169,7 +177,7 @@ async def test_bad_filters_are_a_400_problem(
     response = await service.client.get("/v1/feedback/stream", params=params, headers=headers)
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/problem+json")
-    assert key in response.text
+    assert key in {error["key"] for error in response.json()["errors"]}, response.text
 
 
 async def test_keepalive_comments_within_the_heartbeat(service_with: ServiceFactory) -> None:
@@ -297,6 +305,12 @@ async def test_openapi_documents_the_stream(service: RunningService) -> None:
     for status in ("400", "503"):
         assert set(route["responses"][status]["content"]) == {"application/problem+json"}
     params = {(p["name"], p["in"]) for p in route["parameters"]}
+    for param in route["parameters"]:
+        if param["name"] in ("last-event-id", "last_event_id"):
+            # a string of the very pattern the stream checks, never null
+            assert param["schema"]["type"] == "string", param
+            assert param["schema"]["pattern"] == EVENT_ID_PATTERN, param
+            assert "oneOf" not in param["schema"], param
     assert {
         ("coordinator_id", "query"), ("min_level", "query"), ("last_event_id", "query"),
         ("last-event-id", "header"),

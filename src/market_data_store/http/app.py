@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from litestar import Controller, Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 
 from market_data_store import __version__
 from market_data_store.config import Settings, check_admin_token
@@ -21,6 +19,7 @@ from market_data_store.telemetry import (
     build_telemetry,
 )
 
+from .allow import point_options_at_routes
 from .controllers import (
     AdminController,
     BarsController,
@@ -34,7 +33,9 @@ from .controllers import (
 from .dependencies import build_dependencies
 from .lifecycle import Lifecycle
 from .lifespan import service_lifespan
+from .openapi import openapi_config, parameters_never_null
 from .problems import EXCEPTION_HANDLERS
+from .query_params import ScalarQueryCheck
 
 
 def check_startup_safety(settings: Settings) -> None:
@@ -73,22 +74,21 @@ def create_app(
     ]
     if settings.feedback.sse.enabled:
         handlers += [FeedbackStreamController, StatusPageController]
+    scalar_query_check = ScalarQueryCheck()  # ?limit=1&limit=2 -> 400, on every route
     app = Litestar(
         route_handlers=handlers,
+        before_request=scalar_query_check,
         lifespan=[service_lifespan],
         dependencies={**build_dependencies(state), **(dependencies or {})},
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,  # the process (CLI, uvicorn, tests) owns logging
         request_max_body_size=settings.ingest.max_body_bytes,
         state=state,
-        openapi_config=OpenAPIConfig(
-            title="market-data-store",
-            version=__version__,
-            components=Components(
-                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}
-            ),
-        ),
+        openapi_config=openapi_config(),
     )
+    scalar_query_check.bind(app)
+    point_options_at_routes(app)  # OPTIONS /v1/bars: Allow: GET, OPTIONS, POST
+    parameters_never_null(app.openapi_schema)  # built once, here
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
     app.asgi_handler = HttpServerMetrics(app.asgi_handler, telemetry.meter)

@@ -41,9 +41,11 @@ from market_data_store.storage import (
     BarRow,
     BarsSink,
     DatabaseMonitor,
+    DatabaseUnavailableError,
     DbPool,
     MigrationError,
     apply_migrations,
+    connection,
     is_retryable,
 )
 from market_data_store.storage.database import CONNECT_ERRORS, database, describe_failure
@@ -167,10 +169,12 @@ async def _database(settings: Settings, lifecycle: Lifecycle) -> AsyncIterator[t
             log.info("using database %s", redact_url(settings.database_url))
         if db.auto_migrate:
             try:
-                async with pool.acquire() as conn:
+                async with connection(pool, timeout=db.connect_timeout) as conn:
                     applied = await apply_migrations(conn)
             except MigrationError as exc:
                 raise StartupError(str(exc)) from None
+            except DatabaseUnavailableError as exc:
+                raise StartupError(f"schema migration: {exc}") from None
             log.info("schema up to date (%d migration(s) applied now)", len(applied))
         yield pool, url
 

@@ -6,10 +6,10 @@ the coordinator's retry policy by the application that wires them together.
 """
 
 from .bars_sink import BarsSink
-from .errors import is_retryable
+from .errors import DatabaseUnavailableError, InvalidQueryError, StorageError, is_retryable
 from .migrate import Migration, MigrationError, apply_migrations, load_migrations, schema_state
 from .monitor import DatabaseMonitor, DatabaseStatus
-from .pool import DbPool, open_pool
+from .pool import DbPool, connection, open_pool
 from .queries import BarReader, StoredBar
 from .rows import BarRow
 
@@ -19,11 +19,15 @@ __all__ = [
     "BarsSink",
     "DatabaseMonitor",
     "DatabaseStatus",
+    "DatabaseUnavailableError",
     "DbPool",
+    "InvalidQueryError",
     "Migration",
     "MigrationError",
+    "StorageError",
     "StoredBar",
     "apply_migrations",
+    "connection",
     "is_retryable",
     "load_migrations",
     "open_pool",

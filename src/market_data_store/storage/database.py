@@ -14,12 +14,19 @@ from typing import Any
 import asyncpg
 
 from .embedded import EmbeddedPostgres
-from .pool import PERMANENT_ERRORS, DbPool, close_pool, open_pool
+from .errors import PERMANENT_ERRORS, DatabaseUnavailableError
+from .pool import DbPool, close_pool, describe_connect_error, open_pool
 
 # What opening the database can fail with: unreachable, refused, timed out, wrong
 # credentials, no such database. Start-up code answers them in one line
 # (``describe_failure``), never with a traceback.
-CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+CONNECT_ERRORS = (
+    DatabaseUnavailableError,
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 def describe_failure(
@@ -27,14 +34,16 @@ def describe_failure(
 ) -> str:
     """``database <target> <why>: <error>`` in one line, for ``serve`` and ``migrate``
     alike; ``target`` is the redacted URL or ``(embedded)``."""
+    permanent = isinstance(exc, PERMANENT_ERRORS)
+    if isinstance(exc, DatabaseUnavailableError):  # the pool's words: the driver's error chained
+        permanent, exc = exc.permanent, exc.__cause__ or exc
     if shutting_down:
         why = "shutdown requested while waiting for it"
-    elif isinstance(exc, PERMANENT_ERRORS):
+    elif permanent:
         why = "not usable"
     else:
         why = f"not reachable within {startup_timeout:g}s"
-    detail = " ".join(str(exc).split())  # one line, whatever the server said
-    return f"database {target} {why}: {type(exc).__name__}: {detail}".rstrip(": ")
+    return f"database {target} {why}: {describe_connect_error(exc)}"
 
 
 @asynccontextmanager

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from .errors import StorageError
+
 if TYPE_CHECKING:
     from .pool import DbConnection
 
@@ -37,8 +39,9 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 """
 
 
-class MigrationError(RuntimeError):
-    """A migration could not be applied, or the applied history does not match the files."""
+class MigrationError(StorageError, RuntimeError):
+    """A migration could not be applied, or the applied history does not match the
+    files; nothing of the pending migrations was applied (one transaction)."""
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 import asyncpg
 
 from .bars_sink import prepare_connection
+from .errors import PERMANENT_ERRORS, translated, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +88,6 @@ def _install_reconnect_log() -> None:
         asyncpg_log.addFilter(RECONNECT_LOG)
 
 
-# Errors no amount of waiting fixes: wrong credentials, no such database.
-PERMANENT_ERRORS = (
-    asyncpg.InvalidAuthorizationSpecificationError,
-    asyncpg.InvalidPasswordError,
-    asyncpg.InvalidCatalogNameError,
-)
-
-
 async def open_pool(
     url: str,
     *,
@@ -107,8 +102,8 @@ async def open_pool(
 
     A database that is still starting (a fresh pod, a failover) is waited for up
     to ``startup_timeout`` seconds, or until ``give_up`` is set (shutdown); then
-    the last error is raised. Wrong credentials or an unknown database are raised
-    at once.
+    ``DatabaseUnavailableError`` is raised (the driver's error chained). Wrong
+    credentials or an unknown database are raised at once, ``permanent``.
     """
     _install_reconnect_log()
     deadline = time.monotonic() + startup_timeout
@@ -124,11 +119,11 @@ async def open_pool(
                 init=prepare_connection,
             )
             return pool
-        except PERMANENT_ERRORS:
-            raise
+        except PERMANENT_ERRORS as exc:
+            raise unavailable(exc) from exc
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
-                raise
+                raise unavailable(exc) from exc
             log.warning("database not reachable yet (%s); retrying in %.1fs", exc, delay)
             if give_up is None:
                 await asyncio.sleep(delay)
@@ -136,8 +131,18 @@ async def open_pool(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(give_up.wait(), delay)
                 if give_up.is_set():
-                    raise
+                    raise unavailable(exc) from exc
             delay = min(delay * 2, 2.0)
+
+
+@asynccontextmanager
+async def connection(pool: DbPool, *, timeout: float) -> AsyncIterator[DbConnection]:
+    """A connection of ``pool`` for the block, waited for at most ``timeout`` seconds.
+    Driver and network errors, acquiring it or while the block uses it, are raised as
+    ``StorageError``s (``DatabaseUnavailableError``, ``InvalidQueryError``)."""
+    with translated():
+        async with pool.acquire(timeout=timeout) as conn:
+            yield conn
 
 
 POOL_CLOSE_TIMEOUT = 10.0

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from .errors import translated
+
 if TYPE_CHECKING:
     from .pool import DbPool
 
@@ -42,8 +44,9 @@ class StoredBar(msgspec.Struct, frozen=True):
 
 class BarReader:
     """Reads bars on the shared pool, never on more connections at once than
-    ``max_concurrent``, so readers cannot take the writers' connections; a read
-    that cannot get one within ``acquire_timeout`` raises ``TimeoutError``."""
+    ``max_concurrent``, so readers cannot take the writers' connections. A read
+    that cannot get one within ``acquire_timeout``, or whose database fails, raises
+    ``DatabaseUnavailableError``; a value the database refuses, ``InvalidQueryError``."""
 
     def __init__(self, pool: DbPool, *, max_concurrent: int, acquire_timeout: float) -> None:
         self._pool = pool
@@ -62,13 +65,14 @@ class BarReader:
     ) -> list[StoredBar]:
         """One provider's bars of one symbol and resolution in ``[start, end)``, oldest
         first (a range scan of the primary key)."""
-        async with asyncio.timeout(self._timeout):
-            await self._slots.acquire()
-        try:
-            async with self._pool.acquire(timeout=self._timeout) as conn:
-                records = await conn.fetch(
-                    _SELECT_BARS, provider, symbol, resolution, start, end, limit
-                )
-        finally:
-            self._slots.release()
+        with translated():
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+            try:
+                async with self._pool.acquire(timeout=self._timeout) as conn:
+                    records = await conn.fetch(
+                        _SELECT_BARS, provider, symbol, resolution, start, end, limit
+                    )
+            finally:
+                self._slots.release()
         return [StoredBar(*r.values()) for r in records]

@@ -8,9 +8,16 @@ import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 
-from market_data_store.storage import DbPool, apply_migrations, schema_state
+from market_data_store.config import Settings
+from market_data_store.storage import DbPool, apply_migrations, connection, schema_state
 
 from ..guards import admin_token_guard
+from ..problems import problem_responses
+
+ADMIN_ERRORS = problem_responses(
+    s401="No valid admin bearer token (`WWW-Authenticate: Bearer`)",
+    s503="The database cannot be used right now; retry after `Retry-After`",
+)
 
 
 class AppliedMigrationBody(msgspec.Struct):
@@ -36,9 +43,11 @@ class AdminController(Controller):
     tags = ["admin"]
     security = [{"BearerToken": []}]
 
-    @get("/schema/version", summary="Applied and pending schema migrations")
-    async def schema_version(self, db_pool: NamedDependency[DbPool]) -> SchemaVersionBody:
-        async with db_pool.acquire() as conn:
+    @get("/schema/version", summary="Applied and pending schema migrations", responses=ADMIN_ERRORS)
+    async def schema_version(
+        self, db_pool: NamedDependency[DbPool], settings: NamedDependency[Settings]
+    ) -> SchemaVersionBody:
+        async with connection(db_pool, timeout=settings.database.connect_timeout) as conn:
             state = await schema_state(conn)
         return SchemaVersionBody(
             state.version,
@@ -46,9 +55,17 @@ class AdminController(Controller):
             state.pending,
         )
 
-    @post("/migrate", summary="Apply pending migrations", status_code=200)
-    async def migrate(self, db_pool: NamedDependency[DbPool]) -> MigrateBody:
-        async with db_pool.acquire() as conn:
+    @post(
+        "/migrate",
+        summary="Apply pending migrations",
+        description="All pending migrations in one transaction: all applied, or none.",
+        status_code=200,
+        responses=ADMIN_ERRORS,
+    )
+    async def migrate(
+        self, db_pool: NamedDependency[DbPool], settings: NamedDependency[Settings]
+    ) -> MigrateBody:
+        async with connection(db_pool, timeout=settings.database.connect_timeout) as conn:
             applied = await apply_migrations(conn)
             state = await schema_state(conn)
         return MigrateBody([f"{m.version}_{m.name}" for m in applied], state.version)

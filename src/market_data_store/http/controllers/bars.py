@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
@@ -30,19 +29,12 @@ from ..bars_input import (
     to_rows,
 )
 from ..lifecycle import Lifecycle
-from ..problems import problem
+from ..openapi import IngestOperation
+from ..problems import problem, problem_responses
 
 DEFAULT_LIMIT = 1_000
 MAX_LIMIT = 10_000
 SHUTDOWN_RETRY_AFTER = 5
-READ_RETRY_AFTER = 5
-DATABASE_UNAVAILABLE = (
-    TimeoutError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-)
 
 
 class IngestResult(msgspec.Struct, omit_defaults=True):
@@ -88,9 +80,17 @@ class BarsController(Controller):
             "FeedbackEvent when the queue has no room or the service is stopping."
         ),
         status_code=202,
+        response_description="Queued (or, with ?wait=commit, still being written: `pending`)",
+        operation_class=IngestOperation,
         responses={
             201: ResponseSpec(data_container=IngestResult, description="Committed"),
-            503: ResponseSpec(data_container=dict[str, Any], description="Back off"),
+            **problem_responses(
+                s400="Unparseable body, or a bad or repeated query parameter",
+                s413="More bars than `ingest.max_bars_per_request`, or a body too large",
+                s415="Another content type, or a content encoding",
+                s422="Invalid bars or provider: every error, by bar index and field",
+                s503="Back off: queue full or stopping (`Retry-After`, `feedback`)",
+            ),
         },
     )
     async def ingest(
@@ -152,7 +152,10 @@ class BarsController(Controller):
         ),
         responses={
             200: ResponseSpec(data_container=BarsPage, description="Bars, oldest first"),
-            503: ResponseSpec(data_container=dict[str, Any], description="Database unavailable"),
+            **problem_responses(
+                s400="Bad, missing or repeated query parameters: each one listed",
+                s503="The database cannot be used right now; retry after `Retry-After`",
+            ),
         },
     )
     async def read(
@@ -168,24 +171,15 @@ class BarsController(Controller):
         errors = _query_errors(provider, symbol, resolution, start, end)
         if errors:
             raise ValidationException("invalid query parameters", extra=errors)
-        try:
-            bars = await bar_reader.fetch(
-                provider=provider.strip(),
-                symbol=symbol.strip().upper(),
-                resolution=resolution,
-                start=start,
-                end=end,
-                limit=limit,
-            )
-        except asyncpg.DataError as exc:
-            raise ValidationException(f"invalid query parameters: {exc}") from None
-        except DATABASE_UNAVAILABLE:
-            return problem(
-                503,
-                "the database is not available right now (or too busy); retry later",
-                headers={"Retry-After": str(READ_RETRY_AFTER)},
-                retry_after=READ_RETRY_AFTER,
-            )
+        # the database unavailable (503) or refusing a value (400): raised, mapped in problems.py
+        bars = await bar_reader.fetch(
+            provider=provider.strip(),
+            symbol=symbol.strip().upper(),
+            resolution=resolution,
+            start=start,
+            end=end,
+            limit=limit,
+        )
         return Response(BarsPage(bars, len(bars), len(bars) == limit))
 
 

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
 from litestar.params import QueryParameter
 
 from market_data_store.config import Settings
@@ -16,7 +17,7 @@ from market_data_store.coordinator.replay import replay_dead_letters
 from market_data_store.storage import BarRow
 
 from ..guards import admin_token_guard
-from ..problems import problem
+from ..problems import problem_responses
 
 
 class DeadLetterRecordBody(msgspec.Struct):
@@ -48,7 +49,15 @@ class DeadLetterController(Controller):
     tags = ["admin"]
     security = [{"BearerToken": []}]
 
-    @get("/", summary="Dead-letter queue size and its most recent records")
+    @get(
+        "/",
+        summary="Dead-letter queue size and its most recent records",
+        responses=problem_responses(
+            s400="Bad or repeated `recent`",
+            s401="No valid admin bearer token (`WWW-Authenticate: Bearer`)",
+            s404="No dead-letter queue is configured",
+        ),
+    )
     async def summary(
         self,
         coordinator: NamedDependency[WriteCoordinator[BarRow]],
@@ -56,7 +65,7 @@ class DeadLetterController(Controller):
     ) -> Response[Any]:
         dlq = coordinator.dead_letter_queue
         if dlq is None:
-            return problem(404, "no dead-letter queue is configured")
+            raise NotFoundException("no dead-letter queue is configured")
         scan = await dlq.scan()
         records = scan.records
         shown = records[-recent:] if recent else []
@@ -77,6 +86,11 @@ class DeadLetterController(Controller):
             "Bars rejected again come back into the file once, with their new error; "
             "records not submitted go back untouched. Safe to repeat and to run concurrently."
         ),
+        status_code=200,
+        responses=problem_responses(
+            s401="No valid admin bearer token (`WWW-Authenticate: Bearer`)",
+            s404="No dead-letter queue is configured",
+        ),
     )
     async def replay(
         self,
@@ -85,6 +99,6 @@ class DeadLetterController(Controller):
     ) -> Response[Any]:
         dlq = coordinator.dead_letter_queue
         if dlq is None:
-            return problem(404, "no dead-letter queue is configured")
+            raise NotFoundException("no dead-letter queue is configured")
         result = await replay_dead_letters(dlq, coordinator, settings.ingest.commit_timeout)
         return Response(result, status_code=200)

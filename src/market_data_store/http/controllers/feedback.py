@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import msgspec
 from litestar import Controller, MediaType, get
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIType, Schema
 from litestar.params import HeaderParameter, QueryParameter
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
@@ -30,7 +32,7 @@ from market_data_store.feedback import (
 )
 
 from ..lifecycle import Lifecycle
-from ..problems import PROBLEM_JSON
+from ..problems import problem_responses
 
 log = logging.getLogger(__name__)
 _ended = ThrottledLog(log)
@@ -38,6 +40,14 @@ _ended = ThrottledLog(log)
 EVENT_STREAM = "text/event-stream"
 REFUSED_RETRY_AFTER = 5
 MAX_COORDINATOR_FILTERS = 100
+EVENT_ID_PATTERN = r"^[0-9]{1,20}$"
+"""An event id, in the document and in ``_event_id`` alike."""
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
+# What _coordinator_filter checks, but "printable" (no JSON Schema for it: a 400 too).
+_COORDINATOR_FILTER_SCHEMA = {
+    "items": Schema(type=OpenAPIType.STRING, min_length=1, max_length=MAX_ID_LENGTH),
+    "max_items": MAX_COORDINATOR_FILTERS,
+}
 
 
 class FeedbackEventBody(msgspec.Struct):
@@ -53,14 +63,18 @@ class FeedbackEventBody(msgspec.Struct):
     utilization: float
 
 
+class StreamEventBody(msgspec.Struct, omit_defaults=True):
+    """One Server-Sent Event of the stream (``event: feedback`` or ``event: reset``;
+    ``data`` is a FeedbackEventBody, or ``{"reason": ...}`` for a reset, as JSON)."""
+
+    event: str | msgspec.UnsetType = msgspec.UNSET
+    id: str | msgspec.UnsetType = msgspec.UNSET
+    data: str | msgspec.UnsetType = msgspec.UNSET
+    retry: int | msgspec.UnsetType = msgspec.UNSET
+
+
 class FeedbackStateBody(msgspec.Struct):
     coordinators: list[FeedbackEventBody]
-
-
-def _problem(description: str) -> ResponseSpec:
-    return ResponseSpec(
-        data_container=dict[str, Any], media_type=PROBLEM_JSON, description=description
-    )
 
 
 class FeedbackStream(ASGIResponse):
@@ -217,10 +231,15 @@ class FeedbackStreamController(Controller):
         sync_to_thread=False,
         responses={
             200: ResponseSpec(
-                data_container=str, media_type=EVENT_STREAM, description="The event stream"
+                data_container=StreamEventBody,
+                media_type=EVENT_STREAM,
+                description="The event stream (the schema is that of each event)",
+                generate_examples=False,
             ),
-            400: _problem("Bad filter or Last-Event-ID"),
-            503: _problem("Too many streams, or shutting down; retry after Retry-After"),
+            **problem_responses(
+                s400="Bad filter or Last-Event-ID, or a repeated query parameter",
+                s503="Too many streams, or shutting down; retry after Retry-After",
+            ),
         },
     )
     def stream(
@@ -230,7 +249,12 @@ class FeedbackStreamController(Controller):
         lifecycle: NamedDependency[Lifecycle],
         coordinator_id: Annotated[
             list[str] | None,
-            QueryParameter(description="Only these coordinators (repeatable)"),
+            QueryParameter(
+                description=(
+                    f"Only these coordinators (repeatable; 1-{MAX_ID_LENGTH} printable characters)"
+                ),
+                schema_extra=_COORDINATOR_FILTER_SCHEMA,
+            ),
         ] = None,
         min_level: Annotated[
             Literal["ok", "soft", "hard"] | None,
@@ -240,15 +264,26 @@ class FeedbackStreamController(Controller):
             ),
         ] = None,
         last_event_id_header: Annotated[
-            str | None, HeaderParameter(name="last-event-id", description="Resume after this id")
+            str | None,
+            HeaderParameter(
+                name="last-event-id",
+                description="Resume after this id (checked, like the query parameter)",
+                schema_extra={"pattern": EVENT_ID_PATTERN},
+            ),
         ] = None,
         last_event_id: Annotated[
             str | None,
-            QueryParameter(description="Resume after this id (when no header can be set)"),
+            QueryParameter(
+                description="Resume after this id (when no header can be set; the header wins)",
+                schema_extra={"pattern": EVENT_ID_PATTERN},
+            ),
         ] = None,
     ) -> FeedbackStream:
         coordinators = _coordinator_filter(coordinator_id)
-        resume = _event_id(last_event_id_header or last_event_id)
+        # both are checked, whichever is used: a bad one is a 400 naming it
+        from_header = _event_id(last_event_id_header, "last-event-id", "header")
+        from_query = _event_id(last_event_id, "last_event_id", "query")
+        resume = from_header if from_header is not None else from_query
         try:
             sub, reset = feedback_fanout.subscribe(
                 coordinators=coordinators,
@@ -295,13 +330,14 @@ def _coordinator_filter(values: list[str] | None) -> list[str] | None:
     return values
 
 
-def _event_id(text: str | None) -> int | None:
+def _event_id(text: str | None, key: str, source: str) -> int | None:
+    """The id ``text`` names (``None``: not given); 400 naming ``key`` unless it is
+    ``EVENT_ID_PATTERN``, as the document says (an empty value is not an id either)."""
     if text is None:
         return None
-    text = text.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 20:
+    if _EVENT_ID.search(text) is None:
         raise ValidationException(
-            "invalid Last-Event-ID",
-            extra=[{"key": "last_event_id", "message": "must be an event id (digits)"}],
+            f"invalid {key}",
+            extra=[{"key": key, "source": source, "message": f"must match {EVENT_ID_PATTERN}"}],
         )
     return int(text)

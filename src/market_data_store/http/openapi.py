@@ -1,0 +1,121 @@
+"""The OpenAPI document (``/schema/openapi.json``): what Litestar derives from the
+handlers, plus what it cannot see. ``POST /v1/bars`` decodes its body itself (msgspec,
+JSON or MessagePack), so its request body is described here from the very structs it
+is decoded into (``bars_input``), by msgspec's own JSON Schema."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgspec
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import (
+    Components,
+    OpenAPI,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    RequestBody,
+    Schema,
+    SecurityScheme,
+)
+from litestar.openapi.spec import OpenAPIMediaType as MediaTypeSpec
+
+from market_data_store import __version__
+
+from .bars_input import JSON, MSGPACK, IngestRequest
+
+_REF = "#/$defs/{name}"
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """``node`` with every ``$ref`` replaced by its definition (the structs nest, never recurse)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            return _inline(defs[ref.rsplit("/", 1)[1]], defs)
+        return {key: _inline(value, defs) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline(value, defs) for value in node]
+    return node
+
+
+def ingest_request_schema() -> dict[str, Any]:
+    """msgspec's JSON Schema of what ``POST /v1/bars`` decodes its body into, self-contained
+    (Litestar builds ``components/schemas`` from its own registry only)."""
+    (root,), defs = msgspec.json.schema_components((IngestRequest,), ref_template=_REF)
+    schema: dict[str, Any] = _inline(root, defs)
+    return schema
+
+
+@dataclass
+class IngestOperation(Operation):
+    """``POST /v1/bars``: the request body, in both media types it is accepted in."""
+
+    def __post_init__(self) -> None:
+        # a plain JSON Schema object (OpenAPI 3.1 schemas are JSON Schema 2020-12)
+        schema = cast(Schema, ingest_request_schema())
+        self.request_body = RequestBody(
+            content={JSON: MediaTypeSpec(schema=schema), MSGPACK: MediaTypeSpec(schema=schema)},
+            description=(
+                "A provider and its bars (Core Bar fields). Prices and volume: decimal "
+                "strings or numbers, kept exact. Rules JSON Schema cannot say (high >= "
+                "max(open, close) >= min(open, close) >= low, ranges of ts and numbers) "
+                "are answered 422 with every error listed."
+            ),
+            required=True,
+        )
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="market-data-store",
+        version=__version__,
+        components=Components(
+            security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")},
+        ),
+    )
+
+
+_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def parameters_never_null(document: OpenAPI) -> None:
+    """A query or header parameter is absent or has a value: ``null`` has no spelling
+    there. ``x: str | None = None`` is documented as what it is when given (a string),
+    not ``oneOf [string, null]`` (a generator sent ``last-event-id: null``, ``?end=null``
+    as valid values). What the parameter's declaration adds (description, pattern...)
+    is kept."""
+    for path_item in (document.paths or {}).values():
+        for method in _METHODS:
+            operation: Operation | None = getattr(path_item, method)
+            for parameter in (operation.parameters or []) if operation else []:
+                if isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema):
+                    parameter.schema = _without_null(parameter.schema)
+
+
+def _is_null(schema: object) -> bool:
+    return isinstance(schema, Schema) and schema.type == OpenAPIType.NULL
+
+
+def _without_null(schema: Schema) -> Schema:
+    if schema.one_of and any(_is_null(branch) for branch in schema.one_of):
+        rest = [branch for branch in schema.one_of if not _is_null(branch)]
+        if len(rest) == 1 and isinstance(rest[0], Schema):
+            declared = {
+                field.name: value
+                for field in dataclasses.fields(schema)
+                if field.name != "one_of" and (value := getattr(schema, field.name)) is not None
+            }
+            return dataclasses.replace(rest[0], **declared)
+        schema = dataclasses.replace(schema, one_of=rest)
+    if isinstance(schema.type, list) and OpenAPIType.NULL in schema.type:
+        types = [kind for kind in schema.type if kind != OpenAPIType.NULL]
+        schema = dataclasses.replace(schema, type=types[0] if len(types) == 1 else types)
+    if schema.enum is not None and None in schema.enum:
+        schema = dataclasses.replace(
+            schema, enum=[value for value in schema.enum if value is not None]
+        )
+    return schema

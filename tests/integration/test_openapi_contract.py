@@ -1,0 +1,179 @@
+"""The OpenAPI document tells the truth, and schemathesis keeps it so.
+
+The live service (real uvicorn, real PostgreSQL) is fuzzed by schemathesis' CLI with
+the admin token: every route, all checks, at least 1,000 generated cases; any finding
+fails the test. What JSON Schema cannot express is configured, with reasons, in
+``schemathesis.toml`` beside this file (the event stream is read for one event or
+one second; cross-field rules answer 422)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from litestar.routes import HTTPRoute
+
+from tests.support.service import RunningService, running_service, service_settings
+
+TOKEN = "contract-admin-token-" + "x" * 16
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+HERE = Path(__file__).parent
+MIN_CASES = 1_000
+RUN_TIMEOUT = 400  # seconds; the run takes about two minutes on two cores
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+ERROR_STATUSES = {"400", "401", "404", "413", "415", "422", "503"}
+
+
+@pytest.fixture
+async def service(database_url: str, tmp_path: Path) -> AsyncIterator[RunningService]:
+    settings = service_settings(
+        database_url,
+        str(tmp_path),
+        ADMIN_TOKEN=TOKEN,
+        MDS_INGEST_MAX_BARS_PER_REQUEST="1000",
+        MDS_FEEDBACK_SSE_HEARTBEAT_SEC="0.5",
+    )
+    async with running_service(settings) as svc:
+        yield svc
+
+
+async def openapi(service: RunningService) -> dict[str, Any]:
+    response = await service.client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    document: dict[str, Any] = response.json()
+    return document
+
+
+async def test_the_document_describes_bodies_statuses_and_problems(
+    service: RunningService,
+) -> None:
+    paths = (await openapi(service))["paths"]
+    ingest = paths["/v1/bars"]["post"]
+    body = ingest["requestBody"]
+    assert body["required"] is True
+    assert set(body["content"]) == {"application/json", "application/msgpack"}
+    schema = body["content"]["application/json"]["schema"]
+    assert schema["required"] == ["provider", "bars"]
+    assert set(schema["properties"]["bars"]["items"]["required"]) >= {"symbol", "ts", "open"}
+    assert set(ingest["responses"]) == {"201", "202", "400", "413", "415", "422", "503"}
+    for path in ("/admin/schema/version", "/admin/migrate", "/admin/dlq", "/admin/dlq/replay"):
+        for operation in paths[path].values():
+            assert "401" in operation["responses"], path
+    for path, operations in paths.items():
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                # absent or a value: null has no spelling in a query or a header
+                assert "null" not in json.dumps(parameter["schema"]), (path, parameter)
+    replay = paths["/admin/dlq/replay"]["post"]["responses"]
+    assert set(replay) == {"200", "401", "404"}
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if status in ERROR_STATUSES and path not in ("/readyz",):
+                    assert list(response["content"]) == ["application/problem+json"], (
+                        method,
+                        path,
+                        status,
+                    )
+                    schema = response["content"]["application/problem+json"]["schema"]
+                    assert schema == {"$ref": "#/components/schemas/ProblemBody"}, (path, status)
+
+
+def allow(response: httpx.Response) -> set[str]:
+    return {method.strip() for method in response.headers["allow"].split(",") if method.strip()}
+
+
+async def answer(
+    service: RunningService, method: str, path: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """The status and headers only (without a body, and but for OPTIONS without the token:
+    nothing is changed; an event stream is closed at once)."""
+    async with service.client.stream(method, path, headers=headers) as response:
+        return response
+
+
+async def test_allow_lists_exactly_the_methods_every_route_answers(
+    service: RunningService,
+) -> None:
+    """For every route: ``OPTIONS`` lists the methods that are answered, every other
+    method is 405 with the same ``Allow``, and the document has the same operations."""
+    documented = (await openapi(service))["paths"]
+    routes = [route for route in service.app.routes if isinstance(route, HTTPRoute)]
+    for route in routes:
+        path = re.sub(r"\{[^}]*\}", "x", route.path_format)
+        options = await answer(service, "OPTIONS", path, AUTH)  # admin routes: 401 without
+        assert options.status_code == 204, path
+        allowed = allow(options)
+        assert allowed == set(route.route_handler_map), path
+        for method in METHODS:
+            response = await answer(service, method, path)
+            if method in allowed:
+                assert response.status_code != 405, (method, path)
+            else:
+                assert response.status_code == 405, (method, path)
+                assert allow(response) == allowed, (method, path)
+        if route.path in documented:
+            operations = {method.upper() for method in documented[route.path]}
+            assert operations | {"OPTIONS"} == allowed, path
+    assert set(documented) <= {route.path for route in routes}
+    assert allow(await answer(service, "OPTIONS", "/v1/bars", AUTH)) == {"GET", "POST", "OPTIONS"}
+
+
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+async def test_schemathesis_finds_nothing(service: RunningService, tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks",
+        "PYTHONPATH": str(HERE.parent.parent),
+    }
+    command = [
+        str(Path(sys.executable).with_name("st")),
+        "--config-file",
+        str(HERE / "schemathesis.toml"),
+        "run",
+        f"{service.base_url}/schema/openapi.json",
+        "--checks",
+        "all",
+        "--header",
+        f"Authorization: Bearer {TOKEN}",
+        "--workers",
+        "2",
+        "--max-examples",
+        "300",
+        "--request-timeout",
+        "10",
+        "--seed",
+        "8",
+        "--report",
+        "junit",
+        "--report-dir",
+        str(tmp_path),
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,  # its cache (.schemathesis/) and Hypothesis' examples stay out of the repo
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    text = out.decode(errors="replace")
+    print(text)  # the summary, with -s
+    report = text[-6000:]
+    assert process.returncode == 0, report
+    cases = re.search(r"Test cases:\s*(\d+) generated", text)
+    assert cases is not None, report
+    assert int(cases[1]) >= MIN_CASES, report
