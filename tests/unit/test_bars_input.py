@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -10,8 +11,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from market_data_store.http import bars_input
 from market_data_store.http.bars_input import (
     JSON,
+    MAX_REPORTED_ERRORS,
     MSGPACK,
     InvalidBody,
     MalformedBody,
@@ -49,7 +52,6 @@ def test_valid_bar_becomes_a_row() -> None:
         (1e2, "100.0"),
         ("0.000000000000000001", "0.000000000000000001"),
         ("1e-18", "0.000000000000000001"),
-        ("\u0665", "5"),  # Arabic-Indic five: Decimal reads it; stored as ASCII
     ],
 )
 def test_unusual_but_valid_numbers_pass_the_slow_path(given: Any, stored: str) -> None:
@@ -91,7 +93,7 @@ def test_what_is_not_a_number_is_refused(value: Any) -> None:
 
 
 @pytest.mark.parametrize("long_values", [False, True])
-def test_fast_and_exact_checks_agree(long_values: bool) -> None:
+def test_fast_and_exact_checks_agree(long_values: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every combination of prices around the edges the fast path decides with floats
     (ties, values equal as floats but not as decimals, equal values written
     differently), in one request: every bar gets the verdict ``Decimal`` gives, and a
@@ -114,6 +116,7 @@ def test_fast_and_exact_checks_agree(long_values: bool) -> None:
         if not (dl <= min(do, dc) and dh >= max(do, dc) and dv >= 0 and max(dh, dv) < 10**20):
             invalid.add(index)
     assert 100 < len(invalid) < len(bars) - 100
+    monkeypatch.setattr(bars_input, "MAX_REPORTED_ERRORS", len(bars) * 10)  # keep them all
     with pytest.raises(InvalidBody) as info:
         rows_of({"provider": "p", "bars": bars}, limit=100_000)
     assert {e.index for e in info.value.errors} == invalid
@@ -258,3 +261,115 @@ def test_huge_integers_are_refused_without_converting_them() -> None:
         ("open", "must be below 10^20 in magnitude"),
         ("volume", "must be below 10^20 in magnitude"),
     ]
+
+
+def test_unknown_bar_and_top_level_fields_are_each_named() -> None:
+    payload: dict[str, Any] = body(timeframe="1m")
+    payload["bars"].append({**body()["bars"][0], "foo": 1, "bar": [2]})
+    payload["extra"] = True
+    with pytest.raises(InvalidBody) as info:
+        rows_of(payload)
+    assert {(e.index, e.field) for e in info.value.errors} == {
+        (None, "extra"),
+        (0, "timeframe"),
+        (1, "foo"),
+        (1, "bar"),
+    }
+    assert all("unknown field" in e.message for e in info.value.errors)
+
+
+@pytest.mark.parametrize("media_type", [JSON, MSGPACK])
+def test_a_mistyped_field_does_not_hide_other_bars_errors(media_type: str) -> None:
+    good = body()["bars"][0]
+    bars = [good, {**good, "open": []}, {**good, "low": "20"}, {**good, "timeframe": "1m"},
+            {**good, "ts": 5, "symbol": "\uff21"}, good]  # fmt: skip
+    with pytest.raises(InvalidBody) as info:
+        rows_of({"provider": "p", "bars": bars}, media_type)
+    assert [(e.index, e.field) for e in info.value.errors] == [
+        (1, "open"),
+        (2, "low"),
+        (3, "timeframe"),
+        (4, "ts"),
+        (4, "symbol"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "symbol", ["\u0410\u0410PL", "\uff21\uff21\uff30\uff2c", "stra\u00dfe", "A\u00a0B", "\u00c4"]
+)
+def test_symbols_are_printable_ascii(symbol: str) -> None:
+    payload = body(symbol=symbol)
+    payload["bars"].insert(0, body()["bars"][0])  # the fast path's request too
+    with pytest.raises(InvalidBody) as info:
+        rows_of(payload)
+    assert [(e.index, e.field) for e in info.value.errors] == [(1, "symbol")]
+
+
+@pytest.mark.parametrize(
+    "provider", ["\uff49\uff42\uff4b\uff52", "\u0399bkr", "ibkr\u200b", "\u3000"]
+)
+def test_providers_are_printable_ascii(provider: str) -> None:
+    with pytest.raises(InvalidBody) as info:
+        rows_of({**body(), "provider": provider})
+    assert [(e.index, e.field) for e in info.value.errors] == [(None, "provider")]
+
+
+@pytest.mark.parametrize(
+    "text", [" 5", "5 ", "+5", "1_000", "\u0665", "05", "00.5", ".5", "5.", "0x10", "5e", "١٢"]
+)
+@pytest.mark.parametrize("media_type", [JSON, MSGPACK])
+def test_number_strings_follow_the_json_number_grammar(text: str, media_type: str) -> None:
+    payload = body(volume=text)
+    payload["bars"].insert(0, body()["bars"][0])
+    with pytest.raises(InvalidBody) as info:
+        rows_of(payload, media_type)
+    assert [(e.index, e.field) for e in info.value.errors] == [(1, "volume")]
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [("1E+2", "100"), ("-0", "-0"), ("0.50", "0.50"), ("2e-18", "2E-18")]
+)
+def test_number_strings_in_the_grammar_are_accepted(given: str, stored: str) -> None:
+    (row,) = rows_of(body(volume=given, low="0", high="100"))
+    assert Decimal(row.volume) == Decimal(given)
+
+
+def _peak_bytes(action: Any) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    with contextlib.suppress(InvalidBody, TooManyBars):
+        action()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "element",
+    [b"{}", b"1", b'"x"', b"[]", b'{"symbol":"A"}', msgspec.json.encode(body()["bars"][0])],
+)
+def test_over_cap_bodies_are_refused_before_they_are_decoded(element: bytes) -> None:
+    """A body with far more elements than the cap costs a small multiple of its own
+    size, not tens of Python objects per element (counted by tracemalloc, not timed)."""
+    count = max(300_000, 4_000_000 // len(element))
+    data = b'{"provider":"p","bars":[' + b",".join([element] * count) + b"]}"
+    with pytest.raises(TooManyBars):
+        decode(data, JSON, 1000)
+    assert _peak_bytes(lambda: decode(data, JSON, 1000)) < len(data)
+    packed = msgspec.msgpack.encode(
+        {"provider": "p", "bars": [msgspec.json.decode(element)] * count}
+    )
+    with pytest.raises(TooManyBars):
+        decode(packed, MSGPACK, 1000)
+    assert _peak_bytes(lambda: decode(packed, MSGPACK, 1000)) < len(packed)
+
+
+def test_the_errors_of_a_body_full_of_bad_bars_are_counted_not_kept() -> None:
+    data = b'{"provider":"p","bars":[' + b",".join([b"{}"] * 20_000) + b"]}"
+    with pytest.raises(InvalidBody) as info:
+        decode(data, JSON, 50_000)
+    assert info.value.total == 20_000 * 7  # seven required fields missing in each
+    assert len(info.value.errors) == MAX_REPORTED_ERRORS
+    # the raw bytes of each bar (a 48-byte object) and a little: never a dict per bar
+    assert _peak_bytes(lambda: decode(data, JSON, 50_000)) < 2 * len(data) + 100 * 20_000

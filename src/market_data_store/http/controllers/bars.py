@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import anyio
+import anyio.to_thread
 import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -21,12 +23,16 @@ from ..bars_input import (
     EARLIEST,
     LATEST,
     MEDIA_TYPES,
+    PROVIDER_RULE,
     RESOLUTION,
+    SYMBOL_RULE,
     InvalidBody,
     MalformedBody,
     TooManyBars,
     accept_clock,
     decode,
+    provider_ok,
+    symbol_ok,
     to_rows,
 )
 from ..lifecycle import Lifecycle
@@ -117,8 +123,7 @@ class BarsController(Controller):
             return problem(413, f"body larger than {limits.max_body_bytes} bytes")
         body = await request.body()
         try:
-            parsed = decode(body, media_type, limits.max_bars_per_request)
-            rows = to_rows(parsed, accept_clock.now())
+            rows = await _rows_of(body, media_type, limits.max_bars_per_request)
         except MalformedBody as exc:
             return problem(400, str(exc))
         except TooManyBars as exc:
@@ -189,22 +194,44 @@ class BarsController(Controller):
         return Response(BarsPage(bars, len(bars), len(bars) == limit))
 
 
+# Bodies up to this size are decoded on the event loop (well under a millisecond);
+# larger ones in a worker thread, one at a time, in calls short enough (chunks of
+# CHUNK_BARS bars) that the loop keeps answering probes meanwhile.
+INLINE_DECODE_BYTES = 64 * 1024
+_decode_limiter: anyio.CapacityLimiter | None = None
+
+
+async def _rows_of(body: bytes, media_type: str, max_bars: int) -> list[BarRow]:
+    if len(body) <= INLINE_DECODE_BYTES:
+        return _decode_rows(body, media_type, max_bars)
+    global _decode_limiter
+    if _decode_limiter is None:
+        _decode_limiter = anyio.CapacityLimiter(1)
+    return await anyio.to_thread.run_sync(
+        _decode_rows, body, media_type, max_bars, limiter=_decode_limiter
+    )
+
+
+def _decode_rows(body: bytes, media_type: str, max_bars: int) -> list[BarRow]:
+    return to_rows(decode(body, media_type, max_bars), accept_clock.now())
+
+
 def _invalid(exc: InvalidBody) -> Response[Any]:
-    errors = exc.errors
-    shown = [msgspec.to_builtins(e) for e in errors[:100]]
+    shown = [msgspec.to_builtins(e) for e in exc.errors]
     extra: dict[str, Any] = {"errors": shown}
-    if len(errors) > len(shown):
-        extra["more_errors"] = len(errors) - len(shown)
-    return problem(422, f"{len(errors)} invalid field(s); nothing was stored", **extra)
+    if exc.total > len(shown):
+        extra["more_errors"] = exc.total - len(shown)
+    return problem(422, f"{exc.total} invalid field(s); nothing was stored", **extra)
 
 
 def _query_errors(
     provider: str, symbol: str, resolution: str, start: datetime | None, end: datetime | None
 ) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
-    for key, text in (("provider", provider), ("symbol", symbol)):
-        if not text.strip() or not text.isprintable():
-            errors.append({"key": key, "message": "must be non-empty printable text"})
+    if not provider_ok(provider):
+        errors.append({"key": "provider", "message": PROVIDER_RULE})
+    if not symbol_ok(symbol, symbol.strip().upper()):
+        errors.append({"key": "symbol", "message": SYMBOL_RULE})
     if not RESOLUTION.fullmatch(resolution):
         errors.append({"key": "resolution", "message": "must be <n><s|m|h|d|w|mo>, e.g. 1m"})
     for key, moment in (("start", start), ("end", end)):
