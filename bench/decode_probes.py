@@ -1,28 +1,31 @@
 """Probes while bodies are decoded: /healthz latency with 4 clients looping max-size POSTs.
 
-    .venv/bin/python bench/decode_probes.py [--seconds 10] [--clients 4]
+    .venv/bin/python bench/decode_probes.py [--seconds 10] [--clients 4] [--rounds 3]
+        [--baseline edd9d74 | --baseline none]
 
 Starts the service (``mds-store``'s app under uvicorn, one process, its own embedded
-PostgreSQL unless ``DATABASE_URL`` is set; nothing is written to it), measures the
-/healthz latency of an idle service (the baseline of this run), then, per scenario,
+PostgreSQL unless ``DATABASE_URL`` is set; nothing is written to it) twice: this
+tree, and the code of ``--baseline`` (a git revision, extracted with ``git archive``
+and put first on ``PYTHONPATH``; default: main before issue 8's decode work). Both
+run side by side and are measured alternately, round by round, so a noisy machine
+affects both alike. Per server: the /healthz latency when idle, then per scenario
 ``--clients`` processes loop one body each while this process probes /healthz every
-10 ms. Printed per scenario: probe p50/p99/max and p99 vs the idle baseline, requests
-answered (status counts) and the service's peak RSS growth above its level before the
-scenario (``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``), also per
-concurrent request.
+10 ms. Printed per round, scenario and version: probe p50/p99/max, requests answered
+(status counts) and the server's peak RSS growth above its level before the scenario
+(``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``); at the end, the
+median of the rounds.
 
 Scenarios, each the largest body the defaults admit:
-- ``max-valid-422``: 50,000 real bars (~8.9 MB), the last one invalid: decoded and
+- ``max-valid-422``: 50,000 real bars (~7 MB), the last one invalid: decoded and
   validated in full, answered 422, nothing queued;
 - ``tiny-objects``: 32 MiB of ``{}`` elements (11 M "bars");
 - ``tiny-bars``: 32 MiB of minimal valid bars (~370,000, over the 50,000 cap).
-
-To measure another version of the code, point ``PYTHONPATH`` at its ``src``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import multiprocessing
 import os
 import signal
@@ -30,6 +33,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -39,6 +43,8 @@ from typing import Any
 import httpx
 
 MAX_BODY = 32 * 1024 * 1024
+BASELINE = "edd9d74"  # main before the bounded decode of issue 8
+ROOT = Path(__file__).resolve().parent.parent
 MAX_BARS = 50_000
 
 
@@ -131,10 +137,81 @@ def wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
     sys.exit("server did not become ready")
 
 
+def extract(revision: str, into: str) -> str:
+    """``src`` of ``revision`` under ``into``; its path."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "src"], check=True, capture_output=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(into, filter="data")
+    return f"{into}/src"
+
+
+class Server:
+    def __init__(self, name: str, tmp: str, pythonpath: str | None) -> None:
+        self.name = name
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/{name}-dlq.ndjson"}
+        env.setdefault("MDS_DATABASE_EMBEDDED_DIR", f"{tmp}/{name}-pgdata")
+        if pythonpath:
+            env["PYTHONPATH"] = pythonpath
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(self.port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+def scenario(server: Server, kind: str, clients_n: int, seconds: float) -> dict[str, Any]:
+    pid = server.proc.pid
+    before = rss_kib(pid, "VmRSS")
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM
+    results: multiprocessing.Queue[str] = multiprocessing.Queue()
+    go, stop = multiprocessing.Event(), multiprocessing.Event()
+    clients = [
+        multiprocessing.Process(
+            target=client, args=(server.base + "/v1/bars", kind, go, stop, results)
+        )
+        for _ in range(clients_n)
+    ]
+    for c in clients:
+        c.start()
+    for _ in clients:
+        results.get(timeout=300)  # bodies built
+    go.set()
+    latencies = probe(server.base, seconds)
+    stop.set()
+    answered = [results.get(timeout=300) for _ in clients]
+    for c in clients:
+        c.join()
+    peak = rss_kib(pid, "VmHWM")
+    return {
+        "p50": statistics.median(latencies),
+        "p99": p99(latencies),
+        "max": max(latencies),
+        "n": len(latencies),
+        "rss": max(0, peak - before) / 1024,
+        "answers": "; ".join(answered),
+    }
+
+
+def line(name: str, kind: str, r: dict[str, Any]) -> str:
+    return (
+        f"{kind:<14} {name:<9}: probes p50 {r['p50']:7.2f} ms  p99 {r['p99']:8.2f} ms  "
+        f"max {r['max']:8.2f} ms  n={r['n']:<5}  peak RSS +{r['rss']:.0f} MiB"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="per scenario")
     parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", default=BASELINE, help="git revision, or 'none'")
     parser.add_argument(
         "--scenarios", default="max-valid-422,tiny-objects,tiny-bars", help="comma-separated"
     )
@@ -143,53 +220,44 @@ def main() -> None:
     if args.serve:
         serve(args.serve)
         return
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    kinds = args.scenarios.split(",")
     with tempfile.TemporaryDirectory(prefix="mds-bench-") as tmp:
-        env = {**os.environ, "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/dlq.ndjson"}
-        env.setdefault("MDS_DATABASE_EMBEDDED_DIR", f"{tmp}/pgdata")
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        servers = [Server("this", tmp, None)]
+        if args.baseline != "none":
+            servers.append(Server(args.baseline, tmp, extract(args.baseline, f"{tmp}/base")))
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {}
         try:
-            wait_ready(base, proc)
-            idle = probe(base, 5)
-            base_p99 = p99(idle)
-            print(f"idle /healthz: p50 {statistics.median(idle):.2f} ms  p99 {base_p99:.2f} ms")
-            for kind in args.scenarios.split(","):
-                before = rss_kib(proc.pid, "VmRSS")
-                Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # reset VmHWM
-                results: multiprocessing.Queue[str] = multiprocessing.Queue()
-                go, stop = multiprocessing.Event(), multiprocessing.Event()
-                clients = [
-                    multiprocessing.Process(
-                        target=client, args=(base + "/v1/bars", kind, go, stop, results)
-                    )
-                    for _ in range(args.clients)
-                ]
-                for c in clients:
-                    c.start()
-                for _ in clients:
-                    results.get(timeout=300)  # bodies built
-                go.set()
-                latencies = probe(base, args.seconds)
-                stop.set()
-                answered = [results.get(timeout=300) for _ in clients]
-                for c in clients:
-                    c.join()
-                peak = rss_kib(proc.pid, "VmHWM")
-                growth = max(0, peak - before) / 1024
+            for server in servers:
+                wait_ready(server.base, server.proc)
+                idle = probe(server.base, 5)
                 print(
-                    f"{kind:<14}: probes p50 {statistics.median(latencies):7.2f} ms  "
-                    f"p99 {p99(latencies):8.2f} ms ({p99(latencies) / base_p99:5.1f}x idle)  "
-                    f"max {max(latencies):8.2f} ms  n={len(latencies)}  "
-                    f"peak RSS +{growth:.0f} MiB (+{growth / args.clients:.0f} MiB per "
-                    f"concurrent request)  answers: {'; '.join(answered)}"
+                    f"idle /healthz {server.name}: p50 {statistics.median(idle):.2f} ms  "
+                    f"p99 {p99(idle):.2f} ms",
+                    flush=True,
                 )
+            for round_ in range(args.rounds):
+                for kind in kinds:
+                    order = servers if round_ % 2 == 0 else servers[::-1]
+                    for server in order:
+                        r = scenario(server, kind, args.clients, args.seconds)
+                        results.setdefault((kind, server.name), []).append(r)
+                        print(
+                            f"round {round_ + 1} {line(server.name, kind, r)}  "
+                            f"answers: {r['answers']}",
+                            flush=True,
+                        )
+            print(f"median of {args.rounds} round(s), {args.clients} clients:")
+            for kind in kinds:
+                for server in servers:
+                    rs = results[(kind, server.name)]
+                    med = {
+                        k: statistics.median(r[k] for r in rs)
+                        for k in ("p50", "p99", "max", "n", "rss")
+                    }
+                    print(line(server.name, kind, {**med, "answers": ""}))
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            for server in servers:
+                server.stop()
 
 
 if __name__ == "__main__":

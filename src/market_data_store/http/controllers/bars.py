@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-import anyio
-import anyio.to_thread
 import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -21,19 +20,21 @@ from market_data_store.storage import BarReader, BarRow, StoredBar
 
 from ..bars_input import (
     EARLIEST,
+    JSON,
     LATEST,
     MEDIA_TYPES,
     PROVIDER_RULE,
     RESOLUTION,
     SYMBOL_RULE,
     InvalidBody,
+    JsonBound,
     MalformedBody,
     TooManyBars,
     accept_clock,
-    decode,
     provider_ok,
+    rows_in_steps,
+    rows_of,
     symbol_ok,
-    to_rows,
 )
 from ..lifecycle import Lifecycle
 from ..problems import problem
@@ -121,9 +122,8 @@ class BarsController(Controller):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
             return problem(413, f"body larger than {limits.max_body_bytes} bytes")
-        body = await request.body()
         try:
-            rows = await _rows_of(body, media_type, limits.max_bars_per_request)
+            rows = await _rows_of(request, media_type, limits.max_bars_per_request)
         except MalformedBody as exc:
             return problem(400, str(exc))
         except TooManyBars as exc:
@@ -194,26 +194,47 @@ class BarsController(Controller):
         return Response(BarsPage(bars, len(bars), len(bars) == limit))
 
 
-# Bodies up to this size are decoded on the event loop (well under a millisecond);
-# larger ones in a worker thread, one at a time, in calls short enough (chunks of
-# CHUNK_BARS bars) that the loop keeps answering probes meanwhile.
-INLINE_DECODE_BYTES = 64 * 1024
-_decode_limiter: anyio.CapacityLimiter | None = None
+# Bodies up to this size are decoded in one go (a millisecond at most); larger ones in
+# steps of CHUNK_BARS bars on the event loop, which answers other requests (probes)
+# between two steps: several large bodies decode interleaved, step by step.
+INLINE_DECODE_BYTES = 16 * 1024
 
 
-async def _rows_of(body: bytes, media_type: str, max_bars: int) -> list[BarRow]:
+async def _rows_of(request: Request[Any, Any, Any], media_type: str, max_bars: int) -> list[BarRow]:
+    body = await _read_body(request, JsonBound(max_bars) if media_type == JSON else None)
     if len(body) <= INLINE_DECODE_BYTES:
-        return _decode_rows(body, media_type, max_bars)
-    global _decode_limiter
-    if _decode_limiter is None:
-        _decode_limiter = anyio.CapacityLimiter(1)
-    return await anyio.to_thread.run_sync(
-        _decode_rows, body, media_type, max_bars, limiter=_decode_limiter
-    )
+        return rows_of(body, media_type, max_bars, accept_clock.now())
+    steps = rows_in_steps(body, media_type, max_bars, accept_clock.now(), counted=True)
+    del body  # the generator holds it only as long as it needs it
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            rows: list[BarRow] = done.value
+            return rows
+        await asyncio.sleep(0)
 
 
-def _decode_rows(body: bytes, media_type: str, max_bars: int) -> list[BarRow]:
-    return to_rows(decode(body, media_type, max_bars), accept_clock.now())
+async def _read_body(request: Request[Any, Any, Any], bound: JsonBound | None) -> bytearray:
+    """The body in one buffer, grown in place as its pieces arrive (``request.body()``
+    would keep the pieces and join them: twice the body at its peak). A JSON body is
+    pre-counted piece by piece: once it holds more than the cap allows, the rest is
+    read and dropped, and ``TooManyBars`` raised."""
+    body = bytearray()
+    refused: TooManyBars | None = None
+    async for piece in request.stream():
+        if refused is not None:
+            continue
+        if bound is not None:
+            try:
+                bound.feed(piece)
+            except TooManyBars as exc:
+                refused, body = exc, bytearray()
+                continue
+        body += piece
+    if refused is not None:
+        raise refused
+    return body
 
 
 def _invalid(exc: InvalidBody) -> Response[Any]:
