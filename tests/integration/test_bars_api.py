@@ -195,6 +195,15 @@ async def test_json_with_charset_is_accepted(service: RunningService) -> None:
         ({"resolution": "m"}, "resolution"),
         ({"delayed": "perhaps"}, "delayed"),
         ({"delayed": "false"}, "delayed"),
+        ({"timeframe": "1m"}, "timeframe"),  # unknown: never silently stored as 1d
+        ({"symbol": "\u0410\u0410PL"}, "symbol"),  # Cyrillic look-alike
+        ({"symbol": "\uff21\uff21\uff30\uff2c"}, "symbol"),  # fullwidth
+        ({"symbol": "stra\u00dfe"}, "symbol"),  # would upper-case to STRASSE
+        ({"volume": " 5 "}, "volume"),
+        ({"volume": "+5"}, "volume"),
+        ({"volume": "1_000"}, "volume"),
+        ({"volume": "\u0665"}, "volume"),  # Arabic-Indic digit
+        ({"volume": "0123"}, "volume"),
     ],
 )
 async def test_each_rule_gives_422_naming_bar_and_field(
@@ -243,6 +252,33 @@ async def test_bad_shapes_are_422(service: RunningService, body: Any, field: str
     response = await post(service.client, body)
     assert response.status_code == 422
     assert field in {e["field"] for e in response.json()["errors"]}
+
+
+@pytest.mark.parametrize("media_type", ["application/json", "application/msgpack"])
+async def test_a_large_body_reports_every_error_of_every_bar(
+    service: RunningService, database_url: str, media_type: str
+) -> None:
+    """Large enough to be decoded off the event loop: unknown top-level and bar fields
+    and a mistyped field are all named, the rule errors of later bars too, and the
+    count of what is not shown is exact."""
+    bars = [bar(i, symbol="S" * 30) for i in range(500)]
+    bars[3]["timeframe"] = "1m"
+    bars[7]["open"] = []
+    for i in range(100, 500):
+        bars[i]["low"] = "999"  # 400 rule errors after the type error
+    body: dict[str, Any] = {**payload(*bars), "note": "x"}
+    data = msgspec.json.encode(body) if "json" in media_type else msgspec.msgpack.encode(body)
+    assert len(data) > 64 * 1024
+    response = await service.client.post(
+        "/v1/bars", content=data, headers={"content-type": media_type}
+    )
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    shown = [(e["index"], e["field"]) for e in problem["errors"]]
+    assert shown[:4] == [(None, "note"), (3, "timeframe"), (7, "open"), (100, "low")]
+    assert len(shown) == 100
+    assert problem["more_errors"] == 3 + 400 - 100
+    assert await stored_bars(database_url) == []
 
 
 async def test_malformed_bodies_are_400(service: RunningService) -> None:
@@ -382,6 +418,9 @@ async def test_get_filters_orders_and_limits(service: RunningService) -> None:
         {"provider": "a", "symbol": "AAPL", "resolution": "1m", "limit": "10001"},
         {"provider": "a", "symbol": "AAPL", "resolution": "1m", "limit": "many"},
         {"provider": "p\x00", "symbol": "AAPL", "resolution": "1m"},
+        {"provider": "a", "symbol": "\u0410\u0410PL", "resolution": "1m"},
+        {"provider": "\uff49\uff42\uff4b\uff52", "symbol": "AAPL", "resolution": "1m"},
+        {"provider": "a", "symbol": "stra\u00dfe", "resolution": "1m"},
         {"provider": "a", "symbol": "AAPL", "resolution": "1m\n"},
         {
             "provider": "a",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -10,13 +12,16 @@ from typing import Any
 import msgspec
 import pytest
 
+from market_data_store.http import bars_input
 from market_data_store.http.bars_input import (
     JSON,
+    MAX_REPORTED_ERRORS,
     MSGPACK,
     InvalidBody,
     MalformedBody,
     TooManyBars,
     decode,
+    rows_of,
     to_rows,
 )
 
@@ -29,13 +34,37 @@ def body(**bar: Any) -> dict[str, Any]:
     return {"provider": " ibkr ", "bars": [{**base, **bar}]}
 
 
-def rows_of(payload: dict[str, Any], media_type: str = JSON, limit: int = 100) -> list[Any]:
+def both(data: bytes, media_type: str, limit: int) -> list[Any]:
+    """``to_rows(decode(...))``, checked to agree with what the service runs
+    (``rows_of``: ``rows_in_steps`` run to the end): the same rows, or the same
+    exception with the same errors."""
+    outcomes: list[Any] = []
+    computes: tuple[Callable[[], list[Any]], ...] = (
+        lambda: to_rows(decode(data, media_type, limit), NOW),
+        lambda: rows_of(data, media_type, limit, NOW),
+    )
+    for compute in computes:
+        try:
+            outcomes.append(compute())
+        except (InvalidBody, MalformedBody, TooManyBars) as exc:
+            errors = getattr(exc, "errors", None)
+            outcomes.append((type(exc), str(exc), errors, getattr(exc, "total", None), exc))
+    first, second = outcomes
+    if isinstance(first, tuple):
+        assert isinstance(second, tuple), second
+        assert first[:4] == second[:4]
+        raise first[4]
+    assert first == second
+    return first  # type: ignore[no-any-return]
+
+
+def rows_of_payload(payload: dict[str, Any], media_type: str = JSON, limit: int = 100) -> list[Any]:
     encode = msgspec.json.encode if media_type == JSON else msgspec.msgpack.encode
-    return to_rows(decode(encode(payload), media_type, limit), NOW)
+    return both(encode(payload), media_type, limit)
 
 
 def test_valid_bar_becomes_a_row() -> None:
-    (row,) = rows_of(body())
+    (row,) = rows_of_payload(body())
     assert (row.provider, row.symbol, row.resolution) == ("ibkr", "MSFT", "1d")
     assert row.ts == datetime(2024, 1, 2, 13, 30, tzinfo=UTC)
     assert (row.open, row.volume, row.delayed, row.received_at) == ("10", "5", False, NOW)
@@ -49,11 +78,10 @@ def test_valid_bar_becomes_a_row() -> None:
         (1e2, "100.0"),
         ("0.000000000000000001", "0.000000000000000001"),
         ("1e-18", "0.000000000000000001"),
-        ("\u0665", "5"),  # Arabic-Indic five: Decimal reads it; stored as ASCII
     ],
 )
 def test_unusual_but_valid_numbers_pass_the_slow_path(given: Any, stored: str) -> None:
-    (row,) = rows_of(body(open=given, close=given, high="1000", low="0", volume=given))
+    (row,) = rows_of_payload(body(open=given, close=given, high="1000", low="0", volume=given))
     assert row.open == stored
     assert Decimal(row.open) == Decimal(str(given))
 
@@ -64,7 +92,7 @@ def test_json_numbers_keep_their_literal_text() -> None:
         b' "open": 10.10, "high": 12.000000000000000001, "low": 9, "close": 11.5,'
         b' "volume": 123456789012345678901e-2}]}'
     )
-    (row,) = to_rows(decode(raw, JSON, 10), NOW)
+    (row,) = both(raw, JSON, 10)
     assert (row.open, row.high, row.low, row.close) == (
         "10.10",
         "12.000000000000000001",
@@ -76,7 +104,7 @@ def test_json_numbers_keep_their_literal_text() -> None:
 
 @pytest.mark.parametrize("offset", ["+23:59", "-23:59", "+16:00", "-00:00", "+05:30"])
 def test_timestamps_leave_in_utc(offset: str) -> None:
-    (row,) = rows_of(body(ts=f"2024-01-02T14:30:00{offset}"))
+    (row,) = rows_of_payload(body(ts=f"2024-01-02T14:30:00{offset}"))
     assert row.ts.tzinfo is UTC
     assert row.ts == datetime.fromisoformat(f"2024-01-02T14:30:00{offset}")
 
@@ -86,12 +114,12 @@ def test_timestamps_leave_in_utc(offset: str) -> None:
 )
 def test_what_is_not_a_number_is_refused(value: Any) -> None:
     with pytest.raises(InvalidBody) as info:
-        rows_of(body(open=value))
+        rows_of_payload(body(open=value))
     assert [(e.index, e.field) for e in info.value.errors] == [(0, "open")]
 
 
 @pytest.mark.parametrize("long_values", [False, True])
-def test_fast_and_exact_checks_agree(long_values: bool) -> None:
+def test_fast_and_exact_checks_agree(long_values: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every combination of prices around the edges the fast path decides with floats
     (ties, values equal as floats but not as decimals, equal values written
     differently), in one request: every bar gets the verdict ``Decimal`` gives, and a
@@ -114,12 +142,13 @@ def test_fast_and_exact_checks_agree(long_values: bool) -> None:
         if not (dl <= min(do, dc) and dh >= max(do, dc) and dv >= 0 and max(dh, dv) < 10**20):
             invalid.add(index)
     assert 100 < len(invalid) < len(bars) - 100
+    monkeypatch.setattr(bars_input, "MAX_REPORTED_ERRORS", len(bars) * 10)  # keep them all
     with pytest.raises(InvalidBody) as info:
-        rows_of({"provider": "p", "bars": bars}, limit=100_000)
+        rows_of_payload({"provider": "p", "bars": bars}, limit=100_000)
     assert {e.index for e in info.value.errors} == invalid
     valid = [{**bar, "ts": f"2024-01-02T{i // 3600:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"}
              for i, bar in enumerate(bars) if i not in invalid]  # fmt: skip
-    rows = rows_of({"provider": "p", "bars": valid}, limit=100_000)
+    rows = rows_of_payload({"provider": "p", "bars": valid}, limit=100_000)
     assert len(rows) == len(valid)
     for bar, row in zip(valid, rows, strict=True):
         for key in ("open", "high", "low", "close", "volume"):
@@ -127,7 +156,7 @@ def test_fast_and_exact_checks_agree(long_values: bool) -> None:
 
 
 def test_msgpack_numbers_decode_exactly() -> None:
-    (row,) = rows_of(body(open=10.1, close=11.25, high=12, low=9), MSGPACK)
+    (row,) = rows_of_payload(body(open=10.1, close=11.25, high=12, low=9), MSGPACK)
     assert (row.open, row.close, row.high) == ("10.1", "11.25", "12")
 
 
@@ -136,7 +165,7 @@ def test_errors_of_many_bars_are_all_reported() -> None:
     payload["bars"] = [payload["bars"][0], {**payload["bars"][0], "low": "20"}, payload["bars"][0]]
     payload["bars"].append({**payload["bars"][0], "volume": "-3", "resolution": "7y"})
     with pytest.raises(InvalidBody) as info:
-        rows_of(payload)
+        rows_of_payload(payload)
     assert [(e.index, e.field) for e in info.value.errors] == [
         (1, "low"),
         (3, "resolution"),
@@ -154,25 +183,25 @@ def test_errors_of_many_bars_are_all_reported() -> None:
 )
 def test_deeply_nested_bodies_are_malformed_not_a_crash(data: bytes, media_type: str) -> None:
     with pytest.raises(MalformedBody):
-        decode(data, media_type, 10)
+        both(data, media_type, 10)
 
 
 def test_empty_bars_and_bad_provider_are_both_reported() -> None:
     with pytest.raises(InvalidBody) as info:
-        rows_of({"provider": " ", "bars": []})
+        rows_of_payload({"provider": " ", "bars": []})
     assert {(e.index, e.field) for e in info.value.errors} == {(None, "provider"), (None, "bars")}
     with pytest.raises(InvalidBody) as info:
-        decode(msgspec.json.encode({"provider": 1, "bars": []}), JSON, 10)
+        both(msgspec.json.encode({"provider": 1, "bars": []}), JSON, 10)
     assert {(e.index, e.field) for e in info.value.errors} == {(None, "provider"), (None, "bars")}
 
 
 def test_limits_and_malformed_bodies() -> None:
     with pytest.raises(TooManyBars):
-        decode(msgspec.json.encode({"provider": "p", "bars": [body()["bars"][0]] * 3}), JSON, 2)
+        both(msgspec.json.encode({"provider": "p", "bars": [body()["bars"][0]] * 3}), JSON, 2)
     with pytest.raises(TooManyBars):  # counted on the slow path too
-        decode(msgspec.json.encode({"provider": "p", "bars": [{"open": "x"}] * 3}), JSON, 2)
+        both(msgspec.json.encode({"provider": "p", "bars": [{"open": "x"}] * 3}), JSON, 2)
     with pytest.raises(MalformedBody):
-        decode(b"[", JSON, 10)
+        both(b"[", JSON, 10)
 
 
 def test_mangled_bodies_only_ever_raise_client_errors() -> None:
@@ -206,7 +235,7 @@ def test_mangled_bodies_only_ever_raise_client_errors() -> None:
             data = msgspec.json.encode(payload)
             media = JSON
         try:
-            to_rows(decode(data, media, 10), NOW)
+            both(data, media, 10)
         except (InvalidBody, MalformedBody, TooManyBars):
             seen += 1
     assert seen > 1000  # most mutations are indeed refused
@@ -217,7 +246,7 @@ def test_timestamps_at_the_ends_of_the_calendar_are_refused(ts: str) -> None:
     payload = body(ts=ts)
     payload["bars"] = [body()["bars"][0], payload["bars"][0]]  # the fast path's request
     with pytest.raises(InvalidBody) as info:
-        rows_of(payload)
+        rows_of_payload(payload)
     assert [(e.index, e.field) for e in info.value.errors] == [(1, "ts")]
 
 
@@ -225,27 +254,33 @@ def test_timestamps_at_the_ends_of_the_calendar_are_refused(ts: str) -> None:
 def test_a_price_nested_just_shallow_enough_to_decode_is_a_422(media_type: str) -> None:
     """Below the decoder's own depth limit, but too deep to print: still the client's
     mistake, reported, never a 500 (RecursionError)."""
-    outcomes: list[tuple[int, str]] = []
-    for depth in range(900, 1100, 3):
-        if media_type == JSON:  # built by hand: encoders refuse such depths themselves
-            placeholder, nested = b'"X"', b"[" * depth + b"1" + b"]" * depth
-            data = msgspec.json.encode(body(open="X")).replace(placeholder, nested)
-        else:
-            placeholder, nested = b"\xa1X", b"\x91" * depth + b"\x01"
-            data = msgspec.msgpack.encode(body(open="X")).replace(placeholder, nested)
-        try:
-            to_rows(decode(data, media_type, 10), NOW)
-        except (MalformedBody, InvalidBody) as exc:  # 400 (deeper than decoded) or 422
-            fields = [(e.index, e.field) for e in getattr(exc, "errors", [])]
-            outcomes.append((depth, "400" if isinstance(exc, MalformedBody) else str(fields)))
-    assert {o for _, o in outcomes} == {"400", str([(0, "open")])}, outcomes
+    # each way on its own: the depth where 400 turns into 422 depends on the stack depth
+    ways: tuple[Callable[[bytes], list[Any]], ...] = (
+        lambda data: to_rows(decode(data, media_type, 10), NOW),
+        lambda data: rows_of(data, media_type, 10, NOW),
+    )
+    for rows in ways:
+        outcomes: list[tuple[int, str]] = []
+        for depth in range(900, 1100, 3):
+            if media_type == JSON:  # built by hand: encoders refuse such depths themselves
+                placeholder, nested = b'"X"', b"[" * depth + b"1" + b"]" * depth
+                data = msgspec.json.encode(body(open="X")).replace(placeholder, nested)
+            else:
+                placeholder, nested = b"\xa1X", b"\x91" * depth + b"\x01"
+                data = msgspec.msgpack.encode(body(open="X")).replace(placeholder, nested)
+            try:
+                rows(data)
+            except (MalformedBody, InvalidBody) as exc:  # 400 (deeper than decoded) or 422
+                fields = [(e.index, e.field) for e in getattr(exc, "errors", [])]
+                outcomes.append((depth, "400" if isinstance(exc, MalformedBody) else str(fields)))
+        assert {o for _, o in outcomes} == {"400", str([(0, "open")])}, outcomes
 
 
 def test_msgpack_field_names_that_are_not_strings_are_a_422() -> None:
     payload = body()
     payload["bars"][0][1] = "x"
     with pytest.raises(InvalidBody) as info:
-        to_rows(decode(msgspec.msgpack.encode(payload), MSGPACK, 10), NOW)
+        both(msgspec.msgpack.encode(payload), MSGPACK, 10)
     assert [(e.index, e.field, e.message) for e in info.value.errors] == [
         (0, "$", "field names must be strings")
     ]
@@ -253,8 +288,142 @@ def test_msgpack_field_names_that_are_not_strings_are_a_422() -> None:
 
 def test_huge_integers_are_refused_without_converting_them() -> None:
     with pytest.raises(InvalidBody) as info:
-        rows_of(body(volume=10**4000, open=-(10**21)))
+        rows_of_payload(body(volume=10**4000, open=-(10**21)))
     assert [(e.field, e.message) for e in info.value.errors] == [
         ("open", "must be below 10^20 in magnitude"),
         ("volume", "must be below 10^20 in magnitude"),
     ]
+
+
+def test_unknown_bar_and_top_level_fields_are_each_named() -> None:
+    payload: dict[str, Any] = body(timeframe="1m")
+    payload["bars"].append({**body()["bars"][0], "foo": 1, "bar": [2]})
+    payload["extra"] = True
+    with pytest.raises(InvalidBody) as info:
+        rows_of_payload(payload)
+    assert {(e.index, e.field) for e in info.value.errors} == {
+        (None, "extra"),
+        (0, "timeframe"),
+        (1, "foo"),
+        (1, "bar"),
+    }
+    assert all("unknown field" in e.message for e in info.value.errors)
+
+
+@pytest.mark.parametrize("media_type", [JSON, MSGPACK])
+def test_a_mistyped_field_does_not_hide_other_bars_errors(media_type: str) -> None:
+    good = body()["bars"][0]
+    bars = [good, {**good, "open": []}, {**good, "low": "20"}, {**good, "timeframe": "1m"},
+            {**good, "ts": 5, "symbol": "\uff21"}, good]  # fmt: skip
+    with pytest.raises(InvalidBody) as info:
+        rows_of_payload({"provider": "p", "bars": bars}, media_type)
+    assert [(e.index, e.field) for e in info.value.errors] == [
+        (1, "open"),
+        (2, "low"),
+        (3, "timeframe"),
+        (4, "ts"),
+        (4, "symbol"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "symbol", ["\u0410\u0410PL", "\uff21\uff21\uff30\uff2c", "stra\u00dfe", "A\u00a0B", "\u00c4"]
+)
+def test_symbols_are_printable_ascii(symbol: str) -> None:
+    payload = body(symbol=symbol)
+    payload["bars"].insert(0, body()["bars"][0])  # the fast path's request too
+    with pytest.raises(InvalidBody) as info:
+        rows_of_payload(payload)
+    assert [(e.index, e.field) for e in info.value.errors] == [(1, "symbol")]
+
+
+@pytest.mark.parametrize(
+    "provider", ["\uff49\uff42\uff4b\uff52", "\u0399bkr", "ibkr\u200b", "\u3000"]
+)
+def test_providers_are_printable_ascii(provider: str) -> None:
+    with pytest.raises(InvalidBody) as info:
+        rows_of_payload({**body(), "provider": provider})
+    assert [(e.index, e.field) for e in info.value.errors] == [(None, "provider")]
+
+
+@pytest.mark.parametrize(
+    "text", [" 5", "5 ", "+5", "1_000", "\u0665", "05", "00.5", ".5", "5.", "0x10", "5e", "١٢"]
+)
+@pytest.mark.parametrize("media_type", [JSON, MSGPACK])
+def test_number_strings_follow_the_json_number_grammar(text: str, media_type: str) -> None:
+    payload = body(volume=text)
+    payload["bars"].insert(0, body()["bars"][0])
+    with pytest.raises(InvalidBody) as info:
+        rows_of_payload(payload, media_type)
+    assert [(e.index, e.field) for e in info.value.errors] == [(1, "volume")]
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"), [("1E+2", "100"), ("-0", "-0"), ("0.50", "0.50"), ("2e-18", "2E-18")]
+)
+def test_number_strings_in_the_grammar_are_accepted(given: str, stored: str) -> None:
+    (row,) = rows_of_payload(body(volume=given, low="0", high="100"))
+    assert Decimal(row.volume) == Decimal(given)
+
+
+def _peak_bytes(action: Any) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    with contextlib.suppress(InvalidBody, TooManyBars):
+        action()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+@pytest.mark.parametrize(
+    "element",
+    [b"{}", b"1", b'"x"', b"[]", b'{"symbol":"A"}', msgspec.json.encode(body()["bars"][0])],
+)
+def test_over_cap_bodies_are_refused_before_they_are_decoded(element: bytes) -> None:
+    """A body with far more elements than the cap costs a small multiple of its own
+    size, not tens of Python objects per element (counted by tracemalloc, not timed)."""
+    count = max(300_000, 4_000_000 // len(element))
+    data = b'{"provider":"p","bars":[' + b",".join([element] * count) + b"]}"
+    with pytest.raises(TooManyBars):
+        both(data, JSON, 1000)
+    assert _peak_bytes(lambda: decode(data, JSON, 1000)) < len(data)
+    packed = msgspec.msgpack.encode(
+        {"provider": "p", "bars": [msgspec.json.decode(element)] * count}
+    )
+    with pytest.raises(TooManyBars):
+        both(packed, MSGPACK, 1000)
+    assert _peak_bytes(lambda: decode(packed, MSGPACK, 1000)) < len(packed)
+
+
+def test_the_errors_of_a_body_full_of_bad_bars_are_counted_not_kept() -> None:
+    data = b'{"provider":"p","bars":[' + b",".join([b"{}"] * 20_000) + b"]}"
+    with pytest.raises(InvalidBody) as info:
+        both(data, JSON, 50_000)
+    assert info.value.total == 20_000 * 7  # seven required fields missing in each
+    assert len(info.value.errors) == MAX_REPORTED_ERRORS
+    # the raw bytes of each bar (a 48-byte object) and a little: never a dict per bar
+    assert _peak_bytes(lambda: decode(data, JSON, 50_000)) < 2 * len(data) + 100 * 20_000
+
+
+def test_a_full_request_costs_a_small_multiple_of_its_body() -> None:
+    """What the service runs holds the body, a raw view per bar and the rows: no typed
+    copy of every bar besides them (``to_rows(decode(...))`` peaks at ~7.7x)."""
+    bars = [
+        {
+            **body()["bars"][0],
+            "symbol": f"S{i % 500}",
+            "ts": f"2024-01-02T{i // 60 % 24:02d}:{i % 60:02d}:00Z",
+            "open": "101.25",
+            "high": "102.5",
+            "low": "100.75",
+            "close": "101.5",
+            "volume": "12345",
+            "resolution": "1m",
+        }
+        for i in range(10_000)
+    ]
+    data = msgspec.json.encode({"provider": "p", "bars": bars})
+    assert len(rows_of(data, JSON, 10_000, NOW)) == 10_000
+    assert _peak_bytes(lambda: rows_of(data, JSON, 10_000, NOW)) < 5 * len(data)

@@ -17,11 +17,12 @@ offsets beyond +-15:59 that RFC 3339 allows.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -33,6 +34,8 @@ MAX_SCALE = 18  # digits after the decimal point
 MAX_INTEGER_DIGITS = 20  # digits before it: |x| < 10**20 (see migration 0003)
 MAX_REPORTED_ERRORS = 100
 PRICE_FIELDS = ("open", "high", "low", "close")
+# Number text (strings, and JSON numbers as sent): JSON's number grammar, ASCII only.
+NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
 RESOLUTION = re.compile(r"[1-9][0-9]{0,3}(?:mo|s|m|h|d|w)")  # use fullmatch
 # Bars before/after these are refused (and the table refuses them too): beyond them
 # lie dates the database can store but drivers cannot read back.
@@ -49,8 +52,8 @@ MEDIA_TYPES = {
 }
 
 
-class BarIn(msgspec.Struct, gc=False):
-    """One bar as sent: Core ``Bar`` fields (unknown extra fields are ignored).
+class BarIn(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """One bar as sent: Core ``Bar`` fields, nothing else (an unknown field is a 422).
 
     Prices are typed loosely on purpose: a string, an integer or a float (MessagePack)
     as decoded, JSON numbers as their literal text; ``to_rows`` checks them."""
@@ -62,7 +65,7 @@ class BarIn(msgspec.Struct, gc=False):
     low: Any
     close: Any
     volume: Any
-    resolution: str = "1d"
+    resolution: str = "1d"  # Core's default
     delayed: bool = False
 
 
@@ -78,11 +81,13 @@ class BarError(msgspec.Struct, omit_defaults=True):
 
 
 class InvalidBody(Exception):
-    """Bad bars (422): every error found, in order."""
+    """Bad bars (422): the first ``MAX_REPORTED_ERRORS`` errors found, in order, and
+    how many there are in all (``total``)."""
 
-    def __init__(self, errors: list[BarError]) -> None:
-        super().__init__(f"{len(errors)} invalid field(s)")
-        self.errors = errors
+    def __init__(self, errors: list[BarError], total: int | None = None) -> None:
+        self.total = len(errors) if total is None else total
+        super().__init__(f"{self.total} invalid field(s)")
+        self.errors = errors[:MAX_REPORTED_ERRORS]
 
 
 class MalformedBody(Exception):
@@ -93,40 +98,275 @@ class TooManyBars(Exception):
     """More bars than one request may carry (413)."""
 
 
-_DECODERS: dict[str, Any] = {
-    # float_hook: a JSON number with a fraction or exponent arrives as its own text
-    JSON: (
-        msgspec.json.Decoder(IngestRequest, float_hook=str),
-        msgspec.json.Decoder(float_hook=str),
-    ),
-    MSGPACK: (msgspec.msgpack.Decoder(IngestRequest), msgspec.msgpack.Decoder()),
-}
+class _Errors:
+    """Errors in order: the first ``MAX_REPORTED_ERRORS`` kept, the rest only counted."""
+
+    def __init__(self) -> None:
+        self.kept: list[BarError] = []
+        self.total = 0
+
+    def add(self, index: int | None, field: str, message: str) -> None:
+        self.total += 1
+        if len(self.kept) < MAX_REPORTED_ERRORS:
+            self.kept.append(BarError(index, field, message))
+
+    def __bool__(self) -> bool:
+        return self.total > 0
 
 
+class _Envelope(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    provider: str
+    bars: list[msgspec.Raw]
+
+
+_BAR_FIELDS = msgspec.structs.fields(BarIn)
+_BAR_FIELD_NAMES = tuple(f.name for f in _BAR_FIELDS)
+_TOP_FIELDS = ("provider", "bars")
 _MALFORMED = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+# Bars typed, validated and turned into rows per step of ``rows_in_steps``: about a
+# millisecond of CPU (5-15 us a bar), so whoever drives the steps can let other work
+# run between them (the event loop answers probes between two steps).
+CHUNK_BARS = 128
+# The structure a JSON body of n bars may hold, counted before decoding: a bar is one
+# object of at most 9 fields (8 commas) plus the comma before the next one.
+_COMMAS_PER_BAR = 12  # 9 needed; the rest for commas inside symbols and providers
+_COMMAS_SLACK = 64
 
 
-def decode(body: bytes, media_type: str, max_bars: int) -> IngestRequest:
-    """Typed decode; a body that does not type is read again loosely to report every
-    problem of every bar (type errors, and rule errors of the bars that do type)."""
-    typed, loose = _DECODERS[media_type]
+class _Codec:
+    """Decoders of one media type (JSON numbers with a fraction or exponent arrive as
+    their own text: ``float_hook=str``)."""
+
+    def __init__(self, media_type: str, max_bars: int) -> None:
+        self.json = media_type == JSON
+        self.max_bars = max_bars
+        if self.json:
+            self.envelope: Any = msgspec.json.Decoder(_Envelope)
+            self.bars: Any = msgspec.json.Decoder(list[BarIn], float_hook=str)
+            self.fields: Any = msgspec.json.Decoder(dict[str, msgspec.Raw])
+            self.loose: Any = msgspec.json.Decoder(float_hook=str)
+            self.raw: Any = msgspec.json.Decoder(msgspec.Raw)
+        else:
+            # MessagePack states an array's length first: the cap is checked before a
+            # single element is decoded.
+            bars_type = Annotated[list[msgspec.Raw], msgspec.Meta(max_length=max_bars)]
+            envelope = msgspec.defstruct(
+                "_Envelope",
+                [("provider", str), ("bars", bars_type)],
+                forbid_unknown_fields=True,
+                gc=False,
+            )
+            self.envelope = msgspec.msgpack.Decoder(envelope)
+            self.bars = msgspec.msgpack.Decoder(list[BarIn])
+            self.fields = msgspec.msgpack.Decoder(dict[Any, msgspec.Raw])
+            self.loose = msgspec.msgpack.Decoder()
+            self.raw = msgspec.msgpack.Decoder(msgspec.Raw)
+
+    def join(self, raws: list[msgspec.Raw]) -> bytes:
+        """One array of the given elements, in the codec's format."""
+        if self.json:
+            return b"[" + b",".join(raws) + b"]"
+        n = len(raws)
+        header = (
+            bytes([0x90 | n])
+            if n < 16
+            else (b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
+        )
+        return header + b"".join(raws)
+
+    def array_length(self, raw: msgspec.Raw) -> int | None:
+        """The length of a MessagePack array as its header states it (None if not one)."""
+        data = bytes(memoryview(raw)[:5])
+        if not data:
+            return None
+        first = data[0]
+        if 0x90 <= first <= 0x9F:
+            return first & 0x0F
+        if first == 0xDC and len(data) >= 3:
+            return int.from_bytes(data[1:3], "big")
+        if first == 0xDD and len(data) >= 5:
+            return int.from_bytes(data[1:5], "big")
+        return None
+
+
+_CODECS: dict[tuple[str, int], _Codec] = {}
+
+
+def _codec(media_type: str, max_bars: int) -> _Codec:
+    codec = _CODECS.get((media_type, max_bars))
+    if codec is None:
+        codec = _CODECS[(media_type, max_bars)] = _Codec(media_type, max_bars)
+    return codec
+
+
+def decode(body: bytes | bytearray, media_type: str, max_bars: int) -> IngestRequest:
+    """Decode a body into typed bars, never more than the cap allows.
+
+    A JSON body is first bounded without decoding it (a C-speed count of ``{`` and
+    ``,``: more objects than ``max_bars`` + 1, or more commas than ``max_bars`` bars
+    may hold, is a 413 at once); a MessagePack body states the length of ``bars``
+    before its elements. Then the envelope is decoded with each bar left as raw
+    bytes, and the bars are typed ``CHUNK_BARS`` at a time (each decoder call is
+    short, so a thread doing this lets the event loop run). A bar that does not type
+    is read again field by field; every problem of every bar is reported (type
+    errors, unknown fields, and the rule errors of the bars that do type)."""
+    codec = _codec(media_type, max_bars)
+    if codec.json:
+        _prescan_json(body, max_bars)
+    errors = _Errors()
+    provider, raws = _open(codec, body, errors)
+    if errors or raws is None:
+        if raws is not None and not raws:
+            errors.add(None, "bars", "must not be empty")
+        _bars_errors(codec, raws or [], errors)
+        raise InvalidBody(errors.kept, errors.total)
+    assert isinstance(provider, str)
+    bars: list[BarIn] = []
+    for start in range(0, len(raws), CHUNK_BARS):
+        chunk = raws[start : start + CHUNK_BARS]
+        try:
+            bars.extend(codec.bars.decode(codec.join(chunk)))
+        except (msgspec.ValidationError, *_MALFORMED):
+            _provider_errors_into(provider, errors)
+            _bars_errors(codec, raws, errors)
+            raise InvalidBody(errors.kept, errors.total) from None
+    return IngestRequest(provider, bars)
+
+
+def _prescan_json(body: bytes | bytearray, max_bars: int) -> None:
+    """413 for a JSON body holding more objects, or more commas, than ``max_bars``
+    bars may: counted in C (in slices, each call short), nothing decoded. Braces and
+    commas inside strings count too: a body close to the cap with many of them in
+    its symbols may be refused (documented)."""
+    bound = JsonBound(max_bars)
+    for start in range(0, len(body), PRESCAN_STEP):
+        bound.feed(body, start, start + PRESCAN_STEP)
+
+
+PRESCAN_STEP = 1 << 20  # bytes counted per call (about a millisecond)
+
+
+class JsonBound:
+    """The pre-count of a JSON body, fed in pieces (as it arrives, or in slices):
+    ``feed`` raises ``TooManyBars`` as soon as the body holds more objects than
+    ``max_bars`` + 1 (the envelope), or more commas than ``max_bars`` bars may hold."""
+
+    def __init__(self, max_bars: int) -> None:
+        self.max_bars = max_bars
+        self.max_commas = _COMMAS_PER_BAR * max_bars + _COMMAS_SLACK
+        self.objects = self.commas = 0
+
+    def feed(self, data: bytes | bytearray, start: int = 0, end: int | None = None) -> None:
+        """Count ``data[start:end]`` (without copying it)."""
+        self.objects += data.count(b"{", start, end)
+        self.commas += data.count(b",", start, end)
+        if self.objects > self.max_bars + 1:
+            raise TooManyBars(
+                f"{self.objects} objects in the body: more bars than one request may carry; "
+                f"at most {self.max_bars}"
+            )
+        if self.commas > self.max_commas:
+            raise TooManyBars(
+                f"{self.commas} commas in the body: more values than {self.max_bars} bars "
+                f"may hold; at most {self.max_bars} bars"
+            )
+
+
+def _open(
+    codec: _Codec, body: bytes | bytearray, errors: _Errors
+) -> tuple[str | None, list[msgspec.Raw] | None]:
+    """The envelope with each bar left as raw bytes (views of ``body``): its provider
+    and bars, the bars' count checked against the cap; errors of its shape added."""
     try:
-        request: IngestRequest = typed.decode(body)
+        envelope = codec.envelope.decode(body)
     except msgspec.ValidationError:
-        pass  # well-formed but mistyped (or malformed further on): look closer below
+        provider, raws = _envelope_errors(codec, body, errors)
     except _MALFORMED as exc:
-        raise MalformedBody(f"body is not valid {media_type}: {_short(exc)}") from None
+        name = JSON if codec.json else MSGPACK
+        raise MalformedBody(f"body is not valid {name}: {_short(exc)}") from None
     else:
-        _check_size(len(request.bars), max_bars)
-        return request
-    try:
-        data = loose.decode(body)
-    except _MALFORMED as exc:
-        raise MalformedBody(f"body is not valid {media_type}: {_short(exc)}") from None
-    bars = data.get("bars") if isinstance(data, dict) else None
-    if isinstance(bars, list):
-        _check_size(len(bars), max_bars)
-    raise InvalidBody(_all_errors(data))
+        provider, raws = envelope.provider, envelope.bars
+        _provider_errors_into(provider, errors)
+    if raws is not None:
+        _check_size(len(raws), codec.max_bars)
+    return provider, raws
+
+
+Steps = Generator[None, None, list[BarRow]]
+
+
+def rows_in_steps(
+    body: bytes | bytearray,
+    media_type: str,
+    max_bars: int,
+    received_at: datetime,
+    *,
+    counted: bool = False,
+) -> Steps:
+    """What ``to_rows(decode(...))`` answers (the rows, or ``MalformedBody``,
+    ``TooManyBars``, ``InvalidBody`` with the same errors), computed in steps: the
+    generator yields after each ``CHUNK_BARS`` bars (and each slice of the JSON
+    pre-count, unless the caller ``counted`` the body with ``JsonBound`` already),
+    so no step holds the CPU for more than about a millisecond; the rows are its
+    return value. Only the envelope is decoded in one call (C, a few ms for the
+    largest body).
+
+    Memory: the body, one ``Raw`` view per bar, and the rows; each chunk's typed bars
+    are dropped once its rows are built, and no rows are kept once an error is
+    found."""
+    codec = _codec(media_type, max_bars)
+    if codec.json and not counted:
+        bound = JsonBound(max_bars)
+        for start in range(0, len(body), PRESCAN_STEP):
+            bound.feed(body, start, start + PRESCAN_STEP)
+            yield
+    errors = _Errors()
+    provider, raws = _open(codec, body, errors)
+    if raws is not None and not raws:
+        errors.add(None, "bars", "must not be empty")
+    yield
+    text = provider.strip() if provider is not None else ""
+    rows: list[BarRow] = []
+    latest: dict[tuple[str, str, datetime], BarRow] = {}
+    for start in range(0, len(raws or ()), CHUNK_BARS):
+        assert raws is not None
+        chunk = raws[start : start + CHUNK_BARS]
+        new: list[BarRow] = []
+        try:
+            typed: list[BarIn] = codec.bars.decode(codec.join(chunk))
+        except (msgspec.ValidationError, *_MALFORMED):
+            for offset, raw in enumerate(chunk):
+                bar = _bar_or_errors(codec, raw, start + offset, errors)
+                if bar is not None:
+                    _check_into(start + offset, bar, text, received_at, new.append, errors)
+        else:
+            _rows_into(typed, start, text, received_at, new.append, errors)
+            del typed
+        if errors:
+            rows.clear()
+            latest.clear()
+        else:
+            rows += new
+            for row in new:
+                latest[(row.symbol, row.resolution, row.ts)] = row
+        del new, chunk
+        yield
+    if errors or raws is None:
+        raise InvalidBody(errors.kept, errors.total)
+    # a key sent twice keeps its last bar (see ``_last_of_each_key``)
+    return rows if len(latest) == len(rows) else list(latest.values())
+
+
+def rows_of(
+    body: bytes | bytearray, media_type: str, max_bars: int, received_at: datetime
+) -> list[BarRow]:
+    """``rows_in_steps`` run to the end in one go."""
+    steps = rows_in_steps(body, media_type, max_bars, received_at)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
 
 
 def _short(exc: BaseException) -> str:
@@ -138,58 +378,132 @@ def _check_size(count: int, max_bars: int) -> None:
         raise TooManyBars(f"{count} bars in one request; at most {max_bars}")
 
 
-_BAR_FIELDS = msgspec.structs.fields(BarIn)
+def _envelope_errors(
+    codec: _Codec, body: bytes | bytearray, errors: _Errors
+) -> tuple[str | None, list[msgspec.Raw] | None]:
+    """The envelope, read field by field: its errors, and what of it is usable."""
+    try:
+        fields = codec.fields.decode(body)
+    except msgspec.ValidationError:
+        try:  # not an object: but well-formed at all? (a 400 if not)
+            codec.raw.decode(body)
+        except _MALFORMED as exc:
+            name = JSON if codec.json else MSGPACK
+            raise MalformedBody(f"body is not valid {name}: {_short(exc)}") from None
+        errors.add(None, "$", "body must be an object with 'provider' and 'bars'")
+        return None, None
+    except _MALFORMED as exc:
+        raise MalformedBody(
+            f"body is not valid {JSON if codec.json else MSGPACK}: {_short(exc)}"
+        ) from None
+    for name in fields:
+        if name not in _TOP_FIELDS:
+            errors.add(None, str(name), f"unknown field; accepted: {', '.join(_TOP_FIELDS)}")
+    provider: str | None = None
+    raw_provider = fields.get("provider")
+    if raw_provider is None:
+        errors.add(None, "provider", "required, a string")
+    else:
+        value = codec.loose.decode(raw_provider)
+        if isinstance(value, str):
+            provider = value
+            _provider_errors_into(value, errors)
+        else:
+            errors.add(None, "provider", "required, a string")
+    raw_bars = fields.get("bars")
+    raws: list[msgspec.Raw] | None = None
+    if raw_bars is not None:
+        if not codec.json:
+            length = codec.array_length(raw_bars)
+            if length is not None:
+                _check_size(length, codec.max_bars)
+        with contextlib.suppress(msgspec.ValidationError):
+            raws = (msgspec.json if codec.json else msgspec.msgpack).decode(
+                raw_bars, type=list[msgspec.Raw]
+            )
+    if raws is None:
+        errors.add(None, "bars", "required, a list of bars")
+    return provider, raws
 
 
-def _all_errors(data: Any) -> list[BarError]:
-    """Every problem of a body that did not decode into typed structs."""
-    if not isinstance(data, dict):
-        return [BarError(None, "$", "body must be an object with 'provider' and 'bars'")]
-    provider = data.get("provider")
-    errors = (
-        _provider_errors(provider)
-        if isinstance(provider, str)
-        else [BarError(None, "provider", "required, a string")]
-    )
-    bars = data.get("bars")
-    if not isinstance(bars, list):
-        return [*errors, BarError(None, "bars", "required, a list of bars")]
-    if not bars:
-        errors.append(BarError(None, "bars", "must not be empty"))
-    for index, bar in enumerate(bars):
-        if not isinstance(bar, dict):
-            errors.append(BarError(index, "$", "each bar must be an object"))
-            continue
-        if not all(isinstance(key, str) for key in bar):  # MessagePack maps may have others
-            errors.append(BarError(index, "$", "field names must be strings"))
-            continue
-        typing_errors = list(_typing_errors(index, bar))
-        if typing_errors:
-            errors.extend(typing_errors)
-            continue
-        checked = _check(msgspec.convert(bar, BarIn, strict=True))
-        if isinstance(checked, list):
-            errors.extend(BarError(index, f, m) for f, m in checked)
-    return errors or [BarError(None, "$", "body does not match the expected shape")]
+def _bars_errors(codec: _Codec, raws: list[msgspec.Raw], errors: _Errors) -> None:
+    """Every problem of every bar, in order, one chunk of typed bars at a time."""
+    for start in range(0, len(raws), CHUNK_BARS):
+        chunk = raws[start : start + CHUNK_BARS]
+        try:
+            typed: list[BarIn] | None = codec.bars.decode(codec.join(chunk))
+        except (msgspec.ValidationError, *_MALFORMED):
+            typed = None
+        for offset, raw in enumerate(chunk):
+            index = start + offset
+            bar = typed[offset] if typed is not None else _bar_or_errors(codec, raw, index, errors)
+            if bar is not None:
+                checked = _check(bar)
+                if isinstance(checked, list):
+                    for field, message in checked:
+                        errors.add(index, field, message)
 
 
-def _typing_errors(index: int, bar: dict[str, Any]) -> Iterator[BarError]:
+def _bar_or_errors(codec: _Codec, raw: msgspec.Raw, index: int, errors: _Errors) -> BarIn | None:
+    """One bar typed, or its errors (unknown fields, missing and mistyped ones) added."""
+    try:
+        bar: BarIn = codec.bars.decode(codec.join([raw]))[0]
+    except (msgspec.ValidationError, *_MALFORMED):
+        pass
+    else:
+        return bar
+    try:
+        fields = codec.fields.decode(raw)
+    except (msgspec.ValidationError, *_MALFORMED):
+        errors.add(index, "$", "each bar must be an object")
+        return None
+    if not all(isinstance(key, str) for key in fields):  # MessagePack maps may have others
+        errors.add(index, "$", "field names must be strings")
+        return None
+    typed: dict[str, Any] = {}
+    for name in fields:
+        if name not in _BAR_FIELD_NAMES:
+            errors.add(index, name, f"unknown field; accepted: {', '.join(_BAR_FIELD_NAMES)}")
     for field in _BAR_FIELDS:
-        if field.name not in bar:
+        raw_value = fields.get(field.name)
+        if raw_value is None:
             if field.required:
-                yield BarError(index, field.name, "required")
+                errors.add(index, field.name, "required")
             continue
         try:
-            msgspec.convert(bar[field.name], field.type, strict=True)
-        except msgspec.ValidationError as exc:
-            yield BarError(index, field.name, _lower_first(str(exc)))
+            typed[field.name] = msgspec.convert(
+                codec.loose.decode(raw_value), field.type, strict=True
+            )
+        except (msgspec.ValidationError, *_MALFORMED) as exc:
+            errors.add(index, field.name, _lower_first(_short(exc)))
+    # the rules of the fields that did type (placeholders stand in for the others)
+    checked = _check(msgspec.structs.replace(_PLACEHOLDER, **typed))
+    all_prices = all(name in typed for name in PRICE_FIELDS)
+    if isinstance(checked, list):
+        for field_name, message in checked:
+            if field_name in typed and (all_prices or message not in _ORDER_RULES):
+                errors.add(index, field_name, message)
+    return None
+
+
+_PLACEHOLDER = BarIn("X", datetime(2000, 1, 1, tzinfo=UTC), "0", "0", "0", "0", "0")
+_ORDER_RULES = ("must be <= min(open, close)", "must be >= max(open, close)")
+
+
+def _is_text(value: str) -> bool:
+    """Printable ASCII (what a symbol or provider may hold, once trimmed)."""
+    return value.isascii() and value.isprintable()
+
+
+def _provider_errors_into(provider: str, errors: _Errors) -> None:
+    if not provider_ok(provider):
+        errors.add(None, "provider", PROVIDER_RULE)
 
 
 def _provider_errors(provider: str) -> list[BarError]:
-    text = provider.strip()
-    if 0 < len(text) <= MAX_PROVIDER_LENGTH and text.isprintable():
-        return []
-    return [BarError(None, "provider", f"must be 1-{MAX_PROVIDER_LENGTH} printable characters")]
+    errors = _Errors()
+    _provider_errors_into(provider, errors)
+    return errors.kept
 
 
 def _lower_first(text: str) -> str:
@@ -227,16 +541,32 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
     other tie, and anything unusual, goes through ``_check``, which decides with
     ``Decimal`` (so does every bar of a request whose numbers are not all plain).
     """
-    errors = _provider_errors(request.provider)
+    errors = _Errors()
+    _provider_errors_into(request.provider, errors)
     provider = request.provider.strip()
     bars = request.bars
     if not bars:
-        errors.append(BarError(None, "bars", "must not be empty"))
+        errors.add(None, "bars", "must not be empty")
     rows: list[BarRow] = []
-    append = rows.append
+    _rows_into(bars, 0, provider, received_at, rows.append, errors)
+    if errors:
+        raise InvalidBody(errors.kept, errors.total)
+    return _last_of_each_key(rows)
+
+
+def _rows_into(
+    bars: list[BarIn],
+    first: int,
+    provider: str,
+    received_at: datetime,
+    append: Callable[[BarRow], None],
+    errors: _Errors,
+) -> None:
+    """The rows of valid ``bars`` appended, the errors of the others added
+    (``first``: the index of ``bars[0]`` in the request)."""
     plain = _plain_numbers(bars)
     if plain is None:
-        for index, bar in enumerate(bars):
+        for index, bar in enumerate(bars, first):
             _check_into(index, bar, provider, received_at, append, errors)
     else:
         good_resolutions, symbols, utc = _GOOD_RESOLUTIONS, _SYMBOLS, UTC
@@ -245,7 +575,7 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
         fives = zip(texts, texts, texts, texts, texts, strict=True)
         floats = zip(values, values, values, values, values, strict=True)
         for index, (bar, (o, h, lo, c, v), (fo, fh, fl, fc, fv)) in enumerate(
-            zip(bars, fives, floats, strict=True)
+            zip(bars, fives, floats, strict=True), first
         ):
             symbol = symbols.get(bar.symbol)
             ts = bar.ts if bar.ts.tzinfo is utc else _utc(bar.ts)
@@ -277,9 +607,6 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
                 )
             else:
                 _check_into(index, bar, provider, received_at, append, errors)
-    if errors:
-        raise InvalidBody(errors)
-    return _last_of_each_key(rows)
 
 
 def _check_into(
@@ -288,11 +615,12 @@ def _check_into(
     provider: str,
     received_at: datetime,
     append: Callable[[BarRow], None],
-    errors: list[BarError],
+    errors: _Errors,
 ) -> None:
     checked = _check(bar)
     if isinstance(checked, list):
-        errors.extend(BarError(index, field, message) for field, message in checked)
+        for field, message in checked:
+            errors.add(index, field, message)
     else:
         append(BarRow(provider, *checked, bar.delayed, received_at))
 
@@ -355,15 +683,33 @@ _MAX_CACHED = 100_000
 Checked = tuple[str, str, datetime, str, str, str, str, str]
 
 
+SYMBOL_RULE = f"must be 1-{MAX_SYMBOL_LENGTH} printable ASCII characters without spaces"
+PROVIDER_RULE = f"must be 1-{MAX_PROVIDER_LENGTH} printable ASCII characters"
+
+
+def symbol_ok(sent: str, symbol: str) -> bool:
+    """Whether a symbol as sent (``symbol``: trimmed and upper-cased) is acceptable:
+    ASCII only, so no look-alike letters and no case mapping that changes length."""
+    return (
+        sent.isascii()
+        and 0 < len(symbol) <= MAX_SYMBOL_LENGTH
+        and symbol.isprintable()
+        and " " not in symbol
+    )
+
+
+def provider_ok(sent: str) -> bool:
+    text = sent.strip()
+    return sent.isascii() and 0 < len(text) <= MAX_PROVIDER_LENGTH and text.isprintable()
+
+
 def _check(bar: BarIn) -> Checked | list[tuple[str, str]]:
     """One bar, examined exactly: its stored form when valid, else what is wrong
     ((field, message) pairs)."""
     problems: list[tuple[str, str]] = []
     symbol = bar.symbol.strip().upper()
-    if not 0 < len(symbol) <= MAX_SYMBOL_LENGTH or not symbol.isprintable() or " " in symbol:
-        problems.append(
-            ("symbol", f"must be 1-{MAX_SYMBOL_LENGTH} printable characters without spaces")
-        )
+    if not symbol_ok(bar.symbol, symbol):
+        problems.append(("symbol", SYMBOL_RULE))
     ts = bar.ts
     if ts.tzinfo is None or ts.utcoffset() is None:
         problems.append(("ts", "must include a timezone (e.g. 2024-01-02T14:30:00Z)"))
@@ -412,6 +758,8 @@ def _decimal(value: Any) -> Decimal | str:
         return "must be a number or a decimal string"
     if isinstance(value, int) and not -_LIMIT < value < _LIMIT:
         return _TOO_LARGE  # said without converting thousands of digits
+    if isinstance(value, str) and not NUMBER.fullmatch(value):
+        return "must be a decimal number (JSON number syntax, e.g. 12.5, -0.25, 1E+3)"
     try:
         # a float only ever comes from MessagePack: its shortest repr is what was meant
         return Decimal(repr(value) if isinstance(value, float) else value)
