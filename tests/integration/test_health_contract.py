@@ -210,3 +210,13 @@ async def test_sigterm_handler_announces_shutdown_at_once(service: RunningServic
         await asyncio.sleep(0.01)
     assert lifecycle.shutting_down
     assert service.app.state.shutdown_event.is_set()
+
+
+async def test_head_answers_like_get_without_a_body(service: RunningService) -> None:
+    for path in ("/healthz", "/health", "/readyz"):
+        got = await service.client.get(path)
+        head = await service.client.head(path)
+        assert (head.status_code, head.content) == (got.status_code, b""), path
+        assert head.headers["content-type"] == got.headers["content-type"]
+        # the length of the body it would have had: only the digits of ``ts`` vary
+        assert abs(int(head.headers["content-length"]) - len(got.content)) <= 3

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Controller, MediaType, get
+from litestar import Controller, HttpMethod, MediaType, route
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
@@ -17,8 +17,11 @@ class HealthController(Controller):
 
     tags = ["health"]
 
-    @get(
+    # HEAD (some probes and load balancers use it) answers like GET: the server
+    # (uvicorn) sends the status and headers, Content-Length included, and drops the body.
+    @route(
         ["/healthz", "/health"],
+        http_method=[HttpMethod.GET, HttpMethod.HEAD],
         summary="Liveness",
         description="200 while the process runs; state `degraded` when a dependency fails.",
         sync_to_thread=False,
@@ -28,8 +31,9 @@ class HealthController(Controller):
         body, _ = health_sources.render("liveness")
         return ASGIResponse(body=body, media_type=MediaType.JSON)
 
-    @get(
+    @route(
         "/readyz",
+        http_method=[HttpMethod.GET, HttpMethod.HEAD],
         summary="Readiness",
         description=(
             "200 when ready; 503 (same body, state `unhealthy`) when the database is "
