@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from litestar import Controller, HttpMethod, MediaType, route
+from litestar import Controller, HttpMethod, MediaType, Response, get, route
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
 
+from ..guards import admin_token_guard
 from ..health import HealthReport, HealthSources
 
 
@@ -49,3 +50,25 @@ class HealthController(Controller):
     def readiness(self, health_sources: NamedDependency[HealthSources]) -> ASGIResponse:
         body, ready = health_sources.render("readiness")
         return ASGIResponse(body=body, media_type=MediaType.JSON, status_code=200 if ready else 503)
+
+    @get(
+        "/admin/health",
+        summary="Readiness with error details",
+        description=(
+            "The readiness report (same status codes) where a failing database or Redis "
+            "also shows `detail`/`redis_error_detail`: the driver's own words, which may "
+            "name hosts, users or databases, so they stay out of the public probes (those "
+            "show a one-word category in `error`/`redis_error`)."
+        ),
+        guards=[admin_token_guard],
+        security=[{"BearerToken": []}],
+        tags=["admin"],
+        sync_to_thread=False,
+        responses={
+            200: ResponseSpec(data_container=HealthReport, description="Ready"),
+            503: ResponseSpec(data_container=HealthReport, description="Not ready"),
+        },
+    )
+    def detailed(self, health_sources: NamedDependency[HealthSources]) -> Response[HealthReport]:
+        report = health_sources.readiness(detail=True)
+        return Response(report, status_code=200 if report.ok else 503)
