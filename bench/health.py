@@ -1,14 +1,18 @@
-"""Probe cost: /healthz against a trivial route of the same app, same server, same run.
+"""Probe cost: /healthz against a trivial route of the same app, and against a bare
+Litestar app's trivial route on the same server settings, same run.
 
     .venv/bin/python bench/health.py [--duration 5] [--connections 16] [--rounds 2]
 
 Starts the service (``mds-store``'s app under uvicorn, one process, its own
 embedded PostgreSQL unless ``DATABASE_URL`` is set) with one extra route,
-``GET /bench/trivial``, returning a constant small JSON body. Then loads each
-route in turn with wrk (else hey, else a Python client), ``--rounds`` times,
+``GET /bench/trivial``, returning a constant small JSON body; and, in a second
+process, a bare Litestar app (no middleware, no dependencies, no lifespan) with
+the same route, under the same ``build_server`` settings. Then loads each route
+in turn with wrk (else hey, else a Python client), ``--rounds`` times,
 alternating, and keeps each route's best round. Prints req/s and p99 per route
-and /healthz as a share of the trivial route: the ratio is the figure to compare,
-absolute numbers depend on the machine.
+and the ratios: /healthz as a share of the bare app's route is what the service's
+own per-request cost (middleware, metrics, routing, dependencies) leaves of
+Litestar's; absolute numbers depend on the machine.
 """
 
 from __future__ import annotations
@@ -41,6 +45,32 @@ class Result:
 
 
 # -- the server side ------------------------------------------------------------
+
+
+def serve_bare(port: int) -> None:
+    """A bare Litestar app: one route, nothing of the service's own per-request path."""
+    from litestar import Litestar, get
+    from litestar.datastructures import State
+
+    from market_data_store.config import load_settings
+    from market_data_store.http import Lifecycle
+    from market_data_store.server import build_server
+
+    @get(TRIVIAL, sync_to_thread=False)
+    def trivial() -> dict[str, bool]:
+        return {"ok": True}
+
+    @get("/readyz", sync_to_thread=False)
+    def ready() -> dict[str, bool]:
+        return {"ok": True}
+
+    app = Litestar(
+        route_handlers=[trivial, ready],
+        logging_config=None,
+        openapi_config=None,
+        state=State({"lifecycle": Lifecycle()}),
+    )
+    build_server(app, load_settings(), host="127.0.0.1", port=port).run()
 
 
 def serve(port: int) -> None:
@@ -146,39 +176,59 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
         return
+    if args.serve_bare:
+        serve_bare(args.serve_bare)
+        return
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    service = f"http://127.0.0.1:{free_port()}"
+    bare = f"http://127.0.0.1:{free_port()}"
+    targets = {
+        "bare Litestar": bare + TRIVIAL,
+        "service trivial": service + TRIVIAL,
+        "service /healthz": service + HEALTH,
+    }
     with tempfile.TemporaryDirectory(prefix="mds-bench-") as tmp:
         env = {**os.environ, "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/dlq.ndjson"}
         env.setdefault("MDS_DATABASE_EMBEDDED_DIR", f"{tmp}/pgdata")
-        proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        procs = [
+            subprocess.Popen(
+                [sys.executable, __file__, flag, base.rsplit(":", 1)[1]],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for flag, base in (("--serve", service), ("--serve-bare", bare))
+        ]
         try:
-            wait_ready(base, proc)
-            load(base + TRIVIAL, 1, args.connections)  # warm-up
-            load(base + HEALTH, 1, args.connections)
+            for proc, base in zip(procs, (service, bare), strict=True):
+                wait_ready(base, proc)
+            for url in targets.values():  # warm-up
+                load(url, 1, args.connections)
             best: dict[str, Result] = {}
             for _ in range(args.rounds):
-                for path in (TRIVIAL, HEALTH):
-                    result = load(base + path, args.duration, args.connections)
-                    if path not in best or result.rps > best[path].rps:
-                        best[path] = result
+                for name, url in targets.items():
+                    result = load(url, args.duration, args.connections)
+                    if name not in best or result.rps > best[name].rps:
+                        best[name] = result
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                proc.wait(timeout=30)
 
-    trivial, health = best[TRIVIAL], best[HEALTH]
-    tool = f"{health.tool}, {args.connections} connections, best of {args.rounds}x{args.duration}s"
-    print(f"trivial route {TRIVIAL:<14}: {trivial.rps:>9,.0f} req/s  p99 {trivial.p99_ms:6.2f} ms")
-    print(f"health probe  {HEALTH:<14}: {health.rps:>9,.0f} req/s  p99 {health.p99_ms:6.2f} ms")
-    print(f"/healthz / trivial req/s   : {health.rps / trivial.rps:>9.1%}  ({tool})")
+    for name, result in best.items():
+        print(f"{name:<18}: {result.rps:>9,.0f} req/s  p99 {result.p99_ms:6.2f} ms")
+    base_rps, trivial, health = (best[name].rps for name in targets)
+    tool = f"{best['bare Litestar'].tool}, {args.connections} connections, "
+    tool += f"best of {args.rounds}x{args.duration}s"
+    print(f"/healthz / service trivial   : {health / trivial:>7.1%}")
+    print(f"service trivial / bare       : {trivial / base_rps:>7.1%}")
+    print(f"/healthz / bare Litestar     : {health / base_rps:>7.1%}  ({tool})")
 
 
 if __name__ == "__main__":

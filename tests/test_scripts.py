@@ -71,7 +71,8 @@ def test_health_benchmark_runs(database_url: str) -> None:
         env={**os.environ, "DATABASE_URL": database_url},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "/healthz / trivial req/s" in proc.stdout
+    assert "/healthz / bare Litestar" in proc.stdout
+    assert "service trivial / bare" in proc.stdout
 
 
 def test_sse_benchmark_runs(database_url: str) -> None:

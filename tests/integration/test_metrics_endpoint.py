@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import struct
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,9 +125,8 @@ async def test_http_duration_is_labelled_by_route_template(service: RunningServi
     assert count[0].labels["http_request_method"] == "GET"
     assert count[0].labels["http_response_status_code"] == "200"
     not_found = [s for s in samples if s.labels.get("http_response_status_code") == "404"]
-    assert not_found  # unrouted requests are measured too,
-    # ...without a route (Prometheus renders an absent label as empty)
-    assert all(s.labels.get("http_route", "") == "" for s in not_found)
+    assert not_found  # unrouted requests are measured too, without a route
+    assert all("http_route" not in s.labels for s in not_found)
 
 
 async def test_ready_gauge_follows_readiness(service: RunningService) -> None:
@@ -133,3 +136,64 @@ async def test_ready_gauge_follows_readiness(service: RunningService) -> None:
     assert (await service.client.get("/readyz")).status_code == 503
     families = await scrape(service)
     assert [s.value for s in families["mds_service_ready"]] == [0.0]
+
+
+def abort_upload(base_url: str, sent: int = 1000, length: int = 100_000) -> None:
+    """A client that announces a body, sends part of it, and goes away (RST)."""
+    host, port = base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        head = (
+            f"POST /v1/bars HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b"[" + b" " * (sent - 1))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def series(samples: list[Sample], suffix: str = "_count") -> list[dict[str, str]]:
+    return [s.labels for s in samples if s.name.endswith(suffix)]
+
+
+async def test_an_aborted_upload_is_an_error_without_a_status_code(
+    service: RunningService,
+) -> None:
+    for _ in range(5):
+        await asyncio.to_thread(abort_upload, service.base_url)
+    deadline = time.monotonic() + 10
+    while True:  # the server sees each disconnect a little after the client left
+        response = await service.client.get("/metrics")
+        samples = scrape_text(response.text)["http_server_request_duration_seconds"]
+        aborted = [s for s in samples if s.name.endswith("_count")
+                   and s.labels.get("error_type") == "aborted"]  # fmt: skip
+        if sum(s.value for s in aborted) >= 5 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert sum(s.value for s in aborted) == 5
+    (labels,) = [s.labels for s in aborted]
+    # no response went out: no status code (not even an empty one), never a 5xx
+    assert "http_response_status_code" not in labels
+    assert labels["http_route"] == "/v1/bars"
+    assert labels["http_request_method"] == "POST"
+    assert not [s for s in series(samples) if s.get("http_response_status_code", "")[:1] == "5"]
+    assert 'http_response_status_code=""' not in response.text
+
+
+async def test_unrouted_requests_have_no_route_label_and_405_keeps_its_route(
+    service: RunningService,
+) -> None:
+    assert (await service.client.get("/no/such/route")).status_code == 404
+    assert (await service.client.delete("/healthz")).status_code == 405
+    assert (await service.client.put("/test/echo/alice")).status_code == 405
+    response = await service.client.get("/metrics")
+    samples = scrape_text(response.text)["http_server_request_duration_seconds"]
+    by_status = {s["http_response_status_code"]: s for s in series(samples)
+                 if "http_response_status_code" in s}  # fmt: skip
+    assert "http_route" not in by_status["404"]  # absent, not http_route=""
+    assert 'http_route=""' not in response.text
+    routes_405 = {s.get("http_route") for s in series(samples)
+                  if s.get("http_response_status_code") == "405"}  # fmt: skip
+    assert routes_405 == {"/healthz", "/test/echo/{name}"}
+
+
+def scrape_text(text: str) -> dict[str, list[Sample]]:
+    return {f.name: f.samples for f in text_string_to_metric_families(text)}

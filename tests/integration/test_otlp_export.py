@@ -54,6 +54,7 @@ def test_metrics_are_pushed_to_the_collector(collector: Collector) -> None:
     assert telemetry.pushes_otlp
     counter = telemetry.meter.create_counter("mds.test.pushed")
     counter.add(3)
+    telemetry.http_duration.record(("GET", "/healthz", 200, "http", None), 0.002)
     telemetry.shutdown()  # flushes the periodic reader: one export at least
     deadline = time.monotonic() + 10
     while not collector.received and time.monotonic() < deadline:
@@ -70,6 +71,13 @@ def test_metrics_are_pushed_to_the_collector(collector: Collector) -> None:
         m.name for rm in request.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
     }
     assert "mds.test.pushed" in names
+    (duration,) = [m for rm in request.resource_metrics for sm in rm.scope_metrics
+                   for m in sm.metrics if m.name == "http.server.request.duration"]  # fmt: skip
+    (point,) = duration.histogram.data_points
+    assert (point.count, point.sum, duration.unit) == (1, 0.002, "s")
+    assert {a.key for a in point.attributes} == {
+        "http.request.method", "http.route", "http.response.status_code", "url.scheme"
+    }  # fmt: skip
 
 
 def test_no_push_without_endpoint() -> None:

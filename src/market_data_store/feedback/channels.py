@@ -16,7 +16,8 @@ class ChannelsStatus(NamedTuple):
     subscribers: int
     webhook: str  # off | ok | failing
     redis: str  # off | connected | disconnected
-    redis_error: str | None
+    redis_error: str | None  # a category (``error_category``): public probes show it
+    redis_error_detail: str | None = None  # the error's type: the admin view only
 
 
 @dataclass(frozen=True)
@@ -33,10 +34,11 @@ class FeedbackChannels:
         if publisher is None or bridge is None:
             return ChannelsStatus(self.fanout.subscriber_count, webhook_state, "off", None)
         up = publisher.connected and bridge.connected
-        error = None if up else (publisher.last_error or bridge.last_error)
+        failed = None if up else (publisher if publisher.last_error else bridge)
         return ChannelsStatus(
             self.fanout.subscriber_count,
             webhook_state,
             "connected" if up else "disconnected",
-            error,
+            None if failed is None else failed.last_error_category,
+            None if failed is None else failed.last_error,
         )

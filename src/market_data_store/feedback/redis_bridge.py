@@ -26,7 +26,9 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from market_data_store.coordinator import FeedbackEvent
 from market_data_store.coordinator.throttled_log import ThrottledLog
@@ -60,6 +62,17 @@ def _describe(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def error_category(exc: BaseException) -> str:
+    """One word an unauthenticated health probe may show (``_describe`` is for operators)."""
+    if isinstance(exc, (TimeoutError, RedisTimeoutError)):
+        return "timeout"
+    if isinstance(exc, AuthenticationError):
+        return "auth_failed"
+    if isinstance(exc, (RedisConnectionError, OSError)):
+        return "unreachable"
+    return "error"
+
+
 class RedisFeedbackPublisher:
     """Publishes this replica's feedback events on ``channel``.
 
@@ -83,6 +96,7 @@ class RedisFeedbackPublisher:
         self.stats = DeliveryStats()
         self.connected = False
         self.last_error: str | None = "not connected yet"
+        self.last_error_category: str | None = "not_connected_yet"
         self._url = url
         self._timeout = timeout
         self._refresh_sec = refresh_sec
@@ -158,7 +172,7 @@ class RedisFeedbackPublisher:
     async def _write(self, latest: dict[str, bytes], publish: list[bytes]) -> None:
         await self._execute(latest, publish)
         if not self.connected:
-            self.connected, self.last_error = True, None
+            self.connected, self.last_error, self.last_error_category = True, None, None
             log.info("redis feedback publisher connected")
             # replicas may have missed our events while Redis was away: send the latest
             bodies = self._latest_bodies()
@@ -185,6 +199,7 @@ class RedisFeedbackPublisher:
             log.warning("redis feedback publisher lost Redis: %s", _describe(exc))
         self.connected = False
         self.last_error = _describe(exc)
+        self.last_error_category = error_category(exc)
         self._failures.log(
             logging.WARNING, "publish", "redis feedback publisher: %s; retrying", _describe(exc)
         )
@@ -219,6 +234,7 @@ class RedisFeedbackBridge:
         self.channel = channel
         self.connected = False
         self.last_error: str | None = "not connected yet"
+        self.last_error_category: str | None = "not_connected_yet"
         self.received = 0
         self.rejected = 0
         self._url = url
@@ -251,19 +267,21 @@ class RedisFeedbackBridge:
                 await self._seed(client)
                 if not self.connected:
                     log.info("redis feedback bridge subscribed to %s", self.channel)
-                self.connected, self.last_error = True, None
+                self.connected, self.last_error, self.last_error_category = True, None, None
                 delay = 0.1
                 await self._listen(client, pubsub)
             except REDIS_ERRORS as exc:
                 if self.connected:
                     log.warning("redis feedback bridge lost Redis: %s", _describe(exc))
                 self.connected, self.last_error = False, _describe(exc)
+                self.last_error_category = error_category(exc)
                 self._failures.log(
                     logging.WARNING, "bridge", "redis feedback bridge: %s; resubscribing",
                     _describe(exc),
                 )  # fmt: skip
             except Exception as exc:
                 self.connected, self.last_error = False, _describe(exc)
+                self.last_error_category = error_category(exc)
                 self._failures.log(logging.ERROR, "bug", "redis feedback bridge failed", exc=True)
             finally:
                 for closing in (pubsub, client):

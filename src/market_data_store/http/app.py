@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from litestar import Controller, Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import MethodNotAllowedException
+from litestar.utils import normalize_path
 
 from market_data_store import __version__
 from market_data_store.config import Settings, check_admin_token
@@ -42,6 +45,9 @@ def check_startup_safety(settings: Settings) -> None:
     """Refuse an admin token unfit for ``settings.env`` (the default or a short one in
     production; not printable ASCII anywhere): the rule lives in ``config``."""
     check_admin_token(settings)
+
+
+_ROUTABLE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 
 
 def create_app(
@@ -91,5 +97,30 @@ def create_app(
     parameters_never_null(app.openapi_schema)  # built once, here
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
-    app.asgi_handler = HttpServerMetrics(app.asgi_handler, telemetry.meter)
+    app.asgi_handler = HttpServerMetrics(
+        app.asgi_handler, telemetry.http_duration, route_of_405=_route_template_of(app)
+    )
     return app
+
+
+def _route_template_of(app: Litestar) -> Callable[[Any], str | None]:
+    """The route template of a request the router answered 405: the path matched a
+    route, the method did not, so Litestar set no ``path_template``; route it again
+    with a method the route has (the lookup is cached)."""
+
+    def route_of_405(scope: Any) -> str | None:
+        path = scope["path"]
+        if root_path := scope.get("root_path", ""):
+            path = path.split(root_path, maxsplit=1)[-1]
+        path = normalize_path(path)
+        for method in _ROUTABLE_METHODS:
+            try:
+                template: str = app.asgi_router.handle_routing(path=path, method=method)[4]
+            except MethodNotAllowedException:
+                continue
+            except Exception:  # no route after all (404, bad path parameters)
+                return None
+            return template
+        return None
+
+    return route_of_405

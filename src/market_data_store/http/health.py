@@ -44,7 +44,9 @@ class HealthReport(msgspec.Struct):
     ok: bool
 
 
-def database_component(status: DatabaseStatus) -> Component:
+def database_component(status: DatabaseStatus, *, detail: bool = False) -> Component:
+    """``error`` is a category; ``detail`` (the driver's text, which may name hosts)
+    only in the authenticated view."""
     details = {
         "reachable": str(status.reachable).lower(),
         "checked_at": _iso(status.checked_at) if status.checked_at else "never",
@@ -53,6 +55,8 @@ def database_component(status: DatabaseStatus) -> Component:
         details["latency_ms"] = f"{status.latency_ms:.1f}"
     if status.error:
         details["error"] = status.error
+        if detail and status.detail:
+            details["detail"] = status.detail
     return Component("database", "healthy" if status.reachable else "unhealthy", details)
 
 
@@ -83,9 +87,10 @@ def coordinator_component(figures: CoordinatorFigures, workers: int) -> Componen
     return Component("coordinator", state, details)
 
 
-def feedback_component(status: ChannelsStatus) -> Component:
+def feedback_component(status: ChannelsStatus, *, detail: bool = False) -> Component:
     """SSE streams, webhook and Redis. Degraded (never unhealthy) when a channel fails:
-    ingest and storage do not depend on them."""
+    ingest and storage do not depend on them. ``redis_error`` is a category; its
+    ``redis_error_detail`` only in the authenticated view."""
     details = {
         "subscribers": str(status.subscribers),
         "webhook": status.webhook,
@@ -93,6 +98,8 @@ def feedback_component(status: ChannelsStatus) -> Component:
     }
     if status.redis_error:
         details["redis_error"] = status.redis_error
+        if detail and status.redis_error_detail:
+            details["redis_error_detail"] = status.redis_error_detail
     failing = status.webhook == "failing" or status.redis == "disconnected"
     return Component("feedback", "degraded" if failing else "healthy", details)
 
@@ -149,12 +156,14 @@ class HealthSources:
             self.lifecycle.shutting_down,
         )
 
-    def components(self, key: tuple[Any, ...] | None = None) -> list[Component]:
+    def components(
+        self, key: tuple[Any, ...] | None = None, *, detail: bool = False
+    ) -> list[Component]:
         status, coordinator, feedback, shutting_down = key or self._key()
         return [
-            database_component(status),
+            database_component(status, detail=detail),
             coordinator_component(coordinator, self.workers),
-            feedback_component(feedback),
+            feedback_component(feedback, detail=detail),
             lifecycle_component(shutting_down),
         ]
 
@@ -163,11 +172,14 @@ class HealthSources:
         components = self.components(key)
         return _report(components, _overall(components), ok=True)
 
-    def readiness(self, key: tuple[Any, ...] | None = None) -> HealthReport:
+    def readiness(
+        self, key: tuple[Any, ...] | None = None, *, detail: bool = False
+    ) -> HealthReport:
         """Ready when the database is reachable, the breaker closed and we are not
         stopping. Half-open is not ready: writes are not known to work until the
-        trial write succeeded (which closes the breaker)."""
-        components = self.components(key)
+        trial write succeeded (which closes the breaker). ``detail``: the errors' own
+        words too (the authenticated view)."""
+        components = self.components(key, detail=detail)
         database, coordinator, _, lifecycle = components
         ready = (
             database.state != "unhealthy"

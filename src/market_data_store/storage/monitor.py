@@ -35,7 +35,43 @@ class DatabaseStatus:
     checked_at: float  # time.time() of the last check; 0 before the first
     latency_ms: float | None = None
     error: str | None = None
+    """A short category (``error_category``), safe for unauthenticated probes."""
     since: float = 0.0  # when ``reachable`` last changed
+    detail: str | None = None
+    """The driver's own words (may name hosts, users, databases): logs and operators only."""
+
+
+def error_category(exc: BaseException | None) -> str:
+    """What kind of failure a check met, in one word an unauthenticated probe may show
+    (``None``: the check got no answer in time)."""
+    if exc is None or isinstance(exc, TimeoutError):
+        return "timeout"
+    for kinds, category in _CATEGORIES:
+        if isinstance(exc, kinds):
+            return category
+    return "error"
+
+
+_CATEGORIES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (
+        (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError),
+        "auth_failed",
+    ),
+    (asyncpg.InvalidCatalogNameError, "database_missing"),
+    (asyncpg.TooManyConnectionsError, "too_many_connections"),
+    (asyncpg.CannotConnectNowError, "not_accepting_connections"),  # starting, stopping
+    (
+        (
+            asyncpg.ConnectionDoesNotExistError,
+            asyncpg.InterfaceError,
+            asyncpg.InternalClientError,
+            ConnectionResetError,
+            EOFError,
+        ),
+        "connection_lost",
+    ),
+    (OSError, "unreachable"),  # refused, no route, name not resolved
+)
 
 
 class DatabaseMonitor:
@@ -58,7 +94,10 @@ class DatabaseMonitor:
         self._conn: asyncpg.Connection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None
-        self.status = DatabaseStatus(reachable=False, checked_at=0.0, error="not checked yet")
+        self.status = DatabaseStatus(
+            reachable=False, checked_at=0.0, error="not_checked_yet", detail="not checked yet"
+        )
+        self._detail_logged_at = 0.0
 
     async def start(self) -> None:
         """Run a first check now (so readiness is right from the start), then loop."""
@@ -86,12 +125,12 @@ class DatabaseMonitor:
         if not done or probe.cancelled():
             probe.cancel()
             self._drop_connection()
-            self._record(False, None, f"no answer within {self._timeout:g}s")
+            self._record(False, None, "timeout", f"no answer within {self._timeout:g}s")
         elif (exc := probe.exception()) is not None:
             self._drop_connection()
-            self._record(False, None, describe_connect_error(exc))
+            self._record(False, None, error_category(exc), describe_connect_error(exc))
         else:
-            self._record(True, (time.perf_counter() - started) * 1000, None)
+            self._record(True, (time.perf_counter() - started) * 1000, None, None)
             if self._on_reachable is not None:
                 self._on_reachable()
         return self.status
@@ -106,7 +145,9 @@ class DatabaseMonitor:
         if conn is not None and not conn.is_closed():
             conn.terminate()
 
-    def _record(self, reachable: bool, latency_ms: float | None, error: str | None) -> None:
+    def _record(
+        self, reachable: bool, latency_ms: float | None, error: str | None, detail: str | None
+    ) -> None:
         now = time.time()
         previous = self.status
         since = previous.since if previous.reachable == reachable and previous.since else now
@@ -116,8 +157,13 @@ class DatabaseMonitor:
                 meanwhile = f" (the pool failed {failed} reconnection attempt(s))" if failed else ""
                 log.info("database reachable again%s", meanwhile)
             else:
-                log.warning("database unreachable: %s", error)
-        self.status = DatabaseStatus(reachable, now, latency_ms, error, since)
+                self._detail_logged_at = now
+                log.warning("database unreachable (%s): %s", error, detail)
+        elif not reachable and detail != previous.detail and now - self._detail_logged_at >= 60:
+            # the failure changed its nature while down: say so, once a minute at most
+            self._detail_logged_at = now
+            log.warning("database still unreachable (%s): %s", error, detail)
+        self.status = DatabaseStatus(reachable, now, latency_ms, error, since, detail)
 
     def _hurry(self) -> bool:
         """Check every ``failing_interval``: the database is gone or writes fail."""

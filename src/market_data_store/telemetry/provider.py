@@ -19,8 +19,11 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 
+from .http_metrics import HttpDuration, WithHttpDuration
+
 SERVICE_NAME = "market-data-store"
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+METER_NAME = "market_data_store"
 
 
 @dataclass
@@ -29,6 +32,8 @@ class Telemetry:
     registry: CollectorRegistry
     meter: Meter
     pushes_otlp: bool
+    http_duration: HttpDuration
+    """``http.server.request.duration``, aggregated outside the SDK (see ``http_metrics``)."""
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """Every instrument in the format the scraper's ``Accept`` header asks for
@@ -47,15 +52,18 @@ def build_telemetry(version: str, environ: Mapping[str, str] | None = None) -> T
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the metrics-specific variable) is set."""
     environ = os.environ if environ is None else environ
     registry = CollectorRegistry(auto_describe=True)
+    resource = Resource.create({"service.name": SERVICE_NAME, "service.version": version})
+    http_duration = HttpDuration(METER_NAME, version)
+    registry.register(http_duration)
     readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
     otlp_url = otlp_metrics_url(environ)
     if otlp_url:
         # Headers, timeout and compression still come from the OTEL_* variables.
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=otlp_url)))
-    resource = Resource.create({"service.name": SERVICE_NAME, "service.version": version})
+        exporter = WithHttpDuration(OTLPMetricExporter(endpoint=otlp_url), http_duration, resource)
+        readers.append(PeriodicExportingMetricReader(exporter))
     provider = MeterProvider(resource=resource, metric_readers=readers)
-    meter = provider.get_meter("market_data_store", version)
-    return Telemetry(provider, registry, meter, otlp_url is not None)
+    meter = provider.get_meter(METER_NAME, version)
+    return Telemetry(provider, registry, meter, otlp_url is not None, http_duration)
 
 
 def otlp_metrics_url(environ: Mapping[str, str]) -> str | None:

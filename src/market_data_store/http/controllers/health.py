@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from litestar import Controller, MediaType, get
+from litestar import Controller, HttpMethod, MediaType, Response, get, route
 from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
 
+from ..guards import admin_token_guard
 from ..health import HealthReport, HealthSources
 
 
@@ -17,8 +18,11 @@ class HealthController(Controller):
 
     tags = ["health"]
 
-    @get(
+    # HEAD (some probes and load balancers use it) answers like GET: the server
+    # (uvicorn) sends the status and headers, Content-Length included, and drops the body.
+    @route(
         ["/healthz", "/health"],
+        http_method=[HttpMethod.GET, HttpMethod.HEAD],
         summary="Liveness",
         description="200 while the process runs; state `degraded` when a dependency fails.",
         sync_to_thread=False,
@@ -28,8 +32,9 @@ class HealthController(Controller):
         body, _ = health_sources.render("liveness")
         return ASGIResponse(body=body, media_type=MediaType.JSON)
 
-    @get(
+    @route(
         "/readyz",
+        http_method=[HttpMethod.GET, HttpMethod.HEAD],
         summary="Readiness",
         description=(
             "200 when ready; 503 (same body, state `unhealthy`) when the database is "
@@ -45,3 +50,25 @@ class HealthController(Controller):
     def readiness(self, health_sources: NamedDependency[HealthSources]) -> ASGIResponse:
         body, ready = health_sources.render("readiness")
         return ASGIResponse(body=body, media_type=MediaType.JSON, status_code=200 if ready else 503)
+
+    @get(
+        "/admin/health",
+        summary="Readiness with error details",
+        description=(
+            "The readiness report (same status codes) where a failing database or Redis "
+            "also shows `detail`/`redis_error_detail`: the driver's own words, which may "
+            "name hosts, users or databases, so they stay out of the public probes (those "
+            "show a one-word category in `error`/`redis_error`)."
+        ),
+        guards=[admin_token_guard],
+        security=[{"BearerToken": []}],
+        tags=["admin"],
+        sync_to_thread=False,
+        responses={
+            200: ResponseSpec(data_container=HealthReport, description="Ready"),
+            503: ResponseSpec(data_container=HealthReport, description="Not ready"),
+        },
+    )
+    def detailed(self, health_sources: NamedDependency[HealthSources]) -> Response[HealthReport]:
+        report = health_sources.readiness(detail=True)
+        return Response(report, status_code=200 if report.ok else 503)
