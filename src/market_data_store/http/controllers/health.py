@@ -9,6 +9,7 @@ from litestar.response.base import ASGIResponse
 
 from ..guards import admin_token_guard
 from ..health import HealthReport, HealthSources
+from ..problems import problem_responses
 
 
 class HealthController(Controller):
@@ -67,6 +68,7 @@ class HealthController(Controller):
         responses={
             200: ResponseSpec(data_container=HealthReport, description="Ready"),
             503: ResponseSpec(data_container=HealthReport, description="Not ready"),
+            **problem_responses(s401="No or wrong admin bearer token"),
         },
     )
     def detailed(self, health_sources: NamedDependency[HealthSources]) -> Response[HealthReport]:
