@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from litestar.di import Provide
 from market_data_core.telemetry import HealthStatus
 
 from market_data_store.http.health import HealthSources
+from market_data_store.http.probes import ProbeFastPath
 from market_data_store.storage import DatabaseMonitor, DatabaseStatus
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
@@ -278,3 +281,61 @@ async def test_database_monitor_names_the_failure(
     await monitor.stop()
     assert (status.reachable, status.error) == (False, category)
     assert status.detail
+
+
+async def asgi_answer(app: Any, method: str, path: str) -> tuple[int, list[Any], bytes]:
+    """``app``'s answer to one request, straight over ASGI (no socket, no server)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
+        "query_string": b"", "headers": [(b"host", b"test")], "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80), "state": {}, "app": app,
+    }  # fmt: skip
+    await app(scope, receive, send)
+    start, *bodies = sent
+    return start["status"], start["headers"], b"".join(m.get("body", b"") for m in bodies)
+
+
+def without_ts(body: bytes) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(body)
+    data.pop("ts")
+    return data
+
+
+async def test_probes_answered_before_litestar_answer_what_its_routes_would(
+    database_url: str, proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """The probe fast path (http/probes.py) and the HealthController routes it
+    stands in front of give the same status, headers and body (but ``ts``), ready
+    or not, GET or HEAD; and the probes are still measured, by route."""
+    settings = service_settings(proxy.url_for(database_url), str(tmp_path))
+    async with running_service(settings) as svc:
+        measured: Any = svc.app.asgi_handler  # metrics -> fast path -> Litestar
+        assert isinstance(measured.app, ProbeFastPath)
+        fast, litestar = measured, measured.app.app
+        for ready in (True, False):
+            if not ready:
+                proxy.cut()
+                await wait_for_status(svc.client, "/readyz", 503)
+            for method in ("GET", "HEAD"):
+                for path in ("/healthz", "/health", "/readyz"):
+                    ours = await asgi_answer(fast, method, path)
+                    theirs = await asgi_answer(litestar, method, path)
+                    assert ours[0] == theirs[0] == (200 if ready or path != "/readyz" else 503)
+                    assert [name for name, _ in ours[1]] == [name for name, _ in theirs[1]]
+                    assert dict(ours[1])[b"content-type"] == dict(theirs[1])[b"content-type"]
+                    if method == "GET":
+                        assert without_ts(ours[2]) == without_ts(theirs[2])
+                    else:
+                        assert ours[2] == b""
+        metrics = (await svc.client.get("/metrics")).text
+        assert 'http_route="/readyz"' in metrics
+        assert 'http_response_status_code="503"' in metrics
