@@ -73,7 +73,10 @@ async def test_an_embedded_database_that_dies_is_said_in_one_line(
         await pg.stop()
         shutil.rmtree(folder, ignore_errors=True)
     assert not status.reachable
-    assert status.error == "the database server is not running (its unix socket is gone)"
+    assert status.error == "unreachable"  # the public probes' one word
+    assert status.detail == "the database server is not running (its unix socket is gone)"
     said = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert [r.getMessage() for r in said] == [f"database unreachable: {status.error}"]
+    assert [r.getMessage() for r in said] == [
+        f"database unreachable (unreachable): {status.detail}"
+    ]
     assert all(r.exc_info is None for r in said)
