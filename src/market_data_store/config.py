@@ -37,8 +37,9 @@ NOT_SETTINGS = ("MDS_CONFIG", "MDS_TEST_")
 
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 NonNegative = Annotated[int, msgspec.Meta(ge=0)]
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
-NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0)]
+WEEK = 7 * 24 * 3600.0  # no wait of the service is meant to be longer (nor inf, nor nan)
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=WEEK)]
+NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0, le=WEEK)]
 InstanceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
 
 
@@ -218,7 +219,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return data
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
-    except msgspec.DecodeError as exc:
+    except OSError as exc:  # a directory, no permission...
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 

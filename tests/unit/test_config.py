@@ -188,6 +188,20 @@ def test_bad_file_contents_are_reported_with_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings({"MDS_CONFIG": str(tmp_path / "missing.toml")})
 
+    with pytest.raises(ConfigError, match="cannot be read: Is a directory"):
+        load_settings({"MDS_CONFIG": str(tmp_path)})
+
+    not_utf8 = tmp_path / "d.toml"
+    not_utf8.write_bytes(b"\xff\xfe")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings({"MDS_CONFIG": str(not_utf8)})
+
+    forever = tmp_path / "e.toml"
+    for value in ("inf", "nan", "1e308"):
+        forever.write_text(f"[server]\ngraceful_timeout = {value}\n")
+        with pytest.raises(ConfigError, match=r"graceful_timeout = .* expected"):
+            load_settings({"MDS_CONFIG": str(forever)})
+
 
 def test_empty_variables_mean_not_set() -> None:
     s = load_settings(
