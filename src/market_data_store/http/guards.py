@@ -12,7 +12,9 @@ from litestar.handlers.base import BaseRouteHandler
 from market_data_store.config import Settings
 
 
-def admin_token_guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+async def admin_token_guard(
+    connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
+) -> None:
     """Require ``Authorization: Bearer <admin_token>`` (compared in constant time)."""
     settings: Settings = connection.app.state.settings
     scheme, _sep, token = connection.headers.get("authorization", "").partition(" ")
