@@ -16,13 +16,27 @@ uvicorn bounds only the idle time between keep-alive requests. This protocol add
   client.
 - **header size**: request line and headers beyond ``max_header_bytes`` are
   answered 431 and the connection closed, before the excess is parsed.
+- **header size**, also for a request pipelined behind another in one read: its
+  line and headers are counted as the parser reports them.
+- **write stall**: a connection whose unsent answer (uvicorn's write buffer above
+  its high-water mark, or a closing connection's last bytes) does not shrink for
+  ``read_timeout`` seconds is aborted - a client that never reads its answers
+  would otherwise hold its connection (and its ``max_connections`` slot) forever,
+  ``close()`` waiting for a flush that never comes.
 - **connection cap**: beyond ``max_connections`` open connections, a new
-  connection's request is answered 503 + ``Retry-After`` and the connection closed,
-  except requests to ``probe_paths`` (kubelet probes), which are served - each
-  such connection serves one request and is closed.
+  connection's request is answered 503 + ``Retry-After`` (without waiting for its
+  body) and the connection closed, except requests to ``probe_paths`` (kubelet
+  probes), which are served - each such connection serves one request and is
+  closed.
+- **malformed requests** (what the parser refuses: conflicting ``Content-Length``,
+  ``Content-Length`` with ``Transfer-Encoding``, unknown method...) are answered
+  400 problem+json, not uvicorn's plain text; the warning, as that of ``Upgrade``
+  requests (no WebSocket support: answered as plain HTTP), is logged at most once
+  per 10 s with a count.
 
 Refusals are answered with a problem+json body only when nothing of a response was
-sent for that request yet; the connection then stops reading (data is discarded)
+sent for that request yet (a request pipelined behind one still being answered is
+refused after that answer); the connection then stops reading (data is discarded)
 and closes once the client closes or after a short linger, so the client reads
 the answer instead of a reset.
 """
@@ -31,14 +45,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import httptools
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from market_data_store.coordinator.throttled_log import ThrottledLog
+
+log = logging.getLogger(__name__)
+_warnings = ThrottledLog(log)  # per kind of client mistake: once per 10 s, with a count
 
 # Seconds a refused connection keeps discarding what the client still sends before
 # it is closed (closing with unread data would reset the connection, and the client
@@ -67,6 +88,12 @@ class TransportStats:
     header_timeouts: int = 0
     body_timeouts: int = 0
     oversize_headers: int = 0
+    write_timeouts: int = 0  # aborted: their unsent answer did not shrink for read_timeout
+    bad_requests: int = 0  # refused by the HTTP parser (400)
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a head over ``max_header_bytes``."""
 
 
 def problem_response(status: int, detail: str, headers: dict[str, str] | None = None) -> bytes:
@@ -113,41 +140,20 @@ class _TimedFlowControl(FlowControl):
         return self._paused_total
 
 
-def _over_capacity_app(app: ASGI3Application, limits: TransportLimits) -> ASGI3Application:
-    """The app of a connection beyond the cap: probes are served (and the connection
-    closed after), anything else gets 503."""
-    refusal = json.dumps(
-        {
-            "type": "about:blank",
-            "title": "Service Unavailable",
-            "status": 503,
-            "detail": "too many open connections; retry later",
-        }
-    ).encode()
-    refusal_headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(refusal)).encode()),
-        (b"retry-after", str(limits.retry_after).encode()),
-        (b"connection", b"close"),
-    ]
+def _probe_app(app: ASGI3Application) -> ASGI3Application:
+    """The app of a connection beyond the cap (only probes reach it): served, and
+    the connection closed after."""
 
-    async def over_capacity(
-        scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable
-    ) -> None:
-        if scope["type"] == "http" and scope["path"] in limits.probe_paths:
+    async def probe(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        async def send_and_close(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", ()), (b"connection", b"close")]
+                message = {**message, "headers": headers}
+            await send(message)
 
-            async def send_and_close(message: Any) -> None:
-                if message["type"] == "http.response.start":
-                    headers = [*message.get("headers", ()), (b"connection", b"close")]
-                    message = {**message, "headers": headers}
-                await send(message)
+        await app(scope, receive, send_and_close)
 
-            await app(scope, receive, send_and_close)
-            return
-        await send({"type": "http.response.start", "status": 503, "headers": refusal_headers})
-        await send({"type": "http.response.body", "body": refusal, "more_body": False})
-
-    return over_capacity
+    return probe
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -173,6 +179,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_last = 0.0
         self._body_paused_at_last = 0.0
         self._timed_flow: _TimedFlowControl | None = None
+        self._head_bytes = 0  # line and headers of the request being parsed, as parsed
+        self._head_too_large = False
+        self._deferred: bytes | None = None  # a refusal to send once the current answer ends
+        self._write_timer: asyncio.TimerHandle | None = None
+        self._write_pending = 0
+        self._lost = False
 
     # -- connection -------------------------------------------------------------
 
@@ -183,16 +195,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._admitted = True
         else:
             stats.over_capacity += 1
-            self.app = _over_capacity_app(self.app, limits)
+            self.app = _probe_app(self.app)
         super().connection_made(transport)
         self._timed_flow = self.flow = _TimedFlowControl(transport, self.loop.time)
         self._header_timer = self.loop.call_later(limits.read_timeout, self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         if self._admitted:
             self._admitted = False
             self.stats.open_connections -= 1
         self._cancel_timers()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -202,7 +218,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             room = self.limits.max_header_bytes - self._header_bytes
             if len(data) > room:
                 # feed what the limit allows: the headers may end inside it
-                super().data_received(data[:room])
+                self._feed(data[:room])
                 if self._lingering or self.transport.is_closing():
                     return
                 if self._reading_headers:
@@ -219,7 +235,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             # in the head phase any byte begins a request (if these bytes end it and
             # begin a pipelined one, uvicorn's keep-alive timeout bounds the latter)
             self._request_begun = True
-        HttpToolsProtocol.data_received(self, data)
+        self._feed(data)
         # timers only for requests that did not arrive whole in one read (a closed
         # transport's timers are cancelled by connection_lost)
         if self._reading_headers:
@@ -230,19 +246,94 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._body_pending and self._body_timer is None and not self._lingering:
             self._start_body_clock()
 
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's ``data_received``, with our answers to what the parser refuses."""
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():  # never: the server runs with ws="none"
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as exc:
+            if self._lingering or self.transport.is_closing():
+                return
+            if self._head_too_large:
+                self.stats.oversize_headers += 1
+                self._refuse(
+                    431,
+                    f"request line and headers exceed {self.limits.max_header_bytes} bytes",
+                    headers_phase=True,
+                )
+                return
+            cause = exc.__cause__ or exc.__context__
+            reason = str(exc if cause is None else cause) or type(exc).__name__
+            self.stats.bad_requests += 1
+            _warnings.log(logging.WARNING, "invalid", "invalid HTTP request received: %s", reason)
+            self._refuse(400, f"invalid HTTP request: {reason}", headers_phase=True)
+
+    def send_400_response(self, msg: str) -> None:
+        self._refuse(400, msg, headers_phase=True)
+
+    def _unsupported_upgrade_warning(self) -> None:
+        _warnings.log(
+            logging.WARNING,
+            "upgrade",
+            "Upgrade request received: no protocol upgrade is supported, answered as plain HTTP",
+        )
+
     # -- parser callbacks ---------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_head(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._count_head(len(name) + len(value) + 4)
+
+    def _count_head(self, size: int) -> None:
+        # a head that arrived across reads is limited before it is parsed (in
+        # data_received); this catches one pipelined behind another in the same read
+        self._head_bytes += size
+        if self._head_bytes > self.limits.max_header_bytes and not self._lingering:
+            self._head_too_large = True
+            raise _HeadTooLarge
+
     def on_headers_complete(self) -> None:
+        if self._lingering:  # parsed behind a refusal in the same read: ignored
+            return
         self._reading_headers = False
         self._header_bytes = 0
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+        if not self._admitted:
+            if self.cycle is not None:  # an over-cap connection serves one request
+                self._lingering = True
+                return
+            if httptools.parse_url(self.url).path.decode("ascii", "replace") not in (
+                self.limits.probe_paths
+            ):
+                self._refuse(
+                    503,
+                    "too many open connections; retry later",
+                    headers_phase=True,
+                    headers={"retry-after": str(self.limits.retry_after)},
+                )
+                return
         self._body_pending = True
         self._body_received = 0
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
+        if self._lingering:
+            return
         super().on_body(body)
         self._body_received += len(body)
         if self._body_timer is not None:
@@ -251,6 +342,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_paused_at_last = self._timed_flow.paused_time(self._body_last)
 
     def on_message_complete(self) -> None:
+        if self._lingering:
+            return
         HttpToolsProtocol.on_message_complete(self)
         self._reading_headers = True
         self._request_begun = False
@@ -258,6 +351,57 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+
+    def on_response_complete(self) -> None:
+        deferred, self._deferred = self._deferred, None
+        if deferred is None:
+            super().on_response_complete()
+        else:  # a refusal waited for this answer
+            self.server_state.total_requests += 1
+            if not self.transport.is_closing():
+                self._answer(deferred)
+        if self.transport.is_closing():
+            self._watch_writes()
+
+    def timeout_keep_alive_handler(self) -> None:
+        super().timeout_keep_alive_handler()
+        self._watch_writes()
+
+    # -- writing ------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self.flow.pause_writing()
+        self._watch_writes()
+
+    def resume_writing(self) -> None:
+        self.flow.resume_writing()
+        if self._write_timer is not None and not self.transport.is_closing():
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _watch_writes(self) -> None:
+        """While an answer waits to be sent (writing paused, or a closing transport's
+        last bytes), abort the connection if it does not shrink for read_timeout."""
+        if self._write_timer is not None or self._lost:
+            return
+        pending = self.transport.get_write_buffer_size()
+        if pending:
+            self._write_pending = pending
+            self._write_timer = self.loop.call_later(self.limits.read_timeout, self._write_check)
+
+    def _write_check(self) -> None:
+        self._write_timer = None
+        if self._lost or not (self.flow.write_paused or self.transport.is_closing()):
+            return
+        pending = self.transport.get_write_buffer_size()
+        if not pending:
+            return
+        if pending < self._write_pending:  # the client takes it, however slowly
+            self._write_pending = pending
+            self._write_timer = self.loop.call_later(self.limits.read_timeout, self._write_check)
+            return
+        self.stats.write_timeouts += 1
+        self.transport.abort()
 
     # -- the timers ---------------------------------------------------------------
 
@@ -273,6 +417,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if not self._request_begun:  # never sent anything: an idle connection
             self.transport.close()
+            self._watch_writes()
             return
         self.stats.header_timeouts += 1
         self._refuse(
@@ -322,11 +467,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- refusing -----------------------------------------------------------------
 
-    def _refuse(self, status: int, detail: str, *, headers_phase: bool) -> None:
+    def _refuse(
+        self,
+        status: int,
+        detail: str,
+        *,
+        headers_phase: bool,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """Answer ``status`` if nothing was sent for this request yet, then close."""
         cycle = self.cycle
         if headers_phase:
             can_answer = cycle is None or cycle.response_complete
+            if not can_answer and not cycle.disconnected:
+                # the previous request is still being answered: refuse after it
+                self._deferred = problem_response(status, detail, headers)
+                self._cancel_timers()
+                self._lingering = True
+                self.pipeline.clear()
+                self.flow.resume_reading()
+                return
         else:
             can_answer = cycle is not None and not cycle.response_started
             if cycle is not None and not cycle.response_complete:
@@ -338,12 +498,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.pipeline.clear()
         if not can_answer:
             self.transport.close()
+            self._watch_writes()
             return
-        self.transport.write(problem_response(status, detail))
+        self._answer(problem_response(status, detail, headers))
+
+    def _answer(self, response: bytes) -> None:
+        self.transport.write(response)
         self.flow.resume_reading()  # drain what the client still sends, unanswered
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self.loop.call_later(min(LINGER_SECONDS, self.limits.read_timeout), self.transport.close)
+        self.loop.call_later(min(LINGER_SECONDS, self.limits.read_timeout), self._end_linger)
+
+    def _end_linger(self) -> None:
+        if not self._lost:
+            self.transport.close()  # flushes what is left, within the write-stall rule
+            self._watch_writes()
 
 
 def guarded_protocol(

@@ -155,6 +155,8 @@ def build_server(
         host=host or settings.server.host,
         port=settings.server.port if port is None else port,
         lifespan="on",
+        # never swap this protocol for a WebSocket one (it would skip the cap's accounting)
+        ws="none",
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=math.ceil(settings.server.graceful_timeout),

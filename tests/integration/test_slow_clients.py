@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -245,6 +247,165 @@ async def test_connection_cap_refuses_new_connections_but_answers_probes(
                 svc, b"GET /nope HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
             )
             assert status_of(served) == 404
+        finally:
+            for _, writer in held:
+                writer.close()
+
+
+@contextlib.asynccontextmanager
+async def capped_service(
+    database_url: str, tmp_path: Path, cap: int, **env: str
+) -> AsyncIterator[RunningService]:
+    settings = service_settings(
+        database_url,
+        str(tmp_path),
+        MDS_SERVER_MAX_CONNECTIONS=str(cap),
+        MDS_FEEDBACK_SSE_MAX_STREAMS=str(cap - 1),
+        **env,
+    )
+    async with running_service(settings) as svc:
+        yield svc
+
+
+async def wait_for_open_connections(stats: TransportStats, count: int) -> None:
+    for _ in range(int(BOUND / 0.01)):
+        if stats.open_connections == count:
+            return
+        await asyncio.sleep(0.01)
+    assert stats.open_connections == count
+
+
+async def test_clients_that_never_read_do_not_hold_the_cap(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Pipelined requests for a large document, never reading the answers: the
+    service blocks writing, and the write-stall deadline (read_timeout without the
+    client taking any of the buffered answer) ends the connection, freeing its slot."""
+    async with capped_service(database_url, tmp_path, 3, MDS_SERVER_READ_TIMEOUT="0.5") as svc:
+        loop = asyncio.get_running_loop()
+        stats = stats_of(svc)
+        request = b"GET /schema/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * 300
+        hogs = []
+        try:
+            for _ in range(3):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.setblocking(False)
+                hogs.append(sock)
+                await loop.sock_connect(sock, ("127.0.0.1", port_of(svc)))
+                with contextlib.suppress(TimeoutError, OSError):
+                    await asyncio.wait_for(loop.sock_sendall(sock, request), 2)
+            await wait_for_open_connections(stats, 0)  # all three ended: slots free
+            assert stats.write_timeouts == 3
+            served = await one_request(
+                svc, b"GET /nope HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n"
+            )
+            assert status_of(served) == 404
+        finally:
+            for sock in hogs:
+                sock.close()
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "reason"),
+    [
+        (
+            b"GET /healthz HTTP/1.1\r\nhost: t\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            "Duplicate Content-Length",
+        ),
+        (
+            b"POST /v1/bars HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\n"
+            b"transfer-encoding: chunked\r\n\r\n",
+            "Transfer-Encoding can't be present with Content-Length",
+        ),
+        (
+            b"POST /v1/bars HTTP/1.1\r\nhost: t\r\ncontent-length: +5\r\n\r\n[] []",
+            "Invalid character in Content-Length",
+        ),
+        (b"FOO /healthz HTTP/1.1\r\nhost: t\r\n\r\n", "Invalid method encountered"),
+        (b"GET /healthz HTTP/1.1\r\nhost: t\r\nbad header\r\n\r\n", None),
+    ],
+)
+async def test_requests_the_parser_refuses_get_a_400_problem(
+    svc: RunningService, request_bytes: bytes, reason: str | None
+) -> None:
+    response = await one_request(svc, request_bytes)
+    assert status_of(response) == 400, response
+    assert b"connection: close" in response.lower()
+    problem = problem_of(response)
+    assert set(problem) >= {"type", "title", "status", "detail"}
+    assert problem["status"] == 400
+    assert problem["title"] == "Bad Request"
+    if reason is not None:
+        assert reason in str(problem["detail"])
+
+
+async def test_upgrade_requests_are_logged_once_per_interval(
+    svc: RunningService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Served as plain HTTP (no WebSocket support); the warning is not one line per
+    request."""
+    caplog.set_level(logging.WARNING)
+    for _ in range(20):
+        response = await one_request(
+            svc,
+            b"GET /healthz HTTP/1.1\r\nhost: t\r\nconnection: upgrade, close\r\n"
+            b"upgrade: websocket\r\n\r\n",
+        )
+        assert status_of(response) == 200, response
+    lines = [r for r in caplog.records if "upgrade" in r.getMessage().lower()]
+    assert 1 <= len(lines) <= 2, [r.getMessage() for r in lines]
+    lines = [r for r in caplog.records if "websocket" in r.getMessage().lower()]
+    assert len(lines) <= 2, [r.getMessage() for r in lines]
+
+
+async def test_headers_pipelined_behind_a_body_in_the_same_read_are_counted(
+    svc: RunningService,
+) -> None:
+    """One write: a request with a body, then one with ~100 KB of headers. The second
+    must get 431 even though its head arrives in the read that ends the first body."""
+    filler = b"".join(b"x-pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(100))
+    first = (
+        b"POST /nope HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+        b"content-length: 2\r\n\r\n[]"
+    )
+    second = b"GET /healthz HTTP/1.1\r\nhost: t\r\n" + filler + b"\r\n"
+    response = await one_request(svc, first + second)
+    assert stats_of(svc).oversize_headers == 1
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert status_of(head) == 404, response[:300]
+    assert b"HTTP/1.1 200" not in rest
+    assert b"HTTP/1.1 431" in rest
+
+
+async def test_an_over_cap_client_sending_a_body_reads_its_503(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The refusal does not wait for the body, and the connection is not closed under
+    the body still arriving (which would reset it and lose the answer)."""
+    async with capped_service(database_url, tmp_path, 2) as svc:
+        stats = stats_of(svc)
+        held = [await asyncio.open_connection("127.0.0.1", port_of(svc)) for _ in range(2)]
+        try:
+            for reader, writer in held:
+                writer.write(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+                await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), BOUND)
+            assert stats.open_connections == 2
+            body = b"[" + b" " * 2_000_000 + b"]"
+            for _ in range(3):
+                async with connection(svc) as (reader, writer):
+                    writer.write(
+                        b"POST /v1/bars HTTP/1.1\r\nhost: t\r\ncontent-type: application/json"
+                        b"\r\ncontent-length: %d\r\n\r\n" % len(body)
+                    )
+                    await writer.drain()
+                    await asyncio.sleep(0.05)  # the refusal is written meanwhile
+                    writer.write(body)
+                    with contextlib.suppress(OSError):
+                        await writer.drain()
+                    response = await read_to_end(reader)
+                assert status_of(response) == 503, response
+                assert problem_of(response)["status"] == 503
         finally:
             for _, writer in held:
                 writer.close()

@@ -65,3 +65,14 @@ def test_the_cap_is_lowered_to_fit_the_open_files_limit() -> None:
         "print(connection_cap(12000), connection_cap(1000))"
     )
     assert out == "1536 1000"
+
+
+def test_websocket_support_is_off_whatever_is_installed() -> None:
+    """Installing ``websockets`` must not swap the guarded HTTP protocol for
+    uvicorn's WebSocket one (that would skip the connection cap's accounting)."""
+    from market_data_store.http import create_app
+    from market_data_store.server import build_server
+
+    settings = load_settings({})
+    server = build_server(create_app(settings), settings, host="127.0.0.1", port=0)
+    assert server.config.ws == "none"
