@@ -436,6 +436,59 @@ async def test_bad_read_parameters_are_400(service: RunningService, params: dict
     assert response.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize(
+    ("key", "value"), [("symbol", "\u001cAAPL"), ("symbol", "\tAAPL\n"), ("provider", "\u001cp")]
+)
+async def test_control_characters_are_refused_not_stripped(
+    service: RunningService, database_url: str, key: str, value: str
+) -> None:
+    bars = [bar(0, symbol=value)] if key == "symbol" else [bar(0)]
+    provider = value if key == "provider" else "ibkr"
+    response = await post(service.client, payload(*bars, provider=provider))
+    assert response.status_code == 422, response.text
+    assert [e["field"] for e in response.json()["errors"]] == [key]
+    query = {"provider": "ibkr", "symbol": "AAPL", "resolution": "1m", key: value}
+    read = await service.client.get("/v1/bars", params=query)
+    assert read.status_code == 400, read.text
+    assert [e["key"] for e in read.json()["errors"]] == [key]
+    assert await stored_bars(database_url) == []
+
+
+async def test_read_bounds_state_the_exact_range(service: RunningService) -> None:
+    query = {"provider": "a", "symbol": "A", "resolution": "1m", "end": "2200-01-01T00:00:01Z"}
+    response = await service.client.get("/v1/bars", params=query)
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"] == [
+        {"key": "end", "message": "must be from 1800-01-01T00:00:00Z to 2200-01-01T00:00:00Z"}
+    ]
+
+
+@pytest.mark.parametrize("coding", ["gzip, chunked", "deflate,chunked", "x-custom , chunked"])
+async def test_transfer_codings_other_than_chunked_are_501(
+    service: RunningService, database_url: str, coding: str
+) -> None:
+    """RFC 9112 6.1: a transfer coding the server does not understand is a 501, not a
+    body read as if it were plain."""
+    host, port = service.base_url.removeprefix("http://").rsplit(":", 1)
+    data = json.dumps(payload(bar(0))).encode()
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/bars HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Transfer-Encoding: {coding}\r\nConnection: close\r\n\r\n".encode()
+        + f"{len(data):x}\r\n".encode()
+        + data
+        + b"\r\n0\r\n\r\n"
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 501 "), answer
+    assert b"application/problem+json" in head.lower()
+    assert b"transfer coding" in body
+    assert await stored_bars(database_url) == []
+
+
 # -- dead letters --------------------------------------------------------------
 
 

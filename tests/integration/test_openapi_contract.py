@@ -29,7 +29,7 @@ HERE = Path(__file__).parent
 MIN_CASES = 1_000
 RUN_TIMEOUT = 400  # seconds; the run takes about two minutes on two cores
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-ERROR_STATUSES = {"400", "401", "404", "413", "415", "422", "503"}
+ERROR_STATUSES = {"400", "401", "404", "413", "415", "422", "501", "503"}
 # a readiness report, not a problem, says why a replica is not ready
 READINESS_REPORTS = {("/readyz", "503"), ("/admin/health", "503")}
 
@@ -65,7 +65,7 @@ async def test_the_document_describes_bodies_statuses_and_problems(
     schema = body["content"]["application/json"]["schema"]
     assert schema["required"] == ["provider", "bars"]
     assert set(schema["properties"]["bars"]["items"]["required"]) >= {"symbol", "ts", "open"}
-    assert set(ingest["responses"]) == {"201", "202", "400", "413", "415", "422", "503"}
+    assert set(ingest["responses"]) == {"201", "202", "400", "413", "415", "422", "501", "503"}
     admin = ("/admin/schema/version", "/admin/migrate", "/admin/dlq", "/admin/dlq/replay")
     for path in (*admin, "/admin/health"):
         for operation in paths[path].values():

@@ -181,8 +181,22 @@ def test_errors_of_many_bars_are_all_reported() -> None:
         (b"\x91" * 100_000 + b"\xc0", MSGPACK),
     ],
 )
-def test_deeply_nested_bodies_are_malformed_not_a_crash(data: bytes, media_type: str) -> None:
-    with pytest.raises(MalformedBody):
+def test_deeply_nested_bodies_are_refused_before_they_are_decoded(
+    data: bytes, media_type: str
+) -> None:
+    """Larger than the bars they may hold (none): 413 without parsing them."""
+    with pytest.raises(TooManyBars, match="for at most 0 bar"):
+        both(data, media_type, 10)
+
+
+@pytest.mark.parametrize(
+    ("data", "media_type"),
+    [(b"[" * 500 + b"]" * 500, JSON), (b"\x91" * 1000 + b"\xc0", MSGPACK)],
+)
+def test_deeply_nested_small_bodies_are_a_client_error_not_a_crash(
+    data: bytes, media_type: str
+) -> None:
+    with pytest.raises((MalformedBody, InvalidBody)):
         both(data, media_type, 10)
 
 
@@ -251,29 +265,34 @@ def test_timestamps_at_the_ends_of_the_calendar_are_refused(ts: str) -> None:
 
 
 @pytest.mark.parametrize("media_type", [JSON, MSGPACK])
-def test_a_price_nested_just_shallow_enough_to_decode_is_a_422(media_type: str) -> None:
-    """Below the decoder's own depth limit, but too deep to print: still the client's
-    mistake, reported, never a 500 (RecursionError)."""
-    # each way on its own: the depth where 400 turns into 422 depends on the stack depth
+def test_a_nested_price_is_a_422_never_a_500(media_type: str) -> None:
+    """A price nested as deep as a bar's size allows, or deeper (the bar is then not
+    decoded at all): still the client's mistake, reported, never a 500."""
     ways: tuple[Callable[[bytes], list[Any]], ...] = (
         lambda data: to_rows(decode(data, media_type, 10), NOW),
         lambda data: rows_of(data, media_type, 10, NOW),
     )
+    padding = [body()["bars"][0]] * 8  # room in the body for one over-size bar
     for rows in ways:
         outcomes: list[tuple[int, str]] = []
-        for depth in range(900, 1100, 3):
+        for depth in range(300, 1100, 7):
             if media_type == JSON:  # built by hand: encoders refuse such depths themselves
                 placeholder, nested = b'"X"', b"[" * depth + b"1" + b"]" * depth
-                data = msgspec.json.encode(body(open="X")).replace(placeholder, nested)
+                payload = body(open="X")
+                payload["bars"] += padding
+                data = msgspec.json.encode(payload).replace(placeholder, nested)
             else:
                 placeholder, nested = b"\xa1X", b"\x91" * depth + b"\x01"
-                data = msgspec.msgpack.encode(body(open="X")).replace(placeholder, nested)
+                payload = body(open="X")
+                payload["bars"] += padding
+                data = msgspec.msgpack.encode(payload).replace(placeholder, nested, 1)
             try:
                 rows(data)
             except (MalformedBody, InvalidBody) as exc:  # 400 (deeper than decoded) or 422
                 fields = [(e.index, e.field) for e in getattr(exc, "errors", [])]
                 outcomes.append((depth, "400" if isinstance(exc, MalformedBody) else str(fields)))
-        assert {o for _, o in outcomes} == {"400", str([(0, "open")])}, outcomes
+        # 400: deeper than the decoder reads at all (its own depth limit)
+        assert {o for _, o in outcomes} == {str([(0, "open")]), str([(0, "$")]), "400"}
 
 
 def test_msgpack_field_names_that_are_not_strings_are_a_422() -> None:
@@ -288,7 +307,7 @@ def test_msgpack_field_names_that_are_not_strings_are_a_422() -> None:
 
 def test_huge_integers_are_refused_without_converting_them() -> None:
     with pytest.raises(InvalidBody) as info:
-        rows_of_payload(body(volume=10**4000, open=-(10**21)))
+        rows_of_payload(body(volume=10**600, open=-(10**21)))
     assert [(e.field, e.message) for e in info.value.errors] == [
         ("open", "must be below 10^20 in magnitude"),
         ("volume", "must be below 10^20 in magnitude"),
@@ -427,3 +446,86 @@ def test_a_full_request_costs_a_small_multiple_of_its_body() -> None:
     data = msgspec.json.encode({"provider": "p", "bars": bars})
     assert len(rows_of(data, JSON, 10_000, NOW)) == 10_000
     assert _peak_bytes(lambda: rows_of(data, JSON, 10_000, NOW)) < 5 * len(data)
+
+
+def test_an_over_size_bar_is_a_422_for_that_bar_without_decoding_it() -> None:
+    """A MessagePack price holding an array of zeros (the attack: 33M of them) is not
+    decoded into a list and printed: its bar is refused by its size alone."""
+    payload = body(open="X")
+    payload["bars"] += [body()["bars"][0]] * 8  # room in the body for one over-size bar
+    data = msgspec.msgpack.encode(payload).replace(
+        b"\xa1X", b"\xdd" + (3000).to_bytes(4, "big") + b"\x00" * 3000, 1
+    )
+    with pytest.raises(InvalidBody) as info:
+        both(data, MSGPACK, 10)
+    assert [(e.index, e.field, e.message) for e in info.value.errors] == [
+        (0, "$", f"a bar may take at most {bars_input.MAX_BAR_BYTES} bytes; not decoded")
+    ]
+
+
+@pytest.mark.parametrize("media_type", [JSON, MSGPACK])
+def test_a_body_larger_than_its_bars_may_be_is_a_413_before_decoding(media_type: str) -> None:
+    """One bar holding millions of zeros (MessagePack), digits or whitespace (JSON):
+    refused by the body's size against the bars it may hold, nothing parsed."""
+    n = 3_000_000
+    if media_type == JSON:
+        bar = msgspec.json.encode(body()["bars"][0])
+        datas = [
+            b'{"provider": "p", "bars": [' + bar + b" " * n + b"]}",
+            b'{"provider": "p", "bars": [' + bar[:-1] + b', "x": ' + b"1" * n + b"}]}",
+        ]
+    else:
+        huge = b"\xdd" + n.to_bytes(4, "big") + b"\x00" * n
+        datas = [msgspec.msgpack.encode(body(open="X")).replace(b"\xa1X", huge, 1)]
+    for data in datas:
+        peak = _peak_bytes(lambda data=data: _refused(data, media_type))
+        assert peak < n // 10
+
+
+def _refused(data: bytes, media_type: str) -> None:
+    with pytest.raises(TooManyBars, match="for at most 1 bar"):
+        both(data, media_type, 10)
+
+
+@pytest.mark.parametrize("media_type", [JSON, MSGPACK])
+def test_a_body_full_of_over_size_bars_stays_bounded(media_type: str) -> None:
+    """The 422-for-everything path: every bar over the size cap, each refused by its
+    size (not decoded), the body bound holding the total."""
+    bar = body(symbol="A" * 2000)["bars"][0]
+    payload = {"provider": "p", "bars": [bar] * 3 + [body()["bars"][0]] * 6}
+    encode = msgspec.json.encode if media_type == JSON else msgspec.msgpack.encode
+    with pytest.raises(InvalidBody) as info:
+        both(encode(payload), media_type, 10)
+    assert [(e.index, e.field) for e in info.value.errors] == [(0, "$"), (1, "$"), (2, "$")]
+
+
+@pytest.mark.parametrize("symbol", ["\u001cAAPL", "\tAAPL\n", "AAPL\r", "\x7fAAPL", "AA\x00PL"])
+def test_control_characters_in_symbols_are_refused_not_stripped(symbol: str) -> None:
+    payload = body(symbol=symbol)
+    payload["bars"].insert(0, body()["bars"][0])
+    with pytest.raises(InvalidBody) as info:
+        rows_of_payload(payload)
+    assert [(e.index, e.field) for e in info.value.errors] == [(1, "symbol")]
+
+
+@pytest.mark.parametrize("provider", ["\u001cp", "\tibkr", "ibkr\n", " ibkr\x0b "])
+def test_control_characters_in_providers_are_refused_not_stripped(provider: str) -> None:
+    with pytest.raises(InvalidBody) as info:
+        rows_of_payload({**body(), "provider": provider})
+    assert [(e.index, e.field) for e in info.value.errors] == [(None, "provider")]
+
+
+def test_surrounding_spaces_are_trimmed() -> None:
+    (row,) = rows_of_payload({**body(symbol="  aapl "), "provider": "  ibkr  "})
+    assert (row.provider, row.symbol) == ("ibkr", "AAPL")
+
+
+def test_a_timestamp_rounded_up_to_2200_is_refused_with_the_exact_rule() -> None:
+    with pytest.raises(InvalidBody) as info:
+        rows_of_payload(body(ts="2199-12-31T23:59:59.9999999Z"))
+    ((error,),) = [info.value.errors]
+    assert error.field == "ts"
+    assert "before 2200-01-01T00:00:00Z" in error.message
+    assert "rounding" in error.message
+    (row,) = rows_of_payload(body(ts="2199-12-31T23:59:59.999999Z"))
+    assert row.ts.year == 2199

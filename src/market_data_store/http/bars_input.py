@@ -33,6 +33,13 @@ MAX_PROVIDER_LENGTH = 64
 MAX_SCALE = 18  # digits after the decimal point
 MAX_INTEGER_DIGITS = 20  # digits before it: |x| < 10**20 (see migration 0003)
 MAX_REPORTED_ERRORS = 100
+# The most bytes one bar may take as sent (a valid bar is a few hundred, even with every
+# character of its symbol escaped): a larger one is a 422 for that bar, never decoded.
+# It also bounds the body: at most ENVELOPE_BYTES + MAX_BAR_BYTES per bar it may hold
+# (counted before decoding), else 413. Small on purpose: the worst a bar can cost to
+# type (a 1,000-digit JSON integer) grows with the square of its size.
+MAX_BAR_BYTES = 1024
+ENVELOPE_BYTES = 1024
 PRICE_FIELDS = ("open", "high", "low", "close")
 # Number text (strings, and JSON numbers as sent): JSON's number grammar, ASCII only.
 NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
@@ -41,6 +48,11 @@ RESOLUTION = re.compile(r"[1-9][0-9]{0,3}(?:mo|s|m|h|d|w)")  # use fullmatch
 # lie dates the database can store but drivers cannot read back.
 EARLIEST = datetime(1800, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+# As decoded: a fraction beyond microseconds is rounded (…59.9999999Z of 2199 is 2200).
+TS_RANGE_RULE = (
+    "must be from 1800-01-01T00:00:00Z to before 2200-01-01T00:00:00Z "
+    "(after rounding to microseconds)"
+)
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
@@ -52,21 +64,34 @@ MEDIA_TYPES = {
 }
 
 
+Number = str | int | float
+
+
 class BarIn(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     """One bar as sent: Core ``Bar`` fields, nothing else (an unknown field is a 422).
 
-    Prices are typed loosely on purpose: a string, an integer or a float (MessagePack)
-    as decoded, JSON numbers as their literal text; ``to_rows`` checks them."""
+    Numbers: a string, an integer or a float (MessagePack), refused in C if anything
+    else. From JSON they are decoded as ``_JsonBarIn``: JSON numbers as their literal
+    text (a ``float_hook``, which msgspec applies to untyped values only), containers
+    bounded by ``MAX_BAR_BYTES``; ``to_rows`` checks them."""
 
     symbol: str
     ts: datetime
+    open: Number
+    high: Number
+    low: Number
+    close: Number
+    volume: Number
+    resolution: str = "1d"  # Core's default
+    delayed: bool = False
+
+
+class _JsonBarIn(BarIn, gc=False, forbid_unknown_fields=True):
     open: Any
     high: Any
     low: Any
     close: Any
     volume: Any
-    resolution: str = "1d"  # Core's default
-    delayed: bool = False
 
 
 class IngestRequest(msgspec.Struct, gc=False):
@@ -140,11 +165,15 @@ class _Codec:
     def __init__(self, media_type: str, max_bars: int) -> None:
         self.json = media_type == JSON
         self.max_bars = max_bars
+        self.provider: Any = (msgspec.json if self.json else msgspec.msgpack).Decoder(str)
         if self.json:
             self.envelope: Any = msgspec.json.Decoder(_Envelope)
-            self.bars: Any = msgspec.json.Decoder(list[BarIn], float_hook=str)
+            self.bars: Any = msgspec.json.Decoder(list[_JsonBarIn], float_hook=str)
             self.fields: Any = msgspec.json.Decoder(dict[str, msgspec.Raw])
-            self.loose: Any = msgspec.json.Decoder(float_hook=str)
+            self.field: dict[str, Any] = {
+                f.name: msgspec.json.Decoder(Any if f.type is Number else f.type, float_hook=str)
+                for f in _BAR_FIELDS
+            }
             self.raw: Any = msgspec.json.Decoder(msgspec.Raw)
         else:
             # MessagePack states an array's length first: the cap is checked before a
@@ -159,8 +188,15 @@ class _Codec:
             self.envelope = msgspec.msgpack.Decoder(envelope)
             self.bars = msgspec.msgpack.Decoder(list[BarIn])
             self.fields = msgspec.msgpack.Decoder(dict[Any, msgspec.Raw])
-            self.loose = msgspec.msgpack.Decoder()
+            self.field = {f.name: msgspec.msgpack.Decoder(f.type) for f in _BAR_FIELDS}
             self.raw = msgspec.msgpack.Decoder(msgspec.Raw)
+
+    def typed(self, raws: list[msgspec.Raw]) -> list[BarIn]:
+        """The bars typed in one call (``ValidationError`` if any is over
+        ``MAX_BAR_BYTES``: each is then examined on its own, and that one not decoded)."""
+        if max(map(len, raws)) > MAX_BAR_BYTES:
+            raise msgspec.ValidationError(_TOO_BIG)
+        return self.bars.decode(self.join(raws))  # type: ignore[no-any-return]
 
     def join(self, raws: list[msgspec.Raw]) -> bytes:
         """One array of the given elements, in the codec's format."""
@@ -225,7 +261,7 @@ def decode(body: bytes | bytearray, media_type: str, max_bars: int) -> IngestReq
     for start in range(0, len(raws), CHUNK_BARS):
         chunk = raws[start : start + CHUNK_BARS]
         try:
-            bars.extend(codec.bars.decode(codec.join(chunk)))
+            bars.extend(codec.typed(chunk))
         except (msgspec.ValidationError, *_MALFORMED):
             _provider_errors_into(provider, errors)
             _bars_errors(codec, raws, errors)
@@ -254,12 +290,15 @@ class JsonBound:
     def __init__(self, max_bars: int) -> None:
         self.max_bars = max_bars
         self.max_commas = _COMMAS_PER_BAR * max_bars + _COMMAS_SLACK
-        self.objects = self.commas = 0
+        self.objects = self.commas = self.size = 0
 
     def feed(self, data: bytes | bytearray, start: int = 0, end: int | None = None) -> None:
         """Count ``data[start:end]`` (without copying it)."""
         self.objects += data.count(b"{", start, end)
         self.commas += data.count(b",", start, end)
+        self.size += len(data) - start if end is None else min(end, len(data)) - start
+        # every bar is an object: the envelope, then at most objects - 1 bars so far
+        check_body_size(self.size, max(self.objects - 1, 0))
         if self.objects > self.max_bars + 1:
             raise TooManyBars(
                 f"{self.objects} objects in the body: more bars than one request may carry; "
@@ -272,11 +311,74 @@ class JsonBound:
             )
 
 
+def check_body_size(size: int, bars: int) -> None:
+    """413 for a body larger than ``bars`` bars (as counted before decoding) may be:
+    ``ENVELOPE_BYTES`` plus ``MAX_BAR_BYTES`` per bar."""
+    if size > ENVELOPE_BYTES + bars * MAX_BAR_BYTES:
+        raise TooManyBars(
+            f"body of {size} bytes for at most {bars} bar(s): a bar may take at most "
+            f"{MAX_BAR_BYTES} bytes, the rest of the body {ENVELOPE_BYTES}"
+        )
+
+
+def msgpack_bars_bound(body: bytes | bytearray) -> int:
+    """The length of ``bars`` as a MessagePack body's header states it, read without
+    decoding anything (0 when it cannot be found in the map's first entries: such a
+    body holds no bar, and may only be small). Only fixed-size values, strings and
+    binaries may precede ``bars``; a valid body's ``provider`` is a string."""
+    view = memoryview(body)
+    size = len(body)
+    if not size or (not 0x80 <= body[0] <= 0x8F and body[0] not in (0xDE, 0xDF)):
+        return 0
+    entries, at = _msgpack_header(body, 0)
+    for _ in range(min(entries, 8) * 2):  # keys and values, in order
+        if at >= size:
+            return 0
+        first = body[at]
+        if bytes(view[at : at + 5]) == b"\xa4bars" and at + 5 < size:
+            length, _ = _msgpack_header(body, at + 5)
+            return length if body[at + 5] in _ARRAY_HEADS else 0
+        if first in _SIZED or 0xA0 <= first <= 0xBF:  # a string or binary: skip it
+            length, at = _msgpack_header(body, at)
+            at += length
+        elif first in _FIXED:
+            at += _FIXED[first]
+        elif first <= 0x7F or first >= 0xE0 or first in (0xC0, 0xC2, 0xC3):  # ints, nil, bools
+            at += 1
+        else:
+            return 0
+    return 0
+
+
+_ARRAY_HEADS = frozenset([*range(0x90, 0xA0), 0xDC, 0xDD])
+_SIZED = {0xD9: 1, 0xDA: 2, 0xDB: 4, 0xC4: 1, 0xC5: 2, 0xC6: 4}  # str8-32, bin8-32
+# ints, floats, fixext: their head and value
+_FIXED = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9,
+          0xCA: 5, 0xCB: 9, 0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18}  # fmt: skip
+_WIDTHS = {0xDC: 2, 0xDD: 4, 0xDE: 2, 0xDF: 4, **_SIZED}
+
+
+def _msgpack_header(body: bytes | bytearray, at: int) -> tuple[int, int]:
+    """The length a container, string or binary head at ``at`` states, and where its
+    content begins (0 and ``at`` + 1 for anything else or a truncated head)."""
+    first = body[at]
+    if 0x80 <= first <= 0x9F or 0xA0 <= first <= 0xBF:
+        return first & (0x0F if first < 0xA0 else 0x1F), at + 1
+    width = _WIDTHS.get(first)
+    if width is None or at + 1 + width > len(body):
+        return 0, at + 1
+    return int.from_bytes(body[at + 1 : at + 1 + width], "big"), at + 1 + width
+
+
 def _open(
     codec: _Codec, body: bytes | bytearray, errors: _Errors
 ) -> tuple[str | None, list[msgspec.Raw] | None]:
     """The envelope with each bar left as raw bytes (views of ``body``): its provider
-    and bars, the bars' count checked against the cap; errors of its shape added."""
+    and bars, the bars' count checked against the cap; errors of its shape added. A
+    MessagePack body is first bounded by the length its ``bars`` header states (a
+    JSON body was by ``JsonBound``)."""
+    if not codec.json:
+        check_body_size(len(body), min(msgpack_bars_bound(body), codec.max_bars + 1))
     try:
         envelope = codec.envelope.decode(body)
     except msgspec.ValidationError:
@@ -325,7 +427,7 @@ def rows_in_steps(
     if raws is not None and not raws:
         errors.add(None, "bars", "must not be empty")
     yield
-    text = provider.strip() if provider is not None else ""
+    text = trim(provider) if provider is not None else ""
     rows: list[BarRow] = []
     latest: dict[tuple[str, str, datetime], BarRow] = {}
     for start in range(0, len(raws or ()), CHUNK_BARS):
@@ -333,7 +435,7 @@ def rows_in_steps(
         chunk = raws[start : start + CHUNK_BARS]
         new: list[BarRow] = []
         try:
-            typed: list[BarIn] = codec.bars.decode(codec.join(chunk))
+            typed: list[BarIn] = codec.typed(chunk)
         except (msgspec.ValidationError, *_MALFORMED):
             for offset, raw in enumerate(chunk):
                 bar = _bar_or_errors(codec, raw, start + offset, errors)
@@ -404,12 +506,13 @@ def _envelope_errors(
     if raw_provider is None:
         errors.add(None, "provider", "required, a string")
     else:
-        value = codec.loose.decode(raw_provider)
-        if isinstance(value, str):
-            provider = value
-            _provider_errors_into(value, errors)
-        else:
+        try:  # typed: a container is refused without being decoded
+            provider = codec.provider.decode(raw_provider)
+        except msgspec.ValidationError:
             errors.add(None, "provider", "required, a string")
+        else:
+            assert provider is not None
+            _provider_errors_into(provider, errors)
     raw_bars = fields.get("bars")
     raws: list[msgspec.Raw] | None = None
     if raw_bars is not None:
@@ -431,7 +534,7 @@ def _bars_errors(codec: _Codec, raws: list[msgspec.Raw], errors: _Errors) -> Non
     for start in range(0, len(raws), CHUNK_BARS):
         chunk = raws[start : start + CHUNK_BARS]
         try:
-            typed: list[BarIn] | None = codec.bars.decode(codec.join(chunk))
+            typed: list[BarIn] | None = codec.typed(chunk)
         except (msgspec.ValidationError, *_MALFORMED):
             typed = None
         for offset, raw in enumerate(chunk):
@@ -446,6 +549,9 @@ def _bars_errors(codec: _Codec, raws: list[msgspec.Raw], errors: _Errors) -> Non
 
 def _bar_or_errors(codec: _Codec, raw: msgspec.Raw, index: int, errors: _Errors) -> BarIn | None:
     """One bar typed, or its errors (unknown fields, missing and mistyped ones) added."""
+    if len(raw) > MAX_BAR_BYTES:
+        errors.add(index, "$", _TOO_BIG)
+        return None
     try:
         bar: BarIn = codec.bars.decode(codec.join([raw]))[0]
     except (msgspec.ValidationError, *_MALFORMED):
@@ -470,10 +576,11 @@ def _bar_or_errors(codec: _Codec, raw: msgspec.Raw, index: int, errors: _Errors)
             if field.required:
                 errors.add(index, field.name, "required")
             continue
-        try:
-            typed[field.name] = msgspec.convert(
-                codec.loose.decode(raw_value), field.type, strict=True
-            )
+        if codec.json and field.type is Number and bytes(raw_value)[:1] in (b"[", b"{"):
+            errors.add(index, field.name, _NOT_A_NUMBER)  # not decoded (see _JsonBarIn)
+            continue
+        try:  # typed in C: a container where a scalar belongs is refused, not decoded
+            typed[field.name] = codec.field[field.name].decode(raw_value)
         except (msgspec.ValidationError, *_MALFORMED) as exc:
             errors.add(index, field.name, _lower_first(_short(exc)))
     # the rules of the fields that did type (placeholders stand in for the others)
@@ -486,6 +593,7 @@ def _bar_or_errors(codec: _Codec, raw: msgspec.Raw, index: int, errors: _Errors)
     return None
 
 
+_TOO_BIG = f"a bar may take at most {MAX_BAR_BYTES} bytes; not decoded"
 _PLACEHOLDER = BarIn("X", datetime(2000, 1, 1, tzinfo=UTC), "0", "0", "0", "0", "0")
 _ORDER_RULES = ("must be <= min(open, close)", "must be >= max(open, close)")
 
@@ -543,7 +651,7 @@ def to_rows(request: IngestRequest, received_at: datetime) -> list[BarRow]:
     """
     errors = _Errors()
     _provider_errors_into(request.provider, errors)
-    provider = request.provider.strip()
+    provider = trim(request.provider)
     bars = request.bars
     if not bars:
         errors.add(None, "bars", "must not be empty")
@@ -683,13 +791,26 @@ _MAX_CACHED = 100_000
 Checked = tuple[str, str, datetime, str, str, str, str, str]
 
 
-SYMBOL_RULE = f"must be 1-{MAX_SYMBOL_LENGTH} printable ASCII characters without spaces"
-PROVIDER_RULE = f"must be 1-{MAX_PROVIDER_LENGTH} printable ASCII characters"
+SYMBOL_RULE = (
+    f"must be 1-{MAX_SYMBOL_LENGTH} printable ASCII characters without spaces "
+    "(surrounding spaces are trimmed; tabs, newlines and other control characters refused)"
+)
+PROVIDER_RULE = (
+    f"must be 1-{MAX_PROVIDER_LENGTH} printable ASCII characters "
+    "(surrounding spaces are trimmed; tabs, newlines and other control characters refused)"
+)
+
+
+def trim(sent: str) -> str:
+    """A symbol or provider without its surrounding spaces (U+0020 only: any other
+    character stays, to be refused by the printable-ASCII rule)."""
+    return sent.strip(" ")
 
 
 def symbol_ok(sent: str, symbol: str) -> bool:
-    """Whether a symbol as sent (``symbol``: trimmed and upper-cased) is acceptable:
-    ASCII only, so no look-alike letters and no case mapping that changes length."""
+    """Whether a symbol as sent (``symbol``: ``trim``-med and upper-cased) is
+    acceptable: printable ASCII only, so no look-alike letters, no case mapping that
+    changes length, no control character."""
     return (
         sent.isascii()
         and 0 < len(symbol) <= MAX_SYMBOL_LENGTH
@@ -699,7 +820,7 @@ def symbol_ok(sent: str, symbol: str) -> bool:
 
 
 def provider_ok(sent: str) -> bool:
-    text = sent.strip()
+    text = trim(sent)
     return sent.isascii() and 0 < len(text) <= MAX_PROVIDER_LENGTH and text.isprintable()
 
 
@@ -707,14 +828,14 @@ def _check(bar: BarIn) -> Checked | list[tuple[str, str]]:
     """One bar, examined exactly: its stored form when valid, else what is wrong
     ((field, message) pairs)."""
     problems: list[tuple[str, str]] = []
-    symbol = bar.symbol.strip().upper()
+    symbol = trim(bar.symbol).upper()
     if not symbol_ok(bar.symbol, symbol):
         problems.append(("symbol", SYMBOL_RULE))
     ts = bar.ts
     if ts.tzinfo is None or ts.utcoffset() is None:
         problems.append(("ts", "must include a timezone (e.g. 2024-01-02T14:30:00Z)"))
     elif not EARLIEST <= ts < LATEST:
-        problems.append(("ts", f"must be from {EARLIEST.year} to {LATEST.year - 1}"))
+        problems.append(("ts", TS_RANGE_RULE))
     if not RESOLUTION.fullmatch(bar.resolution):
         problems.append(("resolution", "must be <n><s|m|h|d|w|mo>, e.g. 1m, 5m, 1h, 1d, 1mo"))
     values: dict[str, Decimal] = {}
@@ -748,6 +869,7 @@ def _check(bar: BarIn) -> Checked | list[tuple[str, str]]:
     return (symbol, bar.resolution, ts.astimezone(UTC), to, th, tl, tc, tv)
 
 
+_NOT_A_NUMBER = "must be a number or a decimal string"
 _LIMIT = 10**MAX_INTEGER_DIGITS
 _TOO_LARGE = f"must be below 10^{MAX_INTEGER_DIGITS} in magnitude"
 
@@ -755,7 +877,7 @@ _TOO_LARGE = f"must be below 10^{MAX_INTEGER_DIGITS} in magnitude"
 def _decimal(value: Any) -> Decimal | str:
     """The exact value of a number as sent, or what is wrong with it."""
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        return "must be a number or a decimal string"
+        return _NOT_A_NUMBER
     if isinstance(value, int) and not -_LIMIT < value < _LIMIT:
         return _TOO_LARGE  # said without converting thousands of digits
     if isinstance(value, str) and not NUMBER.fullmatch(value):

@@ -25,6 +25,7 @@ from ..bars_input import (
     PROVIDER_RULE,
     RESOLUTION,
     SYMBOL_RULE,
+    TS_RANGE_RULE,
     InvalidBody,
     JsonBound,
     MalformedBody,
@@ -34,6 +35,7 @@ from ..bars_input import (
     rows_in_steps,
     rows_of,
     symbol_ok,
+    trim,
 )
 from ..lifecycle import Lifecycle
 from ..openapi import IngestOperation
@@ -96,6 +98,7 @@ class BarsController(Controller):
                 s413="More bars than `ingest.max_bars_per_request`, or a body too large",
                 s415="Another content type, or a content encoding",
                 s422="Invalid bars or provider: every error, by bar index and field",
+                s501="A transfer coding other than `chunked` (e.g. `gzip, chunked`)",
                 s503="Back off: queue full or stopping (`Retry-After`, `feedback`)",
             ),
         },
@@ -116,6 +119,14 @@ class BarsController(Controller):
         if media_type is None:
             supported = ", ".join(sorted(MEDIA_TYPES))
             return problem(415, f"content type {raw_type!r} is not accepted; use {supported}")
+        codings = [
+            coding.strip().lower()
+            for value in request.headers.getall("transfer-encoding", [])
+            for coding in value.split(",")
+        ]
+        if codings and codings != ["chunked"]:  # RFC 9112 6.1: a coding not understood
+            shown = ", ".join(codings)
+            return problem(501, f"transfer coding {shown!r} is not supported; only chunked")
         encoding = request.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             return problem(415, f"content encoding {encoding!r} is not accepted; send it plain")
@@ -178,8 +189,8 @@ class BarsController(Controller):
             raise ValidationException("invalid query parameters", extra=errors)
         # the database unavailable (503) or refusing a value (400): raised, mapped in problems.py
         bars = await bar_reader.fetch(
-            provider=provider.strip(),
-            symbol=symbol.strip().upper(),
+            provider=trim(provider),
+            symbol=trim(symbol).upper(),
             resolution=resolution,
             start=start,
             end=end,
@@ -251,13 +262,18 @@ def _invalid(exc: InvalidBody) -> Response[Any]:
     return problem(422, f"{exc.total} invalid field(s); nothing was stored", **extra)
 
 
+# a query bound may be LATEST itself: ``end`` is exclusive
+QUERY_TS_RULE = "must be from 1800-01-01T00:00:00Z to 2200-01-01T00:00:00Z"
+assert TS_RANGE_RULE.startswith(QUERY_TS_RULE.replace(" to ", " to before "))
+
+
 def _query_errors(
     provider: str, symbol: str, resolution: str, start: datetime | None, end: datetime | None
 ) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
     if not provider_ok(provider):
         errors.append({"key": "provider", "message": PROVIDER_RULE})
-    if not symbol_ok(symbol, symbol.strip().upper()):
+    if not symbol_ok(symbol, trim(symbol).upper()):
         errors.append({"key": "symbol", "message": SYMBOL_RULE})
     if not RESOLUTION.fullmatch(resolution):
         errors.append({"key": "resolution", "message": "must be <n><s|m|h|d|w|mo>, e.g. 1m"})
@@ -265,7 +281,7 @@ def _query_errors(
         if moment is not None and moment.utcoffset() is None:
             errors.append({"key": key, "message": "must include a timezone"})
         elif moment is not None and not EARLIEST <= moment <= LATEST:
-            errors.append({"key": key, "message": f"must be from {EARLIEST.year} to {LATEST.year}"})
+            errors.append({"key": key, "message": QUERY_TS_RULE})
     if not errors and start is not None and end is not None and start >= end:
         errors.append({"key": "end", "message": "must be after start"})
     return errors
