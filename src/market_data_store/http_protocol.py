@@ -96,12 +96,29 @@ class _HeadTooLarge(Exception):
     """Raised in a parser callback to stop parsing a head over ``max_header_bytes``."""
 
 
-def problem_response(status: int, detail: str, headers: dict[str, str] | None = None) -> bytes:
-    """A complete ``Connection: close`` HTTP/1.1 problem+json response."""
+def problem_response(
+    status: int,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    *,
+    instance: str = "",
+    retry_after: int | None = None,
+) -> bytes:
+    """A complete ``Connection: close`` HTTP/1.1 problem+json response, with the
+    members every problem of the service has (``instance``: the request path, empty
+    when it is not known) and ``retry_after`` when given (also as the header)."""
     phrase = HTTPStatus(status).phrase
-    body = json.dumps(
-        {"type": "about:blank", "title": phrase, "status": status, "detail": detail}
-    ).encode()
+    problem: dict[str, object] = {
+        "type": "about:blank",
+        "title": phrase,
+        "status": status,
+        "detail": detail,
+        "instance": instance,
+    }
+    if retry_after is not None:
+        problem["retry_after"] = retry_after
+        headers = {**(headers or {}), "retry-after": str(retry_after)}
+    body = json.dumps(problem).encode()
     lines = [
         f"HTTP/1.1 {status} {phrase}",
         "content-type: application/problem+json",
@@ -324,7 +341,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     503,
                     "too many open connections; retry later",
                     headers_phase=True,
-                    headers={"retry-after": str(self.limits.retry_after)},
+                    retry_after=self.limits.retry_after,
                 )
                 return
         self._body_pending = True
@@ -473,15 +490,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         detail: str,
         *,
         headers_phase: bool,
-        headers: dict[str, str] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         """Answer ``status`` if nothing was sent for this request yet, then close."""
         cycle = self.cycle
+        try:  # the path of the request refused, when its line was parsed
+            instance = httptools.parse_url(getattr(self, "url", b"")).path.decode("ascii")
+        except (httptools.HttpParserError, UnicodeDecodeError):
+            instance = ""
+        response = problem_response(status, detail, instance=instance, retry_after=retry_after)
         if headers_phase:
             can_answer = cycle is None or cycle.response_complete
             if not can_answer and not cycle.disconnected:
                 # the previous request is still being answered: refuse after it
-                self._deferred = problem_response(status, detail, headers)
+                self._deferred = response
                 self._cancel_timers()
                 self._lingering = True
                 self.pipeline.clear()
@@ -500,7 +522,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             self._watch_writes()
             return
-        self._answer(problem_response(status, detail, headers))
+        self._answer(response)
 
     def _answer(self, response: bytes) -> None:
         self.transport.write(response)

@@ -87,6 +87,7 @@ async def test_stalled_headers_get_408_and_close(svc: RunningService) -> None:
     assert status_of(response) == 408
     assert b"connection: close" in response.lower()
     assert "headers" in str(problem_of(response)["detail"])
+    assert problem_of(response)["instance"] == "/healthz"
     assert stats_of(svc).header_timeouts == 1
 
 
@@ -333,7 +334,7 @@ async def test_requests_the_parser_refuses_get_a_400_problem(
     assert status_of(response) == 400, response
     assert b"connection: close" in response.lower()
     problem = problem_of(response)
-    assert set(problem) >= {"type", "title", "status", "detail"}
+    assert set(problem) == {"type", "title", "status", "detail", "instance"}
     assert problem["status"] == 400
     assert problem["title"] == "Bad Request"
     if reason is not None:
@@ -405,7 +406,13 @@ async def test_an_over_cap_client_sending_a_body_reads_its_503(
                         await writer.drain()
                     response = await read_to_end(reader)
                 assert status_of(response) == 503, response
-                assert problem_of(response)["status"] == 503
+                assert b"retry-after: 1" in response.lower()
+                problem = problem_of(response)
+                assert (problem["status"], problem["instance"], problem["retry_after"]) == (
+                    503,
+                    "/v1/bars",
+                    1,
+                )
         finally:
             for _, writer in held:
                 writer.close()
