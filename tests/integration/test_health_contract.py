@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from litestar import Litestar
 from litestar.datastructures import State
 from litestar.di import Provide
 from market_data_core.telemetry import HealthStatus
@@ -283,8 +284,11 @@ async def test_database_monitor_names_the_failure(
     assert status.detail
 
 
-async def asgi_answer(app: Any, method: str, path: str) -> tuple[int, list[Any], bytes]:
-    """``app``'s answer to one request, straight over ASGI (no socket, no server)."""
+async def asgi_answer(
+    litestar: Litestar, app: Any, method: str, path: str
+) -> tuple[int, list[Any], bytes]:
+    """``app``'s answer (an ASGI layer of ``litestar``) to one request, straight over
+    ASGI: no socket, no server."""
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -297,7 +301,7 @@ async def asgi_answer(app: Any, method: str, path: str) -> tuple[int, list[Any],
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
         "query_string": b"", "headers": [(b"host", b"test")], "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80), "state": {}, "app": app,
+        "server": ("127.0.0.1", 80), "state": {}, "litestar_app": litestar,
     }  # fmt: skip
     await app(scope, receive, send)
     start, *bodies = sent
@@ -320,15 +324,15 @@ async def test_probes_answered_before_litestar_answer_what_its_routes_would(
     async with running_service(settings) as svc:
         measured: Any = svc.app.asgi_handler  # metrics -> fast path -> Litestar
         assert isinstance(measured.app, ProbeFastPath)
-        fast, litestar = measured, measured.app.app
+        fast, inner = measured, measured.app.app
         for ready in (True, False):
             if not ready:
                 proxy.cut()
                 await wait_for_status(svc.client, "/readyz", 503)
             for method in ("GET", "HEAD"):
                 for path in ("/healthz", "/health", "/readyz"):
-                    ours = await asgi_answer(fast, method, path)
-                    theirs = await asgi_answer(litestar, method, path)
+                    ours = await asgi_answer(svc.app, fast, method, path)
+                    theirs = await asgi_answer(svc.app, inner, method, path)
                     assert ours[0] == theirs[0] == (200 if ready or path != "/readyz" else 503)
                     assert [name for name, _ in ours[1]] == [name for name, _ in theirs[1]]
                     assert dict(ours[1])[b"content-type"] == dict(theirs[1])[b"content-type"]

@@ -99,8 +99,12 @@ def create_app(
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
     # Probes are answered before Litestar (same bytes, a fraction of the cost): see probes.py.
+    # (Not when a caller replaced the health_sources provider: the routes then answer.)
+    inner = app.asgi_handler
+    if "health_sources" not in (dependencies or {}):
+        inner = ProbeFastPath(inner, app.state)
     app.asgi_handler = HttpServerMetrics(
-        ProbeFastPath(app.asgi_handler, app.state),
+        inner,
         telemetry.http_duration,
         route_of_405=_route_template_of(app),
     )
