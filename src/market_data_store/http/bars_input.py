@@ -245,8 +245,8 @@ def decode(body: bytes | bytearray, media_type: str, max_bars: int) -> IngestReq
     may hold, is a 413 at once); a MessagePack body states the length of ``bars``
     before its elements. Then the envelope is decoded with each bar left as raw
     bytes, and the bars are typed ``CHUNK_BARS`` at a time (each decoder call is
-    short: ``rows_in_steps`` yields between chunks, so the event loop runs). A bar that does not type
-    is read again field by field; every problem of every bar is reported (type
+    short: ``rows_in_steps`` yields between chunks, so the event loop runs). A bar
+    that does not type is read again field by field; every problem of every bar is reported (type
     errors, unknown fields, and the rule errors of the bars that do type)."""
     codec = _codec(media_type, max_bars)
     if codec.json:
