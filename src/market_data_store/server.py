@@ -25,6 +25,7 @@ from litestar import Litestar
 from market_data_store.config import Settings
 from market_data_store.http import Lifecycle, create_app
 from market_data_store.http_protocol import TransportLimits, TransportStats, guarded_protocol
+from market_data_store.telemetry import TransportInstruments
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,9 @@ def build_server(
         probe_paths=PROBE_PATHS,
     )
     stats = TransportStats()
+    instruments: TransportInstruments | None = app.state.get("transport_instruments")
+    if instruments is not None:  # the service's app (not a bare one: bench/health.py)
+        instruments.track(stats)
     config = uvicorn.Config(
         app,
         http=guarded_protocol(limits, stats),

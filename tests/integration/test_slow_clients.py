@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_store.http_protocol import TransportStats
 from tests.support.service import RunningService, running_service, service_settings
@@ -175,6 +176,12 @@ async def test_oversize_headers_get_431_and_close(svc: RunningService) -> None:
     assert status_of(response) == 431
     assert "65536" in str(problem_of(response)["detail"])
     assert stats_of(svc).oversize_headers == 1
+    # operators see it: the guard's counts are exported at scrape time
+    families = text_string_to_metric_families((await svc.client.get("/metrics")).text)
+    samples = {(s.name, s.labels.get("reason")): s.value for f in families for s in f.samples}
+    assert samples[("mds_http_connections_refused_total", "oversize_headers")] == 1
+    assert samples[("mds_http_connections_refused_total", "header_timeout")] == 0
+    assert samples[("mds_http_connections", None)] >= 1  # the scrape's own
 
 
 async def test_one_huge_header_gets_431(svc: RunningService) -> None:

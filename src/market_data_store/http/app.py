@@ -19,6 +19,7 @@ from market_data_store.telemetry import (
     HttpServerMetrics,
     ServiceInstruments,
     SinkInstruments,
+    TransportInstruments,
     build_telemetry,
 )
 
@@ -69,6 +70,8 @@ def create_app(
             "sink_instruments": SinkInstruments(telemetry.meter),
             "feedback_instruments": FeedbackInstruments(telemetry.meter),
             "service_instruments": ServiceInstruments(telemetry.meter),
+            # the server (server.build_server) hands it its connection guard's counts
+            "transport_instruments": TransportInstruments(telemetry.meter),
         }
     )
     handlers: list[type[Controller]] = [

@@ -6,6 +6,7 @@ from .instruments import (
     FeedbackInstruments,
     ServiceInstruments,
     SinkInstruments,
+    TransportInstruments,
 )
 from .provider import PROMETHEUS_CONTENT_TYPE, Telemetry, build_telemetry
 
@@ -17,5 +18,6 @@ __all__ = [
     "ServiceInstruments",
     "SinkInstruments",
     "Telemetry",
+    "TransportInstruments",
     "build_telemetry",
 ]

@@ -359,3 +359,66 @@ class ServiceInstruments:
     def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
         ready = self._ready
         return [] if ready is None else [Observation(1 if ready() else 0)]
+
+
+class TransportCounts(Protocol):
+    """What the server's connection guard counts (``http_protocol.TransportStats``)."""
+
+    open_connections: int
+    over_capacity: int
+    header_timeouts: int
+    body_timeouts: int
+    oversize_headers: int
+    write_timeouts: int
+    bad_requests: int
+
+
+# reason label -> TransportCounts attribute
+_REFUSALS = (
+    ("over_capacity", "over_capacity"),
+    ("header_timeout", "header_timeouts"),
+    ("body_timeout", "body_timeouts"),
+    ("oversize_headers", "oversize_headers"),
+    ("write_timeout", "write_timeouts"),
+    ("bad_request", "bad_requests"),
+)
+
+
+class TransportInstruments:
+    """The connection guard's counts, read at collection time: ``mds.http.connections``
+    (open connections within ``server.max_connections``) and
+    ``mds.http.connections.refused{reason}`` (503 over the cap, 408 header or body
+    timeouts, 431, 400 from the parser, aborts of clients that stopped reading)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._counts: TransportCounts | None = None
+        meter.create_observable_gauge(
+            "mds.http.connections",
+            callbacks=[self._observe_open],
+            unit="{connection}",
+            description="Open connections counted against server.max_connections",
+        )
+        meter.create_observable_counter(
+            "mds.http.connections.refused",
+            callbacks=[self._observe_refused],
+            unit="{connection}",
+            description=(
+                "Connections refused or cut by the server's guard, by reason (over_capacity, "
+                "header_timeout, body_timeout, oversize_headers, write_timeout, bad_request)"
+            ),
+        )
+
+    def track(self, counts: TransportCounts) -> None:
+        self._counts = counts
+
+    def _observe_open(self, options: CallbackOptions) -> Iterable[Observation]:
+        counts = self._counts
+        return [] if counts is None else [Observation(counts.open_connections)]
+
+    def _observe_refused(self, options: CallbackOptions) -> Iterable[Observation]:
+        counts = self._counts
+        if counts is None:
+            return []
+        return [
+            Observation(getattr(counts, field), {"reason": reason}) for reason, field in _REFUSALS
+        ]
