@@ -239,12 +239,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 if self._lingering or self.transport.is_closing():
                     return
                 if self._reading_headers:
-                    self.stats.oversize_headers += 1
-                    self._refuse(
-                        431,
-                        f"request line and headers exceed {self.limits.max_header_bytes} bytes",
-                        headers_phase=True,
-                    )
+                    self._refuse_oversize_head()
                     return
                 self.data_received(data[room:])
                 return
@@ -263,6 +258,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._body_pending and self._body_timer is None and not self._lingering:
             self._start_body_clock()
 
+    def _refuse_oversize_head(self) -> None:
+        self.stats.oversize_headers += 1
+        self._refuse(
+            431,
+            f"request line and headers exceed {self.limits.max_header_bytes} bytes",
+            headers_phase=True,
+        )
+
     def _feed(self, data: bytes) -> None:
         """uvicorn's ``data_received``, with our answers to what the parser refuses."""
         self._unset_keepalive_if_required()
@@ -277,12 +280,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._lingering or self.transport.is_closing():
                 return
             if self._head_too_large:
-                self.stats.oversize_headers += 1
-                self._refuse(
-                    431,
-                    f"request line and headers exceed {self.limits.max_header_bytes} bytes",
-                    headers_phase=True,
-                )
+                self._refuse_oversize_head()
                 return
             cause = exc.__cause__ or exc.__context__
             reason = str(exc if cause is None else cause) or type(exc).__name__
