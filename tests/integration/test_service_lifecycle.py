@@ -127,8 +127,8 @@ async def test_the_serve_command_freezes_the_heap_once_up(
     """``serve`` (``tune_gc``) freezes the heap once start-up is over, not before (the
     lifespan's objects are part of it); an embedding process (no ``tune_gc``) keeps
     its collector as it is."""
-    from market_data_store import server as server_module
     from market_data_store.http import create_app
+    from market_data_store.server import runner as server_module
     from tests.support.service import service_settings
 
     calls: list[bool] = []

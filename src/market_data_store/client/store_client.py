@@ -16,8 +16,8 @@ from typing import Any, TypedDict
 import httpx
 import msgspec
 
+from market_data_store._util import ThrottledLog
 from market_data_store.contracts import Bar
-from market_data_store.coordinator.throttled_log import ThrottledLog
 
 from .errors import (
     BarsRejectedError,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import httpx
 import msgspec
 
-from market_data_store.coordinator.throttled_log import ThrottledLog
+from market_data_store._util import ThrottledLog
 
 from .wire import Feedback, decode_feedback
 

@@ -12,8 +12,9 @@ import contextlib
 import logging
 from typing import Protocol
 
+from market_data_store._util import ThrottledLog
+
 from .events import FeedbackEvent
-from .throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 

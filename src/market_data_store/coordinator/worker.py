@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic
 
+from market_data_store._util import ThrottledLog
+
 from .dlq import DeadLetterQueue, describe_error
 from .policy import CircuitBreaker, RetryPolicy
 from .queue import BoundedQueue
 from .stats import CoordinatorStats
-from .throttled_log import ThrottledLog
 from .types import Sink, T
 
 log = logging.getLogger(__name__)

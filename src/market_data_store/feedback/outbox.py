@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from market_data_store.coordinator.throttled_log import ThrottledLog
+from market_data_store._util import ThrottledLog
 
 log = logging.getLogger(__name__)
 

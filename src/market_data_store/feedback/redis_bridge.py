@@ -30,8 +30,8 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from market_data_store._util import ThrottledLog
 from market_data_store.coordinator import FeedbackEvent
-from market_data_store.coordinator.throttled_log import ThrottledLog
 
 from .outbox import DeliveryStats, Outbox
 from .wire import WireError, decode_event, encode_event

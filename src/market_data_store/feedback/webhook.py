@@ -14,8 +14,8 @@ import time
 
 import httpx
 
+from market_data_store._util import ThrottledLog
 from market_data_store.coordinator import FeedbackBus, FeedbackEvent, feedback_bus
-from market_data_store.coordinator.throttled_log import ThrottledLog
 
 from .outbox import DeliveryStats, Outbox
 from .wire import encode_event

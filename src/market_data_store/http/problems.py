@@ -21,7 +21,7 @@ from litestar.exceptions import HTTPException, NotAuthorizedException, Validatio
 from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
 
-from market_data_store.coordinator.throttled_log import ThrottledLog
+from market_data_store._util import ThrottledLog
 from market_data_store.storage import DatabaseUnavailableError, InvalidQueryError
 
 log = logging.getLogger(__name__)

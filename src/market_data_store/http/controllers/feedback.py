@@ -19,9 +19,9 @@ from litestar.params import HeaderParameter, QueryParameter
 from litestar.response.base import ASGIResponse
 from litestar.types import Receive, Scope, Send
 
+from market_data_store._util import ThrottledLog
 from market_data_store.config import Settings
 from market_data_store.coordinator import BackpressureLevel
-from market_data_store.coordinator.throttled_log import ThrottledLog
 from market_data_store.feedback import (
     LEVEL_RANK,
     MAX_ID_LENGTH,

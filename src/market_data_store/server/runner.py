@@ -24,8 +24,9 @@ from litestar import Litestar
 
 from market_data_store.config import Settings
 from market_data_store.http import Lifecycle, create_app
-from market_data_store.http_protocol import TransportLimits, TransportStats, guarded_protocol
 from market_data_store.telemetry import TransportInstruments
+
+from .protocol import TransportLimits, TransportStats, guarded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def build_server(
     """The uvicorn server of ``app``; ``tune_gc`` (the ``serve`` command's, not an
     embedding process's) freezes the heap once started: see ``freeze_heap``. Its
     connections enforce ``server.read_timeout``, ``min_body_rate``,
-    ``max_header_bytes`` and ``max_connections``: see ``http_protocol``."""
+    ``max_header_bytes`` and ``max_connections``: see ``server.protocol``."""
     s = settings.server
     limits = TransportLimits(
         read_timeout=s.read_timeout,

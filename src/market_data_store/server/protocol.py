@@ -56,7 +56,7 @@ from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallab
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from market_data_store.coordinator.throttled_log import ThrottledLog
+from market_data_store._util import ThrottledLog
 
 log = logging.getLogger(__name__)
 _warnings = ThrottledLog(log)  # per kind of client mistake: once per 10 s, with a count
