@@ -50,11 +50,12 @@ reliability: $(STAMP)
 	$(BIN)/python scripts/reliability_report.py $(RELIABILITY_RESULTS) docs/reliability.md; \
 	exit $$status
 
-## lint: ruff (lint + format check), mypy --strict, k8s manifests, Containerfile
+## lint: ruff (lint + format check), mypy --strict, import layers, k8s manifests, Containerfile
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/kubernetes-validate --quiet --strict $(filter-out k8s/kustomization.yaml,$(wildcard k8s/*.yaml))
 	$(BIN)/hadolint Containerfile
 

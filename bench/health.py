@@ -50,10 +50,8 @@ class Result:
 def serve_bare(port: int) -> None:
     """A bare Litestar app: one route, nothing of the service's own per-request path."""
     from litestar import Litestar, get
-    from litestar.datastructures import State
 
     from market_data_store.config import load_settings
-    from market_data_store.http import Lifecycle
     from market_data_store.server import build_server
 
     @get(TRIVIAL, sync_to_thread=False)
@@ -68,7 +66,6 @@ def serve_bare(port: int) -> None:
         route_handlers=[trivial, ready],
         logging_config=None,
         openapi_config=None,
-        state=State({"lifecycle": Lifecycle()}),
     )
     build_server(app, load_settings(), host="127.0.0.1", port=port).run()
 

@@ -118,7 +118,7 @@ async def count(url: str) -> int:
 
 
 async def in_process(url: str, rows: list[BarRow], per_write: int, *, fast_path: bool) -> float:
-    pool = await open_pool(url, min_size=1, max_size=1)
+    pool = await open_pool(url, min_size=1, max_size=1, init=prepare_connection)
     sink = BarsSink(pool, fast_path=fast_path)
     started = time.perf_counter()
     for lo in range(0, len(rows), per_write):
@@ -133,7 +133,7 @@ async def preload_every_tenth(url: str, rows: list[BarRow], per_write: int) -> N
     """Every 10th row stored before, with another close (still within high/low)."""
     earlier = rows[0].received_at - timedelta(seconds=1)
     changed = [msgspec.structs.replace(r, close=r.open, received_at=earlier) for r in rows[::10]]
-    pool = await open_pool(url, min_size=1, max_size=1)
+    pool = await open_pool(url, min_size=1, max_size=1, init=prepare_connection)
     sink = BarsSink(pool)
     for lo in range(0, len(changed), per_write):
         await sink.write(changed[lo : lo + per_write])

@@ -29,7 +29,14 @@ from pathlib import Path
 import asyncpg
 
 from market_data_store.coordinator import DeadLetterQueue, RetryPolicy, WriteCoordinator
-from market_data_store.storage import BarRow, BarsSink, apply_migrations, is_retryable, open_pool
+from market_data_store.storage import (
+    BarRow,
+    BarsSink,
+    apply_migrations,
+    is_retryable,
+    open_pool,
+    prepare_connection,
+)
 from market_data_store.storage.embedded import EmbeddedPostgres
 
 T0 = datetime(2024, 1, 2, tzinfo=UTC)
@@ -80,7 +87,7 @@ async def reset(url: str) -> None:
 async def run(url: str, rows: list[BarRow], tmp: Path) -> tuple[int, float, int]:
     """(sink writes, seconds, rows dead-lettered) of one ingest."""
     await reset(url)
-    pool = await open_pool(url, min_size=4, max_size=4)
+    pool = await open_pool(url, min_size=4, max_size=4, init=prepare_connection)
     sink = CountingSink(BarsSink(pool))
     dlq = tmp / f"dlq-{time.monotonic_ns()}.ndjson"
     try:

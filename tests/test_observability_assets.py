@@ -572,7 +572,7 @@ async def scrape(
                         "/v1/bars", params={"wait": "commit"}, json=bars_body(20)
                     )
                     assert response.status_code == 201, response.text
-                    coordinator = service.app.state.coordinator
+                    coordinator = service.components.coordinator
                     await coordinator.submit(poison_bar())
                     await coordinator.wait_idle()
                     await receiver.wait_for(1)  # the webhook delivered an event

@@ -11,14 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from market_data_store import __version__
-from market_data_store.config import (
-    ConfigError,
-    Settings,
-    load_settings,
-    redact_text,
-    redact_url,
-    redacted,
-)
+from market_data_store.config import ConfigError, Settings, load_settings, redacted
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -50,38 +43,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from market_data_store.storage import MigrationError, apply_migrations, schema_state
-    from market_data_store.storage.database import CONNECT_ERRORS, database, describe_failure
+    from market_data_store.service import StartupError, migrate, open_database
 
-    db = settings.database
-
-    async def run() -> int:
-        async with (
-            database(
-                settings.database_url,
-                db.embedded_dir,
-                min_size=1,
-                max_size=1,
-                connect_timeout=db.connect_timeout,
-                startup_timeout=db.startup_timeout,
-            ) as (pool, _),
-            pool.acquire() as conn,
-        ):
-            applied = await apply_migrations(conn)
-            state = await schema_state(conn)
+    async def run() -> None:
+        async with open_database(settings, pool_size=1) as db:
+            applied, state = await migrate(db.pool, settings)
         names = ", ".join(f"{m.version}_{m.name}" for m in applied) or "nothing to apply"
         print(f"schema version {state.version}: {names}")
-        return 0
 
     try:
-        return asyncio.run(run())
-    except CONNECT_ERRORS as exc:
-        target = redact_url(settings.database_url) if settings.database_url else "(embedded)"
-        reason = describe_failure(target, exc, db.startup_timeout)
-    except MigrationError as exc:
-        reason = str(exc)
-    print(f"mds-store: migrate failed: {redact_text(reason)}", file=sys.stderr)
-    return EXIT_STARTUP
+        asyncio.run(run())
+    except StartupError as exc:
+        print(f"mds-store: migrate failed: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    return 0
 
 
 def _config(args: argparse.Namespace, settings: Settings) -> int:

@@ -23,7 +23,14 @@ from market_data_store.http.bars_input import (
     decode,
     to_rows,
 )
-from market_data_store.storage import BarRow, BarsSink, DbPool, apply_migrations, open_pool
+from market_data_store.storage import (
+    BarRow,
+    BarsSink,
+    DbPool,
+    apply_migrations,
+    open_pool,
+    prepare_connection,
+)
 
 PRINTABLE = "".join(chr(c) for c in range(0x20, 0x7F))
 PRICES = ("open", "high", "low", "close", "volume")
@@ -143,7 +150,7 @@ def accepted_rows() -> list[BarRow]:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[DbPool]:
-    p = await open_pool(database_url, min_size=1, max_size=2)
+    p = await open_pool(database_url, min_size=1, max_size=2, init=prepare_connection)
     async with p.acquire() as conn:
         await apply_migrations(conn)
     yield p

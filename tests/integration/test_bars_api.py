@@ -104,7 +104,7 @@ async def test_plain_202_then_rows_arrive(service: RunningService, database_url:
     assert body["level"] in ("ok", "soft", "hard")
     assert set(body) == {"accepted", "level", "queue_size", "capacity", "coordinator_id"}
     assert body["coordinator_id"] == "test/bars"
-    await asyncio.wait_for(service.app.state.coordinator.wait_idle(), 10)
+    await asyncio.wait_for(service.components.coordinator.wait_idle(), 10)
     assert len(await stored_bars(database_url)) == 50
 
 
@@ -349,14 +349,14 @@ async def test_full_queue_answers_503_with_retry_after_and_stores_nothing_refuse
         assert problem["feedback"]["reason"] == "queue_full"
 
         proxy.restore()
-        await asyncio.wait_for(svc.app.state.coordinator.wait_idle(), 30)
+        await asyncio.wait_for(svc.components.coordinator.wait_idle(), 30)
     stored = await stored_bars(database_url)
     minutes = {int((r["ts"] - T0).total_seconds() // 60) for r in stored}
     assert minutes == set(range(100))  # the accepted request, whole; none of the refused one
 
 
 async def test_ingest_refused_while_shutting_down(service: RunningService) -> None:
-    service.app.state.lifecycle.begin_shutdown()
+    service.components.lifecycle.begin_shutdown()
     response = await post(service.client, payload(bar()))
     assert response.status_code == 503
     assert response.headers["retry-after"] == "5"
@@ -591,7 +591,7 @@ async def test_reads_answer_503_while_the_database_is_gone(
 
 async def test_a_busy_pool_is_not_an_unreachable_database(service: RunningService) -> None:
     """Readiness has its own connection; reads wait for a free one, then say 503."""
-    pool = service.app.state.db_pool
+    pool = service.components.db_pool
     held = [await pool.acquire() for _ in range(pool.get_max_size())]
     try:
         await asyncio.sleep(0.3)  # several health checks

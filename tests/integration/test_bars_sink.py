@@ -17,6 +17,7 @@ from market_data_store.storage import (
     apply_migrations,
     is_retryable,
     open_pool,
+    prepare_connection,
 )
 from market_data_store.storage.bars_sink import encode_csv
 
@@ -39,7 +40,7 @@ def row(
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[DbPool]:
-    p = await open_pool(database_url, min_size=1, max_size=4)
+    p = await open_pool(database_url, min_size=1, max_size=4, init=prepare_connection)
     async with p.acquire() as conn:
         await apply_migrations(conn)
     yield p

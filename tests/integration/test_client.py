@@ -127,7 +127,7 @@ async def until(check: Callable[[], bool], timeout: float = 10.0, what: str = ""
 
 
 async def publish(svc: RunningService, level: BackpressureLevel, cid: str = LOCAL) -> None:
-    bus: FeedbackBus = svc.app.state.feedback_bus
+    bus: FeedbackBus = svc.components.feedback_bus
     await bus.publish(FeedbackEvent.create(cid, 8000, 10000, level, "test"))
 
 
@@ -281,7 +281,7 @@ async def test_503_is_retried_after_its_retry_after(
         proxy.restore()
         await client.flush(timeout=30)
         await client.aclose()
-        await asyncio.wait_for(svc.app.state.coordinator.wait_idle(), 30)
+        await asyncio.wait_for(svc.components.coordinator.wait_idle(), 30)
     statuses = wire.statuses()
     assert statuses[0] == 202
     assert 503 in statuses

@@ -53,7 +53,7 @@ async def service(
 async def test_accepted_rows_survive_a_database_outage(
     service: RunningService, proxy: TcpProxy, database_url: str
 ) -> None:
-    coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+    coordinator: WriteCoordinator[BarRow] = service.components.coordinator
     await coordinator.submit_many(bars(500))
     await asyncio.wait_for(coordinator.wait_idle(), 30)
     assert await count_bars(database_url) == 500
@@ -75,7 +75,7 @@ async def test_accepted_rows_survive_a_database_outage(
 async def test_bad_rows_are_dead_lettered_good_rows_written(
     service: RunningService, database_url: str, tmp_path: Path
 ) -> None:
-    coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+    coordinator: WriteCoordinator[BarRow] = service.components.coordinator
     await coordinator.submit_many(bars(300, bad={17, 250}))
     await asyncio.wait_for(coordinator.wait_idle(), 30)
     assert await count_bars(database_url) == 298
@@ -114,7 +114,7 @@ async def test_rows_a_trigger_refuses_are_dead_lettered_not_retried_forever(
                 FOR EACH ROW EXECUTE FUNCTION refuse_17();
             """
         )
-        coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+        coordinator: WriteCoordinator[BarRow] = service.components.coordinator
         await coordinator.submit_many(bars(100))
         await asyncio.wait_for(coordinator.wait_idle(), 30)
         assert await count_bars(database_url) == 99

@@ -89,7 +89,7 @@ async def test_readiness_is_back_within_2s_of_the_database(
         MDS_DATABASE_HEALTH_TIMEOUT="1",
     )
     async with running_service(settings) as svc:
-        coordinator: WriteCoordinator[BarRow] = svc.app.state.coordinator
+        coordinator: WriteCoordinator[BarRow] = svc.components.coordinator
         assert await readiness(svc.client) == 200
 
         await owned_postgres.stop()
@@ -122,7 +122,7 @@ async def test_readiness_is_back_after_an_outage_the_monitor_did_not_see(
         MDS_DATABASE_HEALTH_TIMEOUT="1",
     )
     async with running_service(settings) as svc:
-        coordinator: WriteCoordinator[BarRow] = svc.app.state.coordinator
+        coordinator: WriteCoordinator[BarRow] = svc.components.coordinator
         await owned_postgres.stop()
         await coordinator.submit_many(bars(50))
         await breaker_opened(coordinator)
@@ -153,7 +153,7 @@ async def test_a_database_back_during_the_drain_gets_the_queue_written(
     )
     back: asyncio.Task[None] | None = None
     async with running_service(settings) as svc:
-        coordinator: WriteCoordinator[BarRow] = svc.app.state.coordinator
+        coordinator: WriteCoordinator[BarRow] = svc.components.coordinator
         await owned_postgres.stop()
         await coordinator.submit_many(bars(30))
         await breaker_opened(coordinator)

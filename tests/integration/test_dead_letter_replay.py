@@ -88,7 +88,7 @@ async def seed(service: RunningService) -> DeadLetterQueue[BarRow]:
 
 
 def service_queue(service: RunningService) -> DeadLetterQueue[BarRow]:
-    coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+    coordinator: WriteCoordinator[BarRow] = service.components.coordinator
     dlq = coordinator.dead_letter_queue
     assert dlq is not None
     return dlq
@@ -106,7 +106,7 @@ async def dead_lettered(dlq: DeadLetterQueue[BarRow]) -> Counter[BarRow]:
 
 
 async def settled(service: RunningService) -> None:
-    coordinator: WriteCoordinator[BarRow] = service.app.state.coordinator
+    coordinator: WriteCoordinator[BarRow] = service.components.coordinator
     await asyncio.wait_for(coordinator.wait_idle(), 30)
 
 

@@ -35,12 +35,12 @@ async def service(service_with: ServiceFactory) -> AsyncIterator[RunningService]
 
 
 def bus(svc: RunningService) -> FeedbackBus:
-    b: FeedbackBus = svc.app.state.feedback_bus
+    b: FeedbackBus = svc.components.feedback_bus
     return b
 
 
 def fanout(svc: RunningService) -> FeedbackFanout:
-    f: FeedbackFanout = svc.app.state.feedback_fanout
+    f: FeedbackFanout = svc.components.feedback_fanout
     return f
 
 
@@ -288,7 +288,7 @@ async def test_shutdown_does_not_wait_on_a_stalled_reader(service_with: ServiceF
                 await asyncio.sleep(0)
             await asyncio.sleep(0.2)
             started = time.monotonic()
-            svc.app.state.lifecycle.begin_shutdown()
+            svc.components.lifecycle.begin_shutdown()
             async with asyncio.timeout(5):
                 while fanout(svc).subscriber_count or connections:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)

@@ -12,13 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
-from litestar.datastructures import State
+from litestar import Litestar, Request
 from litestar.di import Provide
 from market_data_core.telemetry import HealthStatus
 
-from market_data_store.http.health import HealthSources
+from market_data_store.http import ServicePlugin
 from market_data_store.http.probes import ProbeFastPath
+from market_data_store.service import HealthSources
 from market_data_store.storage import DatabaseMonitor, DatabaseStatus
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
@@ -127,7 +127,7 @@ async def test_probes_answer_while_the_database_hangs(
 
 
 async def test_readyz_503_while_shutting_down(service: RunningService) -> None:
-    service.app.state.lifecycle.begin_shutdown()
+    service.components.lifecycle.begin_shutdown()
     response = await service.client.get("/readyz")
     assert response.status_code == 503
     status = HealthStatus.model_validate_json(response.content)
@@ -145,7 +145,7 @@ async def test_readyz_503_while_circuit_breaker_is_not_closed(
         "MDS_CIRCUIT_BREAKER_HALF_OPEN_AFTER_SEC": "3600",
     }
     async with running_service(service_settings(database_url, str(tmp_path), **quiet)) as svc:
-        breaker = svc.app.state.coordinator.breaker
+        breaker = svc.components.coordinator.breaker
         for _ in range(5):
             await breaker.on_failure()
         response = await svc.client.get("/readyz")
@@ -170,7 +170,7 @@ async def test_readyz_503_while_circuit_breaker_is_not_closed(
 async def test_open_breaker_with_nothing_to_write_closes_on_the_next_check(
     service: RunningService,
 ) -> None:
-    breaker = service.app.state.coordinator.breaker
+    breaker = service.components.coordinator.breaker
     for _ in range(5):
         await breaker.on_failure()
     assert breaker.state == "open"
@@ -185,8 +185,8 @@ async def test_providers_can_be_overridden(database_url: str, tmp_path: Path) ->
         def __init__(self) -> None:
             self.status = DatabaseStatus(False, time.time(), error="overridden for the test")
 
-    def sources_with_monitor_down(state: State) -> HealthSources:
-        sources: HealthSources = state.health_sources
+    def sources_with_monitor_down(request: Request[Any, Any, Any]) -> HealthSources:
+        sources = ServicePlugin.of(request.app).components.health_sources
         return dataclasses.replace(sources, db_monitor=DownMonitor())
 
     settings = service_settings(database_url, str(tmp_path))
@@ -201,7 +201,7 @@ async def test_providers_can_be_overridden(database_url: str, tmp_path: Path) ->
 async def test_sigterm_handler_announces_shutdown_at_once(service: RunningService) -> None:
     import signal
 
-    lifecycle = service.app.state.lifecycle
+    lifecycle = service.components.lifecycle
     assert not lifecycle.shutting_down
     service.server.handle_exit(signal.SIGTERM, None)  # what the signal would call
     # uvicorn re-raises captured signals when it exits: that would end this test run.
@@ -211,7 +211,7 @@ async def test_sigterm_handler_announces_shutdown_at_once(service: RunningServic
             break
         await asyncio.sleep(0.01)
     assert lifecycle.shutting_down
-    assert service.app.state.shutdown_event.is_set()
+    assert service.components.lifecycle.shutdown_event.is_set()
 
 
 async def test_head_answers_like_get_without_a_body(service: RunningService) -> None:

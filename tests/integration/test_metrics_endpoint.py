@@ -46,7 +46,7 @@ def bar(i: int) -> BarRow:
 
 
 async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningService) -> None:
-    coordinator = service.app.state.coordinator
+    coordinator = service.components.coordinator
     await coordinator.submit_many([bar(i) for i in range(30)])
     await coordinator.wait_idle()
     families = await scrape(service)
@@ -96,8 +96,8 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
 async def test_the_fast_path_can_be_turned_off(database_url: str, tmp_path: Path) -> None:
     settings = service_settings(database_url, str(tmp_path), MDS_DATABASE_COPY_FAST_PATH="false")
     async with running_service(settings) as svc:
-        await svc.app.state.coordinator.submit_many([bar(i) for i in range(10)])
-        await svc.app.state.coordinator.wait_idle()
+        await svc.components.coordinator.submit_many([bar(i) for i in range(10)])
+        await svc.components.coordinator.wait_idle()
         families = await scrape(svc)
     assert {s.labels["path"]: s.value for s in families["mds_sink_batches"]} == {
         "copy": 0,
@@ -132,7 +132,7 @@ async def test_http_duration_is_labelled_by_route_template(service: RunningServi
 async def test_ready_gauge_follows_readiness(service: RunningService) -> None:
     families = await scrape(service)
     assert [s.value for s in families["mds_service_ready"]] == [1.0]
-    service.app.state.lifecycle.begin_shutdown()  # readiness fails from now on
+    service.components.lifecycle.begin_shutdown()  # readiness fails from now on
     assert (await service.client.get("/readyz")).status_code == 503
     families = await scrape(service)
     assert [s.value for s in families["mds_service_ready"]] == [0.0]

@@ -26,6 +26,7 @@ from market_data_store.storage import (
     apply_migrations,
     is_retryable,
     open_pool,
+    prepare_connection,
 )
 
 N = 5000
@@ -44,7 +45,7 @@ class CountingSink:
 
 @pytest.fixture
 async def pool(database_url: str) -> AsyncIterator[DbPool]:
-    p = await open_pool(database_url, min_size=1, max_size=2)
+    p = await open_pool(database_url, min_size=1, max_size=2, init=prepare_connection)
     async with p.acquire() as conn:
         await apply_migrations(conn)
         await conn.execute("ALTER TABLE bars ADD CONSTRAINT no_666 CHECK (volume <> 666)")

@@ -127,7 +127,7 @@ async def test_the_serve_command_freezes_the_heap_once_up(
     """``serve`` (``tune_gc``) freezes the heap once start-up is over, not before (the
     lifespan's objects are part of it); an embedding process (no ``tune_gc``) keeps
     its collector as it is."""
-    from market_data_store.http import create_app
+    from market_data_store.http import ServicePlugin, create_app
     from market_data_store.server import runner as server_module
     from tests.support.service import service_settings
 
@@ -141,7 +141,7 @@ async def test_the_serve_command_freezes_the_heap_once_up(
         while not srv.started:
             assert not task.done()
             await asyncio.sleep(0.01)
-        assert app.state.coordinator is not None  # the lifespan had run
+        assert ServicePlugin.of(app).components.coordinator is not None  # the lifespan had run
         assert calls == expected
         srv.should_exit = True
         await asyncio.wait_for(task, 30)

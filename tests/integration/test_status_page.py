@@ -320,7 +320,7 @@ async def browser(chromium: str, tmp_path: Path) -> AsyncIterator[Browser]:
 
 
 def coordinator_of(svc: RunningService) -> str:
-    coord_id: str = svc.app.state.coordinator.coord_id
+    coord_id: str = svc.components.coordinator.coord_id
     return coord_id
 
 
@@ -328,14 +328,14 @@ async def emit(
     svc: RunningService, coordinator_id: str, size: int, capacity: int, level: BackpressureLevel
 ) -> FeedbackEvent:
     event = FeedbackEvent.create(coordinator_id, size, capacity, level, "test")
-    bus: FeedbackBus = svc.app.state.feedback_bus
+    bus: FeedbackBus = svc.components.feedback_bus
     await bus.publish(event)
     return event
 
 
 async def streams_open(svc: RunningService, count: int) -> None:
     """Wait until the service has ``count`` feedback streams open."""
-    fanout: FeedbackFanout = svc.app.state.feedback_fanout
+    fanout: FeedbackFanout = svc.components.feedback_fanout
     deadline = time.monotonic() + WAIT
     while True:
         if fanout.subscriber_count == count:

@@ -562,11 +562,13 @@ async def test_service_posts_service_started(
         assert request.json()["reason"] == "service_started"
         assert request.json()["utilization"] == 0.0
 
-        await until(lambda: service.app.state.feedback_channels.webhook.stats.sent == 1)
+        webhook = service.components.feedback_channels.webhook
+        assert webhook is not None
+        await until(lambda: webhook.stats.sent == 1)
         state, details = await feedback_health(service.client)
         assert (state, details["webhook"]) == ("healthy", "ok")
 
-        bus: FeedbackBus = service.app.state.feedback_bus
+        bus: FeedbackBus = service.components.feedback_bus
         await bus.publish(event(9, 10, BackpressureLevel.hard, "from_test", "test/other"))
         _, second = await receiver.wait_for(2)
         assert second.json()["coordinator_id"] == "test/other"
@@ -604,14 +606,15 @@ async def test_health_reports_a_failing_webhook(
     env = {"MDS_FEEDBACK_WEBHOOK_MAX_ATTEMPTS": "1"}
     async with webhook_service(database_url, tmp_path, receiver, **env) as service:
         await receiver.wait_for(1)  # service_started, answered 500, given up
-        webhook = service.app.state.feedback_channels.webhook
+        webhook = service.components.feedback_channels.webhook
+        assert webhook is not None
         await until(lambda: webhook.stats.failed == 1)
         assert len(receiver.requests) == 1  # one attempt in all
         state, details = await feedback_health(service.client)
         assert (state, details["webhook"]) == ("degraded", "failing")
 
         receiver.default = Reply(200)  # the endpoint recovers: the next event clears it
-        await service.app.state.feedback_bus.publish(event())
+        await service.components.feedback_bus.publish(event())
         await until(lambda: webhook.stats.sent == 1)
         state, details = await feedback_health(service.client)
         assert (state, details["webhook"]) == ("healthy", "ok")
@@ -625,7 +628,7 @@ async def test_service_stops_promptly_while_the_webhook_hangs(
     async with webhook_service(database_url, tmp_path, receiver, **env) as service:
         await receiver.wait_for(1)
         for i in range(50):
-            await service.app.state.feedback_bus.publish(event(queue_size=i))
+            await service.components.feedback_bus.publish(event(queue_size=i))
         state, _ = await feedback_health(service.client)  # the service still answers
         assert state == "healthy"
         started = time.monotonic()

@@ -14,8 +14,9 @@ from litestar import Litestar
 from litestar.di import Provide
 
 from market_data_store.config import Settings, load_settings
-from market_data_store.http import create_app
+from market_data_store.http import ServicePlugin, create_app
 from market_data_store.server import build_server
+from market_data_store.service import Components
 
 FAST = {
     "MDS_DATABASE_HEALTH_INTERVAL": "0.1",
@@ -50,6 +51,11 @@ class RunningService:
     base_url: str
     server: uvicorn.Server
 
+    @property
+    def components(self) -> Components:
+        """The running service's parts (its coordinator, bus, pool...)."""
+        return ServicePlugin.of(self.app).components
+
 
 @asynccontextmanager
 async def running_service(
@@ -72,7 +78,7 @@ async def running_service(
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
             yield RunningService(app, client, base_url, server)
     finally:
-        app.state.lifecycle.begin_shutdown()  # as SIGTERM does: open streams end now
+        ServicePlugin.of(app).lifecycle.begin_shutdown()  # as SIGTERM does: streams end now
         server.should_exit = True
         await asyncio.wait_for(task, 30)
         sock.close()

@@ -11,8 +11,7 @@ from market_data_core.telemetry import HealthStatus
 
 from market_data_store.coordinator import FeedbackBus, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
-from market_data_store.http.health import HealthSources
-from market_data_store.http.lifecycle import Lifecycle
+from market_data_store.service import HealthSources, Lifecycle
 from market_data_store.storage import DatabaseMonitor, DatabaseStatus
 from tests.unit.coordinator.sinks import RecordingSink
 

@@ -7,10 +7,10 @@ users can switch without changing imports.
 
 from typing import TYPE_CHECKING, Any
 
+from .bus import FeedbackBus, FeedbackSubscriber, feedback_bus
 from .completions import Ticket
 from .dlq import DeadLetterQueue, DLQRecord
 from .events import BackpressureLevel, FeedbackEvent
-from .feedback import FeedbackBus, FeedbackSubscriber, feedback_bus
 from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy, default_retry_classifier
 from .queue import BoundedQueue
 from .stats import CoordinatorStats
@@ -26,14 +26,16 @@ from .worker import SinkWorker
 from .write_coordinator import CoordinatorHealth, WriteCoordinator
 
 if TYPE_CHECKING:
-    from market_data_store.feedback.webhook import HttpFeedbackBroadcaster
+    from .http_broadcast import HttpFeedbackBroadcaster as HttpFeedbackBroadcaster
 
 
 def __getattr__(name: str) -> Any:
-    """``HttpFeedbackBroadcaster`` as the reference library exported it, imported only
-    when asked for: importing ``coordinator`` never imports the delivery channels."""
+    """``coordinator.HttpFeedbackBroadcaster``, as the original library exported it: the
+    webhook lives in ``market_data_store.feedback``; reached through the one
+    compatibility module, ``coordinator.http_broadcast``, only when asked for (importing
+    ``coordinator`` never imports the delivery channels, nor httpx). Not in ``__all__``."""
     if name == "HttpFeedbackBroadcaster":
-        from market_data_store.feedback.webhook import HttpFeedbackBroadcaster
+        from .http_broadcast import HttpFeedbackBroadcaster
 
         return HttpFeedbackBroadcaster
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -52,7 +54,6 @@ __all__ = [
     "FeedbackBus",
     "FeedbackEvent",
     "FeedbackSubscriber",
-    "HttpFeedbackBroadcaster",
     "OverflowStrategy",
     "QueueClosedError",
     "QueueFullError",

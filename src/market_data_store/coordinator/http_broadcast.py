@@ -1,6 +1,8 @@
 """Compatibility path of the original library: ``HttpFeedbackBroadcaster`` lives in
-``market_data_store.feedback``. Imported lazily, so importing ``coordinator``
-never imports the delivery channels (or httpx)."""
+``market_data_store.feedback`` (the delivery channels). Imported lazily, so importing
+``coordinator`` never imports the delivery channels (or httpx); silent (no warning).
+The one place the coordinator reaches into ``feedback``: the import-layer check
+(``make lint``) names it as its only exception."""
 
 from __future__ import annotations
 

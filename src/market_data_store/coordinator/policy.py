@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+from market_data_store._util import backoff_delay
 
 CircuitState = Literal["closed", "open", "half_open"]
 
@@ -59,11 +60,15 @@ class RetryPolicy:
 
     def next_backoff_ms(self, attempt: int) -> int:
         """Delay before retry number ``attempt`` (1-based)."""
-        exponent = max(0, min(attempt, max(self.max_attempts, 1)) - 1)
-        base = min(self.initial_backoff_ms * self.backoff_multiplier**exponent, self.max_backoff_ms)
-        if self.jitter:
-            base *= random.uniform(0.5, 1.0)
-        return int(base)
+        return int(
+            backoff_delay(
+                min(attempt, max(self.max_attempts, 1)),
+                initial=self.initial_backoff_ms,
+                maximum=self.max_backoff_ms,
+                multiplier=self.backoff_multiplier,
+                jitter=self.jitter,
+            )
+        )
 
 
 class CircuitOpenError(RuntimeError):

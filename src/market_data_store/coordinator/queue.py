@@ -15,9 +15,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic
 
+from .bus import FeedbackBus, feedback_bus
 from .completions import Completions
 from .events import BackpressureLevel, FeedbackEvent
-from .feedback import FeedbackBus, feedback_bus
 from .types import (
     OVERFLOW_STRATEGIES,
     BackpressureCallback,

@@ -73,7 +73,7 @@ class SinkWorker(Generic[T]):
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._retry = retry_policy or RetryPolicy()
-        self._cb = circuit_breaker or CircuitBreaker()
+        self._breaker = circuit_breaker or CircuitBreaker()
         self._coord_id = coord_id
         self._dlq = dead_letters
         self.stats = stats or CoordinatorStats()
@@ -200,7 +200,7 @@ class SinkWorker(Generic[T]):
         while True:
             # the backoff is spent waiting on the breaker: while it lasts this worker
             # counts as having a call to make (it may be the half-open trial)
-            await self._cb.wait_allowed(not_before)
+            await self._breaker.wait_allowed(not_before)
             attempt += 1
             started = time.perf_counter()
             try:
@@ -208,9 +208,9 @@ class SinkWorker(Generic[T]):
             except Exception as exc:
                 self.stats.write_errors[type(exc).__name__] += 1
                 if not self._retry.classify_retryable(exc):
-                    await self._cb.on_success()  # the sink answered: it is up, the data is bad
+                    await self._breaker.on_success()  # the sink answered: it is up, the data is bad
                     return exc
-                await self._cb.on_failure()
+                await self._breaker.on_failure()
                 self._log.log(
                     logging.WARNING,
                     ("retry", type(exc)),
@@ -222,7 +222,7 @@ class SinkWorker(Generic[T]):
                 )
                 not_before = time.monotonic() + self._retry.next_backoff_ms(attempt) / 1000
                 continue
-            await self._cb.on_success()
+            await self._breaker.on_success()
             self.stats.record_write(len(batch), time.perf_counter() - started)
             return None
 

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic
 
+from market_data_store._util import backoff_delay
+
+from .bus import FeedbackBus
 from .completions import Ticket
 from .dlq import DeadLetterQueue
 from .events import BackpressureLevel, FeedbackEvent
-from .feedback import FeedbackBus
 from .policy import CircuitBreaker, CircuitState, RetryPolicy
 from .queue import BoundedQueue
 from .stats import CoordinatorStats
@@ -203,7 +205,7 @@ class WriteCoordinator(Generic[T]):
                     await self._dlq.save(items, reason, {"coordinator_id": self.coord_id})
                 except Exception:
                     log.exception("dead-letter save failed (attempt %d/%d)", attempt, attempts)
-                    await asyncio.sleep(0.1 * attempt)
+                    await asyncio.sleep(backoff_delay(attempt, initial=0.1, maximum=5.0))
                     continue
                 self.stats.dead_lettered += len(items)
                 log.warning(
@@ -275,18 +277,19 @@ class WriteCoordinator(Generic[T]):
 
     async def _save_evicted(self, items: list[T]) -> None:
         assert self._dlq is not None
-        delay = 0.1
+        attempt = 0
         while True:
             try:
                 await self._dlq.save(
                     items, "evicted by drop_oldest overflow", {"coordinator_id": self.coord_id}
                 )
             except Exception:
+                attempt += 1
+                delay = backoff_delay(attempt, initial=0.1, maximum=5.0)
                 log.exception(
                     "saving %d evicted items failed; retrying in %.1fs", len(items), delay
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
                 continue
             self.stats.dead_lettered += len(items)
             return

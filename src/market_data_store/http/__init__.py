@@ -1,6 +1,7 @@
-"""The Litestar service: app factory, lifespan, dependencies, controllers."""
+"""The Litestar app: its factory, the plugins that put the service (``ServicePlugin``)
+and Litestar's fixes (``FrameworkFixes``) into it, the controllers, problem bodies."""
 
 from .app import create_app
-from .lifecycle import Lifecycle
+from .plugin import ServicePlugin
 
-__all__ = ["Lifecycle", "create_app"]
+__all__ = ["ServicePlugin", "create_app"]

@@ -6,24 +6,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from litestar import Controller, Litestar
-from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import MethodNotAllowedException
 from litestar.utils import normalize_path
 
 from market_data_store import __version__
 from market_data_store.config import Settings, check_admin_token
-from market_data_store.telemetry import (
-    CoordinatorInstruments,
-    FeedbackInstruments,
-    HttpServerMetrics,
-    ServiceInstruments,
-    SinkInstruments,
-    TransportInstruments,
-    build_telemetry,
-)
+from market_data_store.service import Lifecycle
+from market_data_store.telemetry import HttpServerMetrics, build_telemetry
 
-from .allow import point_options_at_routes
 from .controllers import (
     AdminController,
     BarsController,
@@ -34,13 +25,11 @@ from .controllers import (
     MetricsController,
     StatusPageController,
 )
-from .dependencies import build_dependencies
-from .lifecycle import Lifecycle
-from .lifespan import service_lifespan
-from .openapi import openapi_config, parameters_never_null
+from .framework import FrameworkFixes
+from .openapi import openapi_config
+from .plugin import ServicePlugin
 from .probes import ProbeFastPath
 from .problems import EXCEPTION_HANDLERS
-from .query_params import ScalarQueryCheck
 
 
 def check_startup_safety(settings: Settings) -> None:
@@ -55,25 +44,11 @@ _ROUTABLE_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 def create_app(
     settings: Settings, *, dependencies: Mapping[str, Provide] | None = None
 ) -> Litestar:
-    """Build the service. ``dependencies`` replaces providers by key (tests)."""
+    """Build the service (its components are built when the app starts: ``ServicePlugin``).
+    ``dependencies`` replaces providers by name (tests)."""
     check_startup_safety(settings)
     telemetry = build_telemetry(__version__)
-    lifecycle = Lifecycle()
-    state = State(
-        {
-            "settings": settings,
-            "lifecycle": lifecycle,
-            # set when shutdown starts (SIGTERM): long-lived responses end on it
-            "shutdown_event": lifecycle.shutdown_event,
-            "telemetry": telemetry,
-            "coordinator_instruments": CoordinatorInstruments(telemetry.meter),
-            "sink_instruments": SinkInstruments(telemetry.meter),
-            "feedback_instruments": FeedbackInstruments(telemetry.meter),
-            "service_instruments": ServiceInstruments(telemetry.meter),
-            # the server (server.build_server) hands it its connection guard's counts
-            "transport_instruments": TransportInstruments(telemetry.meter),
-        }
-    )
+    service = ServicePlugin(settings, lifecycle=Lifecycle(), telemetry=telemetry)
     handlers: list[type[Controller]] = [
         HealthController,
         BarsController,
@@ -84,28 +59,22 @@ def create_app(
     ]
     if settings.feedback.sse.enabled:
         handlers += [FeedbackStreamController, StatusPageController]
-    scalar_query_check = ScalarQueryCheck()  # ?limit=1&limit=2 -> 400, on every route
     app = Litestar(
         route_handlers=handlers,
-        before_request=scalar_query_check,
-        lifespan=[service_lifespan],
-        dependencies={**build_dependencies(state), **(dependencies or {})},
+        plugins=[service, FrameworkFixes()],
+        dependencies=dict(dependencies or {}),
         exception_handlers=EXCEPTION_HANDLERS,
         logging_config=None,  # the process (CLI, uvicorn, tests) owns logging
         request_max_body_size=settings.ingest.max_body_bytes,
-        state=state,
         openapi_config=openapi_config(),
     )
-    scalar_query_check.bind(app)
-    point_options_at_routes(app)  # OPTIONS /v1/bars: Allow: GET, OPTIONS, POST
-    parameters_never_null(app.openapi_schema)  # built once, here
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
     # Probes are answered before Litestar (same bytes, a fraction of the cost): see probes.py.
     # (Not when a caller replaced the health_sources provider: the routes then answer.)
     inner = app.asgi_handler
     if "health_sources" not in (dependencies or {}):
-        inner = ProbeFastPath(inner, app.state)
+        inner = ProbeFastPath(inner, service)
     app.asgi_handler = HttpServerMetrics(
         inner,
         telemetry.http_duration,

@@ -1,54 +1,75 @@
-"""What controllers receive, and only this way: providers read the app's ``State``,
-filled by the lifespan. Tests replace any of them by key in ``create_app``.
+"""What controllers receive, and only this way: one ``Provide`` per component, under
+the name a handler declares it by (``coordinator: NamedDependency[WriteCoordinator[BarRow]]``).
+Tests replace any of them by name (``create_app(settings, dependencies=...)``).
 
-Providers close over the ``State`` object instead of declaring a ``state``
-parameter: a provider without parameters skips Litestar's per-request argument
-parsing, which for a probe costs more than the probe itself.
+The providers take no parameters: a provider without parameters skips Litestar's
+per-request argument parsing, which for a probe costs more than the probe itself.
+Settings, lifecycle and telemetry exist from the app's creation; the rest once the
+lifespan built them (asked for earlier, a provider raises: a 500).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
-from litestar.datastructures import State
 from litestar.di import Provide
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import FeedbackBus, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
+from market_data_store.service import Components, HealthSources, Lifecycle
 from market_data_store.storage import BarReader, BarRow, DbPool
 from market_data_store.telemetry import Telemetry
 
-from .health import HealthSources
-from .lifecycle import Lifecycle
 
-# key on app.state -> the type its provider returns (for the signature Litestar reads)
-PROVIDED: dict[str, Any] = {
-    "db_pool": DbPool,
-    "bar_reader": BarReader,
-    "coordinator": WriteCoordinator[BarRow],
-    "feedback_bus": FeedbackBus,
-    "feedback_channels": FeedbackChannels,
-    "feedback_fanout": FeedbackFanout,
-    "health_sources": HealthSources,
-    "lifecycle": Lifecycle,
-    "settings": Settings,
-    "telemetry": Telemetry,
-}
+def providers(
+    running: Callable[[], Components],
+    settings: Settings,
+    lifecycle: Lifecycle,
+    telemetry: Telemetry,
+) -> dict[str, Provide]:
+    """The providers of the service whose running components ``running()`` returns."""
 
+    def provide_settings() -> Settings:
+        return settings
 
-def _reader(state: State, key: str, kind: Any) -> Any:
-    def provide() -> Any:
-        return state[key]
+    def provide_lifecycle() -> Lifecycle:
+        return lifecycle
 
-    provide.__annotations__["return"] = kind
-    provide.__name__ = f"provide_{key}"
-    return provide
+    def provide_telemetry() -> Telemetry:
+        return telemetry
 
+    def provide_db_pool() -> DbPool:
+        return running().db_pool
 
-def build_dependencies(state: State) -> dict[str, Provide]:
-    """One ``Provide`` per component, each reading ``state[key]`` when a request needs it."""
-    return {
-        key: Provide(_reader(state, key, kind), sync_to_thread=False)
-        for key, kind in PROVIDED.items()
+    def provide_bar_reader() -> BarReader:
+        return running().bar_reader
+
+    def provide_coordinator() -> WriteCoordinator[BarRow]:
+        return running().coordinator
+
+    def provide_feedback_bus() -> FeedbackBus:
+        return running().feedback_bus
+
+    def provide_feedback_channels() -> FeedbackChannels:
+        return running().feedback_channels
+
+    def provide_feedback_fanout() -> FeedbackFanout:
+        return running().feedback_fanout
+
+    def provide_health_sources() -> HealthSources:
+        return running().health_sources
+
+    functions: dict[str, Callable[[], object]] = {
+        "settings": provide_settings,
+        "lifecycle": provide_lifecycle,
+        "telemetry": provide_telemetry,
+        "db_pool": provide_db_pool,
+        "bar_reader": provide_bar_reader,
+        "coordinator": provide_coordinator,
+        "feedback_bus": provide_feedback_bus,
+        "feedback_channels": provide_feedback_channels,
+        "feedback_fanout": provide_feedback_fanout,
+        "health_sources": provide_health_sources,
     }
+    return {name: Provide(fn, sync_to_thread=False) for name, fn in functions.items()}

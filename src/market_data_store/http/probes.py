@@ -15,11 +15,12 @@ their other methods (``OPTIONS``; 405 with ``Allow``) and as that fallback.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from litestar.datastructures import State
+from market_data_store.service import Components
 
-from .health import HealthSources
+if TYPE_CHECKING:
+    from .plugin import ServicePlugin
 
 ASGIApp = Any  # (scope, receive, send) -> Awaitable[None]
 
@@ -32,19 +33,19 @@ _CONTENT_TYPE = (b"content-type", b"application/json")
 
 
 class ProbeFastPath:
-    def __init__(self, app: ASGIApp, state: State) -> None:
+    def __init__(self, app: ASGIApp, service: ServicePlugin) -> None:
         self.app = app
-        self.state = state
+        self.service = service
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         probe = PROBES.get(scope["path"]) if scope["type"] == "http" else None
-        sources: HealthSources | None = self.state.get("health_sources")
+        running: Components | None = self.service.started
         method = scope.get("method")
-        if probe is None or sources is None or method not in ("GET", "HEAD"):
+        if probe is None or running is None or method not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         scope["path_template"] = scope["path"]  # the metrics' http.route
-        body, ok = sources.render(probe)
+        body, ok = running.health_sources.render(probe)
         status = 503 if probe == "readiness" and not ok else 200
         headers = [_CONTENT_TYPE, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -1,7 +1,7 @@
 """One rule for every route: a query parameter that takes one value is given once.
 
 Litestar would quietly use one of the values of ``?limit=1&limit=2`` and never
-look at the other. ``scalar_query_check(app)`` reads, once at start-up, which
+look at the other. ``ScalarQueryCheck`` reads, once per route as it is registered, which
 query parameters each route handler takes as a single value (from the same
 parameter model Litestar parses them with); its ``before_request`` hook answers a
 400 problem naming every such parameter given more than once. Repeatable
@@ -37,30 +37,36 @@ def _null_read_as_absent(field: FieldDefinition | None) -> bool:
 
 
 class ScalarQueryCheck:
-    """The ``before_request`` hook; ``bind(app)`` once the routes exist."""
+    """The ``before_request`` hook; it learns each route as the app registers it
+    (``add_route``, from ``http.framework.FrameworkFixes``), or all at once (``bind``)."""
 
     def __init__(self) -> None:
         self._scalars: dict[int, tuple[str, ...]] = {}  # id(route handler) -> aliases
         self._nullable: dict[int, tuple[str, ...]] = {}  # same; where "null" would be None
 
     def bind(self, app: Litestar) -> None:
+        """Read every route of ``app``."""
         for route in app.routes:
-            if not isinstance(route, HTTPRoute):
-                continue
-            for handler, kwargs_model in route.route_handler_map.values():
-                names = sorted(
-                    p.field_alias for p in kwargs_model.expected_query_params if not p.is_sequence
-                )
-                if names:
-                    self._scalars[id(handler)] = tuple(names)
-                fields = handler.parsed_fn_signature.parameters
-                nullable = sorted(
-                    p.field_alias
-                    for p in kwargs_model.expected_query_params
-                    if not p.is_sequence and _null_read_as_absent(fields.get(p.field_name))
-                )
-                if nullable:
-                    self._nullable[id(handler)] = tuple(nullable)
+            if isinstance(route, HTTPRoute):
+                self.add_route(route)
+
+    def add_route(self, route: HTTPRoute) -> None:
+        """Read the query parameters of ``route``'s handlers (again, for a path's later
+        route: entries are per handler)."""
+        for handler, kwargs_model in route.route_handler_map.values():
+            names = sorted(
+                p.field_alias for p in kwargs_model.expected_query_params if not p.is_sequence
+            )
+            if names:
+                self._scalars[id(handler)] = tuple(names)
+            fields = handler.parsed_fn_signature.parameters
+            nullable = sorted(
+                p.field_alias
+                for p in kwargs_model.expected_query_params
+                if not p.is_sequence and _null_read_as_absent(fields.get(p.field_name))
+            )
+            if nullable:
+                self._nullable[id(handler)] = tuple(nullable)
 
     async def __call__(self, request: Request[Any, Any, Any]) -> None:
         # async on purpose: Litestar runs a synchronous hook in a worker thread (a thread

@@ -23,8 +23,8 @@ import uvicorn
 from litestar import Litestar
 
 from market_data_store.config import Settings
-from market_data_store.http import Lifecycle, create_app
-from market_data_store.telemetry import TransportInstruments
+from market_data_store.http import ServicePlugin, create_app
+from market_data_store.service import Lifecycle
 
 from .protocol import TransportLimits, TransportStats, guarded_protocol
 
@@ -151,9 +151,9 @@ def build_server(
         probe_paths=PROBE_PATHS,
     )
     stats = TransportStats()
-    instruments: TransportInstruments | None = app.state.get("transport_instruments")
-    if instruments is not None:  # the service's app (not a bare one: bench/health.py)
-        instruments.track(stats)
+    service = ServicePlugin.find(app)  # None: a bare Litestar app (bench/health.py)
+    if service is not None:
+        service.telemetry.instruments.transport.track(stats)
     config = uvicorn.Config(
         app,
         http=guarded_protocol(limits, stats),
@@ -175,7 +175,7 @@ def build_server(
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False
-    lifecycle: Lifecycle = app.state.lifecycle
+    lifecycle = service.lifecycle if service is not None else Lifecycle()
     server = _Server(config, lifecycle, stats, tune_gc=tune_gc)
     lifecycle.transport_of = server.transport_of
     return server

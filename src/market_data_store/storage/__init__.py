@@ -5,25 +5,36 @@ coordinator's ``Sink`` protocol structurally, and ``is_retryable`` is handed to
 the coordinator's retry policy by the application that wires them together.
 """
 
-from .bars_sink import BarsSink
+from .bars_sink import BarsSink, prepare_connection
 from .errors import DatabaseUnavailableError, InvalidQueryError, StorageError, is_retryable
-from .migrate import Migration, MigrationError, apply_migrations, load_migrations, schema_state
+from .migrate import (
+    Migration,
+    MigrationError,
+    SchemaState,
+    apply_migrations,
+    load_migrations,
+    schema_state,
+)
 from .monitor import DatabaseMonitor, DatabaseStatus
-from .pool import DbPool, connection, open_pool
+from .pool import connection, open_pool
 from .queries import BarReader, StoredBar
 from .rows import BarRow
+from .types import ConnectionInit, DbConnection, DbPool
 
 __all__ = [
     "BarReader",
     "BarRow",
     "BarsSink",
+    "ConnectionInit",
     "DatabaseMonitor",
     "DatabaseStatus",
     "DatabaseUnavailableError",
+    "DbConnection",
     "DbPool",
     "InvalidQueryError",
     "Migration",
     "MigrationError",
+    "SchemaState",
     "StorageError",
     "StoredBar",
     "apply_migrations",
@@ -31,5 +42,6 @@ __all__ = [
     "is_retryable",
     "load_migrations",
     "open_pool",
+    "prepare_connection",
     "schema_state",
 ]

@@ -32,9 +32,8 @@ import asyncpg
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
 
-    from .pool import DbPool
-
 from .rows import BarRow
+from .types import DbPool
 
 log = logging.getLogger(__name__)
 

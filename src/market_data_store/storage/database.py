@@ -15,7 +15,8 @@ import asyncpg
 
 from .embedded import EmbeddedPostgres
 from .errors import PERMANENT_ERRORS, DatabaseUnavailableError
-from .pool import DbPool, close_pool, describe_connect_error, open_pool
+from .pool import close_pool, describe_connect_error, open_pool
+from .types import DbPool
 
 # What opening the database can fail with: unreachable, refused, timed out, wrong
 # credentials, no such database. Start-up code answers them in one line

@@ -22,7 +22,7 @@ import asyncpg
 from .errors import StorageError
 
 if TYPE_CHECKING:
-    from .pool import DbConnection
+    from .types import DbConnection
 
 log = logging.getLogger(__name__)
 

@@ -8,23 +8,15 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
 
 import asyncpg
 
-from .bars_sink import prepare_connection
+from market_data_store._util import backoff_delay
+
 from .errors import PERMANENT_ERRORS, translated, unavailable
+from .types import ConnectionInit, DbConnection, DbPool
 
 log = logging.getLogger(__name__)
-
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    DbPool = asyncpg.Pool[asyncpg.Record]
-    DbConnection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
-else:  # asyncpg.Pool is not subscriptable at runtime, and Litestar evaluates annotations
-    DbPool = asyncpg.Pool
-    DbConnection = asyncpg.Connection
 
 
 def describe_connect_error(exc: BaseException) -> str:
@@ -97,8 +89,11 @@ async def open_pool(
     command_timeout: float = 60.0,
     startup_timeout: float = 30.0,
     give_up: asyncio.Event | None = None,
+    init: ConnectionInit | None = None,
 ) -> DbPool:
-    """Open a pool, retrying while the database is not reachable yet.
+    """Open a pool, retrying while the database is not reachable yet; ``init`` sets up
+    each new connection (the caller's writers know what they need: ``BarsSink``'s
+    staging table, for one).
 
     A database that is still starting (a fresh pod, a failover) is waited for up
     to ``startup_timeout`` seconds, or until ``give_up`` is set (shutdown); then
@@ -107,8 +102,10 @@ async def open_pool(
     """
     _install_reconnect_log()
     deadline = time.monotonic() + startup_timeout
-    delay = 0.2
+    attempt = 0
     while True:
+        attempt += 1
+        delay = backoff_delay(attempt, initial=0.2, maximum=2.0)
         try:
             pool: DbPool = await asyncpg.create_pool(
                 url,
@@ -116,7 +113,7 @@ async def open_pool(
                 max_size=max_size,
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
-                init=prepare_connection,
+                init=init,
             )
             return pool
         except PERMANENT_ERRORS as exc:
@@ -132,7 +129,6 @@ async def open_pool(
                     await asyncio.wait_for(give_up.wait(), delay)
                 if give_up.is_set():
                     raise unavailable(exc) from exc
-            delay = min(delay * 2, 2.0)
 
 
 @asynccontextmanager

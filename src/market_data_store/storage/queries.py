@@ -11,7 +11,7 @@ import msgspec
 from .errors import translated
 
 if TYPE_CHECKING:
-    from .pool import DbPool
+    from .types import DbPool
 
 _SELECT_BARS = """
 SELECT provider, symbol, resolution, ts, open::text, high::text, low::text, close::text,

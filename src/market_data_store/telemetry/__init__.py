@@ -4,6 +4,7 @@ from .http_metrics import HttpServerMetrics
 from .instruments import (
     CoordinatorInstruments,
     FeedbackInstruments,
+    Instruments,
     ServiceInstruments,
     SinkInstruments,
     TransportInstruments,
@@ -15,6 +16,7 @@ __all__ = [
     "CoordinatorInstruments",
     "FeedbackInstruments",
     "HttpServerMetrics",
+    "Instruments",
     "ServiceInstruments",
     "SinkInstruments",
     "Telemetry",

@@ -13,6 +13,7 @@ exporter adds those (``mds_coordinator_items_submitted_total``,
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
@@ -422,3 +423,26 @@ class TransportInstruments:
         return [
             Observation(getattr(counts, field), {"reason": reason}) for reason, field in _REFUSALS
         ]
+
+
+@dataclass(frozen=True)
+class Instruments:
+    """Every instrument set of one service, registered on one meter when the service is
+    built (so ``/metrics`` lists them from the first scrape); each reads what it is
+    given to ``track`` once that exists."""
+
+    coordinator: CoordinatorInstruments
+    sink: SinkInstruments
+    feedback: FeedbackInstruments
+    service: ServiceInstruments
+    transport: TransportInstruments
+
+    @classmethod
+    def on(cls, meter: Meter) -> Instruments:
+        return cls(
+            CoordinatorInstruments(meter),
+            SinkInstruments(meter),
+            FeedbackInstruments(meter),
+            ServiceInstruments(meter),
+            TransportInstruments(meter),
+        )

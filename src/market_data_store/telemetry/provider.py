@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 
 from .http_metrics import HttpDuration, WithHttpDuration
+from .instruments import Instruments
 
 SERVICE_NAME = "market-data-store"
 PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -34,6 +35,8 @@ class Telemetry:
     pushes_otlp: bool
     http_duration: HttpDuration
     """``http.server.request.duration``, aggregated outside the SDK (see ``http_metrics``)."""
+    instruments: Instruments
+    """The service's own instruments, on ``meter``."""
 
     def exposition(self, accept: str = "") -> tuple[bytes, str]:
         """Every instrument in the format the scraper's ``Accept`` header asks for
@@ -63,7 +66,9 @@ def build_telemetry(version: str, environ: Mapping[str, str] | None = None) -> T
         readers.append(PeriodicExportingMetricReader(exporter))
     provider = MeterProvider(resource=resource, metric_readers=readers)
     meter = provider.get_meter(METER_NAME, version)
-    return Telemetry(provider, registry, meter, otlp_url is not None, http_duration)
+    return Telemetry(
+        provider, registry, meter, otlp_url is not None, http_duration, Instruments.on(meter)
+    )
 
 
 def otlp_metrics_url(environ: Mapping[str, str]) -> str | None:

@@ -15,6 +15,7 @@ from litestar.params import FromQuery, QueryParameter
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import QueueClosedError, QueueFullError, WriteCoordinator
+from market_data_store.service import Lifecycle
 from market_data_store.storage import BarReader, BarRow, StoredBar
 
 from ..bars_input import (
@@ -37,7 +38,6 @@ from ..bars_input import (
     symbol_ok,
     trim,
 )
-from ..lifecycle import Lifecycle
 from ..openapi import IngestOperation
 from ..problems import problem, problem_responses
 

@@ -30,8 +30,8 @@ from market_data_store.feedback import (
     StreamRefusedError,
     Subscriber,
 )
+from market_data_store.service import Lifecycle
 
-from ..lifecycle import Lifecycle
 from ..problems import problem_responses
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,9 @@ from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 from litestar.response.base import ASGIResponse
 
+from market_data_store.service import HealthReport, HealthSources
+
 from ..guards import admin_token_guard
-from ..health import HealthReport, HealthSources
 from ..problems import problem_responses
 
 

@@ -1,0 +1,72 @@
+"""The write path: the bars coordinator (bounded queue, batching workers, retries,
+breaker, dead letters) writing to PostgreSQL through ``BarsSink``. Settings are mapped
+to the library's plain arguments here, and only here."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from market_data_store.config import Settings
+from market_data_store.coordinator import (
+    CircuitBreaker,
+    DeadLetterQueue,
+    FeedbackBus,
+    RetryPolicy,
+    WriteCoordinator,
+)
+from market_data_store.storage import BarRow, BarsSink, DbPool, is_retryable
+from market_data_store.telemetry import Instruments
+
+BARS = "bars"
+
+
+def build_coordinator(
+    settings: Settings, sink: BarsSink, bus: FeedbackBus
+) -> WriteCoordinator[BarRow]:
+    c, r, breaker = settings.coordinator, settings.retry, settings.circuit_breaker
+    return WriteCoordinator[BarRow](
+        sink=sink,
+        capacity=c.capacity,
+        workers=c.workers,
+        batch_size=c.resolved_batch_size,
+        flush_interval=c.flush_interval,
+        high_watermark=c.resolved_high_watermark,
+        low_watermark=c.resolved_low_watermark,
+        overflow_strategy=c.overflow_strategy,
+        retry_policy=RetryPolicy(
+            max_attempts=r.max_attempts,
+            initial_backoff_ms=r.initial_backoff_ms,
+            max_backoff_ms=r.max_backoff_ms,
+            backoff_multiplier=r.backoff_multiplier,
+            jitter=r.jitter,
+            classify_retryable=is_retryable,
+        ),
+        circuit_breaker=CircuitBreaker(
+            failure_threshold=breaker.failure_threshold,
+            half_open_after_sec=breaker.half_open_after_sec,
+        ),
+        coord_id=f"{settings.server.resolved_instance_id}/{BARS}",
+        dead_letter_queue=DeadLetterQueue[BarRow](c.dead_letter_path),
+        bus=bus,
+        submit_timeout=c.submit_timeout if c.overflow_strategy == "block" else None,
+    )
+
+
+@asynccontextmanager
+async def write_path(
+    settings: Settings, pool: DbPool, bus: FeedbackBus, instruments: Instruments
+) -> AsyncIterator[WriteCoordinator[BarRow]]:
+    """The started coordinator; on the way out it drains (bounded by
+    ``coordinator.drain_timeout``; the rest is dead-lettered), its counts still exported."""
+    async with AsyncExitStack() as stack:
+        sink = BarsSink(pool, fast_path=settings.database.copy_fast_path)
+        coordinator = build_coordinator(settings, sink, bus)
+        instruments.coordinator.track(coordinator)
+        stack.callback(instruments.coordinator.untrack, coordinator)  # after the drain
+        await coordinator.start()
+        stack.push_async_callback(
+            coordinator.stop, drain=True, timeout=settings.coordinator.drain_timeout
+        )
+        instruments.sink.track(sink, BARS)
+        yield coordinator
