@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from market_data_store.config import (
-    DEFAULTS_FILE,
-    ConfigError,
-    Settings,
-    load_settings,
-    redact_text,
-    redact_url,
-    redacted,
-)
+from market_data_store.config import DEFAULTS_FILE, ConfigError, Settings, load_settings
 
 
 def test_defaults() -> None:
@@ -33,7 +24,7 @@ def test_defaults() -> None:
 
 
 def test_repository_config_dir_holds_the_shipped_defaults() -> None:
-    repo_copy = Path(__file__).parents[2] / "config" / "default.toml"
+    repo_copy = Path(__file__).parents[3] / "config" / "default.toml"
     assert repo_copy.read_bytes() == DEFAULTS_FILE.read_bytes()
 
 
@@ -212,73 +203,6 @@ def test_empty_variables_mean_not_set() -> None:
     assert s.feedback.webhook.url is None
 
 
-def test_redact_url_masks_every_password() -> None:
-    assert redact_url("postgresql://me:pw@db:5432/x") == "postgresql://me:***@db:5432/x"
-    assert redact_url("postgresql://db/x?password=pw&sslmode=require") == (
-        "postgresql://db/x?password=***&sslmode=require"
-    )
-    assert redact_url("postgresql://u@/db?application_name=a@b") == (
-        "postgresql://u@/db?application_name=a@b"
-    )
-
-
-def test_redacted_hides_secrets() -> None:
-    s = load_settings({"DATABASE_URL": "postgresql://me:hunter2@db:5432/x", "ADMIN_TOKEN": "s"})
-    data = redacted(s)
-    assert data["database_url"] == "postgresql://me:***@db:5432/x"
-    assert data["admin_token"] == "<set>"
-    assert "hunter2" not in str(data)
-    plain = redacted(load_settings({"DATABASE_URL": "postgresql://db/x"}))
-    assert plain["database_url"] == "postgresql://db/x"
-    assert plain["admin_token"] == "<default>"
-
-
-def test_error_strategy_needs_requests_that_fit_the_queue() -> None:
-    with pytest.raises(ConfigError, match=r"ingest.max_bars_per_request \(50000\) must not exceed"):
-        load_settings({"MDS_COORDINATOR_OVERFLOW_STRATEGY": "error"})
-    ok = load_settings(
-        {"MDS_COORDINATOR_OVERFLOW_STRATEGY": "error", "MDS_INGEST_MAX_BARS_PER_REQUEST": "10000"}
-    )
-    assert ok.coordinator.overflow_strategy == "error"
-
-
-def test_feedback_urls_are_redacted_and_instance_id_defaults_to_the_host_name() -> None:
-    s = load_settings(
-        {
-            "MDS_FEEDBACK_WEBHOOK_URL": "https://hook:s3cret@example.test/services/T0/B0/t0k3n",
-            "MDS_FEEDBACK_REDIS_URL": "redis://:hunter2@redis:6379/0",
-        }
-    )
-    data = redacted(s)
-    assert data["feedback"]["webhook"]["url"] == "https://example.test/…"  # path: secret
-    assert data["feedback"]["redis"]["url"] == "redis://:***@redis:6379/0"
-    assert "s3cret" not in str(data)
-    assert "t0k3n" not in str(data)
-    assert "hunter2" not in str(data)
-    assert s.server.resolved_instance_id == socket.gethostname()
-    named = load_settings({"MDS_SERVER_INSTANCE_ID": "store-0"})
-    assert named.server.resolved_instance_id == "store-0"
-    with pytest.raises(ConfigError, match=r"server\.instance_id"):
-        load_settings({"MDS_SERVER_INSTANCE_ID": "a/b"})
-
-
-@pytest.mark.parametrize(
-    ("key", "url"),
-    [
-        ("MDS_FEEDBACK_REDIS_URL", "redis://:pa/ss99@redis:6379/0"),
-        ("MDS_FEEDBACK_REDIS_URL", "redis://redis:99999/0"),
-        ("MDS_FEEDBACK_WEBHOOK_URL", "http://[::1/hook"),
-        ("MDS_FEEDBACK_WEBHOOK_URL", "http:///nohost"),
-        ("DATABASE_URL", "postgresql://u:pw@db:port/x"),
-    ],
-)
-def test_urls_that_cannot_be_read_are_refused_without_showing_them(key: str, url: str) -> None:
-    with pytest.raises(ConfigError, match="not a valid URL") as refused:
-        load_settings({key: url})
-    assert "pa/ss99" not in str(refused.value)
-    assert url not in str(refused.value)
-
-
 def test_unknown_keys_suggest_the_nearest_known_one(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -292,117 +216,3 @@ def test_unknown_keys_suggest_the_nearest_known_one(
     load_settings({"MDS_COORDINATOR_CAPACTY": "5", "MDS_XYZZY": "1"})
     assert "(did you mean MDS_COORDINATOR_CAPACITY?)" in caplog.text
     assert "MDS_XYZZY does not name a setting; ignored\n" in caplog.text + "\n"
-
-
-@pytest.mark.parametrize("token", ["x", "1", "password", "CHANGEME", "changeme", "a" * 31])
-def test_production_refuses_weak_admin_tokens(token: str) -> None:
-    with pytest.raises(ConfigError) as refused:
-        load_settings({"MDS_ENV": "production", "ADMIN_TOKEN": token})
-    assert "secrets.token_urlsafe(32)" in str(refused.value)
-    assert repr(token) not in str(refused.value)  # a secret, even a weak one
-
-
-def test_production_accepts_a_long_printable_ascii_token() -> None:
-    token = "0123456789abcdefghijklmnopqrstuv"
-    assert load_settings({"MDS_ENV": "production", "ADMIN_TOKEN": token}).admin_token == token
-
-
-@pytest.mark.parametrize("env", ["dev", "production"])
-@pytest.mark.parametrize(
-    "token", ["pässwörd-" * 4, "tab\tinside-the-token-0123456789abc", " " + "a" * 40]
-)
-def test_admin_token_must_be_printable_ascii_in_every_env(env: str, token: str) -> None:
-    """A header carries bytes: a client sending UTF-8 would never match a str compared
-    as latin-1, so such a token is refused at load rather than accepted and never met."""
-    with pytest.raises(ConfigError, match=r"admin_token .*printable ASCII") as refused:
-        load_settings({"MDS_ENV": env, "ADMIN_TOKEN": token})
-    assert token.strip() not in str(refused.value)
-
-
-SECRET = "S3cr3tZ"
-
-
-@pytest.mark.parametrize(
-    ("key", "url", "shown"),
-    [
-        (
-            "DATABASE_URL",
-            f"postgresql://db:5432/x?sslpassword={SECRET}&sslmode=require",
-            "postgresql://db:5432/x?sslpassword=***&sslmode=require",
-        ),
-        (
-            "DATABASE_URL",
-            f"postgresql://me@db/x?password={SECRET}&token={SECRET}",
-            "postgresql://me@db/x?password=***&token=***",
-        ),
-        (
-            "DATABASE_URL",
-            f"postgresql://me:{SECRET}@db1:5432,db2:5433/x?sslkey={SECRET}",
-            "postgresql://me:***@db1:5432,db2:5433/x?sslkey=***",
-        ),
-        (
-            "MDS_FEEDBACK_REDIS_URL",
-            f"redis://r:6379/0?password={SECRET}",
-            "redis://r:6379/0?password=***",
-        ),
-        (
-            "MDS_FEEDBACK_REDIS_URL",
-            f"unix:///run/redis.sock?db=0&password={SECRET}",
-            "unix:///run/redis.sock?db=0&password=***",
-        ),
-        ("MDS_FEEDBACK_REDIS_URL", f"redis://[::1]:6379?secret={SECRET}", None),
-    ],
-)
-def test_credentials_in_queries_are_masked(key: str, url: str, shown: str | None) -> None:
-    settings = load_settings({key: url})
-    data = redacted(settings)
-    assert SECRET not in str(data)
-    if shown is not None:
-        assert shown in str(data)
-
-
-@pytest.mark.parametrize(
-    "url",
-    [
-        f"postgresql://me:pa/{SECRET}@db:5432/x",
-        f"postgresql://me:pa#{SECRET}@db:5432/x",
-        f"postgresql://me:pa?{SECRET}@db:5432/x",
-        f"postgresql://me:pa@{SECRET}@db:5432/x",  # asyncpg splits at the first '@'
-        f"postgresql://me:123/{SECRET}@db:5432/x",  # "port" 123 of host "me" reads
-        f"postgresql://me:{SECRET}@db:abc/x",
-        f"postgresql://me:{SECRET}@[::1/x",
-        f"postgresql://me:{SECRET}@[::1]x/x",
-        f"postgresql://me:{SECRET}@db:0/x",
-        f"postgresql://me:{SECRET}@d b/x",
-    ],
-)
-def test_malformed_urls_are_one_line_errors_naming_the_key_never_the_secret(url: str) -> None:
-    for key, name in [
-        ("DATABASE_URL", "database_url"),
-        ("MDS_FEEDBACK_REDIS_URL", "feedback.redis.url"),
-        ("MDS_FEEDBACK_WEBHOOK_URL", "feedback.webhook.url"),
-    ]:
-        scheme = {"DATABASE_URL": "postgresql", "MDS_FEEDBACK_REDIS_URL": "redis"}.get(key, "https")
-        with pytest.raises(ConfigError) as refused:
-            load_settings({key: url.replace("postgresql", scheme, 1)})
-        message = str(refused.value)
-        assert message.startswith(f"{name} (from {key}): not a valid URL"), message
-        assert "\n" not in message
-        assert SECRET not in message
-
-
-@pytest.mark.parametrize(
-    ("url", "shown"),
-    [
-        (f"postgresql://me:pa/ss#w?o@rd{SECRET}@db:5432/x", "postgresql://***@db:5432/x"),
-        (f"redis://:pa#{SECRET}@r:6379/0", "redis://***@r:6379/0"),
-        (f"https://u:p@ss/w{SECRET}@h:1/x?token=a", "https://***@h:1/x?token=***"),
-        ("postgresql://u@/db?application_name=a@b", "postgresql://u@/db?application_name=a@b"),
-        (f"https://h/x#{SECRET}", "https://h/x#…"),
-    ],
-)
-def test_redact_url_masks_userinfo_up_to_the_last_at(url: str, shown: str) -> None:
-    """What cannot be told apart is masked whole: a password with an unencoded '/',
-    '#', '?' or '@' leaves urlsplit without a password."""
-    assert redact_url(url) == shown
-    assert redact_text(f"connect to {url} failed") == f"connect to {shown} failed"

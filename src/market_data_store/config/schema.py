@@ -1,0 +1,171 @@
+"""The settings' shape: one frozen Struct per section, with the values they resolve
+(``resolved_*``); ``ConfigError``, the one error that refuses a configuration, and
+``_Sources``, where each value came from, for its messages.
+
+Types carry the rules of one key (ranges, enums, patterns); rules across keys are in
+``rules``, URL checks in ``redaction``.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import msgspec
+
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+NonNegative = Annotated[int, msgspec.Meta(ge=0)]
+WEEK = 7 * 24 * 3600.0  # no wait of the service is meant to be longer (nor inf, nor nan)
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=WEEK)]
+NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0, le=WEEK)]
+InstanceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class ServerSettings(_Section, kw_only=True, frozen=True):
+    host: str
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)]
+    graceful_timeout: Seconds
+    instance_id: InstanceId | None = None
+    read_timeout: Seconds
+    min_body_rate: NonNegative
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)]
+    max_connections: Positive
+
+    @property
+    def resolved_instance_id(self) -> str:
+        """This replica's name (default: the host name, a pod's name in Kubernetes)."""
+        return self.instance_id or socket.gethostname() or "store"
+
+
+class DatabaseSettings(_Section, kw_only=True, frozen=True):
+    auto_migrate: bool
+    embedded_dir: str
+    pool_min_size: NonNegative
+    pool_max_size: Positive
+    connect_timeout: Seconds
+    startup_timeout: Seconds
+    command_timeout: Seconds
+    health_interval: Seconds
+    health_interval_failing: Seconds
+    health_timeout: Seconds
+    copy_fast_path: bool
+
+
+class IngestSettings(_Section, kw_only=True, frozen=True):
+    max_bars_per_request: Positive
+    max_body_bytes: Positive
+    commit_timeout: Seconds
+
+
+class CoordinatorSettings(_Section, kw_only=True, frozen=True):
+    capacity: Positive
+    workers: Positive
+    batch_size: Positive
+    flush_interval: Seconds
+    high_watermark: NonNegative | None = None
+    low_watermark: NonNegative | None = None
+    overflow_strategy: Literal["block", "drop_oldest", "error"]
+    submit_timeout: NonNegativeSeconds
+    drain_timeout: NonNegativeSeconds
+    dead_letter_path: str
+
+    @property
+    def resolved_high_watermark(self) -> int:
+        """The high watermark, defaulting to 80 % of capacity."""
+        if self.high_watermark is not None:
+            return self.high_watermark
+        return max(1, int(0.8 * self.capacity))
+
+    @property
+    def resolved_batch_size(self) -> int:
+        """Items per write: ``batch_size``, at most the whole queue."""
+        return min(self.batch_size, self.capacity)
+
+    @property
+    def resolved_low_watermark(self) -> int:
+        """The low watermark, defaulting to 50 % of capacity."""
+        if self.low_watermark is not None:
+            return self.low_watermark
+        return min(int(0.5 * self.capacity), self.resolved_high_watermark - 1)
+
+
+class RetrySettings(_Section, kw_only=True, frozen=True):
+    max_attempts: Positive
+    initial_backoff_ms: NonNegative
+    max_backoff_ms: NonNegative
+    backoff_multiplier: Annotated[float, msgspec.Meta(ge=1)]
+    jitter: bool
+
+
+class CircuitBreakerSettings(_Section, kw_only=True, frozen=True):
+    failure_threshold: Positive
+    half_open_after_sec: Seconds
+
+
+class SseSettings(_Section, kw_only=True, frozen=True):
+    enabled: bool
+    heartbeat_sec: Seconds
+    subscriber_queue: Positive
+    send_timeout: Seconds
+    history: Positive
+    max_streams: Positive
+
+
+class WebhookSettings(_Section, kw_only=True, frozen=True):
+    url: str | None = None
+    timeout: Seconds
+    max_attempts: Positive
+    queue_size: Positive
+
+
+class RedisSettings(_Section, kw_only=True, frozen=True):
+    url: str | None = None
+    channel: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    queue_size: Positive
+    timeout: Seconds
+
+
+class FeedbackSettings(_Section, kw_only=True, frozen=True):
+    sse: SseSettings
+    webhook: WebhookSettings
+    redis: RedisSettings
+
+
+class Settings(_Section, kw_only=True, frozen=True):
+    env: Literal["dev", "production"]
+    admin_token: Annotated[str, msgspec.Meta(min_length=1)]
+    database_url: str | None = None
+    server: ServerSettings
+    database: DatabaseSettings
+    ingest: IngestSettings
+    coordinator: CoordinatorSettings
+    retry: RetrySettings
+    circuit_breaker: CircuitBreakerSettings
+    feedback: FeedbackSettings
+
+    @property
+    def admin_token_is_default(self) -> bool:
+        return self.admin_token == DEFAULT_ADMIN_TOKEN
+
+
+DEFAULT_ADMIN_TOKEN = "changeme"
+
+
+class ConfigError(Exception):
+    """Configuration that cannot be used; the message names key, source and rule."""
+
+
+@dataclass
+class _Sources:
+    """Where each dotted key's value came from, for error messages."""
+
+    by_key: dict[str, str]
+
+    def describe(self, key: str) -> str:
+        source = self.by_key.get(key)
+        return f" (from {source})" if source else ""
