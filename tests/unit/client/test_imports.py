@@ -1,10 +1,13 @@
-"""``market_data_store.client`` stands alone: a producer imports none of the service."""
+"""``market_data_store.client`` stands alone (a producer imports none of the service), and
+exports the same names wherever they live inside it."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+
+import market_data_store.client as client
 
 ALLOWED = ("market_data_store._util", "market_data_store.client", "market_data_store.contracts")
 """Our modules the client may import (with their submodules), besides the package itself."""
@@ -25,3 +28,12 @@ def test_importing_the_client_loads_nothing_of_the_service() -> None:
     ours = {m for m in loaded if m.startswith("market_data_store.")}
     assert {m for m in ours if not _under(m, ALLOWED)} == set()
     assert sorted(m for m in loaded if _under(m, NEVER)) == []
+
+
+def test_the_package_exports_what_it_always_did() -> None:
+    assert sorted(client.__all__) == [
+        "BarsRejectedError", "BatchFailedError", "ClientClosedError", "ClientOptions",
+        "ClientStats", "DeadlineExceededError", "Feedback", "InvalidBarError", "Level",
+        "LevelBoard", "StoreClient", "StoreClientError", "SyncStoreClient", "Throttle",
+    ]  # fmt: skip
+    assert all(hasattr(client, name) for name in client.__all__)
