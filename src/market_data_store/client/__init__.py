@@ -53,7 +53,8 @@ from .errors import (
     InvalidBarError,
     StoreClientError,
 )
-from .store_client import ClientOptions, ClientStats, StoreClient
+from .options import ClientOptions, ClientStats
+from .store_client import StoreClient
 from .sync import SyncStoreClient
 from .throttle import LevelBoard, Throttle
 from .wire import Feedback, Level

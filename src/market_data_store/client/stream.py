@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable
 
 import httpx
 import msgspec
 
-from market_data_store._util import ThrottledLog
+from market_data_store._util import ThrottledLog, backoff_delay
 
 from .wire import Feedback, decode_feedback
 
@@ -81,8 +80,11 @@ class FeedbackFollower:
             except Exception:  # a bug must not end the follower: log, keep going
                 self._failures.log(logging.ERROR, "bug", "feedback stream failed", exc=True)
             failed = 0 if delivered else failed + 1
-            delay = min(self._max_delay, self.retry * 2 ** max(0, failed - 1))
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            # after a connection that delivered, the first step again
+            delay = backoff_delay(
+                max(1, failed), initial=self.retry, maximum=self._max_delay, jitter=True
+            )
+            await asyncio.sleep(delay)
 
     async def _follow(self) -> int:
         """One connection; the number of messages it delivered."""

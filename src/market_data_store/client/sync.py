@@ -9,7 +9,8 @@ from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
 from .errors import BatchFailedError, ClientClosedError
-from .store_client import BarLike, ClientOptions, ClientStats, StoreClient
+from .options import ClientOptions, ClientStats
+from .store_client import BarLike, StoreClient
 from .wire import Level
 
 R = TypeVar("R")

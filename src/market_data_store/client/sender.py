@@ -1,0 +1,339 @@
+"""The client's senders: batches out of the accumulator to ``POST /v1/bars``.
+
+Each of ``max_in_flight`` tasks takes a batch, waits for the throttle, sends it as
+MessagePack and reads the answer: accepted, split (413), retried (503/429 after
+``Retry-After``, 408/5xx/transport errors after the backoff) until the batch's
+deadline, or rejected. A batch given up goes to ``Failures`` with its bars.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+import msgspec
+
+from market_data_store._util import backoff_delay
+
+from .accumulator import BarAccumulator, Batch, Failures
+from .errors import BarsRejectedError, BatchFailedError, DeadlineExceededError
+from .options import ClientStats
+from .throttle import LevelBoard, Throttle
+from .wire import (
+    MSGPACK,
+    Feedback,
+    IngestAnswer,
+    WireBar,
+    as_dicts,
+    decode_answer,
+    decode_feedback,
+    decode_problem,
+    encode_body,
+    retry_after,
+)
+
+log = logging.getLogger(__name__)
+
+BARS_PATH = "/v1/bars"
+MAX_ANSWER_BYTES = 1024 * 1024
+"""Most of an answer read (the store's are a few hundred bytes; a proxy's page is cut)."""
+RETRIED_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+"""Answers that say "not now": the batch is sent again (writes are idempotent)."""
+
+
+class _NotTheStore(Exception):
+    """A 2xx whose body is not the store's ingest answer."""
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+class Sender:
+    """``max_in_flight`` tasks sending the accumulator's batches until it is closed and empty.
+
+    What the answers say goes to the ``throttle`` (queue sizes, refusals) and to
+    ``observe`` (the levels of coordinators named in answers and 503s); each request
+    waits until the throttle lets it start, woken early by ``wake``.
+    """
+
+    def __init__(
+        self,
+        accumulator: BarAccumulator,
+        http: httpx.AsyncClient,
+        throttle: Throttle,
+        board: LevelBoard,
+        *,
+        stats: ClientStats,
+        failures: Failures,
+        observe: Callable[[Feedback], None],
+        provider: str,
+        max_in_flight: int,
+        request_timeout: float,
+        deadline: float,
+        initial_backoff: float,
+        max_backoff: float,
+        wait_commit: bool,
+        headers: Mapping[str, str],
+    ) -> None:
+        self._accumulator = accumulator
+        self._http = http
+        self._throttle = throttle
+        self._board = board
+        self._stats = stats
+        self._failures = failures
+        self._observe = observe
+        self.provider = provider
+        self.max_in_flight = max_in_flight
+        self.request_timeout = request_timeout
+        self.deadline = deadline
+        self.initial_backoff = initial_backoff
+        self.max_backoff = max_backoff
+        self.wait_commit = wait_commit
+        self._headers = {"content-type": MSGPACK, "accept": "application/json", **headers}
+        self._changed = asyncio.Event()  # replaced after each set: wakes paced senders
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        """Start the sending tasks (once)."""
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"store-client-sender-{i}")
+                for i in range(self.max_in_flight)
+            ]
+
+    async def stop(self, timeout: float | None) -> None:
+        """Wait for the tasks to send what is left (the accumulator must be closing);
+        after ``timeout`` s cancel them (their batches fail as not confirmed) and fail
+        what was never taken."""
+        if self._tasks:
+            _done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        leftover = await self._accumulator.drain()
+        if leftover:
+            self._failures.add(
+                DeadlineExceededError(
+                    f"the client was closed with {len(leftover)} bar(s) not sent",
+                    as_dicts(leftover),
+                    attempts=0,
+                    last_error=None,
+                )
+            )
+
+    def wake(self) -> None:
+        """The throttle changed: requests waiting for it look again."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._accumulator.take()
+            if batch is None:
+                return
+            try:
+                await self._deliver(batch)
+            except BatchFailedError as exc:
+                self._failures.add(exc)
+            except asyncio.CancelledError:
+                self._failures.add(
+                    DeadlineExceededError(
+                        f"the client was closed before the store confirmed {len(batch.bars)} "
+                        "bar(s)",
+                        as_dicts(batch.bars),
+                        attempts=batch.attempts,
+                        last_error=batch.last_error,
+                    )
+                )
+                raise
+            except Exception as exc:  # a bug: the bars are still handed back, never lost
+                log.exception("store client: sending a batch failed unexpectedly")
+                self._failures.add(
+                    DeadlineExceededError(
+                        f"sending failed unexpectedly: {exc!r}",
+                        as_dicts(batch.bars),
+                        attempts=batch.attempts,
+                        last_error=repr(exc),
+                    )
+                )
+            finally:
+                await self._accumulator.finished(batch)
+
+    async def _deliver(self, batch: Batch) -> None:
+        """Send ``batch`` until stored; halves of a batch refused as too large are sent
+        one after the other. Raises ``BatchFailedError``."""
+        self._stats.batches_sent += 1
+        self._stats.bars_sent += len(batch.bars)
+        parts = [batch.bars]
+        failed: list[BatchFailedError] = []
+        while parts:
+            bars = parts.pop()
+            try:
+                halves = await self._send(bars, batch)
+            except BatchFailedError as error:  # the other parts still go out
+                failed.append(error)
+                continue
+            if halves:
+                parts.extend(reversed(halves))
+        if failed:
+            for earlier in failed[:-1]:
+                self._failures.add(earlier)
+            raise failed[-1]
+
+    async def _send(self, bars: list[WireBar], batch: Batch) -> list[list[WireBar]] | None:
+        """One part until it is accepted (None) or must be split (its halves)."""
+        body = encode_body(self.provider, bars)
+        params = {"wait": "commit"} if self.wait_commit else None
+        attempt = 0
+        while True:
+            try:
+                await self._pace(len(bars), batch.deadline)
+            except _OutOfTime:
+                raise self._out_of_time(bars, batch, "throttled by the store") from None
+            remaining = batch.deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._out_of_time(bars, batch, "retries ran out of time")
+            attempt += 1
+            batch.attempts += 1
+            self._stats.requests += 1
+            if attempt > 1:
+                self._stats.retries += 1
+            hold: float | None = None
+            budget = min(self.request_timeout, remaining)
+            try:
+                status, headers, content = await self._post(body, params, budget)
+            except (httpx.RequestError, TimeoutError, OSError) as exc:
+                self._stats.transport_errors += 1
+                batch.last_error = (
+                    f"{type(exc).__name__}: {exc}"
+                    if str(exc)
+                    else f"{type(exc).__name__}: no answer within {budget:.3g}s"
+                )
+            else:
+                if status in (201, 202):
+                    try:
+                        self._answered(status, content, len(bars))
+                    except _NotTheStore:
+                        raise BarsRejectedError(
+                            status,
+                            {"detail": "a success answer that is not the store's (check base_url)"},
+                            as_dicts(bars),
+                        ) from None
+                    return None
+                problem = decode_problem(status, content)
+                if status == 413 and len(bars) > 1:
+                    self._stats.splits += 1
+                    half = len(bars) // 2
+                    return [bars[:half], bars[half:]]
+                if status not in RETRIED_STATUSES:
+                    raise BarsRejectedError(status, problem, as_dicts(bars))
+                batch.last_error = f"HTTP {status}: {problem.get('detail', '')}".rstrip(": ")
+                if status in (503, 429):
+                    hold = self._refused(headers.get("retry-after"), problem) or None
+            delay = (
+                hold * random.uniform(1.0, 1.1)
+                if hold is not None
+                else backoff_delay(
+                    attempt, initial=self.initial_backoff, maximum=self.max_backoff, jitter=True
+                )
+            )
+            if time.monotonic() + delay >= batch.deadline:
+                raise self._out_of_time(bars, batch, "retries ran out of time")
+            await asyncio.sleep(delay)
+            if hold is not None:
+                self._stats.throttled_seconds += delay
+
+    async def _post(
+        self, body: bytes, params: dict[str, str] | None, budget: float
+    ) -> tuple[int, httpx.Headers, bytes]:
+        async with (
+            asyncio.timeout(budget),  # the whole attempt, not per phase
+            self._http.stream(
+                "POST", BARS_PATH, content=body, params=params, headers=self._headers
+            ) as response,
+        ):
+            content = b""
+            async for chunk in response.aiter_bytes():
+                content += chunk
+                if len(content) > MAX_ANSWER_BYTES:
+                    break
+            return response.status_code, response.headers, content
+
+    async def _pace(self, count: int, deadline: float) -> None:
+        """Wait until the throttle lets a request of ``count`` bars start."""
+        waited = 0.0
+        try:
+            while True:
+                may_probe = not self._board.ours_on_stream()
+                delay = self._throttle.delay(count, may_probe=may_probe)
+                if delay <= 0:
+                    return
+                now = time.monotonic()
+                if now >= deadline:
+                    raise _OutOfTime
+                changed = self._changed
+                began = now
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(min(delay, deadline - now)):
+                        await changed.wait()
+                waited += time.monotonic() - began
+        finally:
+            self._stats.throttled_seconds += waited
+
+    def _out_of_time(self, bars: list[WireBar], batch: Batch, why: str) -> DeadlineExceededError:
+        return DeadlineExceededError(
+            f"{len(bars)} bar(s) not stored within {self.deadline:g}s ({why}; last error: "
+            f"{batch.last_error or 'none'})",
+            as_dicts(bars),
+            attempts=batch.attempts,
+            last_error=batch.last_error,
+        )
+
+    def _answered(self, status: int, content: bytes, count: int) -> None:
+        answer = decode_answer(content)
+        stats = self._stats
+        if answer is None:
+            # not the store's answer (a proxy's 200 page, a wrong base_url): nothing says
+            # the bars were taken
+            raise _NotTheStore(status)
+        stats.bars_accepted += answer.accepted
+        if status == 201:
+            stats.bars_committed += answer.committed or 0
+            stats.bars_dead_lettered += answer.dead_lettered or 0
+        self._throttle.answered(answer.queue_size)
+        if answer.coordinator_id:
+            self._observe(_answer_feedback(answer))
+
+    def _refused(self, header: str | None, problem: dict[str, Any]) -> float | None:
+        """A 503/429: hold every request for its Retry-After; the seconds, if said."""
+        self._stats.refused += 1
+        seconds = retry_after(header, problem)
+        feedback = problem.get("feedback")
+        if isinstance(feedback, dict):
+            with contextlib.suppress(msgspec.DecodeError, TypeError):
+                event = decode_feedback(msgspec.json.encode(feedback), "refusal")
+                self._throttle.answered(event.queue_size)
+                self._observe(event)
+        self._throttle.refused(seconds)
+        self.wake()
+        return seconds
+
+
+def _answer_feedback(answer: IngestAnswer) -> Feedback:
+    assert answer.coordinator_id is not None
+    capacity = answer.capacity
+    return Feedback(
+        coordinator_id=answer.coordinator_id,
+        level=answer.level,
+        queue_size=answer.queue_size,
+        capacity=capacity,
+        utilization=answer.queue_size / capacity if capacity > 0 else 0.0,
+        via="answer",
+    )
