@@ -52,7 +52,7 @@ async def test_events_of_one_replica_reach_the_other_and_not_themselves() -> Non
             await bridge.start()
         await eventually(lambda: all(b.connected for b in bridges))
         # a bridge started after the event learns it from the replica's hash
-        await eventually(lambda: [f.coordinator_id for f in there.snapshot()] == ["a/bars"])
+        await eventually(lambda: [f.coord_id for f in there.snapshot()] == ["a/bars"])
         hard = FeedbackEvent.create("a/bars", 90, 100, HARD, "queue_full")
         await publisher.publish(hard)
         await eventually(lambda: there.snapshot()[0].event.level is HARD)

@@ -264,6 +264,25 @@ def test_max_retries_must_be_positive() -> None:
         HttpFeedbackBroadcaster("http://127.0.0.1:1/hook", max_retries=0)
 
 
+async def test_max_attempts_is_max_retries_by_our_name(make: Make, receiver: HttpReceiver) -> None:
+    receiver.default = Reply(500)
+    broadcaster = make(max_attempts=2)
+    assert broadcaster.max_attempts == broadcaster.max_retries == 2
+    await broadcaster.start()
+    assert await broadcaster.broadcast_one(event()) is False
+    assert len(receiver.requests) == 2  # attempts in all, as max_retries counts them
+    assert broadcaster.stats.retried == 1
+    assert HttpFeedbackBroadcaster("http://127.0.0.1:1/hook").max_attempts == 3
+    assert HttpFeedbackBroadcaster("http://127.0.0.1:1/hook", max_retries=4).max_attempts == 4
+
+
+def test_max_attempts_and_max_retries_are_not_both_given() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        HttpFeedbackBroadcaster("http://127.0.0.1:1/hook", max_attempts=0)
+    with pytest.raises(TypeError, match="not both"):
+        HttpFeedbackBroadcaster("http://127.0.0.1:1/hook", max_attempts=2, max_retries=2)
+
+
 def test_compat_import_path() -> None:
     from market_data_store.coordinator.http_broadcast import (
         HttpFeedbackBroadcaster as Compat,

@@ -30,7 +30,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from market_data_store._util import ThrottledLog
+from market_data_store._util import ThrottledLog, backoff_delay
 from market_data_store.coordinator import FeedbackEvent
 
 from .outbox import DeliveryStats, Outbox
@@ -39,7 +39,14 @@ from .wire import WireError, decode_event, encode_event
 log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+INITIAL_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait after the ``failures``-th failure in a row (publishing or
+    subscribing): 0.1 s, doubling, at most ``MAX_BACKOFF``, no jitter."""
+    return backoff_delay(failures, initial=INITIAL_BACKOFF, maximum=MAX_BACKOFF)
 
 
 def latest_key(channel: str, instance_id: str) -> str:
@@ -140,16 +147,16 @@ class RedisFeedbackPublisher:
     async def _deliver(self, event: FeedbackEvent) -> bool:
         """Publish one event, retrying with backoff until Redis takes it."""
         body = encode_event(event)
-        delay = 0.1
+        failures = 0
         while True:
             try:
                 await self._write({event.coordinator_id: body}, publish=[body])
                 return True
             except REDIS_ERRORS as exc:
                 self._failed(exc)
+            failures += 1
             self.stats.retried += 1
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF)
+            await asyncio.sleep(_backoff(failures))
 
     def _latest_bodies(self) -> dict[str, bytes]:
         return {e.coordinator_id: encode_event(e) for e in self._latest()}
@@ -257,7 +264,7 @@ class RedisFeedbackBridge:
         self.connected = False
 
     async def _run(self) -> None:
-        delay = 0.1
+        failures = 0  # in a row: reset once subscribed
         while True:
             client = pubsub = None
             try:
@@ -268,7 +275,7 @@ class RedisFeedbackBridge:
                 if not self.connected:
                     log.info("redis feedback bridge subscribed to %s", self.channel)
                 self.connected, self.last_error, self.last_error_category = True, None, None
-                delay = 0.1
+                failures = 0
                 await self._listen(client, pubsub)
             except REDIS_ERRORS as exc:
                 if self.connected:
@@ -288,8 +295,8 @@ class RedisFeedbackBridge:
                     if closing is not None:
                         with contextlib.suppress(Exception):
                             await asyncio.wait_for(closing.aclose(), self._timeout)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_BACKOFF)
+            failures += 1
+            await asyncio.sleep(_backoff(failures))
 
     async def _seed(self, client: Redis) -> None:
         """The latest events every live replica keeps in Redis (missed while away)."""

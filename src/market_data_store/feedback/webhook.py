@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import math
 import time
 
 import httpx
 
-from market_data_store._util import ThrottledLog
+from market_data_store._util import ThrottledLog, backoff_delay
 from market_data_store.coordinator import FeedbackBus, FeedbackEvent, feedback_bus
 
 from .outbox import DeliveryStats, Outbox
@@ -29,15 +29,20 @@ FINAL_STATUSES = frozenset(range(400, 500)) - {408, 425, 429}
 
 HEADERS = {"content-type": "application/json", "user-agent": "market-data-store-feedback"}
 
+DEFAULT_MAX_ATTEMPTS = 3
+
 
 class HttpFeedbackBroadcaster:
     """POSTs each event of ``bus`` (default: the process bus) to ``endpoint``.
 
     The body is Core's FeedbackEvent JSON plus ``reason`` and ``utilization``.
-    An event is tried up to ``max_retries`` times in all (any 2xx is success; a 4xx
-    other than 408, 425 and 429 ends the attempts at once),
+    An event is tried up to ``max_attempts`` times in all (default 3; any 2xx is
+    success; a 4xx other than 408, 425 and 429 ends the attempts at once),
     waiting ``backoff_base * 2**(n-1)`` s, randomised to 50-100 %, after the
-    n-th failure; then it is given up and counted as failed.
+    n-th failure (``backoff_delay``); then it is given up and counted as failed.
+
+    ``max_retries`` is the original library's name for ``max_attempts`` (it counts
+    attempts, the first one included): either may be given, not both.
     """
 
     def __init__(
@@ -45,17 +50,27 @@ class HttpFeedbackBroadcaster:
         endpoint: str,
         *,
         timeout: float = 2.5,
-        max_retries: int = 3,
+        max_attempts: int | None = None,
+        max_retries: int | None = None,
         backoff_base: float = 0.5,
         enabled: bool = True,
         bus: FeedbackBus | None = None,
         queue_size: int = 1000,
     ) -> None:
-        if max_retries < 1:
-            raise ValueError("max_retries must be >= 1")
+        if max_attempts is not None and max_retries is not None:
+            raise TypeError(
+                "give max_attempts or max_retries (the original library's name for it), not both"
+            )
+        if max_attempts is not None:
+            name, attempts = "max_attempts", max_attempts
+        else:
+            name = "max_retries"
+            attempts = DEFAULT_MAX_ATTEMPTS if max_retries is None else max_retries
+        if attempts < 1:
+            raise ValueError(f"{name} must be >= 1")
         self.endpoint = endpoint
         self.timeout = timeout
-        self.max_retries = max_retries
+        self.max_attempts = attempts
         self.backoff_base = backoff_base
         self.enabled = enabled
         self.stats = DeliveryStats()
@@ -66,6 +81,11 @@ class HttpFeedbackBroadcaster:
         self._outbox = Outbox[FeedbackEvent]("webhook", queue_size, self.broadcast_one, self.stats)
         self._started = False
         self._failures = ThrottledLog(log)
+
+    @property
+    def max_retries(self) -> int:
+        """``max_attempts``, by the original library's name."""
+        return self.max_attempts
 
     @property
     def started(self) -> bool:
@@ -110,7 +130,7 @@ class HttpFeedbackBroadcaster:
         if client is None:
             return False
         body = encode_event(event)
-        for attempt in range(1, self.max_retries + 1):
+        for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
                 self.stats.retried += 1
             try:
@@ -137,16 +157,17 @@ class HttpFeedbackBroadcaster:
                 error = f"HTTP {response.status_code}"
                 if response.status_code in FINAL_STATUSES:
                     break  # the receiver refuses this request: sending it again changes nothing
-            if attempt < self.max_retries:
-                delay = self.backoff_base * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-                await asyncio.sleep(delay)
+            if attempt < self.max_attempts:
+                await asyncio.sleep(
+                    backoff_delay(attempt, initial=self.backoff_base, maximum=math.inf, jitter=True)
+                )
         self.last_error = error
         self._failures.log(
             logging.WARNING,
             "gave-up",
             "webhook: event of %s not delivered after %d attempt(s) (%s)",
             event.coordinator_id,
-            self.max_retries,
+            self.max_attempts,
             error,
         )
         return False

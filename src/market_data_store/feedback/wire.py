@@ -64,7 +64,7 @@ def decode_event(data: bytes | str) -> FeedbackEvent:
         raise WireError(f"not a FeedbackEvent: {exc.error_count()} error(s)") from None
     if not (math.isfinite(event.ts) and 0 < event.ts <= time.time() + MAX_CLOCK_SKEW):
         raise WireError("ts is not a time up to now")
-    cid = event.coordinator_id
-    if not cid or len(cid) > MAX_ID_LENGTH or not cid.isprintable():
+    coord_id = event.coordinator_id
+    if not coord_id or len(coord_id) > MAX_ID_LENGTH or not coord_id.isprintable():
         raise WireError(f"coordinator_id must be 1-{MAX_ID_LENGTH} printable characters")
     return event

@@ -25,10 +25,10 @@ from market_data_store.coordinator import BackpressureLevel
 from market_data_store.feedback import (
     LEVEL_RANK,
     MAX_ID_LENGTH,
-    RETRY_MS,
     FeedbackFanout,
     StreamRefusedError,
     Subscriber,
+    sse,
 )
 from market_data_store.service import Lifecycle
 
@@ -188,10 +188,6 @@ def _small_buffers(transport: asyncio.BaseTransport) -> None:
         transport.set_write_buffer_limits(high=STREAM_SEND_BUFFER // 2)
 
 
-def _frame(event: str, event_id: int, data: bytes) -> bytes:
-    return b"event: %b\nid: %d\ndata: %b\n\n" % (event.encode(), event_id, data)
-
-
 class FeedbackStateController(Controller):
     path = "/v1/feedback"
     tags = ["feedback"]
@@ -297,12 +293,12 @@ class FeedbackStreamController(Controller):
                 headers={"Retry-After": str(REFUSED_RETRY_AFTER)},
                 extra={"retry_after": REFUSED_RETRY_AFTER, "reason": exc.reason},
             ) from None
-        head = b"retry: %d\n\n" % RETRY_MS
+        head = sse.retry(sse.RETRY_MS)
         if reset:
             # the id just before what follows: resuming from it replays the snapshot
             first = sub.first_id
             reset_id = feedback_fanout.last_id if first is None else first - 1
-            head += _frame("reset", reset_id, b'{"reason":"last_event_id_unknown"}')
+            head += sse.frame(reset_id, "reset", b'{"reason":"last_event_id_unknown"}')
         return FeedbackStream(
             feedback_fanout, sub, head, settings.feedback.sse.send_timeout, lifecycle
         )

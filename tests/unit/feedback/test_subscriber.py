@@ -1,0 +1,101 @@
+"""A subscriber's buffer, filled through the fan-out: filters, conflation, its bound,
+what it gets on connect, keepalives."""
+
+from __future__ import annotations
+
+import asyncio
+
+from market_data_store.feedback import KEEPALIVE, FeedbackFanout
+
+from .frames import HARD, OK, SOFT, drain, event
+
+
+def test_coordinator_and_level_filters() -> None:
+    fanout = FeedbackFanout()
+    only_a, _ = fanout.subscribe(coordinators=["a"])
+    hard_only, _ = fanout.subscribe(min_rank=2)
+    for cid, lvl in (("a", SOFT), ("b", HARD), ("a", HARD), ("a", OK), ("b", SOFT), ("a", OK)):
+        fanout.publish(event(cid, lvl))
+    assert [(c, lvl) for _, c, lvl in drain(only_a)] == [
+        ("a", "soft"), ("a", "hard"), ("a", "ok"), ("a", "ok"),
+    ]  # fmt: skip
+    # hard events, plus the event that ends each coordinator's hard level (told it is over)
+    assert [(c, lvl) for _, c, lvl in drain(hard_only)] == [
+        ("b", "hard"), ("a", "hard"), ("a", "ok"), ("b", "soft"),
+    ]  # fmt: skip
+
+
+def test_a_lagging_subscriber_is_conflated_to_the_latest_per_coordinator() -> None:
+    fanout = FeedbackFanout(subscriber_queue=4)
+    slow, _ = fanout.subscribe()
+    fast, _ = fanout.subscribe()
+    published = []
+    for i, lvl in enumerate((SOFT, HARD, OK, SOFT, HARD)):
+        published.append(fanout.publish(event("a" if i % 2 else "b", lvl)))
+        drain(fast)  # keeps up
+    got = drain(slow)
+    # the fifth event found 4 pending: conflated to the latest of a and b, then appended
+    assert [seq for seq, _, _ in got] == sorted(seq for seq, _, _ in got)
+    latest = {c: lvl for _, c, lvl in got}
+    assert latest == {"a": "soft", "b": "hard"}  # never a stale level as the last word
+    assert len(got) <= 4
+    assert fanout.stats.conflated == 5 - len(got)
+    assert not slow.closed
+
+
+def test_a_subscriber_still_too_far_behind_after_conflation_is_dropped() -> None:
+    fanout = FeedbackFanout(subscriber_queue=2)
+    slow, _ = fanout.subscribe()
+    fast, _ = fanout.subscribe()
+    received = []
+    for cid in ("a", "b", "c"):  # three coordinators cannot conflate below 3 > 2
+        fanout.publish(event(cid, SOFT))
+        received += drain(fast)
+    assert slow.closed
+    assert slow.close_reason == "slow"
+    assert fanout.subscriber_count == 1
+    assert fanout.stats.dropped_slow == 1
+    assert [c for _, c, _ in received] == ["a", "b", "c"]
+
+
+def test_a_full_buffer_of_distinct_coordinators_takes_a_newer_frame_of_one_of_them() -> None:
+    fanout = FeedbackFanout(subscriber_queue=3)
+    sub, _ = fanout.subscribe()
+    for cid in ("a", "b", "c", "a"):  # the 4th replaces a: still 3 coordinators
+        fanout.publish(event(cid, SOFT))
+    assert not sub.closed
+    assert [c for _, c, _ in drain(sub)] == ["b", "c", "a"]
+    for cid in ("a", "b", "c", "d"):  # 4 coordinators > 3: that is too far behind
+        fanout.publish(event(cid, HARD))
+    assert sub.closed
+
+
+def test_what_a_stream_gets_on_connect_does_not_count_against_its_buffer() -> None:
+    fanout = FeedbackFanout(subscriber_queue=2, history=100)
+    start = fanout.last_id
+    for i in range(10):
+        fanout.publish(event(f"c{i}", SOFT))
+    replaying, _ = fanout.subscribe(last_id=start)
+    snapshot, _ = fanout.subscribe()
+    fanout.publish(event("c0", HARD))
+    assert not replaying.closed
+    assert not snapshot.closed
+    assert len(drain(replaying)) == 11
+    assert len(drain(snapshot)) == 11
+
+
+async def test_next_chunk_joins_what_is_buffered_and_keepalives_only_when_idle() -> None:
+    fanout = FeedbackFanout()
+    sub, _ = fanout.subscribe()
+    a = fanout.publish(event("a", SOFT))
+    b = fanout.publish(event("a", HARD))
+    assert await sub.next_chunk() == a.wire + b.wire
+    assert fanout.stats.delivered == 2
+    sub.tick()  # data went out since the last tick: no keepalive needed
+    waiting = asyncio.create_task(sub.next_chunk())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    sub.tick()  # a whole interval without data
+    assert await asyncio.wait_for(waiting, 1) == KEEPALIVE
+    sub.close("test")
+    assert await sub.next_chunk() is None
