@@ -50,7 +50,7 @@ async def feedback_delivery(
             webhook = HttpFeedbackBroadcaster(
                 f.webhook.url,
                 timeout=f.webhook.timeout,
-                max_retries=f.webhook.max_attempts,
+                max_attempts=f.webhook.max_attempts,
                 bus=bus,
                 queue_size=f.webhook.queue_size,
             )
