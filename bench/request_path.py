@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from market_data_store.http import bars_input
+from market_data_store.ingest import codec as bars_input
 from market_data_store.storage import bars_sink
 
 BASELINE = "86b97f9"  # main at release 0.4.0

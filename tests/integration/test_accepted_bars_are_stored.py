@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from market_data_store.http.bars_input import (
+from market_data_store.ingest.codec import (
     EARLIEST,
     JSON,
     LATEST,

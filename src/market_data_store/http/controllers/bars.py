@@ -15,9 +15,7 @@ from litestar.params import FromQuery, QueryParameter
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import QueueClosedError, QueueFullError, WriteCoordinator
-from market_data_store.storage import BarReader, BarRow, StoredBar
-
-from ..bars_input import (
+from market_data_store.ingest.codec import (
     EARLIEST,
     JSON,
     LATEST,
@@ -37,6 +35,8 @@ from ..bars_input import (
     symbol_ok,
     trim,
 )
+from market_data_store.storage import BarReader, BarRow, StoredBar
+
 from ..lifecycle import Lifecycle
 from ..openapi import IngestOperation
 from ..problems import problem, problem_responses

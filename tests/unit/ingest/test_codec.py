@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from market_data_store.http import bars_input
-from market_data_store.http.bars_input import (
+from market_data_store.ingest import codec as bars_input
+from market_data_store.ingest.codec import (
     JSON,
     MAX_REPORTED_ERRORS,
     MSGPACK,
