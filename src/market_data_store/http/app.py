@@ -13,6 +13,7 @@ from litestar.utils import normalize_path
 
 from market_data_store import __version__
 from market_data_store.config import Settings, check_admin_token
+from market_data_store.ingest import BarDecoder
 from market_data_store.telemetry import (
     CoordinatorInstruments,
     FeedbackInstruments,
@@ -63,6 +64,7 @@ def create_app(
         {
             "settings": settings,
             "lifecycle": lifecycle,
+            "bar_decoder": BarDecoder(),  # one per app: its clock, caches, decode gate
             # set when shutdown starts (SIGTERM): long-lived responses end on it
             "shutdown_event": lifecycle.shutdown_event,
             "telemetry": telemetry,

@@ -16,6 +16,7 @@ from litestar.di import Provide
 from market_data_store.config import Settings
 from market_data_store.coordinator import FeedbackBus, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
+from market_data_store.ingest import BarDecoder
 from market_data_store.storage import BarReader, BarRow, DbPool
 from market_data_store.telemetry import Telemetry
 
@@ -26,6 +27,7 @@ from .lifecycle import Lifecycle
 PROVIDED: dict[str, Any] = {
     "db_pool": DbPool,
     "bar_reader": BarReader,
+    "bar_decoder": BarDecoder,
     "coordinator": WriteCoordinator[BarRow],
     "feedback_bus": FeedbackBus,
     "feedback_channels": FeedbackChannels,

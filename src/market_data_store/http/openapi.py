@@ -24,7 +24,7 @@ from litestar.openapi.spec import (
 from litestar.openapi.spec import OpenAPIMediaType as MediaTypeSpec
 
 from market_data_store import __version__
-from market_data_store.ingest.codec import JSON, MSGPACK, IngestRequest
+from market_data_store.ingest import JSON, MSGPACK, IngestRequest
 
 _REF = "#/$defs/{name}"
 
