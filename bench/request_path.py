@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from market_data_store.http import bars_input
+from market_data_store import ingest
 from market_data_store.storage import bars_sink
 
 BASELINE = "86b97f9"  # main at release 0.4.0
@@ -63,19 +63,19 @@ def bodies(count: int) -> dict[str, tuple[bytes, str]]:
     return {
         "json, string prices": (
             msgspec.json.encode({"provider": "bench", "bars": bars}),
-            bars_input.JSON,
+            ingest.JSON,
         ),
         "json, number prices": (
             msgspec.json.encode({"provider": "bench", "bars": numeric}),
-            bars_input.JSON,
+            ingest.JSON,
         ),
         "msgpack, string prices": (
             msgspec.msgpack.encode({"provider": "bench", "bars": bars}),
-            bars_input.MSGPACK,
+            ingest.MSGPACK,
         ),
         "msgpack, number prices": (
             msgspec.msgpack.encode({"provider": "bench", "bars": numeric}),
-            bars_input.MSGPACK,
+            ingest.MSGPACK,
         ),
     }
 
@@ -99,16 +99,18 @@ def main() -> None:
     old_input = baseline_module("http/bars_input.py")
     old_sink = baseline_module("storage/bars_sink.py")
     now = datetime.now(UTC)
+    decoder = ingest.BarDecoder()  # what the service runs: rows_in_steps, in one go
 
-    def ingest(module: Any, body: bytes, media: str) -> Callable[[], object]:
-        if hasattr(module, "rows_of"):  # what the service runs now (rows_in_steps)
-            return lambda: module.rows_of(body, media, 10**6, now)
-        return lambda: module.to_rows(module.decode(body, media, 10**6), now)
+    def old_path(body: bytes, media: str) -> Callable[[], object]:
+        return lambda: old_input.to_rows(old_input.decode(body, media, 10**6), now)
+
+    def new_path(body: bytes, media: str) -> Callable[[], object]:
+        return lambda: decoder.rows_of(body, media, 10**6, now)
 
     print(f"{args.bars} bars per body, best of {args.rounds} rounds, us per bar")
     print(f"{'':44} {'0.4.0':>8} {'now':>8} {'now/0.4.0':>10}")
     for label, (body, media) in bodies(args.bars).items():
-        old, new = ingest(old_input, body, media), ingest(bars_input, body, media)
+        old, new = old_path(body, media), new_path(body, media)
         if old() != new():  # same rows (text of prices aside, none differ here)
             sys.exit(f"{label}: this tree and 0.4.0 build different rows")
         figures = best_of(args.rounds, {"old": old, "new": new}, args.bars)
@@ -116,9 +118,8 @@ def main() -> None:
             f"{'decode + validate, ' + label:44} {figures['old']:8.3f} {figures['new']:8.3f}"
             f" {figures['new'] / figures['old']:10.2f}"
         )
-    rows = bars_input.to_rows(
-        bars_input.decode(*bodies(args.bars)["json, string prices"], 10**6), now
-    )
+    body, media = bodies(args.bars)["json, string prices"]
+    rows = decoder.rows_of(body, media, 10**6, now)
     figures = best_of(
         args.rounds,
         {

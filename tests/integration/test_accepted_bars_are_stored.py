@@ -12,16 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from market_data_store.http.bars_input import (
+from market_data_store.ingest import (
     EARLIEST,
     JSON,
     LATEST,
     MAX_INTEGER_DIGITS,
     MAX_SCALE,
     MSGPACK,
-    InvalidBody,
-    decode,
-    to_rows,
+    BarDecoder,
+    InvalidBodyError,
 )
 from market_data_store.storage import (
     BarRow,
@@ -118,6 +117,7 @@ def accepted_rows() -> list[BarRow]:
     space inside, or a provider of spaces, is refused and skipped)."""
     rows: list[BarRow] = []
     refused = 0
+    decoder = BarDecoder()
 
     @settings(
         max_examples=300,
@@ -134,8 +134,8 @@ def accepted_rows() -> list[BarRow]:
         nonlocal refused
         body = msgpack_body(provider, generated) if packed else json_body(provider, generated)
         try:
-            rows.extend(to_rows(decode(body, MSGPACK if packed else JSON, 100), datetime.now(UTC)))
-        except InvalidBody as exc:  # only what the generators do not aim at
+            rows.extend(decoder.rows_of(body, MSGPACK if packed else JSON, 100, datetime.now(UTC)))
+        except InvalidBodyError as exc:  # only what the generators do not aim at
             unexpected = [e for e in exc.errors if e.field not in ("symbol", "provider")]
             refused += 1
         else:

@@ -17,6 +17,7 @@ from litestar.di import Provide
 from market_data_store.config import Settings
 from market_data_store.coordinator import FeedbackBus, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
+from market_data_store.ingest import BarDecoder
 from market_data_store.service import Components, HealthSources, Lifecycle
 from market_data_store.storage import BarReader, BarRow, DbPool
 from market_data_store.telemetry import Telemetry
@@ -45,6 +46,9 @@ def providers(
     def provide_bar_reader() -> BarReader:
         return running().bar_reader
 
+    def provide_bar_decoder() -> BarDecoder:
+        return running().bar_decoder
+
     def provide_coordinator() -> WriteCoordinator[BarRow]:
         return running().coordinator
 
@@ -66,6 +70,7 @@ def providers(
         "telemetry": provide_telemetry,
         "db_pool": provide_db_pool,
         "bar_reader": provide_bar_reader,
+        "bar_decoder": provide_bar_decoder,
         "coordinator": provide_coordinator,
         "feedback_bus": provide_feedback_bus,
         "feedback_channels": provide_feedback_channels,

@@ -1,7 +1,7 @@
 """The OpenAPI document (``/schema/openapi.json``): what Litestar derives from the
 handlers, plus what it cannot see. ``POST /v1/bars`` decodes its body itself (msgspec,
 JSON or MessagePack), so its request body is described here from the very structs it
-is decoded into (``bars_input``), by msgspec's own JSON Schema."""
+is decoded into (``ingest.codec``), by msgspec's own JSON Schema."""
 
 from __future__ import annotations
 
@@ -24,8 +24,7 @@ from litestar.openapi.spec import (
 from litestar.openapi.spec import OpenAPIMediaType as MediaTypeSpec
 
 from market_data_store import __version__
-
-from .bars_input import JSON, MSGPACK, IngestRequest
+from market_data_store.ingest import JSON, MSGPACK, IngestRequest
 
 _REF = "#/$defs/{name}"
 

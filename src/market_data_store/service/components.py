@@ -27,6 +27,7 @@ from market_data_store import __version__
 from market_data_store.config import Settings, redact_url
 from market_data_store.coordinator import CircuitBreaker, FeedbackBus, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
+from market_data_store.ingest import BarDecoder
 from market_data_store.storage import (
     BarReader,
     BarRow,
@@ -59,6 +60,7 @@ class Components:
     db_monitor: DatabaseMonitor
     coordinator: WriteCoordinator[BarRow]
     bar_reader: BarReader
+    bar_decoder: BarDecoder
     health_sources: HealthSources
 
     @property
@@ -127,6 +129,7 @@ async def components(
                 max_concurrent=d.pool_max_size - settings.coordinator.workers - 1,
                 acquire_timeout=d.connect_timeout,
             ),
+            bar_decoder=BarDecoder(),  # its clock, known symbols, one-large-body gate
             health_sources=health,
         )
         log.info("market-data-store ready (instance %s)", settings.server.resolved_instance_id)

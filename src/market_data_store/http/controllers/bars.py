@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -15,29 +14,25 @@ from litestar.params import FromQuery, QueryParameter
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import QueueClosedError, QueueFullError, WriteCoordinator
-from market_data_store.service import Lifecycle
-from market_data_store.storage import BarReader, BarRow, StoredBar
-
-from ..bars_input import (
+from market_data_store.ingest import (
     EARLIEST,
-    JSON,
     LATEST,
     MEDIA_TYPES,
     PROVIDER_RULE,
     RESOLUTION,
     SYMBOL_RULE,
     TS_RANGE_RULE,
-    InvalidBody,
-    JsonBound,
-    MalformedBody,
-    TooManyBars,
-    accept_clock,
+    BarDecoder,
+    InvalidBodyError,
+    MalformedBodyError,
+    TooManyBarsError,
     provider_ok,
-    rows_in_steps,
-    rows_of,
     symbol_ok,
     trim,
 )
+from market_data_store.service import Lifecycle
+from market_data_store.storage import BarReader, BarRow, StoredBar
+
 from ..openapi import IngestOperation
 from ..problems import problem, problem_responses
 
@@ -107,6 +102,7 @@ class BarsController(Controller):
         self,
         request: Request[Any, Any, Any],
         coordinator: NamedDependency[WriteCoordinator[BarRow]],
+        bar_decoder: NamedDependency[BarDecoder],
         lifecycle: NamedDependency[Lifecycle],
         settings: NamedDependency[Settings],
         wait: FromQuery[Literal["commit"] | None] = None,
@@ -134,12 +130,12 @@ class BarsController(Controller):
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
             return problem(413, f"body larger than {limits.max_body_bytes} bytes")
         try:
-            rows = await _rows_of(request, media_type, limits.max_bars_per_request)
-        except MalformedBody as exc:
+            rows = await bar_decoder.rows(request.stream(), media_type, limits.max_bars_per_request)
+        except MalformedBodyError as exc:
             return problem(400, str(exc))
-        except TooManyBars as exc:
+        except TooManyBarsError as exc:
             return problem(413, str(exc))
-        except InvalidBody as exc:
+        except InvalidBodyError as exc:
             return _invalid(exc)
         try:
             ticket = await coordinator.submit_all(rows)
@@ -199,62 +195,7 @@ class BarsController(Controller):
         return Response(BarsPage(bars, len(bars), len(bars) == limit))
 
 
-# Bodies up to this size are decoded in one go (a millisecond at most); larger ones in
-# steps of CHUNK_BARS bars on the event loop, which answers other requests (probes)
-# between two steps: several large bodies decode interleaved, step by step.
-# One large body is decoded at a time (the others wait with only their bytes): four at
-# once take no less CPU in all, and hold four sets of raw views and rows.
-INLINE_DECODE_BYTES = 16 * 1024
-_decoding: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
-
-
-def _decode_gate() -> asyncio.Semaphore:
-    global _decoding
-    loop = asyncio.get_running_loop()
-    if _decoding is None or _decoding[0] is not loop:
-        _decoding = (loop, asyncio.Semaphore(1))
-    return _decoding[1]
-
-
-async def _rows_of(request: Request[Any, Any, Any], media_type: str, max_bars: int) -> list[BarRow]:
-    body = await _read_body(request, JsonBound(max_bars) if media_type == JSON else None)
-    if len(body) <= INLINE_DECODE_BYTES:
-        return rows_of(body, media_type, max_bars, accept_clock.now())
-    async with _decode_gate():
-        steps = rows_in_steps(body, media_type, max_bars, accept_clock.now(), counted=True)
-        del body  # the generator holds it as long as it needs it
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                rows: list[BarRow] = done.value
-                return rows
-            await asyncio.sleep(0)
-
-
-async def _read_body(request: Request[Any, Any, Any], bound: JsonBound | None) -> bytearray:
-    """The body in one buffer, grown in place as its pieces arrive (``request.body()``
-    would keep the pieces and join them: twice the body at its peak). A JSON body is
-    pre-counted piece by piece: once it holds more than the cap allows, the rest is
-    read and dropped, and ``TooManyBars`` raised."""
-    body = bytearray()
-    refused: TooManyBars | None = None
-    async for piece in request.stream():
-        if refused is not None:
-            continue
-        if bound is not None:
-            try:
-                bound.feed(piece)
-            except TooManyBars as exc:
-                refused, body = exc, bytearray()
-                continue
-        body += piece
-    if refused is not None:
-        raise refused
-    return body
-
-
-def _invalid(exc: InvalidBody) -> Response[Any]:
+def _invalid(exc: InvalidBodyError) -> Response[Any]:
     shown = [msgspec.to_builtins(e) for e in exc.errors]
     extra: dict[str, Any] = {"errors": shown}
     if exc.total > len(shown):

@@ -1,0 +1,73 @@
+"""POST /v1/bars bodies into rows, without HTTP: the value rules of a bar, the bounds
+checked before decoding, the msgspec codec and its error report, row building, and
+``BarDecoder``, which holds one app's state for all of it.
+
+- ``rules``: what a symbol, provider, resolution, timestamp and number may be (also
+  read by the GET controller; migration 0003 holds the same domain in the database).
+- ``bounds``: a body's size and bar count, checked before it is decoded (413).
+- ``codec``: the wire structs (``IngestRequest``, ``BarIn``: the OpenAPI schema),
+  decoding, and re-reading what does not type for a complete 422.
+- ``rows``: bars checked and built into ``BarRow``s, in steps.
+- ``decoder``: ``BarDecoder``, one per app (clock, known values, decode gate).
+"""
+
+from .bounds import ENVELOPE_BYTES, MAX_BAR_BYTES
+from .codec import JSON, MEDIA_TYPES, MSGPACK, BarIn, IngestRequest
+from .decoder import INLINE_DECODE_BYTES, AcceptClock, BarDecoder
+from .errors import (
+    MAX_REPORTED_ERRORS,
+    BarError,
+    IngestError,
+    InvalidBodyError,
+    MalformedBodyError,
+    TooManyBarsError,
+)
+from .rows import CHUNK_BARS
+from .rules import (
+    EARLIEST,
+    LATEST,
+    MAX_INTEGER_DIGITS,
+    MAX_PROVIDER_LENGTH,
+    MAX_SCALE,
+    MAX_SYMBOL_LENGTH,
+    PROVIDER_RULE,
+    RESOLUTION,
+    SYMBOL_RULE,
+    TS_RANGE_RULE,
+    provider_ok,
+    symbol_ok,
+    trim,
+)
+
+__all__ = [
+    "CHUNK_BARS",
+    "EARLIEST",
+    "ENVELOPE_BYTES",
+    "INLINE_DECODE_BYTES",
+    "JSON",
+    "LATEST",
+    "MAX_BAR_BYTES",
+    "MAX_INTEGER_DIGITS",
+    "MAX_PROVIDER_LENGTH",
+    "MAX_REPORTED_ERRORS",
+    "MAX_SCALE",
+    "MAX_SYMBOL_LENGTH",
+    "MEDIA_TYPES",
+    "MSGPACK",
+    "PROVIDER_RULE",
+    "RESOLUTION",
+    "SYMBOL_RULE",
+    "TS_RANGE_RULE",
+    "AcceptClock",
+    "BarDecoder",
+    "BarError",
+    "BarIn",
+    "IngestError",
+    "IngestRequest",
+    "InvalidBodyError",
+    "MalformedBodyError",
+    "TooManyBarsError",
+    "provider_ok",
+    "symbol_ok",
+    "trim",
+]
