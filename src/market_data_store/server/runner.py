@@ -26,7 +26,8 @@ from market_data_store.config import Settings
 from market_data_store.http import Lifecycle, create_app
 from market_data_store.telemetry import TransportInstruments
 
-from .protocol import TransportLimits, TransportStats, guarded_protocol
+from .limits import TransportLimits, TransportStats
+from .protocol import guarded_protocol
 
 log = logging.getLogger(__name__)
 
