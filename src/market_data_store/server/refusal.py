@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from market_data_store.http.problems import problem_body
+
 from .limits import TransportLimits, TransportStats
 
 # Seconds a refused connection keeps discarding what the client still sends before
@@ -38,17 +40,11 @@ def problem_response(
     members every problem of the service has (``instance``: the request path, empty
     when it is not known) and ``retry_after`` when given (also as the header)."""
     phrase = HTTPStatus(status).phrase
-    problem: dict[str, object] = {
-        "type": "about:blank",
-        "title": phrase,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-    }
+    extensions: dict[str, Any] = {}
     if retry_after is not None:
-        problem["retry_after"] = retry_after
+        extensions["retry_after"] = retry_after
         headers = {**(headers or {}), "retry-after": str(retry_after)}
-    body = json.dumps(problem).encode()
+    body = json.dumps(problem_body(status, detail, instance=instance, **extensions)).encode()
     lines = [
         f"HTTP/1.1 {status} {phrase}",
         "content-type: application/problem+json",
