@@ -1,6 +1,7 @@
 """Transport: the app under uvicorn (``runner``) through a connection protocol with the
 limits uvicorn lacks (``protocol``, over ``refusal`` and ``flow``; its settings and
-counts in ``limits``). Nothing here knows a route but the probe paths."""
+counts in ``limits``), built on uvicorn internals that ``internals`` checks. Nothing
+here knows a route but the probe paths."""
 
 from .limits import TransportLimits, TransportStats
 from .protocol import GuardedHttpToolsProtocol, guarded_protocol

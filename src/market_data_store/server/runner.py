@@ -26,6 +26,7 @@ from market_data_store.config import Settings
 from market_data_store.http import Lifecycle, create_app
 from market_data_store.telemetry import TransportInstruments
 
+from .internals import check_uvicorn_internals
 from .limits import TransportLimits, TransportStats
 from .protocol import guarded_protocol
 
@@ -143,6 +144,7 @@ def build_server(
     embedding process's) freezes the heap once started: see ``freeze_heap``. Its
     connections enforce ``server.read_timeout``, ``min_body_rate``,
     ``max_header_bytes`` and ``max_connections``: see ``server.protocol``."""
+    check_uvicorn_internals()
     s = settings.server
     limits = TransportLimits(
         read_timeout=s.read_timeout,
