@@ -35,8 +35,7 @@ def serve(port: int, variant: str) -> None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     from market_data_store.config import load_settings
-    from market_data_store.server import PROBE_PATHS
-    from market_data_store.server.protocol import TransportLimits, guarded_protocol
+    from market_data_store.server import PROBE_PATHS, TransportLimits, guarded_protocol
 
     body = b'{"ok":true}'
     headers = [(b"content-type", b"application/json"), (b"content-length", b"11")]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from market_data_store.server.protocol import TransportStats
+from market_data_store.server import TransportStats
 from tests.support.service import RunningService, running_service, service_settings
 
 BOUND = 15.0  # seconds: "closed, not held forever"

@@ -84,16 +84,19 @@ class ProblemResponse(Response[dict[str, Any]]):
         return super().to_asgi_response(app, request, **kwargs)
 
 
-def problem(
+def problem_body(
     status: int,
     detail: str | None = None,
     *,
+    instance: str | None,
     title: str | None = None,
     type_: str = "about:blank",
-    headers: dict[str, str] | None = None,
-    instance: str | None = None,
     **extensions: Any,
-) -> Response[dict[str, Any]]:
+) -> dict[str, Any]:
+    """The members of a problem, in this order: ``type``, ``title`` (the status
+    phrase unless given), ``status``, ``detail`` (the title unless given),
+    ``instance`` (left out when None), then ``extensions``. The one builder of the
+    body: also used by the transport's own refusals (``server.refusal``)."""
     phrase = HTTPStatus(status).phrase
     body: dict[str, Any] = {
         "type": type_,
@@ -104,6 +107,20 @@ def problem(
     if instance is not None:
         body["instance"] = instance
     body.update(extensions)
+    return body
+
+
+def problem(
+    status: int,
+    detail: str | None = None,
+    *,
+    title: str | None = None,
+    type_: str = "about:blank",
+    headers: dict[str, str] | None = None,
+    instance: str | None = None,
+    **extensions: Any,
+) -> Response[dict[str, Any]]:
+    body = problem_body(status, detail, instance=instance, title=title, type_=type_, **extensions)
     return ProblemResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -167,5 +184,6 @@ __all__ = [
     "ProblemBody",
     "ProblemItem",
     "problem",
+    "problem_body",
     "problem_responses",
 ]

@@ -1,7 +1,10 @@
 """Transport: the app under uvicorn (``runner``) through a connection protocol with the
-limits uvicorn lacks (``protocol``). Nothing here knows a route but the probe paths."""
+limits uvicorn lacks (``protocol``, over ``refusal`` and ``flow``; its settings and
+counts in ``limits``), built on uvicorn internals that ``internals`` checks. Nothing
+here knows a route but the probe paths."""
 
-from .protocol import GuardedHttpToolsProtocol, TransportLimits, TransportStats, guarded_protocol
+from .limits import TransportLimits, TransportStats
+from .protocol import GuardedHttpToolsProtocol, guarded_protocol
 from .runner import (
     FD_RESERVE,
     GC_GEN0_THRESHOLD,

@@ -35,126 +35,32 @@ uvicorn bounds only the idle time between keep-alive requests. This protocol add
   per 10 s with a count.
 
 Refusals are answered with a problem+json body only when nothing of a response was
-sent for that request yet (a request pipelined behind one still being answered is
-refused after that answer); the connection then stops reading (data is discarded)
-and closes once the client closes or after a short linger, so the client reads
-the answer instead of a reset.
+sent for that request yet, then the connection is closed without a reset: see
+``server.refusal``, the layer below this one (which also holds the write-stall rule).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any
 
 import httptools
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
-from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from market_data_store._util import ThrottledLog
 
+from .flow import TimedFlowControl
+from .limits import TransportLimits, TransportStats
+from .refusal import RefusingProtocol
+
 log = logging.getLogger(__name__)
 _warnings = ThrottledLog(log)  # per kind of client mistake: once per 10 s, with a count
-
-# Seconds a refused connection keeps discarding what the client still sends before
-# it is closed (closing with unread data would reset the connection, and the client
-# would likely lose the answer).
-LINGER_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class TransportLimits:
-    """What ``GuardedHttpToolsProtocol`` enforces (see the module docstring)."""
-
-    read_timeout: float
-    min_body_rate: int  # bytes/s; 0: only the no-progress rule
-    max_header_bytes: int
-    max_connections: int
-    probe_paths: frozenset[str]
-    retry_after: int = 1
-
-
-@dataclass
-class TransportStats:
-    """Per-server counts, shared by all connections (plain integers on the hot path)."""
-
-    open_connections: int = 0  # admitted connections (within max_connections) now open
-    over_capacity: int = 0  # connections accepted beyond max_connections
-    header_timeouts: int = 0
-    body_timeouts: int = 0
-    oversize_headers: int = 0
-    write_timeouts: int = 0  # aborted: their unsent answer did not shrink for read_timeout
-    bad_requests: int = 0  # refused by the HTTP parser (400)
 
 
 class _HeadTooLarge(Exception):
     """Raised in a parser callback to stop parsing a head over ``max_header_bytes``."""
-
-
-def problem_response(
-    status: int,
-    detail: str,
-    headers: dict[str, str] | None = None,
-    *,
-    instance: str = "",
-    retry_after: int | None = None,
-) -> bytes:
-    """A complete ``Connection: close`` HTTP/1.1 problem+json response, with the
-    members every problem of the service has (``instance``: the request path, empty
-    when it is not known) and ``retry_after`` when given (also as the header)."""
-    phrase = HTTPStatus(status).phrase
-    problem: dict[str, object] = {
-        "type": "about:blank",
-        "title": phrase,
-        "status": status,
-        "detail": detail,
-        "instance": instance,
-    }
-    if retry_after is not None:
-        problem["retry_after"] = retry_after
-        headers = {**(headers or {}), "retry-after": str(retry_after)}
-    body = json.dumps(problem).encode()
-    lines = [
-        f"HTTP/1.1 {status} {phrase}",
-        "content-type: application/problem+json",
-        f"content-length: {len(body)}",
-        "connection: close",
-        *(f"{name}: {value}" for name, value in (headers or {}).items()),
-    ]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
-
-
-class _TimedFlowControl(FlowControl):
-    """uvicorn's flow control, also adding up how long reading was paused (the
-    server's own doing, never held against a slow client)."""
-
-    def __init__(self, transport: asyncio.Transport, clock: Callable[[], float]) -> None:
-        super().__init__(transport)
-        self._clock = clock
-        self._paused_since = 0.0
-        self._paused_total = 0.0
-
-    def pause_reading(self) -> None:
-        if not self.read_paused:
-            self._paused_since = self._clock()
-        super().pause_reading()
-
-    def resume_reading(self) -> None:  # called for every request: inlined
-        if self.read_paused:
-            self._paused_total += self._clock() - self._paused_since
-            self.read_paused = False
-            self._transport.resume_reading()
-
-    def paused_time(self, now: float) -> float:
-        """Seconds reading has been paused since the connection opened, up to ``now``."""
-        if self.read_paused:
-            return self._paused_total + now - self._paused_since
-        return self._paused_total
 
 
 def _probe_app(app: ASGI3Application) -> ASGI3Application:
@@ -173,16 +79,12 @@ def _probe_app(app: ASGI3Application) -> ASGI3Application:
     return probe
 
 
-class GuardedHttpToolsProtocol(HttpToolsProtocol):
+class GuardedHttpToolsProtocol(RefusingProtocol):
     """See the module docstring; make a configured subclass with ``guarded_protocol``."""
-
-    limits: ClassVar[TransportLimits]
-    stats: ClassVar[TransportStats]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._admitted = False
-        self._lingering = False
         self._reading_headers = True  # between two requests or inside a head
         self._request_begun = False  # a byte of the current request arrived
         self._header_bytes = 0
@@ -195,13 +97,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_received = 0
         self._body_last = 0.0
         self._body_paused_at_last = 0.0
-        self._timed_flow: _TimedFlowControl | None = None
+        self._timed_flow: TimedFlowControl | None = None
         self._head_bytes = 0  # line and headers of the request being parsed, as parsed
         self._head_too_large = False
-        self._deferred: bytes | None = None  # a refusal to send once the current answer ends
-        self._write_timer: asyncio.TimerHandle | None = None
-        self._write_pending = 0
-        self._lost = False
 
     # -- connection -------------------------------------------------------------
 
@@ -214,19 +112,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             stats.over_capacity += 1
             self.app = _probe_app(self.app)
         super().connection_made(transport)
-        self._timed_flow = self.flow = _TimedFlowControl(transport, self.loop.time)
+        self._timed_flow = self.flow = TimedFlowControl(transport, self.loop.time)
         self._header_timer = self.loop.call_later(limits.read_timeout, self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
         if self._admitted:
             self._admitted = False
             self.stats.open_connections -= 1
         self._cancel_timers()
-        if self._write_timer is not None:
-            self._write_timer.cancel()
-            self._write_timer = None
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # the refusal layer's: marks it lost, stops its timer
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -287,9 +181,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.stats.bad_requests += 1
             _warnings.log(logging.WARNING, "invalid", "invalid HTTP request received: %s", reason)
             self._refuse(400, f"invalid HTTP request: {reason}", headers_phase=True)
-
-    def send_400_response(self, msg: str) -> None:
-        self._refuse(400, msg, headers_phase=True)
 
     def _unsupported_upgrade_warning(self) -> None:
         _warnings.log(
@@ -367,57 +258,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
 
-    def on_response_complete(self) -> None:
-        deferred, self._deferred = self._deferred, None
-        if deferred is None:
-            super().on_response_complete()
-        else:  # a refusal waited for this answer
-            self.server_state.total_requests += 1
-            if not self.transport.is_closing():
-                self._answer(deferred)
-        if self.transport.is_closing():
-            self._watch_writes()
-
-    def timeout_keep_alive_handler(self) -> None:
-        super().timeout_keep_alive_handler()
-        self._watch_writes()
-
-    # -- writing ------------------------------------------------------------------
-
-    def pause_writing(self) -> None:
-        self.flow.pause_writing()
-        self._watch_writes()
-
-    def resume_writing(self) -> None:
-        self.flow.resume_writing()
-        if self._write_timer is not None and not self.transport.is_closing():
-            self._write_timer.cancel()
-            self._write_timer = None
-
-    def _watch_writes(self) -> None:
-        """While an answer waits to be sent (writing paused, or a closing transport's
-        last bytes), abort the connection if it does not shrink for read_timeout."""
-        if self._write_timer is not None or self._lost:
-            return
-        pending = self.transport.get_write_buffer_size()
-        if pending:
-            self._write_pending = pending
-            self._write_timer = self.loop.call_later(self.limits.read_timeout, self._write_check)
-
-    def _write_check(self) -> None:
-        self._write_timer = None
-        if self._lost or not (self.flow.write_paused or self.transport.is_closing()):
-            return
-        pending = self.transport.get_write_buffer_size()
-        if not pending:
-            return
-        if pending < self._write_pending:  # the client takes it, however slowly
-            self._write_pending = pending
-            self._write_timer = self.loop.call_later(self.limits.read_timeout, self._write_check)
-            return
-        self.stats.write_timeouts += 1
-        self.transport.abort()
-
     # -- the timers ---------------------------------------------------------------
 
     def _cancel_timers(self) -> None:
@@ -480,60 +320,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         )
         self._refuse(408, f"request body {rule}", headers_phase=False)
 
-    # -- refusing -----------------------------------------------------------------
-
-    def _refuse(
-        self,
-        status: int,
-        detail: str,
-        *,
-        headers_phase: bool,
-        retry_after: int | None = None,
-    ) -> None:
-        """Answer ``status`` if nothing was sent for this request yet, then close."""
-        cycle = self.cycle
-        try:  # the path of the request refused, when its line was parsed
-            instance = httptools.parse_url(getattr(self, "url", b"")).path.decode("ascii")
-        except (httptools.HttpParserError, UnicodeDecodeError):
-            instance = ""
-        response = problem_response(status, detail, instance=instance, retry_after=retry_after)
-        if headers_phase:
-            can_answer = cycle is None or cycle.response_complete
-            if not can_answer and not cycle.disconnected:
-                # the previous request is still being answered: refuse after it
-                self._deferred = response
-                self._cancel_timers()
-                self._lingering = True
-                self.pipeline.clear()
-                self.flow.resume_reading()
-                return
-        else:
-            can_answer = cycle is not None and not cycle.response_started
-            if cycle is not None and not cycle.response_complete:
-                # the app sees a disconnect: its receive() returns, its send() is a no-op
-                cycle.disconnected = True
-                cycle.message_event.set()
-        self._cancel_timers()
-        self._lingering = True
-        self.pipeline.clear()
-        if not can_answer:
-            self.transport.close()
-            self._watch_writes()
-            return
-        self._answer(response)
-
-    def _answer(self, response: bytes) -> None:
-        self.transport.write(response)
-        self.flow.resume_reading()  # drain what the client still sends, unanswered
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.loop.call_later(min(LINGER_SECONDS, self.limits.read_timeout), self._end_linger)
-
-    def _end_linger(self) -> None:
-        if not self._lost:
-            self.transport.close()  # flushes what is left, within the write-stall rule
-            self._watch_writes()
-
 
 def guarded_protocol(
     limits: TransportLimits, stats: TransportStats | None = None
@@ -548,10 +334,4 @@ def guarded_protocol(
     return Protocol
 
 
-__all__ = [
-    "GuardedHttpToolsProtocol",
-    "TransportLimits",
-    "TransportStats",
-    "guarded_protocol",
-    "problem_response",
-]
+__all__ = ["GuardedHttpToolsProtocol", "guarded_protocol"]

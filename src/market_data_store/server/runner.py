@@ -26,7 +26,9 @@ from market_data_store.config import Settings
 from market_data_store.http import ServicePlugin, create_app
 from market_data_store.service import Lifecycle
 
-from .protocol import TransportLimits, TransportStats, guarded_protocol
+from .internals import check_uvicorn_internals
+from .limits import TransportLimits, TransportStats
+from .protocol import guarded_protocol
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ def build_server(
     embedding process's) freezes the heap once started: see ``freeze_heap``. Its
     connections enforce ``server.read_timeout``, ``min_body_rate``,
     ``max_header_bytes`` and ``max_connections``: see ``server.protocol``."""
+    check_uvicorn_internals()
     s = settings.server
     limits = TransportLimits(
         read_timeout=s.read_timeout,

@@ -363,7 +363,7 @@ class ServiceInstruments:
 
 
 class TransportCounts(Protocol):
-    """What the server's connection guard counts (``server.protocol.TransportStats``)."""
+    """What the server's connection guard counts (``server.limits.TransportStats``)."""
 
     open_connections: int
     over_capacity: int

@@ -1,4 +1,4 @@
-"""server.py: the transport settings, the open-files limit and the connection cap."""
+"""server/runner.py: the transport settings, the open-files limit and the connection cap."""
 
 from __future__ import annotations
 
