@@ -16,7 +16,7 @@ from litestar.params import FromPath
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from market_data_store.storage import BarRow
+from tests.support.bars import rows
 from tests.support.service import RunningService, running_service, service_settings
 
 
@@ -39,15 +39,9 @@ async def scrape(service: RunningService) -> dict[str, list[Sample]]:
     return {f.name: f.samples for f in text_string_to_metric_families(response.text)}
 
 
-def bar(i: int) -> BarRow:
-    now = datetime.now(UTC)
-    ts = datetime(2024, 1, 2, 14, i % 60, tzinfo=UTC)
-    return BarRow("test", "AAPL", "1m", ts, "1", "2", "0.5", "1.5", "10", False, now)
-
-
 async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningService) -> None:
     coordinator = service.components.coordinator
-    await coordinator.submit_many([bar(i) for i in range(30)])
+    await coordinator.submit_many(rows(30, received_at=datetime.now(UTC)))
     await coordinator.wait_idle()
     families = await scrape(service)
     for name in (
@@ -80,7 +74,8 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
     batches = {s.labels["path"]: s.value for s in families["mds_sink_batches"]}
     assert batches["copy"] >= 1  # new bars: straight into the table
     assert batches["merge"] == 0
-    await coordinator.submit_many([bar(i) for i in range(5)])  # existing keys: merged
+    # existing keys, accepted later: merged
+    await coordinator.submit_many(rows(5, received_at=datetime.now(UTC)))
     await coordinator.wait_idle()
     families = await scrape(service)
     assert value("mds_sink_conflicts", "_total") == 1
@@ -96,7 +91,7 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
 async def test_the_fast_path_can_be_turned_off(database_url: str, tmp_path: Path) -> None:
     settings = service_settings(database_url, str(tmp_path), MDS_DATABASE_COPY_FAST_PATH="false")
     async with running_service(settings) as svc:
-        await svc.components.coordinator.submit_many([bar(i) for i in range(10)])
+        await svc.components.coordinator.submit_many(rows(10))
         await svc.components.coordinator.wait_idle()
         families = await scrape(svc)
     assert {s.labels["path"]: s.value for s in families["mds_sink_batches"]} == {

@@ -6,12 +6,12 @@ import asyncio
 import os
 import signal
 import subprocess
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.bars import ONES, wire_bars
 from tests.support.postgres import count_bars, with_database
 from tests.support.process import SERVE, free_port, serve, serve_once, stop
 
@@ -25,16 +25,10 @@ def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> N
         "MDS_COORDINATOR_BATCH_SIZE": "100",
         "MDS_SERVER_INSTANCE_ID": "pod-1",
     }
-    t0 = datetime(2024, 1, 1, tzinfo=UTC)
     with serve(env, tmp_path) as (proc, base):
         assert httpx.get(f"{base}/healthz").json()["ok"] is True
         for r in range(4):  # 20,000 bars queued, then SIGTERM at once: the drain writes them
-            bars = [
-                {"symbol": "S", "ts": (t0 + timedelta(minutes=r * 5000 + i)).isoformat(),
-                 "open": "1", "high": "1", "low": "1", "close": "1", "volume": "1",
-                 "resolution": "1m"}
-                for i in range(5000)
-            ]  # fmt: skip
+            bars = wire_bars(5000, r * 5000, symbol="S", **ONES)
             response = httpx.post(f"{base}/v1/bars", json={"provider": "p", "bars": bars})
             assert response.status_code == 202
         output = stop(proc)

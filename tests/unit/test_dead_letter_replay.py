@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,7 @@ import pytest
 from market_data_store.coordinator import DeadLetterQueue, FeedbackBus, WriteCoordinator
 from market_data_store.coordinator.replay import replay_dead_letters
 from market_data_store.storage import BarRow
-
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
-
-
-def row(i: int) -> BarRow:
-    return BarRow("p", "S", "1m", T0 + timedelta(minutes=i), "1", "1", "1", "1", "1", False, T0)
+from tests.support.bars import row
 
 
 class Sink:
