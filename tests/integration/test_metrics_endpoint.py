@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar import get
 from litestar.params import FromPath
@@ -18,6 +18,7 @@ from prometheus_client.samples import Sample
 
 from tests.support.bars import rows
 from tests.support.service import RunningService, running_service, service_settings
+from tests.support.waits import until
 
 
 @get("/test/echo/{name:str}", sync_to_thread=False)
@@ -154,15 +155,21 @@ async def test_an_aborted_upload_is_an_error_without_a_status_code(
 ) -> None:
     for _ in range(5):
         await asyncio.to_thread(abort_upload, service.base_url)
-    deadline = time.monotonic() + 10
-    while True:  # the server sees each disconnect a little after the client left
+    response: httpx.Response | None = None
+    samples: list[Sample] = []
+    aborted: list[Sample] = []
+
+    async def all_seen() -> bool:
+        nonlocal response, samples, aborted
         response = await service.client.get("/metrics")
         samples = scrape_text(response.text)["http_server_request_duration_seconds"]
         aborted = [s for s in samples if s.name.endswith("_count")
                    and s.labels.get("error_type") == "aborted"]  # fmt: skip
-        if sum(s.value for s in aborted) >= 5 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
+        return sum(s.value for s in aborted) >= 5
+
+    # the server sees each disconnect a little after the client left
+    await until(all_seen, what="5 aborted uploads measured", interval=0.05)
+    assert response is not None
     assert sum(s.value for s in aborted) == 5
     (labels,) = [s.labels for s in aborted]
     # no response went out: no status code (not even an empty one), never a 5xx

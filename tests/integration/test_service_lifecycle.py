@@ -14,6 +14,7 @@ import pytest
 from tests.support.bars import ONES, wire_bars
 from tests.support.postgres import count_bars, with_database
 from tests.support.process import SERVE, free_port, serve, serve_once, stop
+from tests.support.waits import until
 
 
 def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> None:
@@ -132,9 +133,9 @@ async def test_the_serve_command_freezes_the_heap_once_up(
         app = create_app(settings)
         srv = server_module.build_server(app, settings, host="127.0.0.1", port=0, tune_gc=tune_gc)
         task = asyncio.create_task(srv.serve())
-        while not srv.started:
-            assert not task.done()
-            await asyncio.sleep(0.01)
+        # awaited at once: the loop variables cannot change meanwhile
+        await until(lambda: srv.started or task.done(), timeout=30, what="started")  # noqa: B023
+        assert not task.done()
         assert ServicePlugin.of(app).components.coordinator is not None  # the lifespan had run
         assert calls == expected
         srv.should_exit = True

@@ -14,6 +14,7 @@ from market_data_store.coordinator import DeadLetterQueue, FeedbackBus, WriteCoo
 from market_data_store.coordinator.replay import replay_dead_letters
 from market_data_store.storage import BarRow
 from tests.support.bars import row
+from tests.support.waits import until
 
 
 class Sink:
@@ -88,7 +89,7 @@ async def test_cancelled_replay_loses_nothing(tmp_path: Path) -> None:
         sink=sink, workers=1, batch_size=1, flush_interval=0, bus=FeedbackBus()
     ) as c:
         task = asyncio.create_task(replay_dead_letters(dlq, c, timeout=30))
-        await asyncio.sleep(0.05)
+        await until(lambda: c.queue.unfinished > 0, what="the replay submitting")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

@@ -23,6 +23,7 @@ from market_data_store.client import (
     StoreClient,
 )
 from tests.support.bars import wire_bar, wire_bars
+from tests.support.waits import until
 
 Answer = Callable[[httpx.Request, dict[str, Any]], Awaitable[httpx.Response] | httpx.Response]
 
@@ -69,10 +70,7 @@ async def test_full_batches_go_at_once_the_rest_at_flush() -> None:
     store = Store()
     async with client(store, batch_size=4, linger=60) as c:
         await c.write(wire_bars(10))
-        for _ in range(100):
-            if len(store.bodies) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(store.bodies) >= 2, timeout=1, what="two full batches sent")
         assert store.sizes() == [4, 4]
         await c.flush(timeout=5)
         assert sorted(store.sizes()) == [2, 4, 4]
@@ -90,10 +88,7 @@ async def test_linger_sends_a_partial_batch_without_flush() -> None:
     store = Store()
     async with client(store, batch_size=100, linger=0.05) as c:
         await c.write(wire_bars(3))
-        for _ in range(200):
-            if store.bodies:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: store.bodies, timeout=2, what="the partial batch sent")
         assert store.sizes() == [3]
 
 

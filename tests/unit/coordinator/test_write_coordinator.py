@@ -20,6 +20,7 @@ from market_data_store.coordinator import (
     WriteCoordinator,
 )
 from tests.conftest import Recorder
+from tests.support.waits import until
 
 from .sinks import OutageSink, PoisonSink, RecordingSink
 
@@ -95,7 +96,7 @@ async def test_forced_stop_without_dlq_logs_the_loss(
     coord = WriteCoordinator[int](sink=sink, capacity=10, workers=1, flush_interval=0, bus=bus)
     await coord.start()
     await coord.submit_many([1, 2])
-    await asyncio.sleep(0.01)
+    await until(lambda: coord.queue.size == 0, what="the batch taken by the worker")
     await coord.stop(timeout=0.02)
     assert "2 items could not be dead-lettered (no dead-letter queue is configured)" in caplog.text
     assert "their content: [1, 2]" in caplog.text
