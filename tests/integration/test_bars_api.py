@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -24,6 +25,7 @@ from tests.support.bars import T0, row, wire_bar
 from tests.support.postgres import stored_bars
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import until
 
 TOKEN = "admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -574,9 +576,18 @@ async def test_reads_answer_503_while_the_database_is_gone(
 async def test_a_busy_pool_is_not_an_unreachable_database(service: RunningService) -> None:
     """Readiness has its own connection; reads wait for a free one, then say 503."""
     pool = service.components.db_pool
+    monitor = service.components.db_monitor
     held = [await pool.acquire() for _ in range(pool.get_max_size())]
     try:
-        await asyncio.sleep(0.3)  # several health checks
+        since = time.time()
+        checks: set[float] = set()
+
+        def several_checks() -> bool:
+            if monitor.status.checked_at > since:
+                checks.add(monitor.status.checked_at)
+            return len(checks) >= 3
+
+        await until(several_checks, what="several health checks with the pool held")
         assert (await service.client.get("/readyz")).status_code == 200
         params = {"provider": "a", "symbol": "AAPL", "resolution": "1m"}
         response = await service.client.get("/v1/bars", params=params)

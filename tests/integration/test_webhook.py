@@ -24,8 +24,8 @@ from market_data_core.telemetry import HealthStatus
 
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import HttpFeedbackBroadcaster
-from tests.conftest import Recorder
 from tests.support.bars import bars_body
+from tests.support.feedback import Recorder
 from tests.support.http_receiver import HttpReceiver, Reply
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.waits import until

@@ -16,7 +16,7 @@ from market_data_core.telemetry import HealthStatus as CoreHealthStatus
 from market_data_store import contracts
 from market_data_store.contracts import FeedbackPublisher
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
-from tests.conftest import Recorder
+from tests.support.feedback import Recorder
 
 
 def test_feedback_event_schema_roundtrip() -> None:

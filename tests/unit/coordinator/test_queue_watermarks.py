@@ -8,7 +8,7 @@ import pytest
 
 from market_data_store.coordinator import BoundedQueue, FeedbackBus, FeedbackEvent
 from market_data_store.coordinator.events import BackpressureLevel
-from tests.conftest import Recorder
+from tests.support.feedback import Recorder
 
 
 async def test_watermark_signals_fire_once_and_recover(bus: FeedbackBus) -> None:
