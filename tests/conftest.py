@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures (helpers live in tests/support)."""
 
 from __future__ import annotations
 
@@ -8,25 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from market_data_store.coordinator import FeedbackBus, FeedbackEvent, feedback_bus
+from market_data_store.coordinator import FeedbackBus, feedback_bus
+from tests.support.feedback import Recorder
 from tests.support.postgres import REQUIRE_SERVICES, DatabaseFactory, start_embedded
 from tests.support.tcp_proxy import TcpProxy, upstream_of
-
-
-class Recorder:
-    """A feedback subscriber that keeps every event."""
-
-    def __init__(self) -> None:
-        self.events: list[FeedbackEvent] = []
-
-    async def __call__(self, event: FeedbackEvent) -> None:
-        self.events.append(event)
-
-    def levels(self) -> list[str]:
-        return [e.level.value for e in self.events]
-
-    def transitions(self) -> list[tuple[str, int, str | None]]:
-        return [(e.level.value, e.queue_size, e.reason) for e in self.events]
 
 
 @pytest.fixture
@@ -44,7 +29,9 @@ def bus(recorder: Recorder) -> FeedbackBus:
 
 @pytest.fixture
 def fresh_bus() -> Iterator[FeedbackBus]:
-    """The process default bus, emptied before and after the test."""
+    """The process default bus, emptied before and after the test: only for tests of
+    what goes through it (``feedback_bus()``, queues and broadcasters given no bus);
+    any other test takes ``bus``, a private one."""
     b = feedback_bus()
     b._subs.clear()
     yield b

@@ -16,7 +16,6 @@ the metrics a running service really exposes, and by promtool.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
@@ -34,12 +33,13 @@ from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_store.storage import BarRow
-from tests.support.bars import bars_body
+from tests.support.bars import bars_body, row
 from tests.support.http_receiver import HttpReceiver
 from tests.support.postgres import REQUIRE_SERVICES, DatabaseFactory
 from tests.support.redis_server import shared_redis_url, unique_channel
 from tests.support.service import running_service, service_settings
 from tests.support.sse import open_stream
+from tests.support.waits import until
 
 ROOT = Path(__file__).parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "market-data-store.json"
@@ -461,9 +461,14 @@ def run_promtool(
     *args: str, stdin: str | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [promtool(), *args], input=stdin, capture_output=True, text=True,
-        timeout=PROMTOOL_TIMEOUT, cwd=cwd, check=False,
-    )  # fmt: skip
+        [promtool(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=PROMTOOL_TIMEOUT,
+        cwd=cwd,
+        check=False,
+    )
 
 
 def test_promtool_check_rules() -> None:
@@ -544,9 +549,16 @@ def settled(scrape: Scrape) -> bool:
 
 def poison_bar() -> BarRow:
     """A bar the database refuses (low above open): a write error, then a dead letter."""
-    ts = datetime(2024, 1, 3, 9, 30, tzinfo=UTC)
-    return BarRow("obs", "POISON", "1m", ts, "10", "11", "12", "10.5", "1", False,
-                  datetime.now(UTC))  # fmt: skip
+    return row(
+        provider="obs",
+        symbol="POISON",
+        open="10",
+        high="11",
+        low="12",
+        close="10.5",
+        volume="1",
+        received_at=datetime.now(UTC),
+    )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -579,11 +591,13 @@ async def scrape(
                 # Wait (bounded) for what happens after the fact: the stream's request is
                 # measured once the server saw it end; deliveries count once answered.
                 text = ""
-                for _ in range(100):
+
+                async def has_settled() -> bool:
+                    nonlocal text
                     text = (await service.client.get("/metrics")).text
-                    if settled(Scrape.parse(text, "")):
-                        break
-                    await asyncio.sleep(0.05)
+                    return settled(Scrape.parse(text, ""))
+
+                await until(has_settled, what="the metrics settled", interval=0.05)
                 response = await service.client.get(
                     "/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"}
                 )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,29 +21,18 @@ from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
 
 from market_data_store.coordinator import DeadLetterQueue
 from market_data_store.storage import BarRow
+from tests.support.bars import T0, row, wire_bar
 from tests.support.postgres import stored_bars
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import until
 
-T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 TOKEN = "admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def bar(i: int = 0, **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "symbol": "aapl",
-        "ts": (T0 + timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
-        "open": "187.15",
-        "high": "187.40",
-        "low": "186.90",
-        "close": "187.02",
-        "volume": "120034",
-        "resolution": "1m",
-        "delayed": False,
-    }
-    body.update(overrides)
-    return body
+# A bar as producers post it here: a lower-case symbol (the store normalises it).
+bar = partial(wire_bar, symbol="aapl", delayed=False)
 
 
 def payload(*bars: dict[str, Any], provider: str = "ibkr") -> dict[str, Any]:
@@ -492,24 +483,17 @@ async def test_transfer_codings_other_than_chunked_are_501(
 # -- dead letters --------------------------------------------------------------
 
 
-def row(i: int, **overrides: Any) -> BarRow:
-    fields: dict[str, Any] = {
-        "provider": "dlq", "symbol": "AAPL", "resolution": "1m",
-        "ts": T0 + timedelta(minutes=i), "open": "10", "high": "11", "low": "9",
-        "close": "10.5", "volume": "100", "delayed": False,
-        "received_at": datetime(2026, 1, 1, tzinfo=UTC),
-    }  # fmt: skip
-    fields.update(overrides)
-    return BarRow(**fields)
+# A dead-lettered bar; bar 2 with low="12" breaks bars_ohlc_consistent (high is 11).
+dlq_row = partial(row, provider="dlq", open="10", high="11", low="9", close="10.5", volume="100")
 
 
 async def test_dead_letter_inspection_and_replay(
     service: RunningService, database_url: str, tmp_path: Path
 ) -> None:
     dlq = DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson")
-    await dlq.save([row(0), row(1)], "ConnectionError: lost during a forced stop")
-    await dlq.save([row(2, low="12")], "CheckViolationError: bars_ohlc_consistent")
-    await dlq.save([row(3)], "something transient")
+    await dlq.save([dlq_row(0), dlq_row(1)], "ConnectionError: lost during a forced stop")
+    await dlq.save([dlq_row(2, low="12")], "CheckViolationError: bars_ohlc_consistent")
+    await dlq.save([dlq_row(3)], "something transient")
 
     assert (await service.client.get("/admin/dlq")).status_code == 401
     summary = (await service.client.get("/admin/dlq", headers=AUTH)).json()
@@ -544,7 +528,7 @@ async def test_replay_does_not_roll_back_newer_data(
     newer["bars"][0]["symbol"] = "AAPL"
     assert (await post(service.client, newer, wait=True)).status_code == 201
     dlq = DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson")
-    await dlq.save([row(0, open="187.15", high="187.40", low="186.90", close="187.00")], "old")
+    await dlq.save([dlq_row(0, open="187.15", high="187.40", low="186.90", close="187.00")], "old")
     result = (await service.client.post("/admin/dlq/replay", headers=AUTH)).json()
     assert result["written"] == 1  # it landed (nothing lost)...
     (stored,) = await stored_bars(database_url)
@@ -592,9 +576,18 @@ async def test_reads_answer_503_while_the_database_is_gone(
 async def test_a_busy_pool_is_not_an_unreachable_database(service: RunningService) -> None:
     """Readiness has its own connection; reads wait for a free one, then say 503."""
     pool = service.components.db_pool
+    monitor = service.components.db_monitor
     held = [await pool.acquire() for _ in range(pool.get_max_size())]
     try:
-        await asyncio.sleep(0.3)  # several health checks
+        since = time.time()
+        checks: set[float] = set()
+
+        def several_checks() -> bool:
+            if monitor.status.checked_at > since:
+                checks.add(monitor.status.checked_at)
+            return len(checks) >= 3
+
+        await until(several_checks, what="several health checks with the pool held")
         assert (await service.client.get("/readyz")).status_code == 200
         params = {"provider": "a", "symbol": "AAPL", "resolution": "1m"}
         response = await service.client.get("/v1/bars", params=params)

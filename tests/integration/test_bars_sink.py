@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -11,7 +11,6 @@ import asyncpg
 import pytest
 
 from market_data_store.storage import (
-    BarRow,
     BarsSink,
     DbPool,
     apply_migrations,
@@ -20,22 +19,7 @@ from market_data_store.storage import (
     prepare_connection,
 )
 from market_data_store.storage.bars_sink import encode_csv
-
-T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
-ACCEPTED = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def row(
-    minute: int = 0, close: str = "187.02", *, accepted: datetime = ACCEPTED, **kw: Any
-) -> BarRow:
-    fields: dict[str, Any] = {
-        "provider": "ibkr", "symbol": "AAPL", "resolution": "1m",
-        "ts": T0 + timedelta(minutes=minute), "open": "187.15", "high": "187.40",
-        "low": "186.90", "close": close, "volume": "120034", "delayed": False,
-        "received_at": accepted,
-    }  # fmt: skip
-    fields.update(kw)
-    return BarRow(**fields)
+from tests.support.bars import ACCEPTED, T0, row
 
 
 @pytest.fixture
@@ -69,7 +53,7 @@ async def test_same_rows_twice_is_one_row_and_newer_values_win(pool: DbPool) -> 
     sink = BarsSink(pool)
     await sink.write([row(0, close="187.00")])
     later = ACCEPTED + timedelta(seconds=5)
-    await sink.write([row(0, close="187.20", accepted=later)])
+    await sink.write([row(0, close="187.20", received_at=later)])
     (only,) = await stored(pool)
     assert only["close"] == Decimal("187.20")
     assert only["ingested_at"] == ACCEPTED  # first seen
@@ -79,8 +63,8 @@ async def test_same_rows_twice_is_one_row_and_newer_values_win(pool: DbPool) -> 
 async def test_an_older_version_never_overwrites_a_newer_one(pool: DbPool) -> None:
     """A dead-letter replay or a slower worker must not roll a bar back."""
     sink = BarsSink(pool)
-    await sink.write([row(0, close="187.20", accepted=ACCEPTED + timedelta(seconds=5))])
-    await sink.write([row(0, close="187.00", accepted=ACCEPTED)])
+    await sink.write([row(0, close="187.20", received_at=ACCEPTED + timedelta(seconds=5))])
+    await sink.write([row(0, close="187.00", received_at=ACCEPTED)])
     (only,) = await stored(pool)
     assert only["close"] == Decimal("187.20")
 
@@ -88,7 +72,7 @@ async def test_an_older_version_never_overwrites_a_newer_one(pool: DbPool) -> No
 async def test_unchanged_rows_are_not_rewritten(pool: DbPool) -> None:
     sink = BarsSink(pool)
     await sink.write([row(0), row(1)])
-    await sink.write([row(0, accepted=ACCEPTED + timedelta(seconds=1)), row(1)])
+    await sink.write([row(0, received_at=ACCEPTED + timedelta(seconds=1)), row(1)])
     assert sink.stats.rows_written == 2  # the second batch changed nothing
     assert sink.stats.rows_received == 4
     assert {r["updated_at"] for r in await stored(pool)} == {ACCEPTED}
@@ -99,8 +83,8 @@ async def test_duplicate_keys_inside_one_batch_keep_the_latest(pool: DbPool) -> 
     await sink.write(
         [
             row(0, close="187.01"),
-            row(0, close="187.03", accepted=ACCEPTED + timedelta(seconds=2)),
-            row(0, close="187.02", accepted=ACCEPTED + timedelta(seconds=1)),
+            row(0, close="187.03", received_at=ACCEPTED + timedelta(seconds=2)),
+            row(0, close="187.02", received_at=ACCEPTED + timedelta(seconds=1)),
         ]
     )
     (only,) = await stored(pool)
@@ -128,9 +112,9 @@ async def test_a_mixed_batch_falls_back_to_the_merge_whole(pool: DbPool) -> None
     await sink.write(
         [
             row(3),  # new, before the conflicting key in the COPY
-            row(0, close="187.10", accepted=later),  # existing, newer: wins
-            row(1, accepted=later),  # existing, unchanged: not rewritten
-            row(2, close="187.00", accepted=ACCEPTED - timedelta(seconds=5)),  # older
+            row(0, close="187.10", received_at=later),  # existing, newer: wins
+            row(1, received_at=later),  # existing, unchanged: not rewritten
+            row(2, close="187.00", received_at=ACCEPTED - timedelta(seconds=5)),  # older
             row(4),  # new, after
         ]
     )
@@ -152,7 +136,7 @@ async def test_conflicts_make_the_sink_skip_the_fast_path_for_a_while(pool: DbPo
     attempts = []
     for i in range(12):  # each batch holds an existing key
         before = sink.stats.conflicts
-        await sink.write([row(0, accepted=ACCEPTED + timedelta(seconds=i + 1)), row(100 + i)])
+        await sink.write([row(0, received_at=ACCEPTED + timedelta(seconds=i + 1)), row(100 + i)])
         attempts.append(sink.stats.conflicts - before)
     # tried at batches 0, 2, 5 (after skipping 1, then 2), 10 (after skipping 4)
     assert attempts == [1, 0, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0]
@@ -182,7 +166,7 @@ async def test_a_conflict_and_a_check_violation_in_one_batch(pool: DbPool) -> No
     sink = BarsSink(pool)
     await sink.write([row(0)])
     with pytest.raises(asyncpg.CheckViolationError):
-        await sink.write([row(0, close="187.30", accepted=ACCEPTED + timedelta(seconds=1)),
+        await sink.write([row(0, close="187.30", received_at=ACCEPTED + timedelta(seconds=1)),
                           row(1, low="999")])  # fmt: skip
     (only,) = await stored(pool)
     assert only["close"] == Decimal("187.02")

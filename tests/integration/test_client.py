@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from market_data_store.client import (
     SyncStoreClient,
 )
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
-from tests.support.postgres import count_bars, stored_bars
+from tests.support.bars import T0, wire_bar, wire_bars
+from tests.support.postgres import count_bars, stored_at_least, stored_bars
 from tests.support.service import (
     RunningService,
     ServiceFactory,
@@ -36,8 +38,8 @@ from tests.support.service import (
     service_settings,
 )
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import until
 
-T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 LOCAL = "test/bars"
 HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
 
@@ -100,30 +102,18 @@ class Recorder(httpx.AsyncBaseTransport):
         return [p.status for p in self.posts]
 
 
-def bar(i: int, **overrides: Any) -> dict[str, Any]:
-    fields: dict[str, Any] = {
-        "symbol": "AAPL",
-        "ts": T0 + timedelta(minutes=i),
-        "open": Decimal("187.150"),
-        "high": Decimal("187.40"),
-        "low": Decimal("186.9"),
-        "close": Decimal("187.02"),
-        "volume": Decimal("120034"),
-        "resolution": "1m",
-    }
-    fields.update(overrides)
-    return fields
-
-
-def bars(n: int, first: int = 0) -> list[dict[str, Any]]:
-    return [bar(first + i) for i in range(n)]
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what or check}"
-        await asyncio.sleep(0.02)
+# Bars as a Python producer hands them over: an aware datetime and Decimals, whose
+# scale is stored as given.
+PYTHON_VALUES: dict[str, Any] = {
+    "ts_as": "datetime",
+    "open": Decimal("187.150"),
+    "high": Decimal("187.40"),
+    "low": Decimal("186.9"),
+    "close": Decimal("187.02"),
+    "volume": Decimal("120034"),
+}
+bar = partial(wire_bar, **PYTHON_VALUES)
+bars = partial(wire_bars, **PYTHON_VALUES)
 
 
 async def publish(svc: RunningService, level: BackpressureLevel, cid: str = LOCAL) -> None:
@@ -222,10 +212,7 @@ async def test_a_batch_too_large_for_the_store_is_split(
     assert wire.sizes() == [250, 125, 62, 63, 125, 62, 63]
     assert wire.statuses() == [413, 413, 202, 202, 413, 202, 202]
     assert client.stats.splits == 3
-    deadline = time.monotonic() + 10
-    while await count_bars(database_url) < 250:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    await until(lambda: stored_at_least(database_url, 250), what="250 bars stored")
 
 
 async def test_a_bad_half_of_a_split_batch_does_not_lose_the_other_half(
@@ -233,7 +220,7 @@ async def test_a_bad_half_of_a_split_batch_does_not_lose_the_other_half(
 ) -> None:
     """A 413 split whose first half is refused: that half comes back as a failure, the
     other half is still sent and stored (before the fix it was silently dropped)."""
-    batch = [*bars(3), bar(3, low=Decimal("999")), *bars(196, first=4)]
+    batch = [*bars(3), bar(3, low=Decimal("999")), *bars(196, 4)]
     async with service_with(MDS_INGEST_MAX_BARS_PER_REQUEST="100") as svc:
         client = StoreClient(svc.base_url, provider="ibkr", batch_size=200, max_in_flight=1)
         await client.write(batch)
@@ -241,10 +228,8 @@ async def test_a_bad_half_of_a_split_batch_does_not_lose_the_other_half(
             await client.aclose(timeout=30)
     assert len(info.value.bars) == 100  # the half holding the bad bar, handed back
     assert info.value.status == 422
-    deadline = time.monotonic() + 10
-    while await count_bars(database_url) < 100:  # the other half is stored (202: queued)
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+    # the other half is stored (202: queued)
+    await until(lambda: stored_at_least(database_url, 100), what="the other half stored")
 
 
 # -- retries -----------------------------------------------------------------------------
@@ -277,7 +262,7 @@ async def test_503_is_retried_after_its_retry_after(
         )
         proxy.hang()  # the database stops answering: writes stall, the queue fills
         await client.write(bars(200))
-        await until(lambda: client.stats.refused >= 1, 15, "a 503")
+        await until(lambda: client.stats.refused >= 1, timeout=15, what="a 503")
         proxy.restore()
         await client.flush(timeout=30)
         await client.aclose()
@@ -313,7 +298,7 @@ async def test_connection_errors_are_retried_until_the_store_is_reachable(
             max_backoff=0.2,
         ) as client:
             await client.write(bars(50))
-            await until(lambda: client.stats.transport_errors >= 2, 10, "failed attempts")
+            await until(lambda: client.stats.transport_errors >= 2, what="failed attempts")
             assert client.stats.bars_accepted == 0
             proxy.restore()
             await client.flush(timeout=20)
@@ -427,8 +412,8 @@ async def test_the_stream_resumes_with_last_event_id_after_a_cut(service: Runnin
         proxy.restore()
         await until(
             lambda: [e.level for e in events if e.reason == "test"] == ["hard", "ok"],
-            20,
-            "the replay",
+            timeout=20,
+            what="the replay",
         )
         assert client.stream_connected
         assert client.level == "ok"
@@ -471,10 +456,7 @@ async def test_real_feedback_from_a_small_queue_throttles_and_loses_nothing(
     assert {"soft", "hard"} <= {e.level for e in events if e.via == "stream"}
     assert client.rate is not None
     assert client.stats.bars_accepted == 8000
-    deadline = time.monotonic() + 20
-    while await count_bars(database_url) < 8000:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.1)
+    await until(lambda: stored_at_least(database_url, 8000), timeout=20, what="8000 bars stored")
 
 
 # -- the synchronous wrapper --------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -12,31 +11,13 @@ import pytest
 
 from market_data_store.coordinator import DeadLetterQueue, WriteCoordinator
 from market_data_store.storage import BarRow
+from tests.support.bars import rows
 from tests.support.postgres import count_bars
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
 
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
-
-
-def bars(n: int, *, start: int = 0, bad: set[int] | None = None) -> list[BarRow]:
-    now = datetime.now(UTC)
-    return [
-        BarRow(
-            provider="ibkr",
-            symbol=f"S{i % 7}",
-            resolution="1m",
-            ts=T0 + timedelta(minutes=i),
-            open="1.10",
-            high="1.30",
-            low="1.00",
-            close="x" if bad and i in bad else f"1.{i % 31:02d}",
-            volume=str(i),
-            delayed=False,
-            received_at=now,
-        )
-        for i in range(start, start + n)
-    ]
+# Rows here have their number as volume (``volume=str``): the poison triggers below pick
+# a row by it, and the dead-lettered rows are told apart by it.
 
 
 @pytest.fixture
@@ -54,12 +35,14 @@ async def test_accepted_rows_survive_a_database_outage(
     service: RunningService, proxy: TcpProxy, database_url: str
 ) -> None:
     coordinator: WriteCoordinator[BarRow] = service.components.coordinator
-    await coordinator.submit_many(bars(500))
+    await coordinator.submit_many(rows(500, volume=str))
     await asyncio.wait_for(coordinator.wait_idle(), 30)
     assert await count_bars(database_url) == 500
 
     proxy.cut()
-    await coordinator.submit_many(bars(1500, start=500))  # accepted while the database is gone
+    await coordinator.submit_many(
+        rows(1500, 500, volume=str)
+    )  # accepted while the database is gone
     await asyncio.sleep(0.5)
     assert coordinator.queue.unfinished > 0  # waiting, not dropped
     assert coordinator.health().workers_alive == 4
@@ -76,7 +59,7 @@ async def test_bad_rows_are_dead_lettered_good_rows_written(
     service: RunningService, database_url: str, tmp_path: Path
 ) -> None:
     coordinator: WriteCoordinator[BarRow] = service.components.coordinator
-    await coordinator.submit_many(bars(300, bad={17, 250}))
+    await coordinator.submit_many(rows(300, bad={17, 250}, volume=str))
     await asyncio.wait_for(coordinator.wait_idle(), 30)
     assert await count_bars(database_url) == 298
     records = await DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson").replay()
@@ -115,7 +98,7 @@ async def test_rows_a_trigger_refuses_are_dead_lettered_not_retried_forever(
             """
         )
         coordinator: WriteCoordinator[BarRow] = service.components.coordinator
-        await coordinator.submit_many(bars(100))
+        await coordinator.submit_many(rows(100, volume=str))
         await asyncio.wait_for(coordinator.wait_idle(), 30)
         assert await count_bars(database_url) == 99
         (record,) = await DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson").records()

@@ -11,7 +11,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -20,10 +19,11 @@ import pytest
 from market_data_store.coordinator import WriteCoordinator
 from market_data_store.storage import BarRow
 from market_data_store.storage.embedded import EmbeddedPostgres
+from tests.support.bars import rows
 from tests.support.postgres import count_bars
 from tests.support.service import running_service, service_settings
+from tests.support.waits import until
 
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
 BACK_WITHIN = 2.0  # seconds from the database answering to readiness 200
 
 
@@ -42,21 +42,13 @@ async def owned_postgres() -> AsyncIterator[EmbeddedPostgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def bars(n: int, start: int = 0) -> list[BarRow]:
-    now = datetime.now(UTC)
-    return [
-        BarRow("rec", "S", "1m", T0 + timedelta(minutes=i), "1", "2", "1", "1.5", "9", False, now)
-        for i in range(start, start + n)
-    ]
-
-
 async def breaker_opened(coordinator: WriteCoordinator[BarRow]) -> None:
     """Wait (at most 10 s) until the failing writes opened the breaker."""
-    for _ in range(500):
-        if coordinator.breaker.state == "open":
-            return
-        await asyncio.sleep(0.02)
-    pytest.fail(f"breaker still {coordinator.breaker.state} after 10 s of failing writes")
+    await until(
+        lambda: coordinator.breaker.state == "open",
+        timeout=10,
+        what="the breaker open after failing writes",
+    )
 
 
 async def readiness(client: httpx.AsyncClient) -> int:
@@ -65,12 +57,11 @@ async def readiness(client: httpx.AsyncClient) -> int:
 
 async def poll_until(client: httpx.AsyncClient, code: int, limit: float) -> float:
     """Seconds until ``/readyz`` answers ``code``; fails after ``limit`` seconds."""
-    started = time.monotonic()
-    while await readiness(client) != code:
-        elapsed = time.monotonic() - started
-        assert elapsed < limit, f"/readyz not {code} after {elapsed:.2f}s"
-        await asyncio.sleep(0.02)
-    return time.monotonic() - started
+
+    async def answers() -> bool:
+        return await readiness(client) == code
+
+    return await until(answers, timeout=limit, what=f"/readyz {code}")
 
 
 async def test_readiness_is_back_within_2s_of_the_database(
@@ -93,7 +84,7 @@ async def test_readiness_is_back_within_2s_of_the_database(
         assert await readiness(svc.client) == 200
 
         await owned_postgres.stop()
-        await coordinator.submit_many(bars(200))  # accepted during the outage
+        await coordinator.submit_many(rows(200))  # accepted during the outage
         await poll_until(svc.client, 503, 10)
         await breaker_opened(coordinator)
 
@@ -124,7 +115,7 @@ async def test_readiness_is_back_after_an_outage_the_monitor_did_not_see(
     async with running_service(settings) as svc:
         coordinator: WriteCoordinator[BarRow] = svc.components.coordinator
         await owned_postgres.stop()
-        await coordinator.submit_many(bars(50))
+        await coordinator.submit_many(rows(50))
         await breaker_opened(coordinator)
         await owned_postgres.start()
         took = await poll_until(svc.client, 200, BACK_WITHIN)
@@ -155,11 +146,11 @@ async def test_a_database_back_during_the_drain_gets_the_queue_written(
     async with running_service(settings) as svc:
         coordinator: WriteCoordinator[BarRow] = svc.components.coordinator
         await owned_postgres.stop()
-        await coordinator.submit_many(bars(30))
+        await coordinator.submit_many(rows(30))
         await breaker_opened(coordinator)
 
         async def come_back() -> None:
-            await asyncio.sleep(1.0)  # the shutdown and its drain have begun
+            await until(lambda: coordinator.stopping, what="the shutdown's drain begun")
             await owned_postgres.start()
 
         back = asyncio.create_task(come_back())

@@ -11,7 +11,6 @@ import asyncio
 import os
 from collections import Counter
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -20,10 +19,10 @@ import pytest
 
 from market_data_store.coordinator import DeadLetterQueue, WriteCoordinator
 from market_data_store.storage import BarRow
+from tests.support.bars import rows
 from tests.support.postgres import stored_bars
 from tests.support.service import RunningService, running_service, service_settings
 
-T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 TOKEN = "admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POISON = "POISON"
@@ -45,14 +44,8 @@ DROP FUNCTION test_reject_poison();
 """
 
 
-def row(i: int, symbol: str) -> BarRow:
-    return BarRow(
-        "dlq", symbol, "1m", T0 + timedelta(minutes=i), "10", "11", "9", "10.5", "100", False, T0
-    )
-
-
-GOOD = [row(i, "GOOD") for i in range(10)]
-BAD = [row(i, POISON) for i in range(20)]
+GOOD = rows(10, symbol="GOOD")
+BAD = rows(20, symbol=POISON)
 
 
 @pytest.fixture

@@ -22,6 +22,11 @@ async def open_raw_stream(port: int) -> tuple[asyncio.StreamReader, asyncio.Stre
     return reader, writer
 
 
+async def read_snapshot(reader: asyncio.StreamReader) -> bytes:
+    """The stream up to its snapshot, the first feedback event."""
+    return await asyncio.wait_for(reader.readuntil(b"event: feedback"), 10)
+
+
 async def read_to_end(reader: asyncio.StreamReader) -> bytes:
     return await asyncio.wait_for(reader.read(), 15)
 
@@ -37,11 +42,11 @@ def test_sigterm_with_open_streams_ends_them_and_exits(database_url: str, tmp_pa
 
         async def scenario() -> tuple[list[bytes], float, float]:
             streams = await asyncio.gather(*(open_raw_stream(port) for _ in range(STREAMS)))
+            snapshots = await asyncio.gather(*(read_snapshot(r) for r, _ in streams))
             tails = [asyncio.create_task(read_to_end(r)) for r, _ in streams]
-            await asyncio.sleep(0.3)  # every stream has its snapshot by now
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
-            bodies = await asyncio.gather(*tails)
+            bodies = [s + t for s, t in zip(snapshots, await asyncio.gather(*tails), strict=True)]
             for _, writer in streams:
                 writer.close()
             return bodies, started, time.monotonic() - started

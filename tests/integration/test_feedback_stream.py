@@ -18,6 +18,7 @@ from market_data_store.http.controllers.feedback import EVENT_ID_PATTERN
 from tests.support.bars import bars_body
 from tests.support.service import RunningService, ServiceFactory, service_factory
 from tests.support.sse import Message, open_stream
+from tests.support.waits import until
 
 HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
 LOCAL = "test/bars"
@@ -239,8 +240,7 @@ async def test_a_stalled_reader_delays_no_one_stays_bounded_and_is_cut(
         before = set(fanout(svc)._subscribers)
         stalled = stalled_reader(port)
         try:
-            while fanout(svc).subscriber_count < 2:  # noqa: ASYNC110 (polls the server's state)
-                await asyncio.sleep(0.01)
+            await until(lambda: fanout(svc).subscriber_count >= 2, what="the stalled reader")
             (slow,) = set(fanout(svc)._subscribers) - before
             most_pending = 0
             # ~1 MB in all: far more than a stream's socket and write buffers hold
@@ -254,12 +254,10 @@ async def test_a_stalled_reader_delays_no_one_stays_bounded_and_is_cut(
                 await asyncio.sleep(0)  # the streams run between events, as they would
             received = await reader
             async with asyncio.timeout(10):
-                while fanout(svc).subscriber_count > 1:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
+                await until(lambda: fanout(svc).subscriber_count <= 1, what="the stalled cut")
                 # the server holds nothing for it: its connection was cut, not left to
                 # drain a buffer its client never reads
-                while len(connections) > held:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
+                await until(lambda: len(connections) <= held, what="its connection closed")
             stats = fanout(svc).stats
         finally:
             stalled.close()
@@ -281,8 +279,7 @@ async def test_shutdown_does_not_wait_on_a_stalled_reader(service_with: ServiceF
         port = int(svc.base_url.rsplit(":", 1)[1])
         stalled = stalled_reader(port)
         try:
-            while fanout(svc).subscriber_count < 1:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+            await until(lambda: fanout(svc).subscriber_count >= 1, what="the stalled reader")
             for i in range(300):  # ~1 MB: its buffers fill, a send blocks
                 await emit(svc, (SOFT, HARD)[i % 2], LOCAL, "r" * 3000)
                 await asyncio.sleep(0)
@@ -290,8 +287,10 @@ async def test_shutdown_does_not_wait_on_a_stalled_reader(service_with: ServiceF
             started = time.monotonic()
             svc.components.lifecycle.begin_shutdown()
             async with asyncio.timeout(5):
-                while fanout(svc).subscriber_count or connections:  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+                await until(
+                    lambda: not (fanout(svc).subscriber_count or connections),
+                    what="every stream ended and its connection cut",
+                )
             took = time.monotonic() - started
         finally:
             stalled.close()

@@ -22,6 +22,7 @@ from market_data_store.service import HealthSources
 from market_data_store.storage import DatabaseMonitor, DatabaseStatus
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import until
 
 
 @pytest.fixture
@@ -39,12 +40,15 @@ def component(status: HealthStatus, name: str) -> dict[str, str]:
 
 
 async def wait_for_status(client: httpx.AsyncClient, path: str, code: int) -> httpx.Response:
-    deadline = time.monotonic() + 10
-    while True:
-        response = await client.get(path)
-        if response.status_code == code or time.monotonic() > deadline:
-            return response
-        await asyncio.sleep(0.05)
+    """The first answer of ``path`` with status ``code`` (fails after 10 s)."""
+    last: list[httpx.Response] = []
+
+    async def answers() -> bool:
+        last[:] = [await client.get(path)]
+        return last[0].status_code == code
+
+    await until(answers, timeout=10, what=f"{path} answering {code}", interval=0.05)
+    return last[0]
 
 
 async def test_healthz_returns_health_status(service: RunningService) -> None:
@@ -206,10 +210,7 @@ async def test_sigterm_handler_announces_shutdown_at_once(service: RunningServic
     service.server.handle_exit(signal.SIGTERM, None)  # what the signal would call
     # uvicorn re-raises captured signals when it exits: that would end this test run.
     service.server._captured_signals.clear()
-    for _ in range(50):
-        if lifecycle.shutting_down:
-            break
-        await asyncio.sleep(0.01)
+    await until(lambda: lifecycle.shutting_down, timeout=0.5, what="shutdown", interval=0.01)
     assert lifecycle.shutting_down
     assert service.components.lifecycle.shutdown_event.is_set()
 

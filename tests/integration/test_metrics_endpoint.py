@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from litestar import get
 from litestar.params import FromPath
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from market_data_store.storage import BarRow
+from tests.support.bars import rows
 from tests.support.service import RunningService, running_service, service_settings
+from tests.support.waits import until
 
 
 @get("/test/echo/{name:str}", sync_to_thread=False)
@@ -39,15 +40,9 @@ async def scrape(service: RunningService) -> dict[str, list[Sample]]:
     return {f.name: f.samples for f in text_string_to_metric_families(response.text)}
 
 
-def bar(i: int) -> BarRow:
-    now = datetime.now(UTC)
-    ts = datetime(2024, 1, 2, 14, i % 60, tzinfo=UTC)
-    return BarRow("test", "AAPL", "1m", ts, "1", "2", "0.5", "1.5", "10", False, now)
-
-
 async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningService) -> None:
     coordinator = service.components.coordinator
-    await coordinator.submit_many([bar(i) for i in range(30)])
+    await coordinator.submit_many(rows(30, received_at=datetime.now(UTC)))
     await coordinator.wait_idle()
     families = await scrape(service)
     for name in (
@@ -80,7 +75,8 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
     batches = {s.labels["path"]: s.value for s in families["mds_sink_batches"]}
     assert batches["copy"] >= 1  # new bars: straight into the table
     assert batches["merge"] == 0
-    await coordinator.submit_many([bar(i) for i in range(5)])  # existing keys: merged
+    # existing keys, accepted later: merged
+    await coordinator.submit_many(rows(5, received_at=datetime.now(UTC)))
     await coordinator.wait_idle()
     families = await scrape(service)
     assert value("mds_sink_conflicts", "_total") == 1
@@ -96,7 +92,7 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
 async def test_the_fast_path_can_be_turned_off(database_url: str, tmp_path: Path) -> None:
     settings = service_settings(database_url, str(tmp_path), MDS_DATABASE_COPY_FAST_PATH="false")
     async with running_service(settings) as svc:
-        await svc.components.coordinator.submit_many([bar(i) for i in range(10)])
+        await svc.components.coordinator.submit_many(rows(10))
         await svc.components.coordinator.wait_idle()
         families = await scrape(svc)
     assert {s.labels["path"]: s.value for s in families["mds_sink_batches"]} == {
@@ -159,15 +155,21 @@ async def test_an_aborted_upload_is_an_error_without_a_status_code(
 ) -> None:
     for _ in range(5):
         await asyncio.to_thread(abort_upload, service.base_url)
-    deadline = time.monotonic() + 10
-    while True:  # the server sees each disconnect a little after the client left
+    response: httpx.Response | None = None
+    samples: list[Sample] = []
+    aborted: list[Sample] = []
+
+    async def all_seen() -> bool:
+        nonlocal response, samples, aborted
         response = await service.client.get("/metrics")
         samples = scrape_text(response.text)["http_server_request_duration_seconds"]
         aborted = [s for s in samples if s.name.endswith("_count")
                    and s.labels.get("error_type") == "aborted"]  # fmt: skip
-        if sum(s.value for s in aborted) >= 5 or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
+        return sum(s.value for s in aborted) >= 5
+
+    # the server sees each disconnect a little after the client left
+    await until(all_seen, what="5 aborted uploads measured", interval=0.05)
+    assert response is not None
     assert sum(s.value for s in aborted) == 5
     (labels,) = [s.labels for s in aborted]
     # no response went out: no status code (not even an empty one), never a 5xx

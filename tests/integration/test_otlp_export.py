@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -14,6 +13,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 
 from market_data_store.telemetry import build_telemetry
 from market_data_store.telemetry.provider import otlp_metrics_url
+from tests.support.waits import until_sync
 
 
 class Collector(HTTPServer):
@@ -56,9 +56,7 @@ def test_metrics_are_pushed_to_the_collector(collector: Collector) -> None:
     counter.add(3)
     telemetry.http_duration.record(("GET", "/healthz", 200, "http", None), 0.002)
     telemetry.shutdown()  # flushes the periodic reader: one export at least
-    deadline = time.monotonic() + 10
-    while not collector.received and time.monotonic() < deadline:
-        time.sleep(0.05)
+    until_sync(lambda: collector.received, what="an export")
     path, content_type, body = collector.received[0]
     assert path == "/v1/metrics"
     assert content_type == "application/x-protobuf"

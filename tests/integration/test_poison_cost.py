@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,9 @@ from market_data_store.storage import (
     open_pool,
     prepare_connection,
 )
+from tests.support.bars import T0, rows
 
 N = 5000
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
 
 
 class CountingSink:
@@ -53,19 +52,6 @@ async def pool(database_url: str) -> AsyncIterator[DbPool]:
     await p.close()
 
 
-def bars(n: int, poison: set[int]) -> list[BarRow]:
-    now = datetime.now(UTC)
-    return [
-        BarRow(
-            provider="ibkr", symbol=f"S{i % 7}", resolution="1m",
-            ts=T0 + timedelta(minutes=i), open="1.10", high="1.30", low="1.00",
-            close="1.20", volume="666" if i in poison else str(1000 + i),
-            delayed=False, received_at=now,
-        )
-        for i in range(n)
-    ]  # fmt: skip
-
-
 @pytest.mark.parametrize(
     "poison", [{2500}, {0, 2500, N - 1}, {1000, 1001, 1002}], ids=["one", "spread", "adjacent"]
 )
@@ -79,7 +65,10 @@ async def test_poison_rows_cost_about_log_n_writes_each(
         1, q, sink, batch_size=N, flush_interval=0.01,
         retry_policy=RetryPolicy(classify_retryable=is_retryable), dead_letters=dlq,
     )  # fmt: skip
-    await q.put_many(bars(N, poison))
+    # distinct volumes from 1000 on; a poison row's is 666, which the CHECK refuses
+    await q.put_many(
+        rows(N, volume=lambda i: str(1000 + i), bad=poison, bad_fields={"volume": "666"})
+    )
     worker.start()
     await asyncio.wait_for(q.join(), 60)
     await worker.stop()
@@ -87,9 +76,9 @@ async def test_poison_rows_cost_about_log_n_writes_each(
     # one poison row in 5,000: 16 writes at most (halving both halves took 25 to 27)
     assert sink.attempts <= 1 + len(poison) * (math.ceil(math.log2(N)) + 2)
     async with pool.acquire() as conn:
-        rows = await conn.fetch("SELECT volume FROM bars ORDER BY volume")
+        stored = await conn.fetch("SELECT volume FROM bars ORDER BY volume")
     good = [1000 + i for i in range(N) if i not in poison]
-    assert [int(r["volume"]) for r in rows] == good  # each good row once
+    assert [int(r["volume"]) for r in stored] == good  # each good row once
     records = await dlq.records()
     assert sorted(int(r.items[0].ts.timestamp() - T0.timestamp()) // 60 for r in records) == (
         sorted(poison)

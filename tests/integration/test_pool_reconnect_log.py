@@ -14,6 +14,7 @@ from market_data_store.storage.embedded import EmbeddedPostgres
 from market_data_store.storage.monitor import DatabaseMonitor
 from market_data_store.storage.pool import RECONNECT_LOG, close_pool, open_pool
 from tests.support.tcp_proxy import TcpProxy, upstream_of
+from tests.support.waits import until
 
 ATTEMPTS = 3  # asyncpg retries after 1, 2, 4... s: three failures within ~3 s
 
@@ -30,10 +31,12 @@ async def test_reconnect_failures_log_one_line_per_outage(
         caplog.set_level(logging.INFO)
         RECONNECT_LOG.outage_over()
         proxy.cut()  # the pool's connections drop; asyncpg restores its floor, failing
-        for _ in range(300):  # until asyncpg tried ATTEMPTS times (at most 30 s)
-            if RECONNECT_LOG.failures >= ATTEMPTS:
-                break
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: RECONNECT_LOG.failures >= ATTEMPTS,
+            timeout=30,
+            what=f"asyncpg trying {ATTEMPTS} times",
+            interval=0.1,
+        )
         assert RECONNECT_LOG.failures >= ATTEMPTS
         assert not (await monitor.check()).reachable
         proxy.restore()

@@ -3,7 +3,6 @@ and a Redis that is stopped and started again."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,15 +20,10 @@ from tests.support.bars import bars_body
 from tests.support.process import serve, stop
 from tests.support.redis_server import PrivateRedis, replica_env, shared_redis_url, unique_channel
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import until, until_sync
 
 HARD, SOFT, OK = BackpressureLevel.hard, BackpressureLevel.soft, BackpressureLevel.ok
-
-
-async def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
+REPLICAS = 15.0  # seconds to wait on replicas, which are processes of their own
 
 
 def test_publisher_is_a_core_feedback_publisher() -> None:
@@ -47,15 +41,15 @@ async def test_events_of_one_replica_reach_the_other_and_not_themselves() -> Non
     bridges = [RedisFeedbackBridge(url, channel, f, timeout=1) for f in (here, there)]
     try:
         await publisher.start()
-        await eventually(lambda: publisher.connected)  # writes the latest events (seed) first
+        await until(lambda: publisher.connected)  # writes the latest events (seed) first
         for bridge in bridges:
             await bridge.start()
-        await eventually(lambda: all(b.connected for b in bridges))
+        await until(lambda: all(b.connected for b in bridges))
         # a bridge started after the event learns it from the replica's hash
-        await eventually(lambda: [f.coord_id for f in there.snapshot()] == ["a/bars"])
+        await until(lambda: [f.coord_id for f in there.snapshot()] == ["a/bars"])
         hard = FeedbackEvent.create("a/bars", 90, 100, HARD, "queue_full")
         await publisher.publish(hard)
-        await eventually(lambda: there.snapshot()[0].event.level is HARD)
+        await until(lambda: there.snapshot()[0].event.level is HARD)
     finally:
         for bridge in bridges:
             await bridge.stop()
@@ -84,11 +78,11 @@ async def test_garbage_on_the_channel_is_counted_and_ignored() -> None:
     try:
         await client.set(f"{channel}:latest:junk", "not a hash")  # must not break seeding
         await bridge.start()
-        await eventually(lambda: bridge.connected)
+        await until(lambda: bridge.connected)
         for junk in poison:
             await client.publish(channel, junk)
         await client.publish(channel, good.model_dump_json())
-        await eventually(lambda: bridge.received == len(poison) + 2)  # + the stray key
+        await until(lambda: bridge.received == len(poison) + 2)  # + the stray key
     finally:
         await bridge.stop()
         await client.delete(f"{channel}:latest:junk")
@@ -110,14 +104,14 @@ async def test_a_silently_dead_subscription_is_noticed_and_renewed(tmp_path: Pat
     client = Redis.from_url(url)
     try:
         await bridge.start()
-        await eventually(lambda: bridge.connected)
+        await until(lambda: bridge.connected)
         proxy.hang()
-        await eventually(lambda: not bridge.connected, timeout=5)
+        await until(lambda: not bridge.connected, timeout=5)
         proxy.restore()
-        await eventually(lambda: bridge.connected, timeout=10)
+        await until(lambda: bridge.connected, timeout=10)
         event = FeedbackEvent.create("c/bars", 5, 10, HARD)
         await client.publish(channel, event.model_dump_json())
-        await eventually(lambda: [f.event for f in fanout.snapshot()] == [event])
+        await until(lambda: [f.event for f in fanout.snapshot()] == [event])
     finally:
         await bridge.stop()
         await proxy.close()
@@ -137,13 +131,6 @@ def feedback_health(base: str) -> dict[str, str]:
     body = httpx.get(f"{base}/healthz", timeout=2).json()
     (component,) = [c for c in body["components"] if c["name"] == "feedback"]
     return {"state": component["state"], **component["details"]}
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.05)
 
 
 def levels_after_snapshot(
@@ -189,10 +176,13 @@ def test_two_replicas_see_each_other_and_survive_a_redis_restart(
         replica_env(database_url, tmp_path, n, private_redis.url, channel) for n in "ab"
     )
     with serve(env_a, tmp_path) as (proc_a, a), serve(env_b, tmp_path) as (proc_b, b):
-        wait_until(lambda: feedback_health(a)["redis"] == "connected")
-        wait_until(lambda: feedback_health(b)["redis"] == "connected")
+        until_sync(lambda: feedback_health(a)["redis"] == "connected", timeout=REPLICAS)
+        until_sync(lambda: feedback_health(b)["redis"] == "connected", timeout=REPLICAS)
         # each replica knows the other's coordinator (from its hash or its start event)
-        wait_until(lambda: levels_of(a, "b/bars") == "ok" and levels_of(b, "a/bars") == "ok")
+        until_sync(
+            lambda: levels_of(a, "b/bars") == "ok" and levels_of(b, "a/bars") == "ok",
+            timeout=REPLICAS,
+        )
 
         def ingest_on_b(day: int) -> None:
             response = httpx.post(f"{b}/v1/bars?wait=commit", json=bars_body(90, day), timeout=10)
@@ -203,8 +193,8 @@ def test_two_replicas_see_each_other_and_survive_a_redis_restart(
         ]  # fmt: skip
 
         private_redis.stop()
-        wait_until(lambda: feedback_health(a)["redis"] == "disconnected")
-        wait_until(lambda: feedback_health(b)["state"] == "degraded")
+        until_sync(lambda: feedback_health(a)["redis"] == "disconnected", timeout=REPLICAS)
+        until_sync(lambda: feedback_health(b)["state"] == "degraded", timeout=REPLICAS)
         # the service keeps serving: ingest, probes and the local stream do not wait on Redis
         started = time.monotonic()
         ingest_on_b(1)
@@ -215,8 +205,8 @@ def test_two_replicas_see_each_other_and_survive_a_redis_restart(
         assert "redis_error_detail" not in health  # the error's type: /admin/health only
 
         private_redis.start()  # same port, empty: nothing of before survived
-        wait_until(lambda: feedback_health(a)["redis"] == "connected")
-        wait_until(lambda: feedback_health(b)["redis"] == "connected")
+        until_sync(lambda: feedback_health(a)["redis"] == "connected", timeout=REPLICAS)
+        until_sync(lambda: feedback_health(b)["redis"] == "connected", timeout=REPLICAS)
         assert levels_after_snapshot(a, "b/bars", 3, lambda: ingest_on_b(2)) == [
             "soft", "hard", "ok",
         ]  # fmt: skip

@@ -6,14 +6,15 @@ import asyncio
 import os
 import signal
 import subprocess
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.bars import ONES, wire_bars
 from tests.support.postgres import count_bars, with_database
 from tests.support.process import SERVE, free_port, serve, serve_once, stop
+from tests.support.waits import until
 
 
 def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> None:
@@ -25,16 +26,10 @@ def test_sigterm_drains_closes_and_exits(database_url: str, tmp_path: Path) -> N
         "MDS_COORDINATOR_BATCH_SIZE": "100",
         "MDS_SERVER_INSTANCE_ID": "pod-1",
     }
-    t0 = datetime(2024, 1, 1, tzinfo=UTC)
     with serve(env, tmp_path) as (proc, base):
         assert httpx.get(f"{base}/healthz").json()["ok"] is True
         for r in range(4):  # 20,000 bars queued, then SIGTERM at once: the drain writes them
-            bars = [
-                {"symbol": "S", "ts": (t0 + timedelta(minutes=r * 5000 + i)).isoformat(),
-                 "open": "1", "high": "1", "low": "1", "close": "1", "volume": "1",
-                 "resolution": "1m"}
-                for i in range(5000)
-            ]  # fmt: skip
+            bars = wire_bars(5000, r * 5000, symbol="S", **ONES)
             response = httpx.post(f"{base}/v1/bars", json={"provider": "p", "bars": bars})
             assert response.status_code == 202
         output = stop(proc)
@@ -138,9 +133,9 @@ async def test_the_serve_command_freezes_the_heap_once_up(
         app = create_app(settings)
         srv = server_module.build_server(app, settings, host="127.0.0.1", port=0, tune_gc=tune_gc)
         task = asyncio.create_task(srv.serve())
-        while not srv.started:
-            assert not task.done()
-            await asyncio.sleep(0.01)
+        # awaited at once: the loop variables cannot change meanwhile
+        await until(lambda: srv.started or task.done(), timeout=30, what="started")  # noqa: B023
+        assert not task.done()
         assert ServicePlugin.of(app).components.coordinator is not None  # the lifespan had run
         assert calls == expected
         srv.should_exit = True

@@ -29,6 +29,7 @@ import pytest
 
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout
+from tests.support import waits
 from tests.support.postgres import REQUIRE_SERVICES
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
@@ -164,14 +165,18 @@ class Browser:
 
     async def wait_for(self, what: str, until: Callable[[PageState], bool]) -> PageState:
         """The page's state once ``until`` accepts it (polled; at most ``WAIT`` seconds)."""
-        deadline = time.monotonic() + WAIT
-        while True:
-            state: PageState | None = await self.evaluate(PAGE_STATE)
-            if state is not None and until(state):
-                return state
-            if time.monotonic() > deadline:
-                raise AssertionError(f"the page did not show {what} in {WAIT}s; it shows {state}")
-            await asyncio.sleep(0.05)
+        shown: list[PageState | None] = [None]
+
+        async def shows() -> bool:
+            shown[0] = await self.evaluate(PAGE_STATE)
+            return shown[0] is not None and until(shown[0])
+
+        try:
+            await waits.until(shows, timeout=WAIT, what=f"the page showing {what}", interval=0.05)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; it shows {shown[0]}") from None
+        assert shown[0] is not None
+        return shown[0]
 
     def take_problems(self) -> list[str]:
         """What the page reported going wrong since last asked: uncaught exceptions,
@@ -336,15 +341,9 @@ async def emit(
 async def streams_open(svc: RunningService, count: int) -> None:
     """Wait until the service has ``count`` feedback streams open."""
     fanout: FeedbackFanout = svc.components.feedback_fanout
-    deadline = time.monotonic() + WAIT
-    while True:
-        if fanout.subscriber_count == count:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"{fanout.subscriber_count} streams open after {WAIT}s, not {count}"
-            )
-        await asyncio.sleep(0.02)
+    await waits.until(
+        lambda: fanout.subscriber_count == count, timeout=WAIT, what=f"{count} streams open"
+    )
 
 
 # -- tests --------------------------------------------------------------------------

@@ -24,10 +24,11 @@ from market_data_core.telemetry import HealthStatus
 
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import HttpFeedbackBroadcaster
-from tests.conftest import Recorder
 from tests.support.bars import bars_body
+from tests.support.feedback import Recorder
 from tests.support.http_receiver import HttpReceiver, Reply
 from tests.support.service import RunningService, running_service, service_settings
+from tests.support.waits import until
 
 Make = Callable[..., HttpFeedbackBroadcaster]
 
@@ -40,15 +41,6 @@ def event(
     coordinator_id: str = "test-coord",
 ) -> FeedbackEvent:
     return FeedbackEvent.create(coordinator_id, queue_size, capacity, level, reason)
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait until ``check()`` holds (AssertionError after ``timeout`` s)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
 
 
 def closed_port() -> int:

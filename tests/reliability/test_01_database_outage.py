@@ -24,9 +24,9 @@ from tests.support.reliability import (
     percentile,
     statuses_of,
     stored_values,
-    until,
     until_queue_empty,
 )
+from tests.support.waits import until
 
 SCENARIO = ScenarioReport(
     1,
@@ -110,7 +110,9 @@ def test_database_outage_during_ingest(
                 await asyncio.to_thread(owned_pg.start)
                 back_at = time.monotonic()
                 await until(
-                    lambda: probes.first(200, restart_at) is not None, 45, "readiness 200 again"
+                    lambda: probes.first(200, restart_at) is not None,
+                    timeout=45,
+                    what="readiness 200 again",
                 )
                 await asyncio.sleep(3)
                 halt.set()

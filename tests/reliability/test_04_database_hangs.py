@@ -21,10 +21,10 @@ from tests.support.reliability import (
     percentile,
     statuses_of,
     stored_values,
-    until,
     until_queue_empty,
 )
 from tests.support.tcp_proxy import upstream_of
+from tests.support.waits import until
 
 SCENARIO = ScenarioReport(
     4,
@@ -73,7 +73,11 @@ def test_database_hangs(database_url: str, tmp_path: Path, report: ScenarioRepor
                     await asyncio.sleep(HANG)
                     proxy.restore()
                     resumed_at = time.monotonic()
-                    await until(lambda: ready.first(200, resumed_at) is not None, 40, "ready again")
+                    await until(
+                        lambda: ready.first(200, resumed_at) is not None,
+                        timeout=40,
+                        what="ready again",
+                    )
                     await asyncio.sleep(2)
                     halt.set()
                     await asyncio.gather(*tasks)

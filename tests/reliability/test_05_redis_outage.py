@@ -19,8 +19,8 @@ from tests.support.reliability import (
     ScenarioReport,
     ms,
     percentile,
-    until,
 )
+from tests.support.waits import until
 
 SCENARIO = ScenarioReport(
     5,
@@ -83,8 +83,8 @@ def test_redis_outage(
                 await ingest_on_b(0)
                 await until(
                     lambda: stream.between(before)[-3:] == ["soft", "hard", "ok"],
-                    10,
-                    "B's events on A",
+                    timeout=10,
+                    what="B's events on A",
                 )
 
                 down_at = time.monotonic()
@@ -104,7 +104,9 @@ def test_redis_outage(
                 after = time.monotonic()
                 await ingest_on_b(4)
                 await until(
-                    lambda: stream.between(after)[-3:] == ["soft", "hard", "ok"], 10, "recovered"
+                    lambda: stream.between(after)[-3:] == ["soft", "hard", "ok"],
+                    timeout=10,
+                    what="recovered",
                 )
                 delivered = stream.levels[-1][0] - after
                 halt.set()
@@ -145,11 +147,12 @@ def test_redis_outage(
 
 
 async def until_state(client: httpx.AsyncClient, state: str, timeout: float) -> float:
-    started = time.monotonic()
-    while await redis_state(client) != state:
-        assert time.monotonic() - started < timeout, f"redis not {state} within {timeout} s"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
+    """Seconds until the feedback's redis state on ``client``'s replica is ``state``."""
+
+    async def reached() -> bool:
+        return await redis_state(client) == state
+
+    return await until(reached, timeout=timeout, what=f"redis {state}", interval=0.05)
 
 
 async def until_connected(client: httpx.AsyncClient) -> None:

@@ -1,12 +1,22 @@
-"""Request bodies for POST /v1/bars, and the rows the service builds of them."""
+"""Bars for tests, in the two shapes a bar takes: a ``BarRow`` as the writer gets it
+(storage, coordinator and dead-letter tests) and a dict as a producer sends it (the
+HTTP API and the client); and, for the ingest tests, the rows the service builds of a
+request body.
+
+Every bar has a number ``i``: its time is ``t0`` plus ``i`` minutes, so bars with
+different numbers never share a key. Every other field has one default, the same in
+both shapes (ibkr, AAPL, 1m, 187.15/187.40/186.90/187.02, volume 120034); a test
+passes what it depends on as keyword arguments. In ``rows`` and ``wire_bars`` a
+keyword may also be a function of the bar's number (``volume=lambda i: str(1000 + i)``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -19,21 +29,101 @@ from market_data_store.ingest import (
 )
 from market_data_store.storage import BarRow
 
-T0 = datetime(2024, 1, 1, tzinfo=UTC)
-NOW = datetime(2026, 1, 1, tzinfo=UTC)  # received_at of the rows of ``rows_of_body``
+T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
+"""The time of bar 0."""
+ACCEPTED = datetime(2026, 1, 1, tzinfo=UTC)
+"""The ``received_at`` of a row unless told otherwise."""
+NOW = ACCEPTED
+"""The ``received_at`` of the rows of ``rows_of_body``."""
+PRICES: Mapping[str, Any] = {
+    "open": "187.15", "high": "187.40", "low": "186.90", "close": "187.02", "volume": "120034",
+}  # fmt: skip
+"""The default prices and volume, as text."""
+ONES: Mapping[str, Any] = dict.fromkeys(PRICES, "1")
+"""Prices and volume all ``"1"``: pass ``**ONES`` for the smallest valid bar."""
+NOT_A_NUMBER: Mapping[str, Any] = {"close": "x"}
+"""What ``rows(bad=...)`` puts in a bad row by default: PostgreSQL refuses the row
+(SQLSTATE 22P02) when the batch is copied, a data error of that row alone."""
+
+
+def row(i: int = 0, /, *, t0: datetime = T0, **fields: Any) -> BarRow:
+    """Bar number ``i`` as the writer gets it; ``fields`` replace the defaults
+    (provider ``ibkr``, ``received_at`` ``ACCEPTED``)."""
+    values: dict[str, Any] = {
+        "provider": "ibkr", "symbol": "AAPL", "resolution": "1m", "ts": t0 + timedelta(minutes=i),
+        **PRICES, "delayed": False, "received_at": ACCEPTED,
+    }  # fmt: skip
+    values.update(fields)
+    return BarRow(**values)
+
+
+def rows(
+    n: int,
+    first: int = 0,
+    /,
+    *,
+    bad: Collection[int] = (),
+    bad_fields: Mapping[str, Any] = NOT_A_NUMBER,
+    **fields: Any,
+) -> list[BarRow]:
+    """Rows numbered ``first`` .. ``first + n - 1``, as ``row`` makes them. A field may
+    be a function of the number. The rows numbered in ``bad`` also get ``bad_fields``
+    (by default a close that is not a number, which the database refuses)."""
+    return [
+        row(i, **{**_fields_of(i, fields), **(bad_fields if i in bad else {})})
+        for i in range(first, first + n)
+    ]
+
+
+def wire_bar(
+    i: int = 0,
+    /,
+    *,
+    t0: datetime = T0,
+    ts_as: Literal["z", "iso", "datetime"] = "z",
+    **fields: Any,
+) -> dict[str, Any]:
+    """Bar number ``i`` as a producer sends it (no provider: that is the body's): symbol
+    AAPL, resolution 1m, prices as text; ``fields`` replace or add keys (``delayed``).
+
+    ``ts_as``: ``"z"`` ISO 8601 text ending in ``Z`` (as the client sends it),
+    ``"iso"`` Python's ``isoformat()`` (``+00:00``), ``"datetime"`` an aware datetime
+    (what a Python producer hands ``StoreClient``)."""
+    ts = t0 + timedelta(minutes=i)
+    values: dict[str, Any] = {
+        "symbol": "AAPL",
+        "ts": ts if ts_as == "datetime" else _iso(ts, z=ts_as == "z"),
+        **PRICES,
+        "resolution": "1m",
+    }
+    values.update(fields)
+    return values
+
+
+def wire_bars(
+    n: int,
+    first: int = 0,
+    /,
+    *,
+    t0: datetime = T0,
+    ts_as: Literal["z", "iso", "datetime"] = "z",
+    **fields: Any,
+) -> list[dict[str, Any]]:
+    """Bars numbered ``first`` .. ``first + n - 1``, as ``wire_bar`` makes them; a field
+    may be a function of the number."""
+    return [
+        wire_bar(i, t0=t0, ts_as=ts_as, **_fields_of(i, fields)) for i in range(first, first + n)
+    ]
 
 
 def bars_body(n: int, day: int = 0, *, provider: str = "p", symbol: str = "S") -> dict[str, Any]:
-    """``n`` valid one-minute bars of one symbol, from ``T0`` + ``day`` days."""
-    start = T0 + timedelta(days=day)
-    return {
-        "provider": provider,
-        "bars": [
-            {"symbol": symbol, "ts": (start + timedelta(minutes=i)).isoformat(), "open": "1",
-             "high": "1", "low": "1", "close": "1", "volume": "1", "resolution": "1m"}
-            for i in range(n)
-        ],
-    }  # fmt: skip
+    """A POST /v1/bars body: ``n`` valid one-minute bars of one symbol, prices all
+    ``"1"``, from ``T0`` + ``day`` days."""
+    bars = wire_bars(n, t0=T0 + timedelta(days=day), ts_as="iso", symbol=symbol, **ONES)
+    return {"provider": provider, "bars": bars}
+
+
+# -- the rows the service builds of a body (ingest) ------------------------------
 
 
 def one_bar_body(**bar: Any) -> dict[str, Any]:
@@ -82,3 +172,12 @@ def peak_bytes(action: Callable[[], object]) -> int:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return peak
+
+
+def _fields_of(i: int, fields: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v(i) if callable(v) else v for k, v in fields.items()}
+
+
+def _iso(ts: datetime, *, z: bool) -> str:
+    text = ts.isoformat()
+    return text.replace("+00:00", "Z") if z else text

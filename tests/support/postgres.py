@@ -76,3 +76,8 @@ async def count_bars(url: str) -> int:
         return int(await conn.fetchval("SELECT count(*) FROM bars"))
     finally:
         await conn.close()
+
+
+async def stored_at_least(url: str, n: int) -> bool:
+    """Whether ``bars`` holds ``n`` rows or more (a condition for ``waits.until``)."""
+    return await count_bars(url) >= n

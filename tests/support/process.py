@@ -7,12 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from tests.support.waits import until_sync
 
 
 def free_port() -> int:
@@ -34,16 +35,15 @@ def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def ready() -> bool:
             assert proc.poll() is None, proc.communicate()[0]
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
+                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.1)
+                return False
+
+        until_sync(ready, timeout=60, what="the service ready", interval=0.1)
         yield proc, base
     finally:
         if proc.poll() is None:

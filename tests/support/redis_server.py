@@ -7,13 +7,13 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.support.postgres import REQUIRE_SERVICES
+from tests.support.waits import until_sync
 
 
 def shared_redis_url() -> str:
@@ -65,18 +65,20 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
+        proc = self.proc
+
+        def answers() -> bool:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                     s.sendall(b"PING\r\n")
                     if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):
-                        return
+                        return True
             except OSError:
                 pass
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
+            assert proc.poll() is None, "redis-server exited"
+            return False
+
+        until_sync(answers, timeout=10, what="redis-server started")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None

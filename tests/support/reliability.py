@@ -13,14 +13,16 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
+from tests.support.bars import wire_bar
 from tests.support.sse import open_stream
+from tests.support.waits import until
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = Path(os.environ.get("MDS_RELIABILITY_RESULTS", ROOT / ".mds" / "reliability"))
@@ -85,15 +87,6 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
 
-async def until(check: Any, timeout: float, what: str, interval: float = 0.02) -> float:
-    """Wait for ``check()`` to be true; the seconds it took (AssertionError past timeout)."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout} s"
-        await asyncio.sleep(interval)
-    return time.monotonic() - started
-
-
 # -- producers -------------------------------------------------------------------
 
 
@@ -111,13 +104,15 @@ def bar_values(seq: int) -> Values:
 
 
 def bars_of(symbol: str, first: int, n: int) -> list[dict[str, str]]:
+    """Bars ``first`` .. ``first + n - 1`` of ``symbol`` from ``T0``, with ``bar_values``."""
     bars = []
     for seq in range(first, first + n):
         o, h, low, c, v = bar_values(seq)
         bars.append(
-            {"symbol": symbol, "ts": (T0 + timedelta(minutes=seq)).isoformat(), "open": o,
-             "high": h, "low": low, "close": c, "volume": v, "resolution": "1m"}
-        )  # fmt: skip
+            wire_bar(
+                seq, t0=T0, ts_as="iso", symbol=symbol, open=o, high=h, low=low, close=c, volume=v
+            )
+        )
     return bars
 
 
@@ -239,11 +234,12 @@ async def queue_size(client: httpx.AsyncClient) -> int:
 
 async def until_queue_empty(client: httpx.AsyncClient, timeout: float = 60) -> None:
     """Until everything accepted has left the queue (and the last batch is written)."""
-    deadline = time.monotonic() + timeout
-    while await queue_size(client):
-        assert time.monotonic() < deadline, "queue not drained"
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(0.5)
+
+    async def drained() -> bool:
+        return await queue_size(client) == 0
+
+    await until(drained, timeout=timeout, what="queue drained", interval=0.2)
+    await asyncio.sleep(0.5)  # the last batch is written (nothing in /healthz shows it)
 
 
 # -- samplers --------------------------------------------------------------------

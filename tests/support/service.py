@@ -17,6 +17,7 @@ from market_data_store.config import Settings, load_settings
 from market_data_store.http import ServicePlugin, create_app
 from market_data_store.server import build_server
 from market_data_store.service import Components
+from tests.support.waits import until
 
 FAST = {
     "MDS_DATABASE_HEALTH_INTERVAL": "0.1",
@@ -68,11 +69,14 @@ async def running_service(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
+
+    def started() -> bool:
         if task.done():
             task.result()  # start-up failed: raise its error
             raise RuntimeError("server stopped during start-up")
-        await asyncio.sleep(0.01)
+        return bool(server.started)
+
+    await until(started, timeout=60, what="the server started", interval=0.01)
     base_url = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:

@@ -7,7 +7,6 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any, get_type_hints
 
 import httpx
@@ -23,17 +22,10 @@ from market_data_store.client import (
     InvalidBarError,
     StoreClient,
 )
+from tests.support.bars import wire_bar, wire_bars
+from tests.support.waits import until
 
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
 Answer = Callable[[httpx.Request, dict[str, Any]], Awaitable[httpx.Response] | httpx.Response]
-
-
-def bars(n: int, first: int = 0, symbol: str = "AAPL") -> list[dict[str, Any]]:
-    return [
-        {"symbol": symbol, "ts": T0 + timedelta(minutes=first + i), "open": "1", "high": "2",
-         "low": "1", "close": "1.5", "volume": 10, "resolution": "1m"}
-        for i in range(n)
-    ]  # fmt: skip
 
 
 def accepted(count: int, level: str = "ok", status: int = 202, **extra: Any) -> httpx.Response:
@@ -77,11 +69,8 @@ def client(store: Store, **options: Any) -> StoreClient:
 async def test_full_batches_go_at_once_the_rest_at_flush() -> None:
     store = Store()
     async with client(store, batch_size=4, linger=60) as c:
-        await c.write(bars(10))
-        for _ in range(100):
-            if len(store.bodies) == 2:
-                break
-            await asyncio.sleep(0.01)
+        await c.write(wire_bars(10))
+        await until(lambda: len(store.bodies) >= 2, timeout=1, what="two full batches sent")
         assert store.sizes() == [4, 4]
         await c.flush(timeout=5)
         assert sorted(store.sizes()) == [2, 4, 4]
@@ -98,18 +87,15 @@ async def test_full_batches_go_at_once_the_rest_at_flush() -> None:
 async def test_linger_sends_a_partial_batch_without_flush() -> None:
     store = Store()
     async with client(store, batch_size=100, linger=0.05) as c:
-        await c.write(bars(3))
-        for _ in range(200):
-            if store.bodies:
-                break
-            await asyncio.sleep(0.01)
+        await c.write(wire_bars(3))
+        await until(lambda: store.bodies, timeout=2, what="the partial batch sent")
         assert store.sizes() == [3]
 
 
 async def test_wait_commit_counts_committed_and_dead_lettered() -> None:
     store = Store(lambda r, b: accepted(3, status=201, committed=2, dead_lettered=1))
     async with client(store, wait_commit=True) as c:
-        await c.write(bars(3))
+        await c.write(wire_bars(3))
     assert store.requests[0].url.params["wait"] == "commit"
     assert (c.stats.bars_committed, c.stats.bars_dead_lettered) == (2, 1)
 
@@ -123,12 +109,12 @@ async def test_413_splits_the_batch_and_a_single_bar_too_large_is_rejected() -> 
 
     store = Store(answer)
     c = client(store, batch_size=8)
-    await c.write(bars(8))
+    await c.write(wire_bars(8))
     await c.flush(timeout=5)
     assert store.sizes() == [8, 4, 2, 2, 4, 2, 2]
     assert c.stats.splits == 3
     assert c.stats.bars_accepted == 8
-    await c.write([*bars(1, 100), *bars(1, 101, symbol="HUGE")])
+    await c.write([wire_bar(100), wire_bar(101, symbol="HUGE")])
     with pytest.raises(BarsRejectedError) as info:
         await c.flush(timeout=5)
     await c.aclose()
@@ -142,7 +128,7 @@ async def test_4xx_raises_with_the_problem_and_is_never_retried() -> None:
     problem = {"status": 422, "detail": "1 invalid field(s); nothing was stored", "errors": errors}
     store = Store(lambda r, b: httpx.Response(422, json=problem))
     c = client(store)
-    await c.write(bars(2))
+    await c.write(wire_bars(2))
     with pytest.raises(BarsRejectedError) as info:
         await c.flush(timeout=5)
     error = info.value
@@ -162,12 +148,19 @@ async def test_failures_are_raised_oldest_first_then_handed_over() -> None:
 
     store = Store(answer)
     c = client(store, batch_size=1, max_in_flight=1)
-    await c.write([*bars(1, 0, "BAD1"), *bars(1, 1, "BAD2"), *bars(1, 2, "BAD3"), *bars(1, 3)])
+    await c.write(
+        [
+            wire_bar(0, symbol="BAD1"),
+            wire_bar(1, symbol="BAD2"),
+            wire_bar(2, symbol="BAD3"),
+            wire_bar(3),
+        ]
+    )
     with pytest.raises(BarsRejectedError, match="not a problem document") as first:
         await c.flush(timeout=5)
     assert first.value.bars[0]["symbol"] == "BAD1"
     with pytest.raises(BarsRejectedError) as second:
-        await c.write(bars(1, 4))  # raised before anything of the call is buffered
+        await c.write(wire_bars(1, 4))  # raised before anything of the call is buffered
     assert second.value.bars[0]["symbol"] == "BAD2"
     assert [e.bars[0]["symbol"] for e in c.take_failures()] == ["BAD3"]
     await c.flush(timeout=5)
@@ -188,7 +181,7 @@ async def test_5xx_408_and_transport_errors_are_retried() -> None:
 
     store = Store(answer)
     async with client(store) as c:
-        await c.write(bars(5))
+        await c.write(wire_bars(5))
     stats = c.stats
     assert (stats.requests, stats.retries, stats.transport_errors) == (5, 4, 1)
     assert stats.bars_accepted == 5
@@ -214,7 +207,7 @@ async def test_503_is_retried_after_retry_after_and_names_the_coordinator() -> N
     events: list[Feedback] = []
     store = Store(answer)
     async with client(store, on_feedback=events.append, probe_interval=0.05) as c:
-        await c.write(bars(5))
+        await c.write(wire_bars(5))
         await c.flush(timeout=10)
     assert store.times[1] - store.times[0] >= 0.3  # honoured
     assert c.stats.refused == 1
@@ -226,7 +219,7 @@ async def test_503_is_retried_after_retry_after_and_names_the_coordinator() -> N
 async def test_retries_end_at_the_deadline_with_the_bars() -> None:
     store = Store(lambda r, b: httpx.Response(503, headers={"Retry-After": "0.05"}))
     c = client(store, deadline=0.5, min_rate=1e6)
-    await c.write(bars(3))
+    await c.write(wire_bars(3))
     began = time.monotonic()
     with pytest.raises(DeadlineExceededError) as info:
         await c.flush(timeout=5)
@@ -241,7 +234,7 @@ async def test_retries_end_at_the_deadline_with_the_bars() -> None:
 async def test_a_retry_after_beyond_the_deadline_fails_at_once() -> None:
     store = Store(lambda r, b: httpx.Response(503, headers={"Retry-After": "600"}))
     c = client(store, deadline=5)
-    await c.write(bars(3))
+    await c.write(wire_bars(3))
     began = time.monotonic()
     with pytest.raises(DeadlineExceededError, match="retries ran out of time"):
         await c.flush(timeout=5)
@@ -257,7 +250,7 @@ async def test_a_success_that_is_not_the_stores_answer_is_a_failure(status: int)
     c = client(store)
     with pytest.raises(BarsRejectedError) as failed:
         async with c:
-            await c.write(bars(4))
+            await c.write(wire_bars(4))
     assert len(failed.value.bars) == 4
     assert c.stats.bars_accepted == 0
 
@@ -269,11 +262,11 @@ async def test_answer_levels_pause_and_a_probe_resumes_without_the_stream() -> N
     async with client(
         store, batch_size=1, max_in_flight=1, probe_interval=0.2, on_feedback=events.append
     ) as c:
-        await c.write(bars(1))
+        await c.write(wire_bars(1))
         await c.flush(timeout=5)
         assert c.level == "hard"
         assert c.paused
-        await c.write(bars(1, 1))
+        await c.write(wire_bars(1, 1))
         await c.flush(timeout=5)  # the probe
         assert c.level == "ok"
     assert store.times[1] - store.times[0] >= 0.15
@@ -290,11 +283,11 @@ async def test_write_waits_for_room_and_honours_its_timeout() -> None:
 
     store = Store(answer)
     async with client(store, batch_size=5, max_buffered=5, max_in_flight=1) as c:
-        await c.write(bars(5))
+        await c.write(wire_bars(5))
         with pytest.raises(TimeoutError):
-            await c.write(bars(5, 5), timeout=0.1)
+            await c.write(wire_bars(5, 5), timeout=0.1)
         assert c.buffered == 5
-        waiter = asyncio.create_task(c.write(bars(5, 10)))
+        waiter = asyncio.create_task(c.write(wire_bars(5, 10)))
         await asyncio.sleep(0.05)
         assert not waiter.done()
         release.set()
@@ -311,7 +304,7 @@ async def test_flush_honours_its_timeout_and_the_batches_keep_going() -> None:
         return accepted(len(body["bars"]))
 
     async with client(Store(answer)) as c:
-        await c.write(bars(5))
+        await c.write(wire_bars(5))
         with pytest.raises(TimeoutError):
             await c.flush(timeout=0.1)
         release.set()
@@ -322,7 +315,7 @@ async def test_flush_honours_its_timeout_and_the_batches_keep_going() -> None:
 async def test_a_write_larger_than_the_buffer_goes_in_pieces() -> None:
     store = Store()
     async with client(store, batch_size=4, max_buffered=8, max_in_flight=1) as c:
-        await c.write(bars(20))
+        await c.write(wire_bars(20))
     assert sum(store.sizes()) == 20
 
 
@@ -330,7 +323,7 @@ async def test_invalid_bars_buffer_nothing() -> None:
     store = Store()
     async with client(store) as c:
         with pytest.raises(InvalidBarError):
-            await c.write([*bars(1), {"symbol": "X"}])
+            await c.write([*wire_bars(1), {"symbol": "X"}])
         assert c.buffered == 0
         await c.write([])
     assert store.bodies == []
@@ -343,7 +336,7 @@ async def test_closing_refuses_writes_and_hands_back_what_was_not_confirmed() ->
 
     store = Store(answer)
     c = client(store, batch_size=5, max_buffered=15, max_in_flight=1, request_timeout=60)
-    await c.write(bars(12))
+    await c.write(wire_bars(12))
     with pytest.raises(DeadlineExceededError, match="closed before the store confirmed 5"):
         await c.aclose(timeout=0.2)
     rest = c.take_failures()
@@ -352,7 +345,7 @@ async def test_closing_refuses_writes_and_hands_back_what_was_not_confirmed() ->
     assert c.stats.bars_failed == 12
     await c.aclose()  # idempotent
     with pytest.raises(ClientClosedError):
-        await c.write(bars(1))
+        await c.write(wire_bars(1))
     with pytest.raises(ClientClosedError):
         await c.start()
 
@@ -362,7 +355,7 @@ async def test_a_bug_while_sending_hands_the_bars_back(caplog: pytest.LogCapture
         raise RuntimeError("bug in the transport")
 
     c = client(Store(answer))
-    await c.write(bars(2))
+    await c.write(wire_bars(2))
     with pytest.raises(DeadlineExceededError, match="unexpectedly") as info:
         await c.aclose()
     assert len(info.value.bars) == 2
@@ -375,7 +368,7 @@ async def test_the_context_manager_does_not_mask_an_exception() -> None:
 
     async def use() -> None:
         async with c:
-            await c.write(bars(1))
+            await c.write(wire_bars(1))
             raise KeyError("the caller's own error")
 
     with pytest.raises(KeyError):
@@ -389,7 +382,7 @@ async def test_on_feedback_errors_are_logged_not_raised(caplog: pytest.LogCaptur
 
     store = Store(lambda r, b: accepted(len(b["bars"]), "soft"))
     async with client(store, on_feedback=on_feedback) as c:
-        await c.write(bars(2))
+        await c.write(wire_bars(2))
     assert c.level == "soft"
     assert "on_feedback raised" in caplog.text
 
@@ -422,7 +415,7 @@ async def test_logging_of_level_changes(caplog: pytest.LogCaptureFixture) -> Non
     caplog.set_level(logging.INFO, "market_data_store.client")
     store = Store(lambda r, b: accepted(len(b["bars"]), "hard"))
     async with client(store, probe_interval=0.05) as c:
-        await c.write(bars(1))
+        await c.write(wire_bars(1))
         await c.flush(timeout=5)
     assert "level ok -> hard" in caplog.text
 
@@ -434,7 +427,7 @@ async def test_every_attempt_has_a_timeout() -> None:
 
     store = Store(answer)
     c = client(store, request_timeout=0.1, deadline=0.6)
-    await c.write(bars(2))
+    await c.write(wire_bars(2))
     with pytest.raises(DeadlineExceededError) as info:
         await c.flush(timeout=5)
     assert info.value.attempts >= 2
@@ -451,7 +444,7 @@ async def test_a_second_aclose_waits_for_the_first_one_to_flush() -> None:
     store = Store(slow)
     c = client(store, linger=60)
     await c.start()
-    await c.write(bars(3))
+    await c.write(wire_bars(3))
     first = asyncio.create_task(c.aclose())
     await asyncio.sleep(0)
     await c.aclose()  # returns only once the bars went out

@@ -10,6 +10,7 @@ import pytest
 
 from market_data_store.client import Feedback
 from market_data_store.client.stream import MAX_LINE, FeedbackFollower, StreamError, _Parser
+from tests.support.waits import until
 
 EVENT = (
     b'{"coordinator_id":"a/bars","queue_size":8,"capacity":10,"level":"hard",'
@@ -87,7 +88,7 @@ async def test_follower_reports_events_resets_and_resumes_after_the_last_id(
         )
         task = asyncio.create_task(follower.run())
         await asyncio.wait_for(server.done.wait(), 5)
-        await asyncio.sleep(0.1)
+        await until(lambda: len(server.requests) == 5, what="a reconnect after the last stream")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -126,7 +127,7 @@ async def test_a_bug_in_a_callback_does_not_end_the_follower(
         )
         task = asyncio.create_task(follower.run())
         await asyncio.wait_for(server.done.wait(), 5)
-        await asyncio.sleep(0.05)
+        await until(lambda: len(server.requests) == 3, what="a reconnect after the last stream")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

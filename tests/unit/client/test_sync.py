@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,16 +17,7 @@ from market_data_store.client import (
     Feedback,
     SyncStoreClient,
 )
-
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
-
-
-def bars(n: int) -> list[dict[str, Any]]:
-    return [
-        {"symbol": "AAPL", "ts": T0 + timedelta(minutes=i), "open": "1", "high": "1",
-         "low": "1", "close": "1", "volume": "1"}
-        for i in range(n)
-    ]  # fmt: skip
+from tests.support.bars import wire_bars
 
 
 class Store:
@@ -60,7 +50,7 @@ def make(store: Store, **options: Any) -> SyncStoreClient:
 def test_writes_run_on_the_clients_own_thread() -> None:
     store = Store()
     with make(store, batch_size=10) as client:
-        client.write(bars(25))
+        client.write(wire_bars(25))
         client.flush(timeout=5)
         assert sorted(store.sizes) == [5, 10, 10]
         assert client.stats.bars_accepted == 25
@@ -68,7 +58,7 @@ def test_writes_run_on_the_clients_own_thread() -> None:
         assert client.rate is not None
     assert store.threads == {"store-client"}
     with pytest.raises(ClientClosedError):
-        client.write(bars(1))
+        client.write(wire_bars(1))
     with pytest.raises(ClientClosedError):
         client.flush()
     assert client.take_failures() == []
@@ -86,7 +76,7 @@ def test_calling_it_from_its_own_thread_is_refused(caplog: pytest.LogCaptureFixt
             errors.append(exc)
 
     client = make(Store(), on_feedback=on_feedback)
-    client.write(bars(1))
+    client.write(wire_bars(1))
     client.flush(timeout=5)
     client.close()
     assert len(errors) == 1
@@ -96,7 +86,7 @@ def test_calling_it_from_its_own_thread_is_refused(caplog: pytest.LogCaptureFixt
 def test_timeouts_and_what_closing_hands_back(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     client = make(Store(answer=False), batch_size=5)
-    client.write(bars(5))
+    client.write(wire_bars(5))
     with pytest.raises(TimeoutError):
         client.flush(timeout=0.1)
     with pytest.raises(DeadlineExceededError, match="closed before the store confirmed 5"):

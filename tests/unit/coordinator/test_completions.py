@@ -20,6 +20,7 @@ from market_data_store.coordinator import (
 )
 from market_data_store.coordinator.completions import Completions
 from market_data_store.coordinator.stats import DrainMeter
+from tests.support.waits import until
 
 from .sinks import OutageSink, PoisonSink, RecordingSink
 
@@ -120,10 +121,7 @@ async def test_evicted_items_are_dead_lettered_and_reported_lost(tmp_path: Path)
     await coord.submit_all([3, 4, 5])  # evicts 1 and 2
     assert (old.lost, old.written) == (2, 0)
     assert await coord.wait_finished(old, 0.01)
-    for _ in range(100):  # saved in the background
-        if await dlq.count():
-            break
-        await asyncio.sleep(0.01)
+    await until(dlq.count, what="the evicted items saved (in the background)")
     (record,) = await dlq.replay()
     assert record.items == [1, 2]
     assert record.error == "evicted by drop_oldest overflow"
@@ -141,7 +139,7 @@ async def test_forced_stop_finishes_tickets_as_lost(tmp_path: Path) -> None:
     )
     await coord.start()
     ticket = await coord.submit_all([1, 2, 3])
-    await asyncio.sleep(0.01)
+    await until(lambda: coord.queue.size == 0, what="the batch taken by the worker")
     await coord.stop(timeout=0.02)
     assert await coord.wait_finished(ticket, 0.01)
     assert ticket.lost == 3
@@ -192,7 +190,7 @@ async def test_forced_stop_during_bisection_dead_letters_only_the_unfinished_res
     )
     await coord.start()
     ticket = await coord.submit_all([0, 1, 2, 3])
-    await asyncio.sleep(0.1)
+    await until(dlq.count, what="the poison dead-lettered")
     await coord.stop(drain=True, timeout=0.2)
     assert await coord.wait_finished(ticket, 0.01)
     assert (ticket.count, ticket.lost, ticket.written) == (4, 4, 0)
@@ -200,9 +198,10 @@ async def test_forced_stop_during_bisection_dead_letters_only_the_unfinished_res
 
 
 async def test_consumer_cancelled_while_announcing_recovery_keeps_numbering_intact() -> None:
-    gate = asyncio.Event()
+    gate, blocked = asyncio.Event(), asyncio.Event()
 
     async def slow_on_low() -> None:
+        blocked.set()
         await gate.wait()
 
     q = BoundedQueue[int](
@@ -210,7 +209,7 @@ async def test_consumer_cancelled_while_announcing_recovery_keeps_numbering_inta
     )
     await q.put_many(list(range(10)))
     a = asyncio.create_task(q.take_batch(5, 0))  # recovers the level: blocks in on_low
-    await asyncio.sleep(0.01)
+    await until(blocked.is_set, what="A blocked in on_low")
     start_b, items_b = await q.take_batch(3, 0)
     assert (start_b, items_b) == (0, [0, 1, 2])  # A took nothing yet
     a.cancel()

@@ -11,7 +11,6 @@ import asyncio
 import errno
 import os
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,12 +18,7 @@ import pytest
 from market_data_store.coordinator import DeadLetterQueue, FeedbackBus, WriteCoordinator
 from market_data_store.coordinator.replay import replay_dead_letters
 from market_data_store.storage import BarRow
-
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
-
-
-def row(i: int) -> BarRow:
-    return BarRow("p", "S", "1m", T0 + timedelta(minutes=i), "1", "1", "1", "1", "1", False, T0)
+from tests.support.bars import row
 
 
 def disk_full(monkeypatch: pytest.MonkeyPatch, on: Callable[[str], bool], room: int) -> None:

@@ -5,19 +5,13 @@ folded back in once, with every item kept once in its latest record."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from market_data_store.coordinator import DeadLetterQueue
 from market_data_store.storage import BarRow
-
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
-
-
-def row(i: int) -> BarRow:
-    return BarRow("p", "S", "1m", T0 + timedelta(minutes=i), "1", "1", "1", "1", "1", False, T0)
+from tests.support.bars import row
 
 
 def listing(directory: Path) -> list[str]:

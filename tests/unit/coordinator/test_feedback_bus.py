@@ -12,7 +12,7 @@ from market_data_store.coordinator import (
     FeedbackEvent,
     feedback_bus,
 )
-from tests.conftest import Recorder
+from tests.support.feedback import Recorder
 
 
 def event(level: BackpressureLevel = BackpressureLevel.soft) -> FeedbackEvent:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from market_data_core.telemetry import BackpressureLevel
 
 from market_data_store.coordinator import FeedbackBus, FeedbackEvent, Sink, WriteCoordinator
-from tests.conftest import Recorder
+from tests.support.feedback import Recorder
 
 
 @dataclass

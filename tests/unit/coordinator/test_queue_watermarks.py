@@ -8,7 +8,7 @@ import pytest
 
 from market_data_store.coordinator import BoundedQueue, FeedbackBus, FeedbackEvent
 from market_data_store.coordinator.events import BackpressureLevel
-from tests.conftest import Recorder
+from tests.support.feedback import Recorder
 
 
 async def test_watermark_signals_fire_once_and_recover(bus: FeedbackBus) -> None:
@@ -106,10 +106,10 @@ async def test_put_many_emits_the_same_transitions_as_put(bus: FeedbackBus) -> N
     assert singles.transitions() == bulk.transitions() == [("soft", 41, None), ("hard", 80, None)]
 
 
-async def test_default_watermarks_are_80_and_50_percent(fresh_bus: FeedbackBus) -> None:
-    q = BoundedQueue[int](1000)
+async def test_default_watermarks_are_80_and_50_percent(bus: FeedbackBus) -> None:
+    q = BoundedQueue[int](1000, bus=bus)
     assert (q.high_watermark, q.low_watermark) == (800, 500)
-    tiny = BoundedQueue[int](1)
+    tiny = BoundedQueue[int](1, bus=bus)
     assert (tiny.high_watermark, tiny.low_watermark) == (1, 0)
 
 

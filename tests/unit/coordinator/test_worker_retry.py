@@ -16,14 +16,11 @@ from market_data_store.coordinator import (
     RetryPolicy,
     SinkWorker,
 )
+from tests.support.waits import until
 
 from .sinks import FlakySink, OutageSink, PoisonSink, RecordingSink
 
 FAST_RETRY = RetryPolicy(max_attempts=3, initial_backoff_ms=1, max_backoff_ms=2)
-
-
-async def wait_until_done(q: BoundedQueue[int], timeout: float = 5.0) -> None:
-    await asyncio.wait_for(q.join(), timeout)
 
 
 def make_worker(q: BoundedQueue[int], sink: object, **kwargs: object) -> SinkWorker[int]:
@@ -43,7 +40,7 @@ async def test_worker_retries_then_succeeds(bus: FeedbackBus) -> None:
     worker = make_worker(q, sink, stats=stats)
     worker.start()
     await q.put_many(list(range(10)))
-    await wait_until_done(q)
+    await until(lambda: q.unfinished == 0, timeout=5, what="every item finished")
     await worker.stop()
     assert sorted(sink.items) == list(range(10))
     assert stats.write_errors["TimeoutError"] == 2
@@ -57,7 +54,7 @@ async def test_worker_survives_exhausted_retries_and_loses_nothing(bus: Feedback
     worker = make_worker(q, sink, circuit_breaker=CircuitBreaker(failure_threshold=100))
     worker.start()
     await q.put_many(list(range(5)))
-    await wait_until_done(q)
+    await until(lambda: q.unfinished == 0, timeout=5, what="every item finished")
     assert worker.alive
     await worker.stop()
     assert sink.items == list(range(5))
@@ -69,7 +66,7 @@ async def test_worker_time_based_flush(bus: FeedbackBus) -> None:
     worker = make_worker(q, sink, batch_size=100, flush_interval=0.05)
     worker.start()
     await q.put_many([1, 2, 3, 4, 5])
-    await wait_until_done(q)
+    await until(lambda: q.unfinished == 0, timeout=5, what="every item finished")
     await worker.stop()
     assert sink.batches == [[1, 2, 3, 4, 5]]
 
@@ -80,7 +77,8 @@ async def test_worker_size_based_flush(bus: FeedbackBus) -> None:
     worker = make_worker(q, sink, batch_size=4, flush_interval=30.0)
     await q.put_many(list(range(8)))
     worker.start()
-    await wait_until_done(q, 1.0)  # well before the 30 s flush interval
+    # well before the 30 s flush interval
+    await until(lambda: q.unfinished == 0, timeout=1.0, what="every item finished")
     await worker.stop()
     assert sink.batches == [[0, 1, 2, 3], [4, 5, 6, 7]]
 
@@ -95,7 +93,7 @@ async def test_poison_items_are_isolated_and_dead_lettered(
     worker = make_worker(q, sink, batch_size=16, dead_letters=dlq, stats=stats)
     await q.put_many(list(range(16)))
     worker.start()
-    await wait_until_done(q)
+    await until(lambda: q.unfinished == 0, timeout=5, what="every item finished")
     await worker.stop()
 
     assert sorted(sink.items) == [i for i in range(16) if i not in (3, 13)]
@@ -120,7 +118,7 @@ async def test_poison_without_dead_letter_queue_is_logged_not_silent(
     worker = make_worker(q, sink)
     worker.start()
     await q.put_many([1, 2, 3])
-    await wait_until_done(q)
+    await until(lambda: q.unfinished == 0, timeout=5, what="every item finished")
     await worker.stop()
     assert sorted(sink.items) == [1, 3]
     assert "no dead-letter queue is configured" in caplog.text
@@ -138,10 +136,7 @@ async def test_outage_opens_breaker_worker_waits_then_writes_everything(
     worker.start()
     await q.put_many(list(range(50)))
 
-    for _ in range(200):
-        if cb.state == "open":
-            break
-        await asyncio.sleep(0.005)
+    await until(lambda: cb.state == "open", what="the breaker open", interval=0.005)
     assert cb.state == "open"
     attempts_when_open = sink.failed_attempts
     await asyncio.sleep(0.02)  # open: the worker waits instead of hammering the sink
@@ -150,7 +145,7 @@ async def test_outage_opens_breaker_worker_waits_then_writes_everything(
     assert q.unfinished == 50
 
     sink.down.clear()  # the database comes back
-    await wait_until_done(q)
+    await until(lambda: q.unfinished == 0, timeout=5, what="every item finished")
     await worker.stop()
     assert sorted(sink.items) == list(range(50))
     assert cb.state == "closed"
@@ -175,7 +170,7 @@ async def test_bug_in_classifier_does_not_kill_worker(
     worker = make_worker(q, sink, retry_policy=policy)
     worker.start()
     await q.put_many([1, 2])
-    await wait_until_done(q)
+    await until(lambda: q.unfinished == 0, timeout=5, what="every item finished")
     assert worker.alive
     await worker.stop()
     assert sink.items == [1, 2]
@@ -201,7 +196,7 @@ async def test_dead_letter_save_is_retried_until_it_works(
     worker = make_worker(q, PoisonSink(poison={1}), dead_letters=dlq)
     worker.start()
     await q.put(1)
-    await wait_until_done(q)
+    await until(lambda: q.unfinished == 0, timeout=5, what="every item finished")
     await worker.stop()
     assert [r.items for r in await dlq.replay()] == [[1]]
 
@@ -212,7 +207,7 @@ async def test_stop_lets_the_batch_in_hand_finish(bus: FeedbackBus) -> None:
     worker = make_worker(q, sink, batch_size=3, flush_interval=0)
     worker.start()
     await q.put_many([1, 2, 3, 4, 5, 6])
-    await asyncio.sleep(0.01)  # first batch is being written
+    await until(lambda: worker.inflight is not None, what="the first batch being written")
     await worker.stop()
     assert sink.batches == [[1, 2, 3]]
     assert not worker.alive
@@ -226,7 +221,7 @@ async def test_stop_timeout_cancels_and_keeps_inflight_for_rescue(bus: FeedbackB
     worker = make_worker(q, sink, batch_size=3, flush_interval=0)
     worker.start()
     await q.put_many([1, 2, 3])
-    await asyncio.sleep(0.01)
+    await until(lambda: worker.inflight is not None, what="the batch being written")
     await worker.stop(timeout=0.02)
     assert not worker.alive
     assert worker.inflight is not None

@@ -19,7 +19,8 @@ from market_data_store.coordinator import (
     RetryPolicy,
     WriteCoordinator,
 )
-from tests.conftest import Recorder
+from tests.support.feedback import Recorder
+from tests.support.waits import until
 
 from .sinks import OutageSink, PoisonSink, RecordingSink
 
@@ -64,7 +65,7 @@ async def test_forced_stop_dead_letters_unwritten_items(bus: FeedbackBus, tmp_pa
     )
     await coord.start()
     await coord.submit_many(list(range(45)))
-    await asyncio.sleep(0.05)
+    await until(lambda: sink.failed_attempts > 0, what="the writes failing")
     await coord.stop(drain=True, timeout=0.1)  # the sink never recovers
 
     records = await dlq.replay()
@@ -95,7 +96,7 @@ async def test_forced_stop_without_dlq_logs_the_loss(
     coord = WriteCoordinator[int](sink=sink, capacity=10, workers=1, flush_interval=0, bus=bus)
     await coord.start()
     await coord.submit_many([1, 2])
-    await asyncio.sleep(0.01)
+    await until(lambda: coord.queue.size == 0, what="the batch taken by the worker")
     await coord.stop(timeout=0.02)
     assert "2 items could not be dead-lettered (no dead-letter queue is configured)" in caplog.text
     assert "their content: [1, 2]" in caplog.text
@@ -189,7 +190,7 @@ async def test_outage_then_recovery_loses_nothing(bus: FeedbackBus) -> None:
         bus=bus,
     ) as coord:
         await coord.submit_many(list(range(400)))
-        await asyncio.sleep(0.1)
+        await until(lambda: cb.state != "closed", what="the breaker opened by the outage")
         assert coord.health().circuit_state in ("open", "half_open")
         assert coord.health().workers_alive == 4
         assert sink.items == []

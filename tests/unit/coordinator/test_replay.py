@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,12 +13,8 @@ import pytest
 from market_data_store.coordinator import DeadLetterQueue, FeedbackBus, WriteCoordinator
 from market_data_store.coordinator.replay import replay_dead_letters
 from market_data_store.storage import BarRow
-
-T0 = datetime(2024, 1, 2, tzinfo=UTC)
-
-
-def row(i: int) -> BarRow:
-    return BarRow("p", "S", "1m", T0 + timedelta(minutes=i), "1", "1", "1", "1", "1", False, T0)
+from tests.support.bars import row
+from tests.support.waits import until
 
 
 class Sink:
@@ -94,7 +89,7 @@ async def test_cancelled_replay_loses_nothing(tmp_path: Path) -> None:
         sink=sink, workers=1, batch_size=1, flush_interval=0, bus=FeedbackBus()
     ) as c:
         task = asyncio.create_task(replay_dead_letters(dlq, c, timeout=30))
-        await asyncio.sleep(0.05)
+        await until(lambda: c.queue.unfinished > 0, what="the replay submitting")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

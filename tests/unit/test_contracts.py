@@ -1,7 +1,9 @@
-"""Core contract round trips: what we emit must validate as market-data-core's models."""
+"""Core contracts (``market_data_store.contracts``): what we emit must validate as
+market-data-core's models, and our publishers conform to Core's FeedbackPublisher."""
 
 from __future__ import annotations
 
+import inspect
 import time
 import typing
 
@@ -12,7 +14,9 @@ from market_data_core.telemetry import HealthComponent as CoreHealthComponent
 from market_data_core.telemetry import HealthStatus as CoreHealthStatus
 
 from market_data_store import contracts
-from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
+from market_data_store.contracts import FeedbackPublisher
+from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
+from tests.support.feedback import Recorder
 
 
 def test_feedback_event_schema_roundtrip() -> None:
@@ -75,3 +79,21 @@ def test_contracts_module_reexports_core_models() -> None:
     assert contracts.HealthStatus is CoreHealthStatus
     assert contracts.HealthComponent is CoreHealthComponent
     assert contracts.Bar.__module__.startswith("market_data_core")
+
+
+# -- publishers ------------------------------------------------------------------
+
+
+def test_feedback_bus_conforms_to_protocol() -> None:
+    bus = FeedbackBus()
+    assert isinstance(bus, FeedbackPublisher)
+    assert inspect.iscoroutinefunction(bus.publish)
+
+
+async def test_feedback_bus_publish_accepts_feedback_event(recorder: Recorder) -> None:
+    bus = FeedbackBus()
+    bus.subscribe(recorder)
+    publisher: FeedbackPublisher = bus
+    event = FeedbackEvent.create("c", 1, 10, BackpressureLevel.ok)
+    await publisher.publish(event)
+    assert recorder.events == [event]

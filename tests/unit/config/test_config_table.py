@@ -17,7 +17,7 @@ import pytest
 
 from market_data_store.config import UNPREFIXED, Settings, _env_path, load_settings
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 SCRIPT = ROOT / "scripts" / "config_table.py"
 README = ROOT / "README.md"
 START = "<!-- config-table:start -->"
