@@ -8,7 +8,7 @@ One row per setting, in the order of default.toml: key, environment variable,
 default, meaning (the comment lines right above the key, joined). A key shown
 commented out (``# database_url = ...``) is a setting without a default: "unset".
 README.md is only touched between ``<!-- config-table:start -->`` and
-``<!-- config-table:end -->``; tests/unit/test_config_table.py keeps it current.
+``<!-- config-table:end -->``; tests/unit/config/test_config_table.py keeps it current.
 """
 
 from __future__ import annotations
