@@ -266,6 +266,8 @@ async def test_max_attempts_is_max_retries_by_our_name(make: Make, receiver: Htt
     assert broadcaster.stats.retried == 1
     assert HttpFeedbackBroadcaster("http://127.0.0.1:1/hook").max_attempts == 3
     assert HttpFeedbackBroadcaster("http://127.0.0.1:1/hook", max_retries=4).max_attempts == 4
+    broadcaster.max_retries = 5  # settable, as the original library's attribute was
+    assert broadcaster.max_attempts == 5
 
 
 def test_max_attempts_and_max_retries_are_not_both_given() -> None:

@@ -21,6 +21,7 @@ from market_data_store.contracts import Bar
 
 from .accumulator import BarAccumulator, Failures
 from .errors import BatchFailedError, ClientClosedError
+from .options import ClientOptions as ClientOptions  # where 0.4.0 defined it
 from .options import ClientStats
 from .sender import Sender
 from .stream import FeedbackFollower

@@ -205,7 +205,8 @@ class WriteCoordinator(Generic[T]):
                     await self._dlq.save(items, reason, {"coordinator_id": self.coord_id})
                 except Exception:
                     log.exception("dead-letter save failed (attempt %d/%d)", attempt, attempts)
-                    await asyncio.sleep(backoff_delay(attempt, initial=0.1, maximum=5.0))
+                    if attempt < attempts:  # after the last one, the log is the way out
+                        await asyncio.sleep(backoff_delay(attempt, initial=0.1, maximum=5.0))
                     continue
                 self.stats.dead_lettered += len(items)
                 log.warning(

@@ -87,6 +87,10 @@ class HttpFeedbackBroadcaster:
         """``max_attempts``, by the original library's name."""
         return self.max_attempts
 
+    @max_retries.setter
+    def max_retries(self, attempts: int) -> None:
+        self.max_attempts = attempts
+
     @property
     def started(self) -> bool:
         return self._started

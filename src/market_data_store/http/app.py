@@ -25,7 +25,7 @@ from .controllers import (
     MetricsController,
     StatusPageController,
 )
-from .framework import FrameworkFixes
+from .framework import FrameworkFixes, openapi_without_null
 from .openapi import openapi_config
 from .plugin import ServicePlugin
 from .probes import ProbeFastPath
@@ -68,6 +68,7 @@ def create_app(
         request_max_body_size=settings.ingest.max_body_bytes,
         openapi_config=openapi_config(),
     )
+    openapi_without_null(app)  # built once, here (and read by nothing before)
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
     # Probes are answered before Litestar (same bytes, a fraction of the cost): see probes.py.

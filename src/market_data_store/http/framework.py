@@ -30,7 +30,7 @@ class FrameworkFixes(InitPlugin, ReceiveRoutePlugin):
         if app_config.before_request is not None:
             raise RuntimeError("FrameworkFixes owns before_request; the app set one already")
         app_config.before_request = self._query_check
-        app_config.on_startup.append(_openapi_without_null)
+        app_config.on_startup.append(openapi_without_null)
         return app_config
 
     def receive_route(self, route: BaseRoute) -> None:
@@ -39,10 +39,12 @@ class FrameworkFixes(InitPlugin, ReceiveRoutePlugin):
             self._query_check.add_route(route)  # ?limit=1&limit=2 -> 400
 
 
-def _openapi_without_null(app: Litestar) -> None:
-    """Built once, when the app starts (before it serves the document)."""
+def openapi_without_null(app: Litestar) -> None:
+    """Build the document now, without ``null`` in parameter schemas: ``create_app`` calls
+    it once its routes exist; the plugin again when the app starts (a route registered
+    in between makes Litestar build the document anew). Fixing it twice is harmless."""
     if app.openapi_config is not None:
         parameters_never_null(app.openapi_schema)
 
 
-__all__ = ["FrameworkFixes"]
+__all__ = ["FrameworkFixes", "openapi_without_null"]

@@ -1,7 +1,7 @@
 """The service assembled: ``components(settings)`` builds and tears down every part in
 order (database, feedback delivery, monitor, write path), from small context managers
-per concern that the CLI, benchmarks and tests reuse without HTTP. No Litestar here:
-``http.plugin`` hands the components to the app."""
+per concern that the CLI (and tests, or an embedding process) use without HTTP.
+No Litestar here: ``http.plugin`` hands the components to the app."""
 
 from .components import Components, components
 from .database import Database, StartupError, migrate, open_database

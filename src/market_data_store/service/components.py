@@ -11,7 +11,7 @@ if the database comes back) → monitor stops → feedback channels flush (each 
 by its timeout) → the pool closes → the embedded database stops.
 
 The HTTP app (``http.plugin.ServicePlugin``) enters this in its lifespan and hands
-each component to the controllers; ``mds-store migrate``, benchmarks and tests use
+each component to the controllers; ``mds-store migrate`` and tests use
 the same parts without HTTP.
 """
 

@@ -23,6 +23,7 @@ from market_data_store.storage import (
     schema_state,
 )
 from market_data_store.storage.database import CONNECT_ERRORS, database, describe_failure
+from market_data_store.storage.pool import describe_connect_error
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ async def migrate(pool: DbPool, settings: Settings) -> tuple[list[Migration], Sc
             applied = await apply_migrations(conn)
             return applied, await schema_state(conn)
     except MigrationError as exc:
-        raise StartupError(str(exc)) from None
-    except DatabaseUnavailableError as exc:
-        raise StartupError(f"schema migration: {exc}") from None
+        raise StartupError(redact_text(str(exc))) from None
+    except DatabaseUnavailableError as exc:  # the driver's words, not only its class
+        why = describe_connect_error(exc.__cause__ or exc)
+        raise StartupError(redact_text(f"schema migration: {why}")) from None

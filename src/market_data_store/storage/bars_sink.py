@@ -102,7 +102,11 @@ class SinkStats:
 
 
 class BarsSink:
-    """The coordinator's sink for ``BarRow`` batches (satisfies ``Sink[BarRow]``)."""
+    """The coordinator's sink for ``BarRow`` batches (satisfies ``Sink[BarRow]``).
+
+    Its pool must set up each connection with ``prepare_connection`` (``open_pool(...,
+    init=prepare_connection)``): the merge path writes through a per-connection
+    staging table."""
 
     def __init__(self, pool: DbPool, *, fast_path: bool = True) -> None:
         self._pool = pool

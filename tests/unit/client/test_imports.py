@@ -37,3 +37,9 @@ def test_the_package_exports_what_it_always_did() -> None:
         "LevelBoard", "StoreClient", "StoreClientError", "SyncStoreClient", "Throttle",
     ]  # fmt: skip
     assert all(hasattr(client, name) for name in client.__all__)
+
+
+def test_the_options_type_still_imports_from_where_0_4_0_defined_it() -> None:
+    from market_data_store.client.store_client import ClientOptions
+
+    assert ClientOptions is client.ClientOptions
