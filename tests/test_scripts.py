@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -73,6 +74,42 @@ def test_health_benchmark_runs(database_url: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "/healthz / bare Litestar" in proc.stdout
     assert "service trivial / bare" in proc.stdout
+
+
+def test_compare_trees_runs_a_benchmark_from_two_trees(database_url: str) -> None:
+    """Against HEAD (a second checkout of the same code): one round each, the medians
+    and this tree's share of the base's for every ratio the benchmark prints."""
+    proc = subprocess.run(
+        [sys.executable, "bench/compare_trees.py", "--base", "HEAD", "--rounds", "1",
+         "health.py", "--duration", "1", "--rounds", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "DATABASE_URL": database_url},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("== round 1/1:") == 2
+    table = proc.stdout.split("median of 1 alternating rounds", 1)[1].splitlines()
+    rows = {line[:58].strip(): line[58:].split() for line in table[2:] if line.strip()}
+    assert set(rows) >= {"/healthz / bare Litestar", "service trivial / bare"}
+    assert all(len(cells) == 3 and cells[2].endswith("%") for cells in rows.values())
+
+
+def test_compare_trees_reads_the_ratios_a_benchmark_prints() -> None:
+    spec = importlib.util.spec_from_file_location("compare_trees", ROOT / "bench/compare_trees.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.figures
+    printed = (
+        "/healthz / bare Litestar     :   146.0%  (wrk, 16 connections)\n"
+        "HTTP JSON new / psql \\copy (target >= 80 %)                 96.9%\n"
+        "HTTP JSON, new rows, until committed                      141,608 rows/s\n"
+        "rows: 1,000 (5 symbols x 200 minutes)\n"
+    )
+    assert figures(printed) == {
+        "/healthz / bare Litestar": 146.0,
+        "HTTP JSON new / psql \\copy (target >= 80 %)": 96.9,
+    }
 
 
 def test_sse_benchmark_runs(database_url: str) -> None:
