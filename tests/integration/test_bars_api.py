@@ -93,7 +93,8 @@ async def test_plain_202_then_rows_arrive(service: RunningService, database_url:
     body = response.json()
     assert body["accepted"] == 50
     assert body["level"] in ("ok", "soft", "hard")
-    assert set(body) == {"accepted", "level", "queue_size", "capacity", "coordinator_id"}
+    assert set(body) == {"accepted", "level", "queue_size", "capacity", "coordinator_id", "credit"}
+    assert body["credit"] > 0
     assert body["coordinator_id"] == "test/bars"
     await asyncio.wait_for(service.components.coordinator.wait_idle(), 10)
     assert len(await stored_bars(database_url)) == 50
@@ -596,3 +597,76 @@ async def test_a_busy_pool_is_not_an_unreachable_database(service: RunningServic
         for conn in held:
             await pool.release(conn)
     assert (await service.client.get("/v1/bars", params=params)).status_code == 200
+
+
+# -- credit and what 201 names --------------------------------------------------
+
+REJECT_POISON = """
+CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.symbol LIKE 'POISON%' THEN
+        RAISE EXCEPTION 'poison row % rejected by test trigger', NEW.symbol;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER reject_poison BEFORE INSERT OR UPDATE ON bars
+    FOR EACH ROW EXECUTE FUNCTION reject_poison();
+"""
+ALLOW_POISON = "DROP TRIGGER reject_poison ON bars; DROP FUNCTION reject_poison();"
+
+
+async def test_201_names_the_dead_lettered_bars_by_index(
+    service: RunningService, database_url: str
+) -> None:
+    import asyncpg
+
+    poison_at = [0, 5, 6, 7, 149]
+    sent = [wire_bar(i, symbol="POISON" if i in poison_at else "AAPL") for i in range(150)]
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(REJECT_POISON)
+        try:
+            response = await post(service.client, payload(*sent), wait=True)
+        finally:
+            await connection.execute(ALLOW_POISON)
+    finally:
+        await connection.close()
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["committed"], body["dead_lettered"]) == (145, 5)
+    assert body["dead_lettered_indices"] == poison_at
+    stored = {(b["symbol"], b["ts"]) for b in await stored_bars(database_url)}
+    assert len(stored) == 145 and all(symbol == "AAPL" for symbol, _ in stored)
+
+
+async def test_every_answer_carries_a_credit_shared_by_named_producers(
+    service: RunningService,
+) -> None:
+    answers = [
+        await post(
+            service.client,
+            payload(wire_bar(i)),
+            wait=i % 2 == 0,
+            headers={"x-mds-producer": f"producer-{i}"},
+        )
+        for i in range(4)
+    ]
+    assert [a.status_code for a in answers] == [201, 202, 201, 202]
+    credits = [a.json()["credit"] for a in answers]
+    assert all(isinstance(c, int) and c > 0 for c in credits), credits
+    # four producers seen within the last moment share the window: none is offered more
+    # than the first one was, alone
+    assert credits[-1] <= credits[0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [b"has space", b"x" * 65, b"", "caf\u00e9".encode()],
+    ids=["space", "long", "empty", "utf8"],
+)
+async def test_a_bad_producer_header_is_400(service: RunningService, value: bytes) -> None:
+    response = await post(service.client, payload(wire_bar(0)), headers={"x-mds-producer": value})
+    assert response.status_code == 400, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    [error] = response.json()["errors"]
+    assert (error["source"], error["key"]) == ("header", "x_mds_producer"), error

@@ -146,6 +146,7 @@ def test_poison_rows_are_isolated_and_replayed(
             PER_REQUEST - len(POISON_AT),
             len(POISON_AT),
         ), body
+        assert body["dead_lettered_indices"] == list(POISON_AT), body
     assert len(poison) == poison_count
     # only the poison rows, each once, each with the trigger's error
     assert sorted(key for _, key, _ in first) == sorted(poison)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from .bus import FeedbackBus, FeedbackSubscriber, feedback_bus
 from .completions import Ticket
+from .credits import Credits
 from .dlq import DeadLetterQueue, DLQRecord
 from .events import BackpressureLevel, FeedbackEvent
 from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy, default_retry_classifier
@@ -49,6 +50,7 @@ __all__ = [
     "CircuitOpenError",
     "CoordinatorHealth",
     "CoordinatorStats",
+    "Credits",
     "DLQRecord",
     "DeadLetterQueue",
     "FeedbackBus",

@@ -10,6 +10,7 @@ are written (``?wait=commit``) waits for the watermark to pass its range.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -20,6 +21,9 @@ class Ticket:
     start: int = 0
     end: int = 0
     lost: int = 0  # dead-lettered or evicted instead of written
+    lost_ranges: list[tuple[int, int]] = field(default_factory=list)
+    """``[start, end)`` sequence numbers of the lost items, merged when adjacent (at
+    most one per item of the ticket)."""
     _done: asyncio.Future[None] | None = field(default=None, repr=False)
 
     @property
@@ -30,6 +34,10 @@ class Ticket:
     def written(self) -> int:
         return self.count - self.lost
 
+    def lost_offsets(self) -> list[int]:
+        """The lost items as offsets into what was submitted (0 = its first item)."""
+        return [i - self.start for lo, hi in sorted(self.lost_ranges) for i in range(lo, hi)]
+
     @property
     def finished(self) -> bool:
         """Every item written or dead-lettered (``written``/``lost`` are final)."""
@@ -37,7 +45,10 @@ class Ticket:
 
 
 class Completions:
-    def __init__(self) -> None:
+    def __init__(self, on_wait: Callable[[], None] | None = None) -> None:
+        self.waiting = 0
+        """Tickets someone is waiting for right now (producers waiting on a commit)."""
+        self._on_wait = on_wait
         self.done_until = 0
         """Every sequence number below this is finished."""
         self._ahead: dict[int, int] = {}  # finished ranges beyond the watermark: start -> end
@@ -67,16 +78,27 @@ class Completions:
             overlap = min(end, ticket.end) - max(start, ticket.start)
             if overlap > 0:
                 ticket.lost += overlap
+                lo, hi = max(start, ticket.start), min(end, ticket.end)
+                ranges = ticket.lost_ranges
+                if ranges and ranges[-1][1] == lo:
+                    ranges[-1] = (ranges[-1][0], hi)
+                else:
+                    ranges.append((lo, hi))
 
     async def wait(self, ticket: Ticket, timeout: float | None = None) -> bool:
         """True once every item of ``ticket`` is finished; False after ``timeout``."""
         if ticket._done is None or ticket._done.done():
             return True
+        self.waiting += 1
+        if self._on_wait is not None:
+            self._on_wait()
         try:
             async with asyncio.timeout(timeout):
                 await asyncio.shield(ticket._done)
         except TimeoutError:
             return False
+        finally:
+            self.waiting -= 1
         return True
 
     def _release(self) -> None:

@@ -1,20 +1,24 @@
-"""The store's FeedbackEvent: Core's contract plus a ``reason`` and ``utilization``.
+"""The store's FeedbackEvent: Core's contract plus ``reason``, ``utilization``,
+``drain_rate`` and ``credit``.
 
 It subclasses Core's model, so every event we publish serialises to JSON that
 ``market_data_core.telemetry.FeedbackEvent.model_validate_json`` accepts; the
-extra ``reason`` field is ignored by consumers that only know Core.
+extra fields are ignored by consumers that only know Core.
 """
 
 from __future__ import annotations
 
 import time
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from market_data_store.contracts import BackpressureLevel
 from market_data_store.contracts import FeedbackEvent as CoreFeedbackEvent
 
-__all__ = ["BackpressureLevel", "FeedbackEvent"]
+__all__ = ["MAX_EXTENSION", "BackpressureLevel", "FeedbackEvent"]
+
+MAX_EXTENSION = 1_000_000_000
+"""Bound of ``drain_rate`` and ``credit`` (also when another replica sends them)."""
 
 
 class FeedbackEvent(CoreFeedbackEvent):
@@ -23,6 +27,10 @@ class FeedbackEvent(CoreFeedbackEvent):
     model_config = ConfigDict(frozen=True)
 
     reason: str | None = None
+    drain_rate: float | None = Field(default=None, ge=0, le=MAX_EXTENSION, allow_inf_nan=False)
+    """Items written per second over the last second (what the store can take now)."""
+    credit: int | None = Field(default=None, ge=0, le=MAX_EXTENSION)
+    """Items one producer may have sent and not yet answered (see ``Credits``)."""
 
     @property
     def utilization(self) -> float:
@@ -37,6 +45,9 @@ class FeedbackEvent(CoreFeedbackEvent):
         capacity: int,
         level: BackpressureLevel,
         reason: str | None = None,
+        *,
+        drain_rate: float | None = None,
+        credit: int | None = None,
     ) -> FeedbackEvent:
         """Build an event stamped now, with ``source="store"``."""
         return cls(
@@ -45,6 +56,8 @@ class FeedbackEvent(CoreFeedbackEvent):
             capacity=capacity,
             level=level,
             reason=reason,
+            drain_rate=drain_rate,
+            credit=credit,
             source="store",
             ts=time.time(),
         )

@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Generic
+from typing import Any, Generic
 
 from .bus import FeedbackBus, feedback_bus
 from .completions import Completions
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 _Waiter = tuple[int, "asyncio.Future[None]"]
 EnqueuedCallback = Callable[[int, int], None]
+TakeCallback = Callable[[int], None]
+Urgency = Callable[[int], bool]
 EvictedCallback = Callable[[list[T]], Awaitable[None]]
 
 
@@ -86,7 +88,11 @@ class BoundedQueue(Generic[T]):
         self._join_waiters: list[asyncio.Future[None]] = []
         self._closed = False
         self._next_seq = 0  # sequence number the next enqueued item gets
-        self.completions = Completions()
+        self.completions = Completions(on_wait=self.wake_fillers)
+        self.extras: Callable[[], dict[str, Any]] | None = None
+        """Extension fields of every event (``drain_rate``, ``credit``), when set."""
+        self.on_take: TakeCallback | None = None
+        """Called with the queue size each time a batch is taken (before taking)."""
         self.dropped = 0
         """Items evicted by ``drop_oldest`` since creation."""
 
@@ -137,8 +143,9 @@ class BoundedQueue(Generic[T]):
 
     def feedback_event(self, reason: str | None = None) -> FeedbackEvent:
         """A FeedbackEvent describing the queue as it is now."""
+        extras = self.extras() if self.extras is not None else {}
         return FeedbackEvent.create(
-            self._coord_id, len(self._items), self._capacity, self._marks.level, reason
+            self._coord_id, len(self._items), self._capacity, self._marks.level, reason, **extras
         )
 
     # -- producers -----------------------------------------------------------
@@ -315,13 +322,36 @@ class BoundedQueue(Generic[T]):
         _, batch = await self._take(max_items, max_wait, None)
         return batch
 
-    async def take_batch(self, max_items: int, max_wait: float) -> tuple[int, list[T]]:
+    async def take_batch(
+        self,
+        max_items: int,
+        max_wait: float,
+        *,
+        urgent: Urgency | None = None,
+        enough: int | None = None,
+    ) -> tuple[int, list[T]]:
         """``get_batch`` that also returns the sequence number of the first item
-        (a batch is always a contiguous run), for ``finish``."""
-        return await self._take(max_items, max_wait, None)
+        (a batch is always a contiguous run), for ``finish``. While it waits for a
+        full batch, ``urgent(size)`` is asked again whenever ``wake_fillers`` is
+        called and, while producers wait for their items (``completions.waiting``),
+        when ``enough`` items are queued: when it says yes, what is there is taken
+        at once."""
+        return await self._take(max_items, max_wait, None, urgent=urgent, enough=enough)
+
+    def wake_fillers(self) -> None:
+        """Readers waiting for a full batch look again (at ``urgent``)."""
+        if self._item_waiters:
+            self._wake_getters(NEVER)
 
     async def _take(
-        self, max_items: int, max_wait: float, timeout: float | None, *, closed_error: bool = False
+        self,
+        max_items: int,
+        max_wait: float,
+        timeout: float | None,
+        *,
+        closed_error: bool = False,
+        urgent: Urgency | None = None,
+        enough: int | None = None,
     ) -> tuple[int, list[T]]:
         items = self._items
         while True:
@@ -332,9 +362,12 @@ class BoundedQueue(Generic[T]):
                     return self._next_seq, []
                 await self._wait_for_items(1, timeout)
             if len(items) < max_items and max_wait > 0 and not self._closed:
-                with contextlib.suppress(TimeoutError):  # flush what we have
-                    await self._wait_for_items(max_items, max_wait)
+                await self._fill(max_items, max_wait, urgent, enough)
+                if not items:
+                    continue
             n = min(max_items, len(items))
+            if self.on_take is not None:
+                self.on_take(len(items))
             recovered = self._marks.fall(len(items) - n) if n else None
             if recovered is not None:
                 # Announce *before* taking: a consumer cancelled while the event is
@@ -352,6 +385,25 @@ class BoundedQueue(Generic[T]):
         if self._room_waiters:
             self._wake_putters()
         return start, batch
+
+    async def _fill(
+        self, max_items: int, max_wait: float, urgent: Urgency | None, enough: int | None
+    ) -> None:
+        """Wait up to ``max_wait`` for ``max_items``, or until ``urgent`` says to go."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + max_wait
+        items = self._items
+        while len(items) < max_items and not self._closed:
+            if urgent is not None and items and urgent(len(items)):
+                return
+            left = until - loop.time()
+            if left <= 0:
+                return
+            wanted = max_items
+            if urgent is not None and enough is not None and self.completions.waiting:
+                wanted = max(len(items) + 1, min(max_items, enough))
+            with contextlib.suppress(TimeoutError):  # flush what we have
+                await self._wait_for_items(wanted, left)
 
     def finish(self, start: int, n: int) -> None:
         """Items ``start .. start+n`` are done (written, dead-lettered or evicted)."""
@@ -431,8 +483,9 @@ class BoundedQueue(Generic[T]):
     async def _emit(self, transitions: Sequence[Transition]) -> None:
         """Publish each transition (then run the matching callback) before returning."""
         for t in transitions:
+            extras = self.extras() if self.extras is not None else {}
             event = FeedbackEvent.create(
-                self._coord_id, t.queue_size, self._capacity, t.level, t.reason
+                self._coord_id, t.queue_size, self._capacity, t.level, t.reason, **extras
             )
             await self._bus.publish(event)
             callback = (

@@ -53,10 +53,13 @@ class CoordinatorStats:
     finished: int = 0  # written, dead-lettered or evicted
     write_listeners: list[WriteListener] = field(default_factory=list)
     drain: DrainMeter = field(default_factory=lambda: DrainMeter())
+    recent_drain: DrainMeter = field(default_factory=lambda: DrainMeter(window=1.0))
+    """The drain of the last second (the credit's target; ``drain`` smooths Retry-After)."""
 
     def record_finished(self, items: int) -> None:
         self.finished += items
         self.drain.record(self.finished)
+        self.recent_drain.record(self.finished)
 
     def record_write(self, items: int, seconds: float) -> None:
         self.batches_written += 1

@@ -34,6 +34,13 @@ _PAUSE_AFTER_BUG_SEC = 1.0
 
 
 @dataclass
+class Writers:
+    """How many of a coordinator's workers are writing a batch right now."""
+
+    busy: int = 0
+
+
+@dataclass
 class InFlight(Generic[T]):
     """A batch a worker is delivering: items ``start``... of the queue, of which
     the first ``done`` are written or dead-lettered already."""
@@ -64,7 +71,12 @@ class SinkWorker(Generic[T]):
         *,
         dead_letters: DeadLetterQueue[T] | None = None,
         stats: CoordinatorStats | None = None,
+        writers: Writers | None = None,
+        enough: int | None = None,
     ) -> None:
+        """``enough``: while producers wait for their commit, a batch of this many
+        items is written at once even when another worker is writing; alone, this
+        worker writes whatever is queued at once (default: half a batch)."""
         if batch_size <= 0:
             raise ValueError("batch_size must be > 0")
         self.worker_id = worker_id
@@ -83,6 +95,14 @@ class SinkWorker(Generic[T]):
         """The batch being delivered; its unfinished rest is rescued by the
         coordinator if it must cancel us."""
         self._log = ThrottledLog(log)
+        self._writers = writers if writers is not None else Writers()
+        self._enough = max(1, enough if enough is not None else batch_size // 2)
+
+    def _urgent(self, size: int) -> bool:
+        """Write a short batch now? Only while producers wait for commits, and only
+        when no other worker is writing (whose commit would come first anyway) or
+        enough is queued to be worth a write of its own."""
+        return self._q.completions.waiting > 0 and (self._writers.busy == 0 or size >= self._enough)
 
     @property
     def alive(self) -> bool:
@@ -115,27 +135,39 @@ class SinkWorker(Generic[T]):
     async def _run(self) -> None:
         q = self._q
         while not self._stopping:
-            start, batch = await q.take_batch(self._batch_size, self._flush_interval)
+            start, batch = await q.take_batch(
+                self._batch_size, self._flush_interval, urgent=self._urgent, enough=self._enough
+            )
             if not batch:
                 return  # closed and drained
             self.inflight = flight = InFlight(start, batch)
-            while flight.done < len(batch):
-                try:
-                    await self._deliver(batch[flight.done :], start + flight.done)
-                except Exception:
-                    # A bug in a classifier or listener must not kill the worker or
-                    # lose the batch: keep it and try again (sinks are idempotent).
-                    self._log.log(
-                        logging.ERROR,
-                        "deliver",
-                        "worker %s: delivery failed",
-                        self.worker_id,
-                        exc=True,
-                    )
-                    await asyncio.sleep(_PAUSE_AFTER_BUG_SEC)
+            self._writers.busy += 1
+            try:
+                await self._deliver_all(flight)
+            finally:
+                self._writers.busy -= 1
+                q.wake_fillers()  # a filler waiting for this write may go now
             self.inflight = None
             q.finish(start, len(batch))
             self.stats.record_finished(len(batch))
+
+    async def _deliver_all(self, flight: InFlight[T]) -> None:
+        """Deliver the whole batch in hand (never gives up: see the module doc)."""
+        batch, start = flight.items, flight.start
+        while flight.done < len(batch):
+            try:
+                await self._deliver(batch[flight.done :], start + flight.done)
+            except Exception:
+                # A bug in a classifier or listener must not kill the worker or
+                # lose the batch: keep it and try again (sinks are idempotent).
+                self._log.log(
+                    logging.ERROR,
+                    "deliver",
+                    "worker %s: delivery failed",
+                    self.worker_id,
+                    exc=True,
+                )
+                await asyncio.sleep(_PAUSE_AFTER_BUG_SEC)
 
     async def _deliver(self, batch: Sequence[T], start: int) -> None:
         """Write ``batch`` (items ``start``...), isolating non-retryable items.

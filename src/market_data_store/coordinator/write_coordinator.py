@@ -9,19 +9,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Generic
+from typing import Any, Generic
 
 from market_data_store._util import backoff_delay
 
 from .bus import FeedbackBus
 from .completions import Ticket
+from .credits import Credits
 from .dlq import DeadLetterQueue
 from .events import BackpressureLevel, FeedbackEvent
 from .policy import CircuitBreaker, CircuitState, RetryPolicy
 from .queue import BoundedQueue
 from .stats import CoordinatorStats
 from .types import BackpressureCallback, DropCallback, OverflowStrategy, QueueClosedError, Sink, T
-from .worker import SinkWorker
+from .worker import SinkWorker, Writers
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,17 @@ class WriteCoordinator(Generic[T]):
             bus=bus,
             evicted_callback=self._on_evicted if dead_letter_queue is not None else None,
         )
+        queue = self._queue
+        self.credits = Credits(
+            capacity=capacity,
+            low_watermark=queue.low_watermark,
+            batch_size=batch_size,
+            workers=workers,
+        )
+        queue.on_take = self._on_take
+        queue.extras = self._event_extras
+        writers = Writers()
+        enough = max(1, self.credits.low_target // 2)
         retry = retry_policy or RetryPolicy()
         self._workers = [
             SinkWorker[T](
@@ -105,6 +117,8 @@ class WriteCoordinator(Generic[T]):
                 coord_id,
                 dead_letters=dead_letter_queue,
                 stats=self.stats,
+                writers=writers,
+                enough=enough,
             )
             for i in range(workers)
         ]
@@ -258,6 +272,15 @@ class WriteCoordinator(Generic[T]):
         """Wait until every item of ``ticket`` is written or dead-lettered (then
         ``ticket.written`` / ``ticket.lost`` are final); False after ``timeout``."""
         return await self._queue.completions.wait(ticket, timeout)
+
+    def _on_take(self, found: int) -> None:
+        self.credits.observe(found, self._queue.unfinished, self.stats.recent_drain.rate())
+
+    def _event_extras(self) -> dict[str, Any]:
+        return {
+            "drain_rate": round(self.stats.recent_drain.rate(), 1),
+            "credit": self.credits.per_producer(),
+        }
 
     def retry_after(self) -> int:
         """Seconds a refused producer should wait: queue depth over the measured

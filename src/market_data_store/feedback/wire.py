@@ -1,8 +1,9 @@
-"""FeedbackEvents as bytes: Core's JSON plus ``reason`` and ``utilization``.
+"""FeedbackEvents as bytes: Core's JSON plus ``reason``, ``utilization`` and, from a
+coordinator that has them, ``drain_rate`` and ``credit``.
 
 Every channel (SSE, webhook, Redis) sends the same bytes, encoded once per
 event. They validate as ``market_data_core.telemetry.FeedbackEvent`` (whose
-models ignore the two extra fields).
+models ignore the extra fields).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class WireError(ValueError):
 
 def event_dict(event: FeedbackEvent) -> dict[str, Any]:
     """The event as plain JSON data, Core's field names first."""
-    return {
+    data: dict[str, Any] = {
         "coordinator_id": event.coordinator_id,
         "queue_size": event.queue_size,
         "capacity": event.capacity,
@@ -44,6 +45,11 @@ def event_dict(event: FeedbackEvent) -> dict[str, Any]:
         "reason": event.reason,
         "utilization": round(event.utilization, 4),
     }
+    if event.drain_rate is not None:
+        data["drain_rate"] = event.drain_rate
+    if event.credit is not None:
+        data["credit"] = event.credit
+    return data
 
 
 def encode_event(event: FeedbackEvent) -> bytes:

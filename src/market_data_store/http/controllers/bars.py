@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -10,7 +11,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
 from litestar.openapi import ResponseSpec
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromQuery, HeaderParameter, QueryParameter
 
 from market_data_store.config import Settings
 from market_data_store.coordinator import QueueClosedError, QueueFullError, WriteCoordinator
@@ -41,15 +42,36 @@ MAX_LIMIT = 10_000
 SHUTDOWN_RETRY_AFTER = 5
 
 
+PRODUCER_HEADER = "x-mds-producer"
+PRODUCER_ID = re.compile(r"^[!-~]{1,64}$")
+ANONYMOUS = ""
+"""Producers that do not name themselves share one credit."""
+ProducerHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name=PRODUCER_HEADER,
+        pattern=PRODUCER_ID.pattern,
+        required=False,
+        description=(
+            "Who sends (1-64 printable ASCII characters, no space; e.g. a UUID per "
+            "client): the store shares its credit evenly among the producers it has "
+            "seen lately. Without it, requests share one credit."
+        ),
+    ),
+]
+
+
 class IngestResult(msgspec.Struct, omit_defaults=True):
     accepted: int
     level: str
     queue_size: int
     capacity: int
     coordinator_id: str  # whose feedback (GET /v1/feedback/stream) a producer follows
+    credit: int  # bars this producer may have sent and not yet had answered
     committed: int | None = None  # ?wait=commit: rows written
     dead_lettered: int | None = None  # ?wait=commit: rows rejected by the database
-    pending: bool = False  # ?wait=commit timed out: accepted, still being written
+    dead_lettered_indices: list[int] | None = None  # ?wait=commit: which bars, by index
+    pending: bool = False  # ?wait=commit timed out: accepted, not yet all written
 
 
 class BarsPage(msgspec.Struct):
@@ -79,9 +101,15 @@ class BarsController(Controller):
         description=(
             'Body (application/json or application/msgpack): {"provider": "...", "bars": '
             "[Core Bar, ...]}. All or nothing: 422 lists every bad field by bar index. "
-            "202 when queued; with ?wait=commit, 201 once every bar is committed (or "
-            "dead-lettered, counted as such). 503 with Retry-After and the current "
-            "FeedbackEvent when the queue has no room or the service is stopping."
+            "202: queued in memory, not yet durable (a crash before the write loses "
+            "them). With ?wait=commit: 201 once every bar is committed or dead-lettered "
+            "(`dead_lettered_indices` names the bars the database refused, by index; "
+            "every other bar is in the database); 202 with `pending: true` when that "
+            "outlived `ingest.commit_timeout`: nothing is promised, send the bars again "
+            "(writes are idempotent). Every answer carries `credit`: how many bars this "
+            "producer (`x-mds-producer`) may have sent and not yet had answered. 503 "
+            "with Retry-After and the current FeedbackEvent when the queue has no room "
+            "or the service is stopping."
         ),
         status_code=202,
         response_description="Queued (or, with ?wait=commit, still being written: `pending`)",
@@ -106,6 +134,24 @@ class BarsController(Controller):
         lifecycle: NamedDependency[Lifecycle],
         settings: NamedDependency[Settings],
         wait: FromQuery[Literal["commit"] | None] = None,
+        x_mds_producer: ProducerHeader = None,
+    ) -> Response[Any]:
+        credits = coordinator.credits
+        name = x_mds_producer or ANONYMOUS
+        credits.enter(name)
+        try:
+            return await self._ingest(request, coordinator, bar_decoder, lifecycle, settings, wait)
+        finally:
+            credits.leave(name)
+
+    async def _ingest(
+        self,
+        request: Request[Any, Any, Any],
+        coordinator: WriteCoordinator[BarRow],
+        bar_decoder: BarDecoder,
+        lifecycle: Lifecycle,
+        settings: Settings,
+        wait: str | None,
     ) -> Response[Any]:
         if lifecycle.shutting_down:
             return _unavailable(coordinator, "the service is shutting down", "shutting_down")
@@ -144,15 +190,35 @@ class BarsController(Controller):
         except QueueClosedError:
             return _unavailable(coordinator, "the service is shutting down", "shutting_down")
         queue = coordinator.queue
-        result = IngestResult(
-            len(rows), queue.level.value, queue.size, queue.capacity, coordinator.coord_id
-        )
+        credits = coordinator.credits
         if wait != "commit":
-            return Response(result, status_code=202)
-        if not await coordinator.wait_finished(ticket, limits.commit_timeout):
+            return Response(
+                IngestResult(
+                    len(rows),
+                    queue.level.value,
+                    queue.size,
+                    queue.capacity,
+                    coordinator.coord_id,
+                    credits.per_producer(),
+                ),
+                status_code=202,
+            )
+        finished = await coordinator.wait_finished(ticket, limits.commit_timeout)
+        # the queue as it is when answered: what the producer acts on
+        result = IngestResult(
+            len(rows),
+            queue.level.value,
+            queue.size,
+            queue.capacity,
+            coordinator.coord_id,
+            credits.per_producer(),
+        )
+        if not finished:
             result.pending = True
             return Response(result, status_code=202)
         result.committed, result.dead_lettered = ticket.written, ticket.lost
+        if ticket.lost:
+            result.dead_lettered_indices = ticket.lost_offsets()
         return Response(result, status_code=201)
 
     @get(

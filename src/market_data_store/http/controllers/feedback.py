@@ -51,7 +51,10 @@ _COORDINATOR_FILTER_SCHEMA = {
 
 
 class FeedbackEventBody(msgspec.Struct):
-    """Core ``FeedbackEvent`` plus ``reason`` and ``utilization`` (queue_size / capacity)."""
+    """Core ``FeedbackEvent`` plus ``reason``, ``utilization`` (queue_size / capacity) and,
+    from this store's coordinators, ``drain_rate`` (items written per second over the
+    last second) and ``credit`` (items one producer may have sent and not yet had
+    answered)."""
 
     coordinator_id: str
     queue_size: int
@@ -61,6 +64,8 @@ class FeedbackEventBody(msgspec.Struct):
     ts: float
     reason: str | None
     utilization: float
+    drain_rate: float | msgspec.UnsetType = msgspec.UNSET
+    credit: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class StreamEventBody(msgspec.Struct, omit_defaults=True):

@@ -1,0 +1,179 @@
+"""Credits: the window follows the queue found at each take, split among producers;
+workers write at once while producers wait for commits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from market_data_store.coordinator import Credits, FeedbackBus, WriteCoordinator
+from market_data_store.coordinator.credits import MIN_CREDIT
+from tests.support.waits import until
+
+from .sinks import RecordingSink
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def credits(clock: Clock, **kwargs: int) -> Credits:
+    options = {"capacity": 2000, "low_watermark": 1000, "batch_size": 100, "workers": 1}
+    options.update(kwargs)
+    return Credits(clock=clock, **options)
+
+
+def test_targets_sit_under_the_low_watermark_and_start_the_window_inside_them() -> None:
+    c = credits(Clock())
+    assert (c.low_target, c.high_target) == (100, 800)
+    assert c.ceiling == 2100 and c.floor == 100
+    assert c.floor <= c.total <= c.ceiling
+
+
+def test_an_empty_queue_grows_the_window_a_full_one_shrinks_it() -> None:
+    clock = Clock()
+    c = credits(clock)
+    c.observe(0, 0, 0.0)  # the first take only starts the clock
+    start = c.total
+    for _ in range(10):
+        clock.now += 0.01
+        c.observe(0, int(c.total), 20_000.0)  # producers use their window; queue empty
+    grown = c.total
+    assert grown > start
+    for _ in range(10):
+        clock.now += 0.01
+        c.observe(1900, int(c.total), 20_000.0)
+    assert c.total < grown
+
+
+def test_the_window_does_not_grow_while_producers_leave_it_unused() -> None:
+    clock = Clock()
+    c = credits(clock)
+    c.observe(0, 0, 0.0)
+    start = c.total
+    for _ in range(50):
+        clock.now += 0.05
+        c.observe(0, 0, 100.0)  # nothing outstanding: demand, not the window, is short
+    assert c.total == start
+
+
+def test_the_window_stays_within_floor_and_ceiling() -> None:
+    clock = Clock()
+    c = credits(clock)
+    c.observe(0, 0, 0.0)
+    for _ in range(500):
+        clock.now += 0.25
+        c.observe(0, 10**6, 10**6)
+    assert c.total == c.ceiling
+    for _ in range(500):
+        clock.now += 0.25
+        c.observe(10**6, 10**6, 10**6)
+    assert c.total == c.floor
+
+
+def test_the_target_follows_the_drain_and_the_producers() -> None:
+    clock = Clock()
+    c = credits(clock, capacity=10_000, low_watermark=5000, batch_size=500)
+    assert c.target(0.0) == 500  # at least a batch
+    assert c.target(40_000.0) == 2000  # 50 ms of the drain
+    assert c.target(10**6) == 4000  # at most 80 % of the low watermark
+    for i in range(12):
+        c.enter(f"p{i}")
+    assert c.target(0.0) == 3000  # 250 per producer
+
+
+def test_active_producers_share_the_window_evenly() -> None:
+    clock = Clock()
+    c = credits(clock)
+    c.total = 1200.0
+    assert c.per_producer() == 1200  # nobody seen: one share
+    for name in ("a", "b", "c"):
+        c.enter(name)
+        c.leave(name)
+    assert c.per_producer() == 400
+    clock.now += 1.0  # b and c went quiet; a still has a request inside
+    c.enter("a")
+    assert c.active() == 1 and c.per_producer() == 1200
+    c.total = 10.0
+    assert c.per_producer() == MIN_CREDIT
+
+
+def test_producers_beyond_the_bound_are_not_remembered() -> None:
+    clock = Clock()
+    c = credits(clock)
+    c.max_producers = 3
+    for name in ("a", "b", "c", "d"):
+        c.enter(name)
+    assert c.active() == 3
+    clock.now += 1.0
+    for name in ("a", "b", "c"):
+        c.leave(name)
+    clock.now += 1.0
+    c.enter("d")  # the idle ones are forgotten to make room
+    assert c.active() == 1
+
+
+class GatedSink(RecordingSink):
+    """Holds each write until ``release`` is set (then keeps it set)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.started = 0
+
+    async def write(self, batch: Sequence[int]) -> None:
+        self.started += 1
+        await self.release.wait()
+        await super().write(batch)
+
+
+async def test_a_short_batch_is_written_at_once_while_its_producer_waits(
+    bus: FeedbackBus,
+) -> None:
+    sink = RecordingSink()
+    async with WriteCoordinator[int](
+        sink=sink, capacity=1000, workers=1, batch_size=500, flush_interval=3600, bus=bus
+    ) as coordinator:
+        quiet = await coordinator.submit_all(list(range(10)))
+        await asyncio.sleep(0.05)
+        assert sink.batches == []  # nobody waits: the worker waits for a fuller batch
+        waited = await coordinator.submit_all(list(range(10, 20)))
+        assert await coordinator.wait_finished(waited, timeout=30)
+        assert quiet.finished
+        assert sink.batches == [list(range(20))]
+
+
+async def test_a_second_worker_waits_for_enough_while_another_writes(bus: FeedbackBus) -> None:
+    sink = GatedSink()
+    async with WriteCoordinator[int](
+        sink=sink, capacity=1000, workers=2, batch_size=500, flush_interval=3600, bus=bus
+    ) as coordinator:
+        enough = max(1, coordinator.credits.low_target // 2)
+        first = await coordinator.submit_all([0])
+        waiting = asyncio.create_task(coordinator.wait_finished(first, timeout=60))
+        await until(lambda: sink.started == 1)
+        second = await coordinator.submit_all(list(range(1, 3)))
+        also = asyncio.create_task(coordinator.wait_finished(second, timeout=60))
+        await asyncio.sleep(0.05)
+        assert sink.started == 1  # two items, another write under way: wait for it
+        third = await coordinator.submit_all(list(range(3, 3 + enough)))
+        await until(lambda: sink.started == 2)  # enough for a write of its own
+        sink.release.set()
+        assert await coordinator.wait_finished(third, timeout=30)
+        assert await waiting and await also
+        assert sorted(sink.items) == list(range(3 + enough))
+
+
+async def test_events_carry_the_drain_rate_and_the_credit(bus: FeedbackBus) -> None:
+    async with WriteCoordinator[int](
+        sink=RecordingSink(), capacity=100, workers=1, batch_size=10, bus=bus
+    ) as coordinator:
+        ticket = await coordinator.submit_all(list(range(50)))
+        assert await coordinator.wait_finished(ticket, timeout=30)
+        event = coordinator.feedback_event()
+    assert event.credit is not None and event.credit >= MIN_CREDIT
+    assert event.drain_rate is not None and event.drain_rate >= 0
