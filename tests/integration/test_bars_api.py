@@ -636,7 +636,8 @@ async def test_201_names_the_dead_lettered_bars_by_index(
     assert (body["committed"], body["dead_lettered"]) == (145, 5)
     assert body["dead_lettered_indices"] == poison_at
     stored = {(b["symbol"], b["ts"]) for b in await stored_bars(database_url)}
-    assert len(stored) == 145 and all(symbol == "AAPL" for symbol, _ in stored)
+    assert len(stored) == 145
+    assert all(symbol == "AAPL" for symbol, _ in stored)
 
 
 async def test_every_answer_carries_a_credit_shared_by_named_producers(

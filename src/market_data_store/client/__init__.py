@@ -4,35 +4,31 @@
         await store.write(bars)          # Core Bar models or dicts of their fields
 
 ``StoreClient`` batches bars (``batch_size``, default 5,000), sends them as
-MessagePack ``POST /v1/bars`` with at most ``max_in_flight`` requests at once,
+MessagePack ``POST /v1/bars`` with at most ``max_in_flight`` (16) requests at once,
 and never holds more than ``max_buffered`` bars: ``write`` waits for room, so a
 producer faster than the store slows down to its pace. Nothing is dropped
-silently: a batch is either accepted by the store or handed back in a
-``BatchFailedError`` (its bars included), raised by the next ``write``,
-``flush`` or ``aclose``.
+silently: a bar is either committed by the store (``wait_commit``, the default: a
+201 means it is in PostgreSQL) or handed back in a ``BatchFailedError`` (its bars
+included), raised by the next ``write``, ``flush`` or ``aclose``; bars the
+store's database refused come back as ``BarsDeadLetteredError``, exactly those.
 
 Retries (idempotent: the store keeps one row per bar key, so resending is
 safe): 503/429 after ``Retry-After`` (randomised to 100-110 %; every request of
-the client waits it out), connection errors, timeouts, 408 and 5xx with capped
+the client waits it out), connection errors, timeouts, 408, 5xx and a 202
+``pending`` (the commit outlived the store's ``commit_timeout``) with capped
 exponential backoff randomised to 50-100 %, all within a per-batch
 ``deadline`` (then ``DeadlineExceededError``). 413 splits the batch in halves.
 Other 4xx: ``BarsRejectedError`` with the problem details, never retried.
 
-Throttling (AIMD on bars/s, ``Throttle``):
-
-- unlimited until the store first pushes back;
-- congestion cuts the rate, once per ``adjust_interval`` (1 s; the deepest cut of
-  the signals within it), never below ``min_rate``: the level rising to ``hard``
-  or a 503 to ``decrease_factor`` (0.5) x the rate, rising to ``soft`` to
-  sqrt(``decrease_factor``) (0.71) x (x the limit; x the rate actually sent over
-  the last 2 s when there is no limit yet or less than half of it is used);
-- staying ``soft``: cut again every 2 s while the queue size in the answers grows;
-- ``hard``: no new request starts until the store says ``ok`` (requests already
-  sent complete); without the stream, one probe request every ``probe_interval``;
-- ``ok``: every second the rate grows back half the way to the pre-cut rate (at
-  least ``increase_fraction``, 10 %, of it); beyond it by 10 % of it, the step
-  doubling each second (x2 ... x32) until the next cut; up to ``max_rate``, and
-  only while the producer uses at least half of its limit.
+Pace (``CreditWindow``): every answer carries the store's ``credit``, how many
+bars this client may have sent and not yet had answered; batches larger than that
+go in parts. The store sizes it to keep its queue short and never empty and
+shares it among the producers it sees (``x-mds-producer``); answered at commit,
+the client is clocked by the store's writes. A store that sends no credit gets
+the AIMD rate control of ``Throttle`` instead (the level rising to ``soft``/``hard``
+or a 503 cuts the rate, ``ok`` grows it back). In both modes ``hard`` stops new
+requests until the store says ``ok`` (without the stream, one probe request every
+``probe_interval``), and a 503's ``Retry-After`` holds them.
 
 Feedback: a background task follows ``GET /v1/feedback/stream`` (reconnecting
 with ``Last-Event-ID``, backing off when it is unavailable). The client's own
@@ -46,6 +42,7 @@ own, for code without asyncio.
 """
 
 from .errors import (
+    BarsDeadLetteredError,
     BarsRejectedError,
     BatchFailedError,
     ClientClosedError,
@@ -60,6 +57,7 @@ from .throttle import LevelBoard, Throttle
 from .wire import Feedback, Level
 
 __all__ = [
+    "BarsDeadLetteredError",
     "BarsRejectedError",
     "BatchFailedError",
     "ClientClosedError",

@@ -95,3 +95,20 @@ __all__ = [
     "InvalidBarError",
     "StoreClientError",
 ]
+
+
+class BarsDeadLetteredError(BatchFailedError):
+    """The store answered a request as committed (201), but its database refused some
+    of its bars: they are in the store's dead-letter queue (``/admin/dlq``), with the
+    database's reason, not in the table. ``bars`` are exactly those bars; every other
+    bar of the request is committed. ``indices`` are their positions in the request
+    (None when the store did not say which: then ``bars`` is the whole request, and
+    some of it may be stored)."""
+
+    def __init__(self, bars: list[dict[str, Any]], indices: list[int] | None) -> None:
+        which = "" if indices is not None else " (the store did not say which: all handed back)"
+        super().__init__(
+            f"the store's database refused {len(bars)} bar(s); they are dead-lettered{which}",
+            bars,
+        )
+        self.indices = indices

@@ -19,7 +19,8 @@ class ClientStats:
     bars_sent: int = 0  # in batches that went out (each bar counted once)
     bars_accepted: int = 0  # the store answered 202/201 for them (its count)
     bars_committed: int = 0  # wait_commit: 201 said written
-    bars_dead_lettered: int = 0  # wait_commit: 201 said dead-lettered by the database
+    bars_dead_lettered: int = 0  # wait_commit: 201 said dead-lettered (handed back as failed)
+    commits_pending: int = 0  # wait_commit: 202 pending answers (the bars were sent again)
     bars_failed: int = 0  # in batches given up (BatchFailedError)
     batches_sent: int = 0
     batches_failed: int = 0

@@ -22,7 +22,13 @@ import msgspec
 from market_data_store._util import backoff_delay
 
 from .accumulator import BarAccumulator, Batch, Failures
-from .errors import BarsRejectedError, BatchFailedError, DeadlineExceededError
+from .credit import CreditWindow
+from .errors import (
+    BarsDeadLetteredError,
+    BarsRejectedError,
+    BatchFailedError,
+    DeadlineExceededError,
+)
 from .options import ClientStats
 from .throttle import LevelBoard, Throttle
 from .wire import (
@@ -81,6 +87,7 @@ class Sender:
         max_backoff: float,
         wait_commit: bool,
         headers: Mapping[str, str],
+        window: CreditWindow | None = None,
     ) -> None:
         self._accumulator = accumulator
         self._http = http
@@ -97,6 +104,8 @@ class Sender:
         self.max_backoff = max_backoff
         self.wait_commit = wait_commit
         self._headers = {"content-type": MSGPACK, "accept": "application/json", **headers}
+        self.window = window if window is not None else CreditWindow()
+        self._credit: int | None = None  # the latest credit an answer carried
         self._changed = asyncio.Event()  # replaced after each set: wakes paced senders
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -173,13 +182,22 @@ class Sender:
         self._stats.bars_sent += len(batch.bars)
         parts = [batch.bars]
         failed: list[BatchFailedError] = []
+        window = self.window
         while parts:
             bars = parts.pop()
+            n = await window.take(len(bars))
+            if n < len(bars):  # more than the store's credit: the rest goes next
+                parts.append(bars[n:])
+                bars = bars[:n]
+            answered = False
             try:
                 halves = await self._send(bars, batch)
+                answered = True
             except BatchFailedError as error:  # the other parts still go out
                 failed.append(error)
                 continue
+            finally:
+                window.give_back(n, self._credit, answered=answered)
             if halves:
                 parts.extend(reversed(halves))
         if failed:
@@ -219,24 +237,31 @@ class Sender:
             else:
                 if status in (201, 202):
                     try:
-                        self._answered(status, content, len(bars))
+                        answer = self._answered(status, content)
                     except _NotTheStore:
                         raise BarsRejectedError(
                             status,
                             {"detail": "a success answer that is not the store's (check base_url)"},
                             as_dicts(bars),
                         ) from None
-                    return None
-                problem = decode_problem(status, content)
-                if status == 413 and len(bars) > 1:
-                    self._stats.splits += 1
-                    half = len(bars) // 2
-                    return [bars[:half], bars[half:]]
-                if status not in RETRIED_STATUSES:
-                    raise BarsRejectedError(status, problem, as_dicts(bars))
-                batch.last_error = f"HTTP {status}: {problem.get('detail', '')}".rstrip(": ")
-                if status in (503, 429):
-                    hold = self._refused(headers.get("retry-after"), problem) or None
+                    if not (self.wait_commit and status == 202):
+                        self._delivered(bars, answer)
+                        return None
+                    # ?wait=commit outlived the store's commit_timeout (``pending``): the
+                    # bars are queued there, not known to be committed; send them again
+                    self._stats.commits_pending += 1
+                    batch.last_error = "HTTP 202: the commit outlived the store's commit_timeout"
+                else:
+                    problem = decode_problem(status, content)
+                    if status == 413 and len(bars) > 1:
+                        self._stats.splits += 1
+                        half = len(bars) // 2
+                        return [bars[:half], bars[half:]]
+                    if status not in RETRIED_STATUSES:
+                        raise BarsRejectedError(status, problem, as_dicts(bars))
+                    batch.last_error = f"HTTP {status}: {problem.get('detail', '')}".rstrip(": ")
+                    if status in (503, 429):
+                        hold = self._refused(headers.get("retry-after"), problem) or None
             delay = (
                 hold * random.uniform(1.0, 1.1)
                 if hold is not None
@@ -296,20 +321,40 @@ class Sender:
             last_error=batch.last_error,
         )
 
-    def _answered(self, status: int, content: bytes, count: int) -> None:
+    def _answered(self, status: int, content: bytes) -> IngestAnswer:
         answer = decode_answer(content)
-        stats = self._stats
         if answer is None:
             # not the store's answer (a proxy's 200 page, a wrong base_url): nothing says
             # the bars were taken
             raise _NotTheStore(status)
-        stats.bars_accepted += answer.accepted
-        if status == 201:
-            stats.bars_committed += answer.committed or 0
-            stats.bars_dead_lettered += answer.dead_lettered or 0
+        if answer.credit is not None:
+            self._credit = answer.credit
+            self._throttle.credit_mode = True
         self._throttle.answered(answer.queue_size)
         if answer.coordinator_id:
             self._observe(_answer_feedback(answer))
+        return answer
+
+    def _delivered(self, bars: list[WireBar], answer: IngestAnswer) -> None:
+        """A 202 (queued) or 201 (committed): count it; hand back what was dead-lettered."""
+        stats = self._stats
+        stats.bars_accepted += answer.accepted
+        if answer.committed is None and answer.dead_lettered is None:
+            return  # 202: queued
+        stats.bars_committed += answer.committed or 0
+        lost = answer.dead_lettered or 0
+        if not lost:
+            return
+        stats.bars_dead_lettered += lost
+        indices = answer.dead_lettered_indices
+        if indices is not None and (
+            len(indices) != lost
+            or len(set(indices)) != lost
+            or not all(0 <= i < len(bars) for i in indices)
+        ):
+            indices = None  # not an answer about these bars: hand them all back
+        chosen = bars if indices is None else [bars[i] for i in indices]
+        self._failures.add(BarsDeadLetteredError(as_dicts(chosen), indices))
 
     def _refused(self, header: str | None, problem: dict[str, Any]) -> float | None:
         """A 503/429: hold every request for its Retry-After; the seconds, if said."""
@@ -320,6 +365,8 @@ class Sender:
             with contextlib.suppress(msgspec.DecodeError, TypeError):
                 event = decode_feedback(msgspec.json.encode(feedback), "refusal")
                 self._throttle.answered(event.queue_size)
+                if event.credit is not None:
+                    self._credit = event.credit
                 self._observe(event)
         self._throttle.refused(seconds)
         self.wake()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from types import TracebackType
@@ -20,6 +21,7 @@ from market_data_store._util import ThrottledLog
 from market_data_store.contracts import Bar
 
 from .accumulator import BarAccumulator, Failures
+from .credit import CreditWindow
 from .errors import BatchFailedError, ClientClosedError
 from .options import ClientOptions as ClientOptions  # where 0.4.0 defined it
 from .options import ClientStats
@@ -31,6 +33,7 @@ from .wire import Feedback, Level, to_wire
 log = logging.getLogger(__name__)
 
 BarLike = Bar | Mapping[str, Any]
+PRODUCER_HEADER = "x-mds-producer"
 
 
 class StoreClient:
@@ -38,10 +41,24 @@ class StoreClient:
 
     ``await write(bars)`` buffers (Core ``Bar`` models or mappings of their fields);
     full batches of ``batch_size`` go out as MessagePack ``POST /v1/bars``, at most
-    ``max_in_flight`` at a time; a partial batch goes after ``linger`` s, or at
-    ``flush()``/``aclose()``. The buffer holds at most ``max_buffered`` bars (default
-    ``batch_size x (max_in_flight + 1)``, counting those in flight): ``write`` waits
-    for room, so a producer faster than the store is slowed down to its pace.
+    ``max_in_flight`` requests at a time; a partial batch goes after ``linger`` s, or
+    at ``flush()``/``aclose()``. The buffer holds at most ``max_buffered`` bars
+    (default ``batch_size x (max_in_flight + 1)``, counting those in flight): ``write``
+    waits for room, so a producer faster than the store is slowed down to its pace.
+
+    **Delivered means committed** (``wait_commit=True``, the default): a bar counts
+    as delivered only when the store answered 201, i.e. it is in PostgreSQL; a bar
+    the database refused comes back as ``BarsDeadLetteredError`` (exactly those
+    bars); a 202 ``pending`` (the commit outlived the store's ``commit_timeout``) is
+    sent again. Kill the store at any moment: every bar not handed back as failed
+    is stored. With ``wait_commit=False`` a 202 (queued in the store's memory)
+    counts: faster by a few percent, but a crash of the store loses what it queued.
+
+    **Credit.** Each answer says how many bars this client (``x-mds-producer``, a
+    random id unless ``headers`` name one) may have sent and not yet had answered;
+    batches larger than that go in parts (see ``CreditWindow``). The store sizes the
+    credit to keep its queue short but never empty, and shares it evenly among its
+    producers: with commits as the clock, the client follows the store's drain rate.
 
     **Retries.** A 503 (queue full, shutting down), 429, 408, 5xx, a connection
     error or a timeout (``request_timeout`` per attempt) sends the batch again
@@ -55,15 +72,13 @@ class StoreClient:
     by the next ``write``/``flush``/``aclose`` (each with its bars, to write again
     or keep); ``take_failures()`` hands them all over.
 
-    **Rate (AIMD, see ``Throttle``).** Unlimited at first. Congestion cuts it, once
-    per ``adjust_interval`` s, not below ``min_rate``: the level rising to ``hard``
-    or a 503 to ``decrease_factor`` x the rate (the limit, or the rate actually
-    sent if under half of it), rising to ``soft`` to sqrt(``decrease_factor``) x; ``soft``
-    cuts again while the store's queue keeps growing; ``hard`` pauses every new
-    request until the store says ``ok``; ``ok`` grows it every ``adjust_interval``
-    s: half the way back to the pre-cut rate, then beyond it by
-    ``increase_fraction`` x that rate, the step doubling each time, up to
-    ``max_rate``.
+    **Rate (AIMD, see ``Throttle``), for a store that sends no credit.** Unlimited
+    at first. Congestion cuts it, once per ``adjust_interval`` s, not below
+    ``min_rate``: the level rising to ``hard`` or a 503 to ``decrease_factor`` x the
+    rate, rising to ``soft`` to sqrt(``decrease_factor``) x; ``ok`` grows it back up
+    to ``max_rate``. With credits no rate is cut; in both modes ``hard`` pauses
+    every new request until the store says ``ok``, and a 503's ``Retry-After`` holds
+    them.
 
     **Feedback.** With ``follow_feedback`` a background task follows
     ``/v1/feedback/stream`` (reconnecting with ``Last-Event-ID``). The client's
@@ -88,13 +103,13 @@ class StoreClient:
         provider: str,
         batch_size: int = 5_000,
         max_buffered: int | None = None,
-        max_in_flight: int = 4,
+        max_in_flight: int = 16,
         linger: float = 1.0,
         request_timeout: float = 30.0,
         deadline: float = 300.0,
         initial_backoff: float = 0.25,
         max_backoff: float = 10.0,
-        wait_commit: bool = False,
+        wait_commit: bool = True,
         follow_feedback: bool = True,
         min_rate: float = 100.0,
         max_rate: float | None = None,
@@ -144,6 +159,10 @@ class StoreClient:
         self.stream_idle_timeout = stream_idle_timeout
         self.on_feedback = on_feedback
         self._headers = dict(headers or {})
+        if not any(k.lower() == PRODUCER_HEADER for k in self._headers):
+            # who we are to the store: its credit is shared among the producers it sees
+            self._headers[PRODUCER_HEADER] = uuid.uuid4().hex
+        self._window = CreditWindow()
         self._transport = transport
         self._throttle = Throttle(
             min_rate=min_rate,
@@ -250,6 +269,7 @@ class StoreClient:
             max_backoff=self.max_backoff,
             wait_commit=self.wait_commit,
             headers=self._headers,
+            window=self._window,
         )
         self._sender.start()
         self._tasks = [asyncio.create_task(self._adjust(), name="store-client-adjust")]
@@ -287,8 +307,8 @@ class StoreClient:
 
     async def flush(self, timeout: float | None = None) -> None:
         """Send the partial batch and wait until every bar written before the call is
-        accepted by the store (queued there; committed, with ``wait_commit=True``) or
-        failed; then raise the oldest unreported ``BatchFailedError``.
+        committed by the store (with ``wait_commit=False``: queued there) or failed;
+        then raise the oldest unreported ``BatchFailedError``.
         ``TimeoutError`` after ``timeout`` s (the batches keep going)."""
         if self._started:
             await self._accumulator.flush(timeout)

@@ -165,6 +165,9 @@ class Throttle:
         self._sent: deque[tuple[float, int]] = deque(maxlen=4096)
         self._first_send: float | None = None
         self._held = False  # a request waited for the limit since the last increase
+        self.credit_mode = False
+        """The store sends credits: they pace the client; levels and 503s cut no rate
+        (``hard`` still pauses, a 503's Retry-After still holds)."""
 
     # -- what the store says ---------------------------------------------------------
 
@@ -252,6 +255,8 @@ class Throttle:
     # -- the rules -------------------------------------------------------------------
 
     def _decrease(self, now: float, factor: float) -> bool:
+        if self.credit_mode:
+            return False
         if now - self._last_decrease < self.interval:
             # one cut per interval (soft, hard and 503s of one episode), the deepest
             deeper = max(self.min_rate, self._before_cut * factor)

@@ -57,8 +57,10 @@ class IngestAnswer(msgspec.Struct):
     queue_size: int
     capacity: int
     coordinator_id: str | None = None
+    credit: int | None = None
     committed: int | None = None
     dead_lettered: int | None = None
+    dead_lettered_indices: list[int] | None = None
     pending: bool = False
 
 
@@ -78,6 +80,8 @@ class Feedback(msgspec.Struct, frozen=True):
     reason: str | None = None
     source: str = "store"
     utilization: float | None = None
+    drain_rate: float | None = None  # the store's bars/s over the last second
+    credit: int | None = None  # bars one producer may have out (see ``CreditWindow``)
     via: Literal["stream", "answer", "refusal"] = "stream"
 
 

@@ -32,9 +32,9 @@ def test_importing_the_client_loads_nothing_of_the_service() -> None:
 
 def test_the_package_exports_what_it_always_did() -> None:
     assert sorted(client.__all__) == [
-        "BarsRejectedError", "BatchFailedError", "ClientClosedError", "ClientOptions",
-        "ClientStats", "DeadlineExceededError", "Feedback", "InvalidBarError", "Level",
-        "LevelBoard", "StoreClient", "StoreClientError", "SyncStoreClient", "Throttle",
+        "BarsDeadLetteredError", "BarsRejectedError", "BatchFailedError", "ClientClosedError",
+        "ClientOptions", "ClientStats", "DeadlineExceededError", "Feedback", "InvalidBarError",
+        "Level", "LevelBoard", "StoreClient", "StoreClientError", "SyncStoreClient", "Throttle",
     ]  # fmt: skip
     assert all(hasattr(client, name) for name in client.__all__)
 

@@ -14,6 +14,7 @@ import msgspec
 import pytest
 
 from market_data_store.client import (
+    BarsDeadLetteredError,
     BarsRejectedError,
     ClientClosedError,
     ClientOptions,
@@ -22,6 +23,7 @@ from market_data_store.client import (
     InvalidBarError,
     StoreClient,
 )
+from market_data_store.client.credit import INITIAL_PART
 from tests.support.bars import wire_bar, wire_bars
 from tests.support.waits import until
 
@@ -58,6 +60,9 @@ class Store:
 
 
 def client(store: Store, **options: Any) -> StoreClient:
+    """Queued mode unless asked (these scripts answer 202); the default, durable mode
+    and the credit have tests of their own below."""
+    options.setdefault("wait_commit", False)
     options.setdefault("follow_feedback", False)
     options.setdefault("initial_backoff", 0.01)
     options.setdefault("max_backoff", 0.02)
@@ -94,8 +99,9 @@ async def test_linger_sends_a_partial_batch_without_flush() -> None:
 
 async def test_wait_commit_counts_committed_and_dead_lettered() -> None:
     store = Store(lambda r, b: accepted(3, status=201, committed=2, dead_lettered=1))
-    async with client(store, wait_commit=True) as c:
-        await c.write(wire_bars(3))
+    with pytest.raises(BarsDeadLetteredError):  # which one, the store did not say
+        async with client(store, wait_commit=True) as c:
+            await c.write(wire_bars(3))
     assert store.requests[0].url.params["wait"] == "commit"
     assert (c.stats.bars_committed, c.stats.bars_dead_lettered) == (2, 1)
 
@@ -451,3 +457,114 @@ async def test_a_second_aclose_waits_for_the_first_one_to_flush() -> None:
     assert store.sizes() == [3]
     assert c.stats.bars_accepted == 3
     await first
+
+
+# -- the default: delivered means committed; the store's credit ------------------------
+
+
+def committed(count: int, credit: int | None = None, **extra: Any) -> httpx.Response:
+    if credit is not None:
+        extra["credit"] = credit
+    return accepted(count, status=201, committed=count, dead_lettered=0, **extra)
+
+
+def durable(store: Store, **options: Any) -> StoreClient:
+    return client(store, wait_commit=True, **options)
+
+
+async def test_the_default_waits_for_the_commit_and_names_the_producer() -> None:
+    store = Store(lambda r, b: committed(len(b["bars"])))
+    c = StoreClient(
+        "http://store", provider="p", transport=httpx.MockTransport(store), follow_feedback=False
+    )
+    async with c:
+        await c.write(wire_bars(3))
+    [request] = store.requests
+    assert request.url.params["wait"] == "commit"
+    producer = request.headers["x-mds-producer"]
+    assert len(producer) == 32
+    assert producer.isalnum()
+    assert c.stats.bars_committed == 3
+    other = StoreClient("http://store", provider="p", headers={"X-MDS-Producer": "mine"})
+    assert other.max_in_flight == 16
+    assert other.wait_commit
+
+
+async def test_a_pending_202_is_not_a_delivery_and_is_sent_again() -> None:
+    def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        if len(store.requests) == 1:
+            return accepted(len(body["bars"]), pending=True)
+        return committed(len(body["bars"]))
+
+    store = Store(answer)
+    async with durable(store) as c:
+        await c.write(wire_bars(3))
+    assert store.sizes() == [3, 3]
+    assert (c.stats.commits_pending, c.stats.bars_committed, c.stats.bars_failed) == (1, 3, 0)
+
+
+async def test_dead_lettered_bars_come_back_exactly() -> None:
+    store = Store(
+        lambda r, b: accepted(
+            5, status=201, committed=3, dead_lettered=2, dead_lettered_indices=[1, 4]
+        )
+    )
+    c = durable(store)
+    sent = wire_bars(5)
+    await c.write(sent)
+    with pytest.raises(BarsDeadLetteredError) as info:
+        await c.aclose(timeout=5)
+    assert info.value.indices == [1, 4]
+    assert [b["ts"] for b in info.value.bars] == [sent[1]["ts"], sent[4]["ts"]]
+    assert (c.stats.bars_committed, c.stats.bars_dead_lettered, c.stats.bars_failed) == (3, 2, 2)
+
+
+@pytest.mark.parametrize("indices", [None, [7], [1, 1], [-1, 0]], ids=str)
+async def test_without_a_sound_list_of_indices_every_bar_comes_back(
+    indices: list[int] | None,
+) -> None:
+    extra = {} if indices is None else {"dead_lettered_indices": indices}
+    store = Store(lambda r, b: accepted(3, status=201, committed=1, dead_lettered=2, **extra))
+    c = durable(store)
+    await c.write(wire_bars(3))
+    with pytest.raises(BarsDeadLetteredError) as info:
+        await c.aclose(timeout=5)
+    assert info.value.indices is None
+    assert len(info.value.bars) == 3
+
+
+async def test_the_credit_cuts_batches_into_parts_and_bounds_what_is_out() -> None:
+    out = 0
+    most = 0
+
+    async def answer(request: httpx.Request, body: dict[str, Any]) -> httpx.Response:
+        nonlocal out, most
+        out += len(body["bars"])
+        most = max(most, out)
+        await asyncio.sleep(0.01)
+        out -= len(body["bars"])
+        return committed(len(body["bars"]), credit=1600)
+
+    store = Store(answer)
+    async with durable(store, batch_size=2000) as c:
+        await c.write(wire_bars(6000))
+    sizes = store.sizes()
+    assert sizes[0] == INITIAL_PART  # nothing known: one small request first
+    assert sum(sizes) == 6000
+    assert max(sizes) == 800
+    assert most <= 1600
+
+
+async def test_a_small_credit_goes_whole_and_one_request_always_goes() -> None:
+    store = Store(lambda r, b: committed(len(b["bars"]), credit=60))
+    async with durable(store, batch_size=500) as c:
+        await c.write(wire_bars(500))
+    assert store.sizes()[1:] == [60] * 6 + [40 - 0]  # 100 first, then parts of the credit
+
+
+async def test_a_store_without_credit_leaves_the_window_open() -> None:
+    store = Store(lambda r, b: committed(len(b["bars"])))
+    async with durable(store, batch_size=1000) as c:
+        await c.write(wire_bars(3000))
+    assert store.sizes()[0] == INITIAL_PART
+    assert sorted(store.sizes()[1:]) == [900, 1000, 1000]

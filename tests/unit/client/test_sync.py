@@ -34,6 +34,8 @@ class Store:
         self.sizes.append(count)
         body = {"accepted": count, "level": "soft", "queue_size": 1, "capacity": 2,
                 "coordinator_id": "s/bars"}  # fmt: skip
+        if request.url.params.get("wait") == "commit":  # the default: answered at commit
+            return httpx.Response(201, json={**body, "committed": count, "dead_lettered": 0})
         return httpx.Response(202, json=body)
 
 

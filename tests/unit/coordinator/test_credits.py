@@ -30,7 +30,8 @@ def credits(clock: Clock, **kwargs: int) -> Credits:
 def test_targets_sit_under_the_low_watermark_and_start_the_window_inside_them() -> None:
     c = credits(Clock())
     assert (c.low_target, c.high_target) == (100, 800)
-    assert c.ceiling == 2100 and c.floor == 100
+    assert c.ceiling == 2100
+    assert c.floor == 100
     assert c.floor <= c.total <= c.ceiling
 
 
@@ -97,7 +98,8 @@ def test_active_producers_share_the_window_evenly() -> None:
     assert c.per_producer() == 400
     clock.now += 1.0  # b and c went quiet; a still has a request inside
     c.enter("a")
-    assert c.active() == 1 and c.per_producer() == 1200
+    assert c.active() == 1
+    assert c.per_producer() == 1200
     c.total = 10.0
     assert c.per_producer() == MIN_CREDIT
 
@@ -164,7 +166,8 @@ async def test_a_second_worker_waits_for_enough_while_another_writes(bus: Feedba
         await until(lambda: sink.started == 2)  # enough for a write of its own
         sink.release.set()
         assert await coordinator.wait_finished(third, timeout=30)
-        assert await waiting and await also
+        assert await waiting
+        assert await also
         assert sorted(sink.items) == list(range(3 + enough))
 
 
@@ -175,5 +178,7 @@ async def test_events_carry_the_drain_rate_and_the_credit(bus: FeedbackBus) -> N
         ticket = await coordinator.submit_all(list(range(50)))
         assert await coordinator.wait_finished(ticket, timeout=30)
         event = coordinator.feedback_event()
-    assert event.credit is not None and event.credit >= MIN_CREDIT
-    assert event.drain_rate is not None and event.drain_rate >= 0
+    assert event.credit is not None
+    assert event.credit >= MIN_CREDIT
+    assert event.drain_rate is not None
+    assert event.drain_rate >= 0
