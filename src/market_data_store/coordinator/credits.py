@@ -13,7 +13,8 @@ while producers want to send: every time a worker takes a batch, the queue size
 it found is compared with a target (about 50 ms of writing, at least 250 items per
 active producer, within ``[low_target, high_target]``, under the low watermark) and
 the window grows or shrinks multiplicatively with the error, at most ``e**GAIN`` per
-second. It never grows while producers leave half of it unused (so an idle store
+second. It stays under the high watermark (all of it queued at once is still not
+``hard``) and never grows while producers leave half of it unused (so an idle store
 does not promise a burst it cannot queue). Each active producer (one that named
 itself with a request in the last ``idle_after`` seconds, or still has one in the
 store) gets ``total / active``, which is what makes the shares fair.
@@ -25,8 +26,8 @@ import math
 import time
 from collections.abc import Callable
 
-GAIN = 3.0
-"""Largest change of the window per second: a factor ``e**GAIN`` (about 20)."""
+GAIN = 4.0
+"""Largest change of the window per second: a factor ``e**GAIN`` (about 55)."""
 TARGET_SECONDS = 0.05
 """The queue a worker should find, in seconds of the recent drain."""
 PER_PRODUCER = 250
@@ -44,18 +45,19 @@ class Credits:
         self,
         *,
         capacity: int,
+        high_watermark: int,
         low_watermark: int,
         batch_size: int,
-        workers: int,
         idle_after: float = 0.5,
         max_producers: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.high_target = max(1, int(0.8 * low_watermark))
         self.low_target = max(1, min(batch_size, self.high_target))
-        self.ceiling = capacity + workers * min(batch_size, capacity)
-        self.floor = min(self.low_target, self.ceiling)
-        self.total = float(min(self.ceiling, max(self.floor, 2 * self.high_target)))
+        self.floor = self.low_target
+        # all of it queued at once still stays under the high watermark (never hard)
+        self.ceiling = max(self.floor, min(capacity, high_watermark) - 1)
+        self.total = float(min(self.ceiling, self.high_target))
         self.idle_after = idle_after
         self.max_producers = max_producers
         self._clock = clock

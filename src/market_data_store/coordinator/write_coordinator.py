@@ -96,9 +96,9 @@ class WriteCoordinator(Generic[T]):
         queue = self._queue
         self.credits = Credits(
             capacity=capacity,
+            high_watermark=queue.high_watermark,
             low_watermark=queue.low_watermark,
             batch_size=batch_size,
-            workers=workers,
         )
         queue.on_take = self._on_take
         queue.extras = self._event_extras
