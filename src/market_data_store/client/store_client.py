@@ -222,6 +222,12 @@ class StoreClient:
         return self._throttle.paused
 
     @property
+    def credit(self) -> int | None:
+        """Bars the store lets this client have out at once, as its latest answer said
+        (None: not said yet, or a store without credit)."""
+        return self._window.credit
+
+    @property
     def stream_connected(self) -> bool:
         return self._board.stream_live
 

@@ -13,11 +13,12 @@ while producers want to send: every time a worker takes a batch, the queue size
 it found is compared with a target (about 50 ms of writing, at least 250 items per
 active producer, within ``[low_target, high_target]``, under the low watermark) and
 the window grows or shrinks multiplicatively with the error, at most ``e**GAIN`` per
-second. It stays under the high watermark (all of it queued at once is still not
-``hard``) and never grows while producers leave half of it unused (so an idle store
-does not promise a burst it cannot queue). Each active producer (one that named
-itself with a request in the last ``idle_after`` seconds, or still has one in the
-store) gets ``total / active``, which is what makes the shares fair.
+second. It stays under the high watermark plus a batch per worker (what is queued
+while every worker writes is not ``hard``) and never grows while producers leave
+half of it unused (so an idle store does not promise a burst it cannot queue).
+Each active producer (one that named itself with a request in the last
+``idle_after`` seconds, or still has one in the store) gets ``total / active``,
+which is what makes the shares fair.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Credits:
         high_watermark: int,
         low_watermark: int,
         batch_size: int,
+        workers: int,
         idle_after: float = 0.5,
         max_producers: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
@@ -55,8 +57,11 @@ class Credits:
         self.high_target = max(1, int(0.8 * low_watermark))
         self.low_target = max(1, min(batch_size, self.high_target))
         self.floor = self.low_target
-        # all of it queued at once still stays under the high watermark (never hard)
-        self.ceiling = max(self.floor, min(capacity, high_watermark) - 1)
+        # with every worker holding a batch, the rest queued stays under the high
+        # watermark: only a database that stops taking batches makes the queue hard
+        self.ceiling = max(self.floor, min(capacity, high_watermark) - 1) + workers * min(
+            batch_size, capacity
+        )
         self.total = float(min(self.ceiling, self.high_target))
         self.idle_after = idle_after
         self.max_producers = max_producers

@@ -99,6 +99,7 @@ class WriteCoordinator(Generic[T]):
             high_watermark=queue.high_watermark,
             low_watermark=queue.low_watermark,
             batch_size=batch_size,
+            workers=workers,
         )
         queue.on_take = self._on_take
         queue.extras = self._event_extras

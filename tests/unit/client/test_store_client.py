@@ -523,7 +523,7 @@ async def test_dead_lettered_bars_come_back_exactly() -> None:
 async def test_without_a_sound_list_of_indices_every_bar_comes_back(
     indices: list[int] | None,
 ) -> None:
-    extra = {} if indices is None else {"dead_lettered_indices": indices}
+    extra: dict[str, Any] = {} if indices is None else {"dead_lettered_indices": indices}
     store = Store(lambda r, b: accepted(3, status=201, committed=1, dead_lettered=2, **extra))
     c = durable(store)
     await c.write(wire_bars(3))
