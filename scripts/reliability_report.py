@@ -17,7 +17,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 START = "<!-- reliability:start -->"
 END = "<!-- reliability:end -->"
-SCENARIOS = 7
+SCENARIOS = 9
 
 
 def _value(value: Any) -> str:

@@ -66,13 +66,23 @@ def test_the_table_is_rewritten_from_the_figures_and_nothing_else(tmp_path: Path
     assert "old table" not in text
     assert "Last run: 2026-01-03T00:00:00+00:00." in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 7  # header + one per scenario
+    assert len(rows) == 1 + 9  # header + one per scenario
     assert rows[1] == (
         "| 1 | Scenario 1 | a \\| fault | exact things | passed (12 s) | bars accepted: 99,000"
         "<br>time to 503 (s): 0.25<br>states: closed, open |"
     )
     assert rows[2] == "| 2 | - | - | - | not run | - |"
     assert rows[3].endswith("| failed (12 s) | peak: a: 1 |")
+    assert rows[8:] == ["| 8 | - | - | - | not run | - |", "| 9 | - | - | - | not run | - |"]
+
+
+def test_the_table_has_a_row_for_every_scenario_of_the_suite() -> None:
+    """One module per scenario, numbered 1..SCENARIOS (test_NN_*.py, SCENARIO number NN)."""
+    modules = sorted((ROOT / "tests" / "reliability").glob("test_[0-9][0-9]_*.py"))
+    numbers = [int(path.name[5:7]) for path in modules]
+    assert numbers == list(range(1, load_script().SCENARIOS + 1))
+    for number, path in zip(numbers, modules, strict=True):
+        assert f"SCENARIO = ScenarioReport(\n    {number},\n" in path.read_text(), path.name
 
 
 def test_a_document_without_markers_is_refused() -> None:

@@ -140,3 +140,24 @@ def test_producer_demo_throttles_and_loses_nothing(database_url: str) -> None:
     assert "-> HARD" in out or "-> SOFT" in out  # a queue of 2,000 cannot keep up
     assert "accepted 20,000  stored 20,000  lost 0  wrong values 0" in out
     assert "nothing lost" in out
+
+
+def test_durability_benchmark_runs_both_modes_in_both_regimes(database_url: str) -> None:
+    command = [sys.executable, "bench/durability.py", "--bars", "3000", "--rounds", "1"]
+    env = {**os.environ, "DATABASE_URL": database_url}
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0
+    assert "pass --truncate" in refused.stderr  # it empties that table: not without consent
+    proc = subprocess.run(
+        [*command, "--truncate"], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "slow writer (workers=1, batch_size=100, copy_fast_path=false):" in out
+    assert "default service:" in out
+    assert out.count("committed (wait_commit=True)") == 2
+    assert out.count("queued (wait_commit=False)") == 2
+    assert out.count("bars/s") == 4
+    for regime in ("slow", "default"):
+        assert f"committed / queued, {regime} (target >= 95 %)" in out
+        assert f"committed / queued, {regime}, median of A/B pairs" in out

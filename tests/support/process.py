@@ -71,3 +71,78 @@ def stop(proc: subprocess.Popen[str]) -> str:
     output, _ = proc.communicate(timeout=30)  # exits by itself, no SIGKILL needed
     assert proc.returncode == 0, output
     return output
+
+
+class Restartable:
+    """``mds-store serve`` on a fixed port that can be SIGKILLed and started again
+    there (the same settings, the same database). Its output goes to ``log`` (each
+    start appended), not to a pipe nobody reads while the test runs."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, log: Path, port: int | None = None) -> None:
+        self.env = {**os.environ, "MDS_CONFIG": "", **env}
+        self.cwd = cwd
+        self.log = log
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.kills = 0
+
+    def start(self, timeout: float = 60) -> float:
+        """Start it and wait until /readyz says 200; the seconds that took."""
+        assert self.proc is None or self.proc.poll() is not None, "still running"
+        self.starts += 1
+        with self.log.open("ab") as out:
+            out.write(f"\n==== start {self.starts} ====\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen(
+                [*SERVE, str(self.port)],
+                env=self.env,
+                cwd=self.cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        proc = self.proc
+
+        def ready() -> bool:
+            assert proc.poll() is None, f"exited {proc.returncode}: {self.output()[-3000:]}"
+            try:
+                return httpx.get(f"{self.base}/readyz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        return until_sync(ready, timeout=timeout, what="the service ready", interval=0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no shutdown hook; whatever it held in memory is gone."""
+        assert self.proc is not None, "never started"
+        assert self.proc.poll() is None, "not running"
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.kills += 1
+
+    def stop(self) -> None:
+        """SIGTERM (a clean exit) if running."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextmanager
+def restartable(env: dict[str, str], cwd: Path, log: Path) -> Iterator[Restartable]:
+    """A started ``Restartable``, killed at the end whatever happened."""
+    service = Restartable(env, cwd, log)
+    try:
+        service.start()
+        yield service
+    finally:
+        if service.proc is not None and service.proc.poll() is None:
+            service.proc.kill()
+            service.proc.wait()

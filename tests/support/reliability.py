@@ -1,6 +1,7 @@
 """Tools of the fault suite (tests/reliability): producers that remember every bar the
-store accepted, probe and feedback samplers, server memory, and the figures file each
-scenario leaves for ``scripts/reliability_report.py``."""
+store accepted (or, through ``StoreClient``, every bar the client handed back), probe
+and feedback samplers, server memory, and the figures file each scenario leaves for
+``scripts/reliability_report.py``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from market_data_store.client import BatchFailedError, ClientStats, StoreClient
 from tests.support.bars import wire_bar
 from tests.support.sse import open_stream
 from tests.support.waits import until
@@ -31,6 +33,7 @@ PROVIDER = "rel"
 
 Values = tuple[str, str, str, str, str]  # open, high, low, close, volume as sent
 Key = tuple[str, datetime]  # symbol, ts
+FullKey = tuple[str, str, str, datetime]  # provider, symbol, resolution, ts: a row's key
 
 
 # -- the figures file ------------------------------------------------------------
@@ -124,6 +127,15 @@ def as_dict(bars: list[dict[str, str]]) -> dict[Key, Values]:
     }  # fmt: skip
 
 
+def by_key(bars: list[dict[str, Any]], provider: str = PROVIDER) -> dict[FullKey, Values]:
+    """Bars (as written, or as a client hands them back) by their whole key."""
+    return {
+        (provider, b["symbol"], b.get("resolution", "1d"), datetime.fromisoformat(b["ts"])):
+        (b["open"], b["high"], b["low"], b["close"], b["volume"])
+        for b in bars
+    }  # fmt: skip
+
+
 @dataclass
 class Producer:
     """Posts unique bars of one symbol until told to stop; remembers what was accepted.
@@ -185,6 +197,117 @@ class Producer:
                 await asyncio.sleep(0.1)
 
 
+@dataclass
+class ClientProducer:
+    """Writes ``bars`` (of one symbol) through a ``StoreClient`` with its default options,
+    ``chunk`` bars per ``write``, then closes it; keeps every bar the client handed back
+    as failed (raised by ``write``/``aclose``, or left in ``take_failures()``).
+
+    What was written and not handed back is what the client reported delivered.
+    """
+
+    base_url: str
+    bars: list[dict[str, str]]
+    chunk: int = 5000
+    handed_back: dict[FullKey, Values] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # their messages
+    stats: ClientStats | None = None
+    wait_commit: bool | None = None  # the client's default, as it ran
+    closed_at: float | None = None  # monotonic
+
+    def hand_back(self, exc: BatchFailedError) -> None:
+        self.failures.append(f"{type(exc).__name__}: {exc}")
+        self.handed_back.update(by_key(exc.bars))
+
+    async def run(self) -> None:
+        client = StoreClient(self.base_url, provider=PROVIDER)
+        self.wait_commit = client.wait_commit
+        try:
+            for first in range(0, len(self.bars), self.chunk):
+                piece = self.bars[first : first + self.chunk]
+                while True:  # a failure raised by write: nothing of the call was buffered
+                    try:
+                        await client.write(piece)
+                        break
+                    except BatchFailedError as exc:
+                        self.hand_back(exc)
+        finally:
+            try:
+                await client.aclose()
+            except BatchFailedError as exc:
+                self.hand_back(exc)
+            for failure in client.take_failures():
+                self.hand_back(failure)
+            self.stats = client.stats
+            self.closed_at = time.monotonic()
+
+    @property
+    def delivered(self) -> dict[FullKey, Values]:
+        """What the client reported delivered: every bar written and not handed back."""
+        return {k: v for k, v in by_key(self.bars).items() if k not in self.handed_back}
+
+
+@dataclass
+class CommitPoster:
+    """Posts new bars of one symbol with ``?wait=commit`` until told to stop, carrying on
+    through a killed service: a refused connection (nothing sent) is tried again with
+    the same bars, a request that got no answer (the service died under it) is given up
+    (its bars' fate unknown) and the next bars go out. ``committed`` holds the bars of
+    every batch answered 201: the store's promise is that all of them are in the table.
+    """
+
+    client: httpx.AsyncClient
+    symbol: str
+    batch: int = 1000
+    committed: dict[FullKey, Values] = field(default_factory=dict)  # answered 201
+    unknown: dict[FullKey, Values] = field(default_factory=dict)  # no answer, or 202 pending
+    statuses: Counter[int] = field(default_factory=Counter)
+    answers_201: list[float] = field(default_factory=list)  # monotonic, per 201
+    no_answer: int = 0  # sent, the connection died before the answer
+    refused: int = 0  # connections refused (the service was down; nothing sent)
+    short: list[str] = field(default_factory=list)  # 201s not saying "all committed"
+    errors: list[str] = field(default_factory=list)
+    seq: int = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        bars = bars_of(self.symbol, self.seq, self.batch)
+        while not stop.is_set():
+            try:
+                response = await self.client.post(
+                    "/v1/bars",
+                    params={"wait": "commit"},
+                    json={"provider": PROVIDER, "bars": bars},
+                    timeout=60,
+                )
+            except httpx.ConnectError:
+                self.refused += 1
+                await asyncio.sleep(0.05)
+                continue
+            except httpx.TransportError:
+                self.no_answer += 1
+                self.unknown.update(by_key(bars))
+            else:
+                status = response.status_code
+                self.statuses[status] += 1
+                if status == 503:
+                    header = response.headers.get("retry-after")
+                    wait = float(header) if header and header.isdigit() else 0.5
+                    await asyncio.sleep(min(wait, 0.5))
+                    continue  # the same bars again
+                if status == 201:
+                    body = response.json()
+                    if body.get("committed") != len(bars) or body.get("dead_lettered"):
+                        self.short.append(str(body))
+                    self.committed.update(by_key(bars))
+                    self.answers_201.append(time.monotonic())
+                elif status == 202:  # ?wait=commit timed out: pending, no promise
+                    self.unknown.update(by_key(bars))
+                else:
+                    self.errors.append(f"{status}: {response.text[:300]}")
+            self.seq += self.batch
+            bars = bars_of(self.symbol, self.seq, self.batch)
+
+
 def statuses_of(producers: list[Producer]) -> Counter[int]:
     """How many answers of each status the producers got."""
     statuses: Counter[int] = Counter()
@@ -212,6 +335,20 @@ async def stored_values(url: str) -> dict[Key, Values]:
     finally:
         await conn.close()
     return {(r[0], r[1]): (r[2], r[3], r[4], r[5], r[6]) for r in rows}
+
+
+async def stored_keys(url: str) -> dict[FullKey, Values]:
+    """Every row of ``PROVIDER`` by its whole key (provider, symbol, resolution, ts)."""
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch(
+            "SELECT provider, symbol, resolution, ts, open::text, high::text, low::text,"
+            " close::text, volume::text FROM bars WHERE provider = $1",
+            PROVIDER,
+        )
+    finally:
+        await conn.close()
+    return {(r[0], r[1], r[2], r[3]): (r[4], r[5], r[6], r[7], r[8]) for r in rows}
 
 
 def diff(accepted: dict[Key, Values], stored: dict[Key, Values]) -> str:
