@@ -23,6 +23,7 @@ from market_data_store._util import backoff_delay
 
 from .accumulator import BarAccumulator, Batch, Failures
 from .errors import BarsRejectedError, BatchFailedError, DeadlineExceededError
+from .http1 import Http1Pool
 from .options import ClientStats
 from .throttle import LevelBoard, Throttle
 from .wire import (
@@ -81,9 +82,11 @@ class Sender:
         max_backoff: float,
         wait_commit: bool,
         headers: Mapping[str, str],
+        lean: Http1Pool | None = None,
     ) -> None:
         self._accumulator = accumulator
         self._http = http
+        self._lean = lean  # the POSTs go through it when given (http1.lean_pool)
         self._throttle = throttle
         self._board = board
         self._stats = stats
@@ -252,7 +255,9 @@ class Sender:
 
     async def _post(
         self, body: bytes, params: dict[str, str] | None, budget: float
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        if self._lean is not None:
+            return await self._lean.post(BARS_PATH, body, params, self._headers, budget)
         async with (
             asyncio.timeout(budget),  # the whole attempt, not per phase
             self._http.stream(
