@@ -31,6 +31,7 @@ import re
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
+from typing import cast
 from urllib.parse import urlencode, urlsplit
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -110,8 +111,7 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data

@@ -1,10 +1,12 @@
 """What the client sends and reads: bars as MessagePack, answers and feedback as JSON.
 
-Bars are converted once, when written: prices and volume become decimal strings
-(a ``Decimal`` keeps its exact digits, a float its shortest repr, never binary
-noise), ``ts`` an RFC 3339 string in UTC. What the store alone can judge (price
-order, ranges, symbol rules) is left to it; what can never be sent is refused
-at once with ``InvalidBarError``.
+Bars are converted once, when written: a ``Decimal`` becomes its decimal text in
+plain notation (every digit kept), an int or a finite float stays a number (the
+store reads a MessagePack float as its shortest repr, never binary noise), an aware
+``datetime`` goes as a MessagePack timestamp; text passes through. The store makes
+the same rows of them as of 0.4.0's all-text bars. What the store alone can judge
+(price order, ranges, symbol rules) is left to it; what can never be sent is
+refused at once with ``InvalidBarError``.
 """
 
 from __future__ import annotations
@@ -178,7 +180,9 @@ def to_wire(bar: Bar | Mapping[str, Any] | WireBar, index: int) -> WireBar:
         raise InvalidBarError(index, "delayed", "must be true or false")
     when: datetime | str = (
         ts
-        if type(ts) is datetime and (ts.tzinfo is UTC or ts.utcoffset() is not None)
+        if type(ts) is datetime
+        and (ts.tzinfo is UTC or ts.utcoffset() is not None)
+        and 1 < ts.year < 9999  # in UTC too (MessagePack timestamps are in UTC)
         else _timestamp(ts, index)
     )
     if (
@@ -214,9 +218,12 @@ def _timestamp(value: Any, index: int) -> datetime | str:
     if isinstance(value, datetime):
         if value.utcoffset() is None:
             raise InvalidBarError(index, "ts", "must be timezone-aware (a naive time is ambiguous)")
-        if type(value) is datetime:
+        if type(value) is datetime and 1 < value.year < 9999:
             return value  # a MessagePack timestamp: the instant, in UTC
-        return _utc_text(value)  # a subclass (pandas' Timestamp): as text
+        try:  # a subclass (pandas' Timestamp), or near the ends of datetime's range
+            return _utc_text(value)
+        except OverflowError:
+            raise InvalidBarError(index, "ts", "is out of range in UTC") from None
     if isinstance(value, str):
         return value  # RFC 3339 text: the store checks it
     raise InvalidBarError(index, "ts", f"must be a datetime or RFC 3339 text, not {type(value)}")

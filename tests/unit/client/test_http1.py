@@ -364,6 +364,21 @@ async def test_connections_are_bounded() -> None:
     assert pool.connects == 2
 
 
+def test_it_runs_on_uvloop_too() -> None:
+    uvloop = pytest.importorskip("uvloop")
+
+    async def exchange() -> list[int]:
+        chunked = raw(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", keep=True
+        )
+        async with serving(answer(), chunked, answer()) as server, pool_for(server) as pool:
+            statuses = [(await post(pool, b"x" * size))[0] for size in (10, 200_000, 10)]
+            return [*statuses, pool.connects]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(exchange()) == [202, 200, 202, 1]
+
+
 async def test_refused_connections_and_a_closed_pool_are_transport_errors() -> None:
     async with serving() as server:
         url = server.url

@@ -87,6 +87,8 @@ def test_times_go_as_messagepack_timestamps_and_text_passes_through() -> None:
     [
         (fields(ts=datetime(2024, 1, 2)), "ts", "timezone-aware"),
         (fields(ts=1704205800), "ts", "datetime or RFC 3339"),
+        (fields(ts=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))), "ts", "range"),
+        (fields(ts=datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))), "ts", "range"),
         (fields(open=Decimal("NaN")), "open", "finite"),
         (fields(high=float("inf")), "high", "finite"),
         (fields(volume=True), "volume", "boolean"),
@@ -214,6 +216,7 @@ def test_the_store_stores_what_it_stored_of_0_4_0_bars() -> None:
         fields(ts=datetime(1900, 2, 3, 4, 5, 6, 7, tzinfo=ZONES[2])),
         fields(ts=datetime(2199, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
     ]
+    assert to_wire(fields(ts=datetime(1, 1, 1, 6, tzinfo=ZONES[2])), 0).ts == "0001-01-01T00:30:00Z"
     rows = same_as_0_4_0(written)
     assert isinstance(rows, list)
     assert len(rows) == len(written)
