@@ -385,9 +385,11 @@ class Http1Pool:
             return b"", True
         coding = headers.get("transfer-encoding")
         if coding is not None:
-            if _tokens(coding.lower())[-1:] == ["chunked"]:
-                return await self._chunked(conn)
-            return await self._to_the_end(conn)
+            if _tokens(coding.lower())[-1:] != ["chunked"]:
+                return await self._to_the_end(conn)
+            content, complete = await self._chunked(conn)
+            # with a Content-Length too, the framing is in doubt: not reused (RFC 9112 6.3)
+            return content, complete and "content-length" not in headers
         length = headers.get("content-length")
         if length is None:
             return await self._to_the_end(conn)

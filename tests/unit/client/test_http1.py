@@ -185,6 +185,18 @@ async def test_connection_close_is_honoured() -> None:
         assert pool.connects == server.connections == 2
 
 
+async def test_a_chunked_answer_with_a_content_length_too_is_read_chunked_not_reused() -> None:
+    both = raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+        keep=True,
+    )
+    async with serving(both, answer()) as server, pool_for(server) as pool:
+        assert (await post(pool))[2] == b"hello"
+        assert (await post(pool))[0] == 202
+        assert pool.connects == 2
+
+
 async def test_an_http_1_0_answer_without_keep_alive_is_not_reused() -> None:
     one_o = raw(b"HTTP/1.0 202 Accepted\r\nContent-Length: 2\r\n\r\nok", keep=True)
     async with serving(one_o, answer()) as server, pool_for(server) as pool:
