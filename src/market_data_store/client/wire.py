@@ -152,6 +152,8 @@ def to_wire(bar: Bar | Mapping[str, Any] | WireBar, index: int) -> WireBar:
     About a microsecond for the common bar (a dict or Core ``Bar``, an aware
     ``datetime``, five finite ``Decimal``): the checks and the conversions of that
     case are inline, anything else takes the general path."""
+    if type(bar) is Bar:  # its fields, as pydantic keeps them
+        bar = bar.__dict__
     if type(bar) is dict or (not isinstance(bar, Bar | WireBar) and isinstance(bar, Mapping)):
         try:
             symbol, ts = bar["symbol"], bar["ts"]

@@ -109,6 +109,13 @@ def test_bars_that_can_never_be_sent_are_refused_at_once(
     assert isinstance(info.value, ValueError)
 
 
+def test_core_bars_built_without_validation_are_checked_too() -> None:
+    with pytest.raises(InvalidBarError, match="bar 2: ts: required"):
+        to_wire(Bar.model_construct(symbol="AAPL"), 2)
+    with pytest.raises(InvalidBarError, match="bar 0: open: must be a finite number"):
+        to_wire(Bar.model_construct(**fields(open=Decimal("NaN"))), 0)
+
+
 def test_other_objects_are_refused() -> None:
     with pytest.raises(InvalidBarError, match=r"bar 0: \$: a Core Bar or a mapping"):
         to_wire(("AAPL", TS), 0)  # type: ignore[arg-type]
