@@ -1,9 +1,9 @@
 """What the client sends and reads: bars as MessagePack, answers and feedback as JSON.
 
-Bars are converted once, when written: a ``Decimal`` becomes its decimal text in
-plain notation (every digit kept), an int or a finite float stays a number (the
-store reads a MessagePack float as its shortest repr, never binary noise), an aware
-``datetime`` goes as a MessagePack timestamp; text passes through. The store makes
+Bars are checked once, when written, and sent as: a ``Decimal``, its decimal text
+in plain notation (every digit kept; written by the encoder), an int or a finite
+float, a MessagePack number (the store reads a float as its shortest repr, never
+binary noise), an aware ``datetime``, a MessagePack timestamp; text as it is. The store makes
 the same rows of them as of 0.4.0's all-text bars. What the store alone can judge
 (price order, ranges, symbol rules) is left to it; what can never be sent is
 refused at once with ``InvalidBarError``.
