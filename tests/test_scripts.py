@@ -65,6 +65,15 @@ def test_request_path_benchmark_compares_with_0_4_0() -> None:
     assert "decode + validate, msgpack, string prices" in proc.stdout
 
 
+def test_client_cost_benchmark_compares_httpx_http1_and_0_4_0() -> None:
+    out = run("bench/client_cost.py", "--rounds", "1", "--requests", "40", "--bars", "200",
+              "--total", "2000")  # fmt: skip
+    assert out.count("now/0.4.0") == 1
+    assert "http1/httpx" in out
+    for variant in ("raw (pre-encoded)", "client, 0.4.0 costs", "client, now"):
+        assert variant in out
+
+
 def test_health_benchmark_runs(database_url: str) -> None:
     proc = subprocess.run(
         [sys.executable, "bench/health.py", "--duration", "1", "--rounds", "1"],

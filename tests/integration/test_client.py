@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
@@ -28,6 +28,7 @@ from market_data_store.client import (
     SyncStoreClient,
 )
 from market_data_store.client.credit import INITIAL_PART
+from market_data_store.client.http1 import Http1Pool
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from tests.support.bars import T0, wire_bar, wire_bars
 from tests.support.postgres import count_bars, stored_at_least, stored_bars
@@ -164,7 +165,9 @@ async def test_batches_go_as_msgpack_and_every_bar_is_stored_exactly(
         assert post.status == 201
         body = msgspec.msgpack.decode(post.body)
         assert body["provider"] == "ibkr"
-        assert all(b["ts"].endswith("Z") and isinstance(b["open"], str) for b in body["bars"])
+        # times as MessagePack timestamps, Decimals as their text, floats as floats
+        assert all(isinstance(b["ts"], datetime) for b in body["bars"])
+        assert all(isinstance(b["open"], str | float) for b in body["bars"])
     stats = client.stats
     assert (stats.bars_written, stats.bars_sent, stats.bars_accepted) == (2500, 2500, 2500)
     assert (stats.bars_committed, stats.bars_failed, stats.requests) == (2500, 0, len(sizes))
@@ -239,6 +242,133 @@ async def test_a_bad_half_of_a_split_batch_does_not_lose_the_other_half(
     assert info.value.status == 422
     # the other half is stored (202: queued)
     await until(lambda: stored_at_least(database_url, 100), what="the other half stored")
+
+
+# -- the lean HTTP/1.1 path and httpx -----------------------------------------------------
+
+
+@dataclass
+class Posts:
+    """POSTs made through the lean pool and through httpx (spied on)."""
+
+    lean: int = 0
+    httpx: int = 0
+
+
+@pytest.fixture
+def posts(monkeypatch: pytest.MonkeyPatch) -> Posts:
+    seen = Posts()
+    lean_post, httpx_send = Http1Pool.post, httpx.AsyncClient.send
+
+    async def post(self: Http1Pool, *args: Any, **kwargs: Any) -> Any:
+        seen.lean += 1
+        return await lean_post(self, *args, **kwargs)
+
+    async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        seen.httpx += request.method == "POST"
+        return await httpx_send(self, request, **kwargs)
+
+    monkeypatch.setattr(Http1Pool, "post", post)
+    monkeypatch.setattr(httpx.AsyncClient, "send", send)
+    for name in ("http_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    return seen
+
+
+async def test_default_clients_post_through_the_lean_pool_and_every_bar_is_stored(
+    service: RunningService, database_url: str, posts: Posts
+) -> None:
+    eastern = timezone(timedelta(hours=-5))
+    sent: list[Bar | dict[str, Any]] = []
+    for i in range(3000):
+        if i % 3 == 0:
+            sent.append(Bar(**bar(i)))
+        elif i % 3 == 1:
+            ts = (T0 + timedelta(minutes=i)).astimezone(eastern)
+            sent.append(bar(i, ts=ts, open=187.15, high=Decimal("1.884E+2"), volume=7))
+        else:
+            sent.append(bar(i, delayed=True, volume=Decimal("0E-8")))
+    async with StoreClient(
+        service.base_url, provider="ibkr", batch_size=500, max_in_flight=2, wait_commit=True
+    ) as client:
+        await client.write(sent)
+        await client.flush(timeout=30)
+        stream_connects = client.stats.stream_connects
+    stats = client.stats
+    assert (stats.bars_committed, stats.transport_errors) == (3000, 0)
+    assert stats.requests >= 6  # batches of 500, in parts when the credit is smaller
+    # the feedback stream alone on httpx
+    assert (posts.lean, posts.httpx) == (stats.requests, 0)
+    assert stream_connects >= 1
+    rows = await stored_bars(database_url)
+    assert len(rows) == 3000
+    for i, row in enumerate(rows):
+        assert row["ts"] == T0 + timedelta(minutes=i)
+        text = [str(row[f]) for f in ("open", "high", "low", "close", "volume")]
+        if i % 3 == 0:
+            assert text == ["187.150", "187.40", "186.9", "187.02", "120034"]
+        elif i % 3 == 1:
+            assert text == ["187.15", "188.4", "186.9", "187.02", "7"]
+        else:
+            assert text == ["187.150", "187.40", "186.9", "187.02", "0E-8"]
+        assert row["delayed"] is (i % 3 == 2)
+
+
+async def test_the_lean_pool_keeps_its_connections_and_reports_rejections(
+    service: RunningService, posts: Posts
+) -> None:
+    client = StoreClient(
+        service.base_url, provider="ibkr", batch_size=10, max_in_flight=2, follow_feedback=False
+    )
+    for first in range(0, 100, 10):
+        await client.write(bars(10, first))
+        await client.flush(timeout=10)
+    assert client._lean is not None
+    assert client._lean.connects == 1  # one request at a time: one kept-alive connection
+    await client.write([bar(100), bar(101, low=Decimal("188"))])
+    with pytest.raises(BarsRejectedError) as info:
+        await client.flush(timeout=10)
+    await client.aclose()
+    assert info.value.status == 422
+    assert info.value.bars[1]["low"] == "188"
+    assert posts.lean == 11
+    assert posts.httpx == 0
+
+
+async def test_a_custom_transport_or_a_proxy_keeps_httpx(
+    service: RunningService,
+    database_url: str,
+    posts: Posts,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with StoreClient(
+        service.base_url, provider="ibkr", transport=Recorder(), follow_feedback=False
+    ) as client:
+        await client.write(bars(20))
+    assert client._lean is None
+    assert (posts.lean, posts.httpx) == (0, 1)
+    # a proxy from the environment (a TCP relay to the store: it takes the absolute-form
+    # request as it is); through the relay, or nowhere while it is cut
+    async with proxy_to(service) as relay:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{relay.port}")
+        client = StoreClient(
+            service.base_url,
+            provider="ibkr",
+            follow_feedback=False,
+            initial_backoff=0.05,
+            max_backoff=0.1,
+        )
+        relay.cut()
+        await client.write(bars(20, 20))
+        await until(lambda: client.stats.transport_errors >= 1, what="the cut relay")
+        relay.restore()
+        await client.aclose(timeout=20)
+    assert client._lean is None
+    assert client.stats.bars_accepted == 20
+    assert posts.lean == 0
+    assert posts.httpx >= 3
+    await until(lambda: stored_at_least(database_url, 40), what="40 bars stored")
 
 
 # -- retries -----------------------------------------------------------------------------

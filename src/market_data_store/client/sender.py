@@ -29,6 +29,7 @@ from .errors import (
     BatchFailedError,
     DeadlineExceededError,
 )
+from .http1 import Http1Pool
 from .options import ClientStats
 from .throttle import LevelBoard, Throttle
 from .wire import (
@@ -88,9 +89,11 @@ class Sender:
         wait_commit: bool,
         headers: Mapping[str, str],
         window: CreditWindow | None = None,
+        lean: Http1Pool | None = None,
     ) -> None:
         self._accumulator = accumulator
         self._http = http
+        self._lean = lean  # the POSTs go through it when given (http1.lean_pool)
         self._throttle = throttle
         self._board = board
         self._stats = stats
@@ -277,7 +280,9 @@ class Sender:
 
     async def _post(
         self, body: bytes, params: dict[str, str] | None, budget: float
-    ) -> tuple[int, httpx.Headers, bytes]:
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        if self._lean is not None:
+            return await self._lean.post(BARS_PATH, body, params, self._headers, budget)
         async with (
             asyncio.timeout(budget),  # the whole attempt, not per phase
             self._http.stream(

@@ -23,9 +23,10 @@ from market_data_store.contracts import Bar
 from .accumulator import BarAccumulator, Failures
 from .credit import CreditWindow
 from .errors import BatchFailedError, ClientClosedError
+from .http1 import Http1Pool, lean_pool
 from .options import ClientOptions as ClientOptions  # where 0.4.0 defined it
 from .options import ClientStats
-from .sender import Sender
+from .sender import MAX_ANSWER_BYTES, Sender
 from .stream import FeedbackFollower
 from .throttle import LevelBoard, Throttle
 from .wire import Feedback, Level, to_wire
@@ -184,6 +185,7 @@ class StoreClient:
             stats=self._stats,
         )
         self._http: httpx.AsyncClient | None = None
+        self._lean: Http1Pool | None = None
         self._sender: Sender | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._follower: FeedbackFollower | None = None
@@ -259,6 +261,13 @@ class StoreClient:
             ),
             follow_redirects=False,
         )
+        # the POSTs without httpx where it would make the same plain request
+        self._lean = lean_pool(
+            self.base_url,
+            self._transport,
+            max_connections=self.max_in_flight,
+            max_body=MAX_ANSWER_BYTES,
+        )
         self._sender = Sender(
             self._accumulator,
             self._http,
@@ -276,6 +285,7 @@ class StoreClient:
             wait_commit=self.wait_commit,
             headers=self._headers,
             window=self._window,
+            lean=self._lean,
         )
         self._sender.start()
         self._tasks = [asyncio.create_task(self._adjust(), name="store-client-adjust")]
@@ -425,5 +435,7 @@ class StoreClient:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._lean is not None:
+                await self._lean.aclose()
             if self._http is not None:
                 await self._http.aclose()

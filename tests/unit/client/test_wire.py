@@ -1,4 +1,5 @@
-"""Bars as sent by the client: exact decimal text, RFC 3339 UTC times, early refusals."""
+"""Bars as sent by the client: exact decimal text, MessagePack timestamps, early refusals;
+what the store makes of them is what it made of 0.4.0's all-text bars."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from market_data_core import Bar
 
 from market_data_store.client import InvalidBarError
@@ -21,6 +24,9 @@ from market_data_store.client.wire import (
     retry_after,
     to_wire,
 )
+from market_data_store.ingest import MSGPACK, IngestError
+from tests.support import wire_0_4_0
+from tests.support.bars import rows_of_body
 
 TS = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 
@@ -46,28 +52,57 @@ def test_core_bar_and_dict_become_the_same_wire_bar() -> None:
         from_model
         == from_dict
         == WireBar(
-            "AAPL", "2024-01-02T14:30:00Z", "187.15", "187.40", "186.90", "187.02", "120034", "1m"
+            "AAPL",
+            TS,
+            Decimal("187.15"),
+            Decimal("187.40"),
+            Decimal("186.90"),
+            Decimal("187.02"),
+            Decimal("120034"),
+            "1m",
         )
     )
 
 
-def test_decimals_keep_every_digit_in_plain_notation() -> None:
-    bar = to_wire(
-        fields(open=Decimal("1.500"), high=Decimal("1E+2"), low=Decimal("0.000000000000000001")),
-        0,
+def sent(*bars: Any) -> list[dict[str, Any]]:
+    """The bars as the body carries them."""
+    body = encode_body("p", [to_wire(bar, i) for i, bar in enumerate(bars)])
+    decoded: list[dict[str, Any]] = msgspec.msgpack.decode(body)["bars"]
+    return decoded
+
+
+def test_decimals_go_as_text_with_every_digit_in_plain_notation() -> None:
+    [bar] = sent(
+        fields(open=Decimal("1.500"), high=Decimal("1E+2"), low=Decimal("0.000000000000000001"))
     )
-    assert (bar.open, bar.high, bar.low) == ("1.500", "100", "0.000000000000000001")
+    assert (bar["open"], bar["high"], bar["low"]) == ("1.500", "100", "0.000000000000000001")
+    plain, normalized, zero = sent(
+        fields(), Bar(**fields(close=Decimal("1.2E+3"))), fields(volume=Decimal("0E-8"))
+    )
+    assert plain["close"] == "187.02"
+    assert (normalized["open"], normalized["close"]) == ("187.15", "1200")
+    assert zero["volume"] == "0.00000000"
 
 
-def test_numbers_of_other_types() -> None:
+def test_text_that_looks_scientific_passes_through() -> None:
+    [bar] = sent(fields(symbol="X1E+5", open="1E+2", high=Decimal("1E+2")))
+    assert (bar["symbol"], bar["open"], bar["high"]) == ("X1E+5", "1E+2", "100")
+
+
+def test_numbers_of_other_types_go_as_they_are_or_as_text() -> None:
     bar = to_wire(fields(open=187.15, high=188, low="186.9", volume=0), 0)
-    assert (bar.open, bar.high, bar.low, bar.volume) == ("187.15", "188", "186.9", "0")
+    assert (bar.open, bar.high, bar.low, bar.volume) == (187.15, 188, "186.9", 0)
+    assert to_wire(fields(volume=2**64), 0).volume == str(2**64)  # beyond MessagePack: text
+    assert to_wire(fields(volume=-(2**63) - 1), 0).volume == str(-(2**63) - 1)
 
 
-def test_times_in_other_zones_are_sent_in_utc_and_text_passes_through() -> None:
+def test_times_go_as_messagepack_timestamps_and_text_passes_through() -> None:
     eastern = timezone(timedelta(hours=-5))
-    bar = to_wire(fields(ts=datetime(2024, 1, 2, 9, 30, 0, 123456, tzinfo=eastern)), 0)
-    assert bar.ts == "2024-01-02T14:30:00.123456Z"
+    when = datetime(2024, 1, 2, 9, 30, 0, 123456, tzinfo=eastern)
+    bar = to_wire(fields(ts=when), 0)
+    assert bar.ts is when
+    sent = msgspec.msgpack.decode(encode_body("p", [bar]))["bars"][0]["ts"]
+    assert sent == datetime(2024, 1, 2, 14, 30, 0, 123456, tzinfo=UTC)
     assert to_wire(fields(ts="2024-01-02T14:30:00+01:00"), 0).ts == "2024-01-02T14:30:00+01:00"
 
 
@@ -76,6 +111,8 @@ def test_times_in_other_zones_are_sent_in_utc_and_text_passes_through() -> None:
     [
         (fields(ts=datetime(2024, 1, 2)), "ts", "timezone-aware"),
         (fields(ts=1704205800), "ts", "datetime or RFC 3339"),
+        (fields(ts=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))), "ts", "range"),
+        (fields(ts=datetime.max.replace(tzinfo=timezone(timedelta(hours=-1)))), "ts", "range"),
         (fields(open=Decimal("NaN")), "open", "finite"),
         (fields(high=float("inf")), "high", "finite"),
         (fields(volume=True), "volume", "boolean"),
@@ -96,6 +133,17 @@ def test_bars_that_can_never_be_sent_are_refused_at_once(
     assert isinstance(info.value, ValueError)
 
 
+def fields_of(*names: str) -> dict[str, Any]:
+    return {name: value for name, value in fields().items() if name in names}
+
+
+def test_core_bars_built_without_validation_are_checked_too() -> None:
+    with pytest.raises(InvalidBarError, match="bar 2: ts: required"):
+        to_wire(Bar.model_construct(**fields_of("symbol")), 2)
+    with pytest.raises(InvalidBarError, match="bar 0: open: must be a finite number"):
+        to_wire(Bar.model_construct(**fields(open=Decimal("NaN"))), 0)
+
+
 def test_other_objects_are_refused() -> None:
     with pytest.raises(InvalidBarError, match=r"bar 0: \$: a Core Bar or a mapping"):
         to_wire(("AAPL", TS), 0)  # type: ignore[arg-type]
@@ -109,6 +157,27 @@ def test_body_is_msgpack_with_defaults_left_out() -> None:
     assert "delayed" not in body["bars"][1]
     assert "resolution" not in body["bars"][1]  # "1d", the store's default too
     assert as_dicts([bar])[0]["delayed"] is True
+
+
+def test_failed_bars_come_back_as_text_as_in_0_4_0() -> None:
+    eastern = timezone(timedelta(hours=-5))
+    bar = to_wire(fields(ts=TS.astimezone(eastern), open=1.5, high=2, low="0.5"), 0)
+    assert as_dicts([bar]) == [
+        {
+            "symbol": "AAPL",
+            "ts": "2024-01-02T14:30:00Z",
+            "open": "1.5",
+            "high": "2",
+            "low": "0.5",
+            "close": "187.02",
+            "volume": "120034",
+            "resolution": "1d",
+            "delayed": False,
+        }
+    ]
+    assert to_wire(as_dicts([bar])[0], 0) == WireBar(
+        "AAPL", "2024-01-02T14:30:00Z", "1.5", "2", "0.5", "187.02", "120034"
+    )
 
 
 def test_answers_feedback_and_problems_decode() -> None:
@@ -143,3 +212,88 @@ def test_retry_after_header_date_and_body() -> None:
     assert retry_after("-1") is None
     assert retry_after(None, {"retry_after": True}) is None
     assert retry_after(None) is None
+
+
+# -- what the store makes of the bars: as of 0.4.0's ------------------------------------
+
+
+def outcome(body: bytes) -> object:
+    """The rows the store builds of ``body``, or its refusal (type, errors)."""
+    try:
+        return rows_of_body(body, MSGPACK, 10_000)
+    except IngestError as exc:
+        return type(exc), getattr(exc, "errors", None)
+
+
+def same_as_0_4_0(written: list[Any]) -> object:
+    old = [wire_0_4_0.to_wire(bar, i) for i, bar in enumerate(written)]
+    new = [to_wire(bar, i) for i, bar in enumerate(written)]
+    result = outcome(encode_body("ibkr", new))
+    assert result == outcome(wire_0_4_0.encode_body("ibkr", old))
+    assert as_dicts(new) == [msgspec.structs.asdict(b) for b in old]  # failures: 0.4.0's text
+    return result
+
+
+ZONES = [UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=30))]
+
+
+def test_the_store_stores_what_it_stored_of_0_4_0_bars() -> None:
+    eastern = ZONES[1]
+    written: list[Any] = [
+        Bar(**fields()),
+        fields(ts=TS.astimezone(eastern) + timedelta(minutes=1), resolution="1m"),
+        fields(ts=TS + timedelta(minutes=2, microseconds=1), delayed=True),
+        fields(ts="2024-01-02T14:33:00+01:00", open="187.150", volume="7"),
+        fields(ts=TS + timedelta(minutes=4), open=187.15, high=188, low=186.9, volume=0),
+        fields(ts=TS + timedelta(minutes=5), open=Decimal("1.87E+2"), high=Decimal("1.9E+2")),
+        fields(ts=TS + timedelta(minutes=6), volume=Decimal("0E-8"), low=Decimal("1e-18")),
+        fields(ts=TS + timedelta(minutes=7), volume=2**64, high=1e19),
+        fields(ts=datetime(1900, 2, 3, 4, 5, 6, 7, tzinfo=ZONES[2])),
+        fields(ts=datetime(2199, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ]
+    assert to_wire(fields(ts=datetime(1, 1, 1, 6, tzinfo=ZONES[2])), 0).ts == "0001-01-01T00:30:00Z"
+    rows = same_as_0_4_0(written)
+    assert isinstance(rows, list)
+    assert len(rows) == len(written)
+    refused = same_as_0_4_0(
+        [fields(low=Decimal("188")), fields(ts=datetime(1700, 1, 1, tzinfo=UTC))]
+    )
+    assert isinstance(refused, tuple)
+    assert refused[1] is not None
+    assert len(refused[1]) == 2
+
+
+numbers = st.one_of(
+    st.decimals(min_value=-(10**21), max_value=10**21, allow_nan=False, places=None),
+    st.decimals(min_value=-(10**21), max_value=10**21, allow_nan=False).map(Decimal.normalize),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(10**21), max_value=10**21),
+    st.decimals(allow_nan=False, allow_infinity=False).map(str),
+)
+times = st.datetimes(
+    min_value=datetime(1790, 1, 1), max_value=datetime(2210, 1, 1), timezones=st.sampled_from(ZONES)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "symbol": st.sampled_from(["AAPL", "msft", " X ", ""]),
+                "ts": st.one_of(times, times.map(lambda t: t.isoformat())),
+                "open": numbers,
+                "high": numbers,
+                "low": numbers,
+                "close": numbers,
+                "volume": numbers,
+                "resolution": st.sampled_from(["1d", "1m", "5x"]),
+                "delayed": st.booleans(),
+            }
+        ),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_any_bars_mean_to_the_store_what_they_meant_in_0_4_0(written: list[Any]) -> None:
+    same_as_0_4_0(written)
