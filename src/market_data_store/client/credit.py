@@ -8,7 +8,8 @@ slow down and so does the client, with nothing to tune; the store resizes the
 window to keep its queue short and never empty, and shares it among producers.
 
 A batch larger than the window goes out in parts (``part``): the credit when it
-is small, else half of it, so that two requests are out while one is written.
+is small, else a quarter of it (at least ``MIN_PART``), so that several requests
+are out while one is written and the queue never waits for a round trip.
 Before the first answer nothing is known: one small request (``INITIAL_PART``
 bars) goes out alone and its answer opens the window. A store that sends no
 credit (an older one) leaves the window open: ``max_in_flight`` alone bounds the
@@ -22,8 +23,11 @@ from collections import deque
 
 INITIAL_PART = 100
 """Bars of the one request that goes out before the store said anything."""
-PIPELINE_FROM = 1000
-"""From this credit on, a part is half of it (two requests out at once)."""
+PIPELINE_FROM = 500
+"""From this credit on, a part is a quarter of it (four requests out at once)..."""
+MIN_PART = 250
+"""...but not smaller than this (a smaller request costs more than it moves)."""
+PIPELINE = 4
 
 
 class CreditWindow:
@@ -48,7 +52,7 @@ class CreditWindow:
         credit = self.credit
         if credit is None:
             return min(wanted, INITIAL_PART)
-        size = credit if credit < PIPELINE_FROM else credit // 2
+        size = credit if credit < PIPELINE_FROM else max(MIN_PART, credit // PIPELINE)
         return max(1, min(wanted, size))
 
     def _room_for(self, n: int) -> bool:

@@ -27,8 +27,8 @@ import math
 import time
 from collections.abc import Callable
 
-GAIN = 4.0
-"""Largest change of the window per second: a factor ``e**GAIN`` (about 55)."""
+GAIN = 8.0
+"""Largest change of the window per second: a factor ``e**GAIN`` (about 3,000)."""
 TARGET_SECONDS = 0.05
 """The queue a worker should find, in seconds of the recent drain."""
 PER_PRODUCER = 250
@@ -130,6 +130,6 @@ class Credits:
         dt = min(MAX_DT, now - last)
         target = self.target(drain_rate)
         error = max(-1.0, min(1.0, (target - found) / target))
-        if error > 0 and outstanding < self.total / 2:
+        if error > 0 and outstanding < self.total / 4:
             return  # the window is not what holds producers back: do not promise more
         self.total = min(self.ceiling, max(self.floor, self.total * math.exp(GAIN * error * dt)))
