@@ -531,9 +531,12 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
               f"{f'{c.util_p50:.2f}/{c.util_p99:.2f}':>12} "
               f"{f'{c.cpu_us:.1f}/{r.ceiling.cpu_us:.1f}':>9}")  # fmt: skip
     if args.rounds > 1:
-        print(f"\nmedian of {args.rounds} rounds: ratio, hard%, jain")
+        print(f"\nmedian of {args.rounds} rounds\n{'regime':<6} {'K':>2} {'ratio':>6} "
+              f"{'min':>6} {'max':>6} {'hard%':>6} {'jain':>6}")  # fmt: skip
         for (name, k), group in _groups(rows).items():
-            print(f"{name:<6} {k:>2}    {statistics.median(r.ratio for r in group):>6.3f} "
+            ratios = [r.ratio for r in group]
+            print(f"{name:<6} {k:>2} {statistics.median(ratios):>6.3f} {min(ratios):>6.3f} "
+                  f"{max(ratios):>6.3f} "
                   f"{statistics.median(100 * r.clients.hard for r in group):>6.1f} "
                   f"{statistics.median(r.clients.jain for r in group):>6.3f}")  # fmt: skip
     d_rows = [r for r in rows if r.halved is not None]
