@@ -39,8 +39,9 @@ every 20 ms (see ``bench/control_watch.py``). Figures of the producers' run:
 - jain: Jain's index over each producer's own goodput (its bars / its last commit -
   first write); jain@1st: over the bars each had committed when the first one finished;
 - util p50/p99: queue size / capacity, ``GET /healthz`` every 25 ms during the window;
-- cpu: CPU time of this process (the producers and the watchers) per bar, producers /
-  raw clients: on this machine the producers share the store's cores;
+- cpu%: CPU time of this process (the producers and the watchers, about 10 % of a core)
+  over the run's time, producers / raw clients: on this machine the producers share the
+  store's two cores;
 - (d): goodput / ceiling per phase (normal, halved, restored; ``--seconds`` each, the
   last one until the producers stop writing) and the time from each step until the
   producers' commit rate over 0.5 s windows reaches 90 % of the new ceiling and holds
@@ -231,7 +232,7 @@ class Run:
     util_p99: float
     jain: float  # over each producer's own bars / (its last commit - first write)
     jain_first: float  # over the bars each had committed when the first one finished
-    cpu_us: float  # this process's CPU time per bar
+    cpu: float  # this process's CPU time / the run's time (1.0: one core)
     commits: list[tuple[float, int]] = field(repr=False)  # (time, bars) per transaction
     steps: list[float] = field(default_factory=list)  # (d): link capped, uncapped
     sent: int = 0  # with a link: bytes the store sent to PostgreSQL
@@ -282,7 +283,7 @@ async def measure(
         refused, total = await go()
         counted = await wait_committed(url, total)
         snapshots.taken.append(counted)
-        cpu = time.process_time() - cpu
+        cpu = (time.process_time() - cpu) / (time.time() - started)
     finally:
         gc.unfreeze()
         if stepper is not None:
@@ -311,7 +312,7 @@ async def measure(
     return Run(
         kind, len(per_symbol), total, started, ended, counted.at, refused,
         share_at_level(levels.events, started, ended), percentile(util, 0.5),
-        percentile(util, 0.99), jain(own), jain(shares), cpu / total * 1e6,
+        percentile(util, 0.99), jain(own), jain(shares), cpu,
         [(times[x], n) for x, n in by_xid.items()], steps, sent,
     )  # fmt: skip
 
@@ -516,20 +517,21 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
           f"ceiling: as many raw clients, {BODY_BARS:,}-bar MessagePack bodies, 503 -> 10 ms\n"
           "goodput: bars committed / (last commit - first write); jain: over each producer's "
           "own bars / (its last commit - first write); jain@1st: over the bars each had "
-          "committed when the first producer finished; 503s, cpu (this process, us per bar): "
+          "committed when the first producer finished; 503s, cpu% (of a core, this process: "
+          "the producers and the watchers): "
           "producers/raw")  # fmt: skip
     for name in dict.fromkeys(r.regime for r in rows):
         print(f"  ({name}) {REGIMES[name][0]}")
     print(f"\n{'regime':<6} {'K':>2} {'#':>2} {'ceiling(bars/s)':>15} {'clients(bars/s)':>15} "
           f"{'ratio':>6} {'503s':>7} {'hard%':>6} {'jain':>6} {'jain@1st':>8} "
-          f"{'util p50/p99':>12} {'cpu':>9}")  # fmt: skip
+          f"{'util p50/p99':>12} {'cpu%':>9}")  # fmt: skip
     for r in rows:
         c = r.clients
         print(f"{r.regime:<6} {r.producers:>2} {r.round:>2} {r.expected:>15,.0f} "
               f"{c.goodput:>15,.0f} {r.ratio:>6.3f} {f'{c.refused}/{r.ceiling.refused}':>7} "
               f"{100 * c.hard:>6.1f} {c.jain:>6.3f} {c.jain_first:>8.3f} "
               f"{f'{c.util_p50:.2f}/{c.util_p99:.2f}':>12} "
-              f"{f'{c.cpu_us:.1f}/{r.ceiling.cpu_us:.1f}':>9}")  # fmt: skip
+              f"{f'{100 * c.cpu:.0f}/{100 * r.ceiling.cpu:.0f}':>9}")  # fmt: skip
     if args.rounds > 1:
         print(f"\nmedian of {args.rounds} rounds\n{'regime':<6} {'K':>2} {'ratio':>6} "
               f"{'min':>6} {'max':>6} {'hard%':>6} {'jain':>6}")  # fmt: skip
