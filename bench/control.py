@@ -25,7 +25,7 @@ table emptied in between):
    10 ms, send it again); in (d) twice: as is, and with the link capped all along;
 2. K ``StoreClient`` producers, default options, each writing its bars (dicts of
    strings, built before the clock starts) 1,000 per ``write()``, then ``aclose()``;
-   in (d) they stop writing after 3 x ``--seconds``.
+   in (d) they stop writing ``--seconds`` after the drain is restored.
 
 Each producer writes distinct bars (a symbol of its own). A run is timed from the
 first write to the last commit, its bars all counted in PostgreSQL: commits are dated
@@ -258,10 +258,12 @@ async def measure(
     link: ThrottledLink | None = None,
     cap: float = 0.0,
     steps_after: float | None = None,
+    steps: list[float] | None = None,
 ) -> Run:
     """One run: ``prepare`` builds (before the clock) what ``Producers`` sends. ``cap``:
     the store's link to PostgreSQL capped at that many bytes/s, all along, or with
-    ``steps_after``: from that many s after the start, for as many."""
+    ``steps_after``: from that many s after the start, for as many (the times of both
+    steps are appended to ``steps`` when they are taken)."""
     await sql(url, "TRUNCATE bars", "VACUUM ANALYZE bars", "SELECT 1")
     snapshots, queue = Snapshots(url), QueueSampler(store.base)
     levels = LevelWatch(store.base, COORDINATOR)
@@ -272,7 +274,7 @@ async def measure(
     sent = link.sent if link is not None else 0
     if link is not None and steps_after is None:
         link.rate = cap
-    steps: list[float] = []
+    steps = [] if steps is None else steps
     stepper = None
     gc.collect()
     gc.freeze()  # the bars built: no collection rescans them during the run
@@ -363,25 +365,27 @@ def raw(base: str, per_producer: list[list[dict[str, str]]]) -> Callable[[], Awa
 
 
 def clients(
-    base: str, per_producer: list[list[dict[str, str]]], chunk: int, seconds: float | None = None
+    base: str,
+    per_producer: list[list[dict[str, str]]],
+    chunk: int,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Callable[[], Awaitable[Producers]]:
-    """``seconds``: each producer stops writing then (and closes its client)."""
+    """Each producer writes its bars until ``stop()`` says so, then closes its client."""
 
     async def prepare() -> Producers:
         stores = [StoreClient(base, provider=PROVIDER) for _ in per_producer]
         for store in stores:
             await store.start()  # connection pool and feedback stream before the clock
 
-        async def one(store: StoreClient, bars: list[dict[str, str]], until: float) -> None:
+        async def one(store: StoreClient, bars: list[dict[str, str]]) -> None:
             for lo in range(0, len(bars), chunk):
-                if time.monotonic() >= until:
+                if stop():
                     break
                 await store.write(bars[lo : lo + chunk])
             await store.aclose()
 
         async def go() -> tuple[int, int]:
-            until = time.monotonic() + (math.inf if seconds is None else seconds)
-            await asyncio.gather(*map(one, stores, per_producer, [until] * len(stores)))
+            await asyncio.gather(*map(one, stores, per_producer))
             stats = [s.stats for s in stores]
             return sum(s.refused for s in stats), sum(s.bars_written for s in stats)
 
@@ -430,10 +434,11 @@ async def regime(
     s = args.seconds
     try:
         await store.ready()
-        rate = 0.0
+        rate = best = 0.0  # the last ceiling, the best seen
         if args.bars is None:  # a short probe: sizes the first run, warms the store up
             rate = (await measure(store, url, "probe", raw(store.base, split(40_000, 4)))).goodput
             progress(f"({name}) {label}: probe {rate:,.0f} bars/s")
+            best = rate
         for k in args.producers:
             for round_ in range(1, args.rounds + 1):
                 step = f"({name}) K={k:<2} #{round_}"
@@ -441,21 +446,23 @@ async def regime(
                 ceiling = await measure(store, url, "raw", raw(store.base, bars), link=link)
                 progress(f"{step} raw     {ceiling.bars:>9,} bars {ceiling.goodput:>9,.0f} bars/s")
                 rate, halved, cap, steps = ceiling.goodput, None, 0.0, None
+                best, timeline = max(best, rate), list[float]()  # (d): when capped, uncapped
+                producers = clients(store.base, bars, args.write_chunk)
                 if link is not None:
                     cap = ceiling.sent / ceiling.bars * rate / 2  # bytes/s of half the ceiling
                     half = raw(store.base, split(size(rate / 2, s, k, args.bars), k))
                     halved = await measure(store, url, "halved", half, link=link, cap=cap)
                     progress(f"{step} halved  {halved.bars:>9,} bars "
                              f"{halved.goodput:>9,.0f} bars/s")  # fmt: skip
-                    bars, steps = split(size(rate, 3 * s, k, args.bars), k), s
-                stop = None if steps is None else 3 * steps  # (d): the producers stop writing
-                producers = clients(store.base, bars, args.write_chunk, stop)
+                    # written until s after the restoring step: bars enough not to run out
+                    bars, steps = split(size(1.5 * best, 3 * s, k, args.bars), k), s
+                    producers = clients(store.base, bars, args.write_chunk, after(timeline, s))
                 run = await measure(store, url, "clients", producers, link=link, cap=cap,
-                                    steps_after=steps)  # fmt: skip
+                                    steps_after=steps, steps=timeline)  # fmt: skip
                 progress(f"{step} clients {run.bars:>9,} bars {run.goodput:>9,.0f} bars/s")
                 row = Row(name, k, round_, ceiling, run, halved, cap)
                 if halved is not None:
-                    row.phases = phases(row, args.window, args.sustain, run.started + 3 * s)
+                    row.phases = phases(row, args.window, args.sustain, s)
                 rows.append(row)
     finally:
         store.stop()
@@ -464,9 +471,15 @@ async def regime(
     return rows
 
 
-def phases(row: Row, window: float, sustain: float, until: float) -> list[dict[str, Any]]:
+def after(timeline: list[float], seconds: float) -> Callable[[], bool]:
+    """(d): true ``seconds`` after the restoring step (the second time in ``timeline``)."""
+    return lambda: len(timeline) == 2 and time.time() >= timeline[1] + seconds
+
+
+def phases(row: Row, window: float, sustain: float, length: float) -> list[dict[str, Any]]:
     """(d): goodput / ceiling per phase, and the recovery after each step; the last phase
-    ends when the producers stopped writing (``until``), or at the last commit if sooner."""
+    ends when the producers stopped writing, ``length`` s after the restoring step (or at
+    the last commit if sooner)."""
     run, halved = row.clients, row.halved
     assert halved is not None
     if len(run.steps) < 2 or run.steps[1] >= run.ended:
@@ -477,7 +490,7 @@ def phases(row: Row, window: float, sustain: float, until: float) -> list[dict[s
     for phase, start, end, ceiling, step in (
         ("normal", run.started, on, row.ceiling.goodput, None),
         ("halved", on, off, halved.goodput, on),
-        ("restored", off, min(run.ended, until), row.ceiling.goodput, off),
+        ("restored", off, min(run.ended, off + length), row.ceiling.goodput, off),
     ):
         back = settled = None
         if step is not None:
@@ -505,7 +518,9 @@ def misses(row: Row) -> list[str]:
     if row.regime == "d":
         out += [] if row.phases else ["no restored phase (the producers finished first)"]
         for p in row.phases[1:]:
-            if p["recovery"] is None or p["recovery"] > 2:
+            if p["recovery"] is None and p["measurable"] < 2 - 1e-3:
+                out.append(f"the {p['phase']} phase too short to tell")
+            elif p["recovery"] is None or p["recovery"] > 2:
                 out.append(f"not back above 0.9 within 2 s of the {p['phase']} step")
     if row.regime in ("a", "b", "d") and c.refused:
         out.append(f"{c.refused} x 503")
