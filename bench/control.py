@@ -48,10 +48,15 @@ every 20 ms (see ``bench/control_watch.py``). Figures of the producers' run:
   there for 0.5 s more (every window starting within it: what the queue held drains at
   once after the restoring step, and must not count as a recovery), and until it holds
   to the end of the phase (requests blocked in the store during the halved phase may
-  keep it up for seconds). The rate between two commits is taken as even.
+  keep it up for seconds; the (d) target is checked on this one). The rate between two
+  commits is taken as even.
+
+The last lines name the issue's targets each row misses (the figures only measure).
 
 Runs are sized to about ``--seconds`` s from the ceiling of the previous run (a short
 raw probe for the first), at least 2 batches per producer; ``--bars`` fixes the total.
+A default run takes about 3.5 minutes. On a shared machine one pair swings by tens of
+per cent: ``--rounds N`` repeats each pair and adds the median, min and max ratio.
 """
 
 from __future__ import annotations
@@ -499,7 +504,7 @@ def phases(row: Row, window: float, sustain: float, length: float) -> list[dict[
         goodput = window_rate(curve, start, end)
         out.append({"phase": phase, "seconds": end - start, "goodput": goodput,
                     "ceiling": ceiling, "ratio": goodput / ceiling, "recovery": back,
-                    "settled": settled, "measurable": end - start - window - sustain})  # fmt: skip
+                    "settled": settled, "measurable": end - start - window})  # fmt: skip
     return out
 
 
@@ -518,10 +523,10 @@ def misses(row: Row) -> list[str]:
     if row.regime == "d":
         out += [] if row.phases else ["no restored phase (the producers finished first)"]
         for p in row.phases[1:]:
-            if p["recovery"] is None and p["measurable"] < 2 - 1e-3:
+            if p["settled"] is None and p["measurable"] < 2 - 1e-3:
                 out.append(f"the {p['phase']} phase too short to tell")
-            elif p["recovery"] is None or p["recovery"] > 2:
-                out.append(f"not back above 0.9 within 2 s of the {p['phase']} step")
+            elif p["settled"] is None or p["settled"] > 2:
+                out.append(f"not above 0.9 to stay within 2 s of the {p['phase']} step")
     if row.regime in ("a", "b", "d") and c.refused:
         out.append(f"{c.refused} x 503")
     return out
@@ -575,14 +580,14 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
                 back = (
                     f"; back above 0.9 after {p['recovery']:.2f} s"
                     if p["recovery"] is not None
-                    else f"; not back above 0.9 (measurable: {p['measurable']:.2f} s)"
+                    else "; not back above 0.9"
                 )
                 back += "; never stays" if settled is None else f"; stays from {settled:.2f} s"
             print(f"    {p['phase']:<8} {p['seconds']:5.2f} s {p['goodput']:>9,.0f} bars/s "
                   f"= {p['ratio']:.3f} of {p['ceiling']:,.0f}{back}")  # fmt: skip
     print("\ntargets: (a),(b) ratio >= 0.95, no 503, hard <= 1 %, jain >= 0.95; (c) ratio "
-          ">= 0.9;\n         (d) back above 0.9 of the new ceiling within 2 s of each step, "
-          "no 503")  # fmt: skip
+          ">= 0.9;\n         (d) back above 0.9 of the new ceiling within 2 s of each step (to "
+          "stay), no 503")  # fmt: skip
     for r in rows:
         missed = misses(r)
         print(f"  ({r.regime}) K={r.producers:<2} #{r.round} "
