@@ -24,11 +24,14 @@ import asyncio
 import bisect
 import contextlib
 import json
-import multiprocessing
+import mmap
+import struct
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -314,40 +317,44 @@ class LevelWatch:
 class ThrottledLink:
     """A TCP proxy, in a process of its own, between the store and PostgreSQL (``url``
     goes through it): what the store sends (COPY data, statements) flows at most at
-    ``rate`` bytes/s, all connections together, while ``rate`` > 0; ``sent``: bytes so far."""
+    ``rate`` bytes/s, all connections together, while ``rate`` > 0; ``sent``: bytes so far.
+    Both live in 16 bytes of a file both processes map (the rate, then the count)."""
 
     def __init__(self, database_url: str) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self._rate = ctx.Value("d", 0.0, lock=False)
-        self._sent = ctx.Value("q", 0, lock=False)
-        ours, theirs = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_serve_link,
-            args=(upstream_of(database_url), self._rate, self._sent, theirs),
-            daemon=True,
+        self._file = tempfile.NamedTemporaryFile(prefix="mds-link-")  # noqa: SIM115
+        self._file.write(bytes(16))
+        self._file.flush()
+        self._shared = mmap.mmap(self._file.fileno(), 16)
+        upstream = json.dumps(upstream_of(database_url))
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, self._file.name, upstream], stdout=subprocess.PIPE
         )
-        self.process.start()
-        if not ours.poll(30):
-            self.process.kill()
+        assert self.process.stdout is not None
+        port = self.process.stdout.readline().strip()
+        if not port.isdigit():
+            self.close()
             raise RuntimeError("the throttled link did not start")
-        port = int(ours.recv())
-        self.url = through(database_url, port)
+        self.url = through(database_url, int(port))
 
     @property
     def rate(self) -> float:
-        return float(self._rate.value)
+        return float(struct.unpack_from("d", self._shared, 0)[0])
 
     @rate.setter
     def rate(self, bytes_per_second: float) -> None:
-        self._rate.value = bytes_per_second
+        struct.pack_into("d", self._shared, 0, bytes_per_second)
 
     @property
     def sent(self) -> int:
-        return int(self._sent.value)
+        return int(struct.unpack_from("q", self._shared, 8)[0])
 
     def close(self) -> None:
         self.process.kill()
-        self.process.join(10)
+        self.process.wait(10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self._shared.close()
+        self._file.close()
 
 
 def upstream_of(url: str) -> tuple[str, int] | str:
@@ -369,11 +376,8 @@ def through(url: str, port: int) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), ""))
 
 
-def _serve_link(upstream: tuple[str, int] | str, rate: Any, sent: Any, conn: Any) -> None:
-    uvloop.run(_link(upstream, rate, sent, conn))
-
-
-async def _link(upstream: tuple[str, int] | str, rate: Any, sent: Any, conn: Any) -> None:
+async def _link(shared: mmap.mmap, upstream: tuple[str, int] | str) -> None:
+    """The link's process: ``shared`` holds the rate (a double) and the count (an int64)."""
     next_free = 0.0  # when the link is free again (monotonic), all connections together
 
     async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, paced: bool) -> None:
@@ -381,8 +385,9 @@ async def _link(upstream: tuple[str, int] | str, rate: Any, sent: Any, conn: Any
         try:
             while data := await src.read(65536):
                 if paced:
-                    sent.value += len(data)
-                    limit = rate.value
+                    sent = struct.unpack_from("q", shared, 8)[0]
+                    struct.pack_into("q", shared, 8, sent + len(data))
+                    limit = struct.unpack_from("d", shared, 0)[0]
                     if limit > 0:
                         now = time.monotonic()
                         start = max(next_free, now)
@@ -403,6 +408,13 @@ async def _link(upstream: tuple[str, int] | str, rate: Any, sent: Any, conn: Any
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    conn.send(server.sockets[0].getsockname()[1])
+    print(server.sockets[0].getsockname()[1], flush=True)
     async with server:
         await server.serve_forever()
+
+
+if __name__ == "__main__":  # ThrottledLink's process: the file both map, the upstream
+    with open(sys.argv[1], "r+b") as file:
+        shared = mmap.mmap(file.fileno(), 16)
+    target = json.loads(sys.argv[2])
+    uvloop.run(_link(shared, target if isinstance(target, str) else tuple(target)))

@@ -146,10 +146,7 @@ def test_database_urls_through_the_link() -> None:
     assert cw.through(socket_url, 6000) == "postgresql://postgres:@127.0.0.1:6000/postgres"
 
 
-async def test_the_link_forwards_both_ways_and_counts_what_it_sends(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.syspath_prepend(str(BENCH))  # the link's process imports control_watch
+async def test_the_link_forwards_both_ways_and_counts_what_it_sends() -> None:
 
     echoed = asyncio.Event()
 
