@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -170,3 +171,43 @@ def test_durability_benchmark_runs_both_modes_in_both_regimes(database_url: str)
     for regime in ("slow", "default"):
         assert f"committed / queued, {regime} (target >= 95 %)" in out
         assert f"committed / queued, {regime}, median of A/B pairs" in out
+
+
+def test_control_benchmark_runs_end_to_end(database_url: str, tmp_path: Path) -> None:
+    """Regimes (c) and (d), 1 and 2 producers, 6,000 bars: the table parses, every
+    ratio is a positive number (the figures themselves are not asserted); and it takes
+    --truncate to empty the table of DATABASE_URL."""
+    out = tmp_path / "control.json"
+    command = [sys.executable, "bench/control.py", "--regimes", "c,d", "--producers", "1,2",
+               "--bars", "6000", "--seconds", "0.5", "--json", str(out)]  # fmt: skip
+    env = {**os.environ, "DATABASE_URL": database_url}
+    refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode != 0
+    assert "pass --truncate" in refused.stderr  # it empties that table: not without consent
+    proc = subprocess.run(
+        [*command, "--truncate"], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.split("\nregime ", 1)[1].split("\n\n", 1)[0].splitlines()[1:]
+    cells = [line.split() for line in lines]
+    assert [(c[0], c[1]) for c in cells] == [("c", "1"), ("c", "2"), ("d", "1"), ("d", "2")]
+    for round_, ceiling, goodput, ratio, refusals, hard, jain, jain_first, util, cpu in (
+        c[2:] for c in cells
+    ):
+        assert round_ == "1"
+        assert float(ceiling.replace(",", "")) > 0
+        assert float(goodput.replace(",", "")) > 0
+        assert float(ratio) > 0
+        assert all(n.isdigit() for n in refusals.split("/"))
+        assert 0 <= float(hard) <= 100
+        assert 0 < float(jain) <= 1
+        assert 0 < float(jain_first) <= 1
+        assert all(float(u) >= 0 for u in util.split("/"))
+        assert all(int(share) >= 0 for share in cpu.split("/"))
+    assert "(d) ceiling column" in proc.stdout  # the halved ceilings, per K
+    assert proc.stdout.count("link capped at") == 2
+    figures = json.loads(out.read_text())
+    assert [f["clients"]["bars"] for f in figures] == [6000] * 4
+    for f in figures:
+        assert f["ceiling"]["counted"] >= f["ceiling"]["ended"] > f["ceiling"]["started"]
+    assert [f["halved"] is None for f in figures] == [True, True, False, False]
