@@ -334,7 +334,7 @@ class Sender:
             raise _NotTheStore(status)
         if answer.credit is not None:
             self._credit = answer.credit
-            self._throttle.credit_mode = True
+            self._throttle.use_credit()
         self._throttle.answered(answer.queue_size)
         if answer.coordinator_id:
             self._observe(_answer_feedback(answer))

@@ -194,6 +194,14 @@ class Throttle:
             # capped: a proxy's Retry-After of a day must not stop every write for a day
             self._hold_until = max(self._hold_until, now + min(retry_after, MAX_HOLD))
 
+    def use_credit(self) -> None:
+        """The store sends credits: they pace the client from now on. A rate cut
+        before (a level seen on the stream before the first answer) is lifted."""
+        if not self.credit_mode:
+            self.credit_mode = True
+            self.rate = self.max_rate
+            self._next_start = self.clock()
+
     def answered(self, queue_size: int) -> None:
         self.queue_size = queue_size
 

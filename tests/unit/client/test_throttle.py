@@ -278,3 +278,20 @@ def test_a_huge_retry_after_holds_at_most_a_minute() -> None:
     t = throttle(clock)
     t.refused(86_400.0)
     assert t.delay(1, may_probe=False) <= 60.0
+
+
+def test_with_credit_a_cut_made_before_is_lifted_and_no_signal_cuts_again() -> None:
+    clock = Clock()
+    t = throttle(clock)
+    send(t, clock, 100, 0.01, 1.0)
+    assert t.set_level("hard")  # the stream's snapshot, before any answer
+    assert t.rate is not None
+    t.use_credit()  # the first answer carried a credit: it paces the client now
+    assert t.rate is None
+    assert t.delay(5000, may_probe=False) > 0  # hard still pauses
+    t.set_level("ok")
+    assert t.delay(5000, may_probe=False) == 0
+    t.set_level("soft")
+    t.refused(2.0)
+    assert t.rate is None  # neither soft nor a 503 cuts a rate...
+    assert t.delay(100, may_probe=False) == pytest.approx(2.0)  # ...Retry-After still holds
