@@ -24,10 +24,10 @@ from collections import deque
 INITIAL_PART = 100
 """Bars of the one request that goes out before the store said anything."""
 PIPELINE_FROM = 500
-"""From this credit on, a part is a quarter of it (four requests out at once)..."""
+"""From this credit on, a part is half of it (two requests out at once)..."""
 MIN_PART = 250
 """...but not smaller than this (a smaller request costs more than it moves)."""
-PIPELINE = 4
+PIPELINE = 2
 
 
 class CreditWindow:

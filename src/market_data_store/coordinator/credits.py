@@ -15,7 +15,9 @@ active producer, within ``[low_target, high_target]``, under the low watermark) 
 the window grows or shrinks multiplicatively with the error, at most ``e**GAIN`` per
 second. It stays under the high watermark plus a batch per worker (what is queued
 while every worker writes is not ``hard``) and never grows while producers leave
-half of it unused (so an idle store does not promise a burst it cannot queue).
+a quarter of it unused (so an idle store does not promise a burst it cannot queue);
+it does not shrink while twice what it allows is queued (producers that ignore the
+credit are not held back by it, and those that follow it would pay for them).
 Each active producer (one that named itself with a request in the last
 ``idle_after`` seconds, or still has one in the store) gets ``total / active``,
 which is what makes the shares fair.
@@ -132,4 +134,6 @@ class Credits:
         error = max(-1.0, min(1.0, (target - found) / target))
         if error > 0 and outstanding < self.total / 4:
             return  # the window is not what holds producers back: do not promise more
+        if error < 0 and outstanding > 2 * self.total:
+            return  # producers that ignore the credit fill the queue: not the window's doing
         self.total = min(self.ceiling, max(self.floor, self.total * math.exp(GAIN * error * dt)))

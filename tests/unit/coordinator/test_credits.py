@@ -78,7 +78,7 @@ def test_the_window_stays_within_floor_and_ceiling() -> None:
     assert c.total == c.ceiling
     for _ in range(500):
         clock.now += 0.25
-        c.observe(10**6, 10**6, 10**6)
+        c.observe(10**6, int(c.total), 10**6)
     assert c.total == c.floor
 
 
@@ -190,3 +190,14 @@ async def test_events_carry_the_drain_rate_and_the_credit(bus: FeedbackBus) -> N
     assert event.credit >= MIN_CREDIT
     assert event.drain_rate is not None
     assert event.drain_rate >= 0
+
+
+def test_producers_that_ignore_the_credit_do_not_shrink_it() -> None:
+    clock = Clock()
+    c = credits(clock)
+    c.observe(0, 0, 0.0)
+    start = c.total
+    for _ in range(20):
+        clock.now += 0.05
+        c.observe(1900, 1900, 20_000.0)  # a full queue, far more than the window allows
+    assert c.total == start
