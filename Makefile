@@ -40,7 +40,7 @@ producer-demo: $(RUNTIME)
 test: $(STAMP)
 	$(BIN)/python -m pytest --cov --cov-report=term --cov-fail-under=85
 
-## reliability: the fault suite (tests/reliability, ~3 min; not part of `make test`), then
+## reliability: the fault suite (tests/reliability, ~4 min; not part of `make test`), then
 ## docs/reliability.md's table rewritten from the figures it measured (also when it fails)
 RELIABILITY_RESULTS := .mds/reliability
 reliability: $(STAMP)
