@@ -4,7 +4,7 @@ bar (0.4.0's ``to_wire`` vs this tree's), then whole clients against a raw one.
     .venv/bin/python bench/client_cost.py [--rounds 5] [--requests 2000] [--bars 5000]
 
 A trivial store runs in a child process (``--serve``: reads each ``POST`` body by its
-Content-Length and answers the store's 202 JSON), so the figures are the client
+Content-Length and answers the store's 201 JSON to ``?wait=commit``), so the figures are the client
 process's CPU time (``time.process_time``) and nothing of the server's. Variants
 alternate round by round on the same machine; each figure is the median of the rounds
 (the ratios are what carry over to a shared, noisy machine).
@@ -51,7 +51,10 @@ from market_data_store.client.http1 import Http1Pool
 from market_data_store.client.sender import MAX_ANSWER_BYTES
 from market_data_store.client.wire import MSGPACK, encode_body, to_wire
 
-ANSWER = b'{"accepted":1,"level":"ok","queue_size":0,"capacity":100000,"coordinator_id":"b/bars"}'
+ANSWER = (  # as the store answers ?wait=commit (what the default client asks for)
+    b'{"accepted":1,"level":"ok","queue_size":0,"capacity":100000,"coordinator_id":"b/bars",'
+    b'"credit":100000,"committed":1,"dead_lettered":0}'
+)
 T0 = datetime(2024, 1, 2, 14, 30, tzinfo=UTC)
 HEADERS = {"content-type": MSGPACK, "accept": "application/json"}
 IN_FLIGHT = 4
@@ -167,7 +170,7 @@ class _StoreProtocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.transport: asyncio.Transport | None = None
         self.answer = (
-            b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\n"
+            b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\n"
             b"content-length: %d\r\n\r\n%s" % (len(ANSWER), ANSWER)
         )
 
