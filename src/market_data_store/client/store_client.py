@@ -320,6 +320,10 @@ class StoreClient:
         async with asyncio.timeout(timeout):
             for first in range(0, len(wire), self.max_buffered):
                 await self._accumulator.put(wire[first : first + self.max_buffered])
+        # let the senders run: with room in the buffer nothing above waits, and a
+        # producer writing in a loop would fill the whole buffer before the first
+        # request goes out
+        await asyncio.sleep(0)
 
     async def flush(self, timeout: float | None = None) -> None:
         """Send the partial batch and wait until every bar written before the call is
