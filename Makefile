@@ -32,7 +32,7 @@ run: $(RUNTIME)
 demo: $(RUNTIME)
 	$(BIN)/python examples/run_coordinator_demo.py
 
-## producer-demo: a producer faster than the database, throttling on feedback (needs `make run`)
+## producer-demo: the store's ceiling (raw producers: soft/hard/ok), then default clients against it (needs `make run`)
 producer-demo: $(RUNTIME)
 	$(BIN)/python examples/producer_demo.py
 
