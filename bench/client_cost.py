@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import math
 import os
 import socket
@@ -36,17 +37,17 @@ import subprocess
 import sys
 import time
 import timeit
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from types import ModuleType
 from typing import Any, cast
 
 import httpx
-import msgspec
 from market_data_core import Bar
 
 from market_data_store.client import StoreClient, store_client
-from market_data_store.client.errors import InvalidBarError
 from market_data_store.client.http1 import Http1Pool
 from market_data_store.client.sender import MAX_ANSWER_BYTES
 from market_data_store.client.wire import MSGPACK, encode_body, to_wire
@@ -60,106 +61,22 @@ HEADERS = {"content-type": MSGPACK, "accept": "application/json"}
 IN_FLIGHT = 4
 
 
-# -- 0.4.0's to_wire, verbatim (the baseline) ------------------------------------------
+# -- 0.4.0's to_wire, verbatim (the baseline; kept once, beside the wire tests) --------
 
 
-class OldWireBar(msgspec.Struct, omit_defaults=True):
-    symbol: str
-    ts: str
-    open: str
-    high: str
-    low: str
-    close: str
-    volume: str
-    resolution: str = "1d"
-    delayed: bool = False
+def _baseline() -> ModuleType:
+    path = Path(__file__).resolve().parents[1] / "tests" / "support" / "wire_0_4_0.py"
+    spec = importlib.util.spec_from_file_location("wire_0_4_0", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load the baseline {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-class OldWireBody(msgspec.Struct):
-    provider: str
-    bars: list[OldWireBar]
-
-
-_old_encoder = msgspec.msgpack.Encoder()
-REQUIRED_FIELDS = ("symbol", "ts", "open", "high", "low", "close", "volume")
-
-
-def old_encode_body(provider: str, bars: list[OldWireBar]) -> bytes:
-    return _old_encoder.encode(OldWireBody(provider, bars))
-
-
-def old_to_wire(bar: Bar | Mapping[str, Any] | OldWireBar, index: int) -> OldWireBar:
-    if isinstance(bar, OldWireBar):
-        return bar
-    if isinstance(bar, Bar):
-        fields: Mapping[str, Any] = {
-            "symbol": bar.symbol,
-            "ts": bar.ts,
-            "open": bar.open,
-            "high": bar.high,
-            "low": bar.low,
-            "close": bar.close,
-            "volume": bar.volume,
-            "resolution": bar.resolution,
-            "delayed": bar.delayed,
-        }
-    elif isinstance(bar, Mapping):
-        fields = bar
-        for name in REQUIRED_FIELDS:
-            if name not in fields:
-                raise InvalidBarError(index, name, "required")
-    else:
-        raise InvalidBarError(
-            index, "$", f"a Core Bar or a mapping of its fields, not {type(bar).__name__}"
-        )
-    symbol = fields["symbol"]
-    if not isinstance(symbol, str):
-        raise InvalidBarError(index, "symbol", "must be a string")
-    resolution = fields.get("resolution", "1d")
-    if not isinstance(resolution, str):
-        raise InvalidBarError(index, "resolution", "must be a string such as 1m")
-    delayed = fields.get("delayed", False)
-    if not isinstance(delayed, bool):
-        raise InvalidBarError(index, "delayed", "must be true or false")
-    return OldWireBar(
-        symbol,
-        _old_timestamp(fields["ts"], index),
-        _old_number(fields["open"], index, "open"),
-        _old_number(fields["high"], index, "high"),
-        _old_number(fields["low"], index, "low"),
-        _old_number(fields["close"], index, "close"),
-        _old_number(fields["volume"], index, "volume"),
-        resolution,
-        delayed,
-    )
-
-
-def _old_timestamp(value: Any, index: int) -> str:
-    if isinstance(value, datetime):
-        if value.utcoffset() is None:
-            raise InvalidBarError(index, "ts", "must be timezone-aware (a naive time is ambiguous)")
-        return value.astimezone(UTC).isoformat()[:-6] + "Z"
-    if isinstance(value, str):
-        return value
-    raise InvalidBarError(index, "ts", f"must be a datetime or RFC 3339 text, not {type(value)}")
-
-
-def _old_number(value: Any, index: int, field: str) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Decimal):
-        if not value.is_finite():
-            raise InvalidBarError(index, field, "must be a finite number")
-        return format(value, "f")
-    if isinstance(value, bool):
-        raise InvalidBarError(index, field, "must be a number, not a boolean")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidBarError(index, field, "must be a finite number")
-        return repr(value)
-    raise InvalidBarError(index, field, f"must be a decimal string or a number, not {type(value)}")
+_old = _baseline()
+old_to_wire: Callable[[Any, int], Any] = _old.to_wire
+old_encode_body: Callable[[str, list[Any]], bytes] = _old.encode_body
 
 
 # -- the trivial store (child process) ---------------------------------------------------

@@ -1,6 +1,6 @@
 """The client's bars as 0.4.0 made them (``to_wire`` before numbers and times went as
-MessagePack values), verbatim but for names: the baseline the wire tests compare with.
-(bench/client_cost.py keeps its own copy: it runs without the tests.)"""
+MessagePack values), verbatim but for names: the baseline the wire tests compare with,
+and ``bench/client_cost.py`` measures against (it loads this file by its path)."""
 
 from __future__ import annotations
 
