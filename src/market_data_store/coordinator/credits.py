@@ -38,6 +38,9 @@ PER_PRODUCER = 250
 MIN_CREDIT = 50
 """No producer is offered less than this (a smaller request costs more than it moves)."""
 MAX_DT = 0.25
+RECOUNT_AFTER = 0.05
+"""Seconds a count of the active producers is reused (each answer and each batch taken
+asks for it; counting walks every producer remembered, up to ``max_producers``)."""
 
 
 class Credits:
@@ -70,6 +73,7 @@ class Credits:
         self._clock = clock
         self._producers: dict[str, list[float]] = {}  # id -> [requests inside, last seen]
         self._last: float | None = None
+        self._counted: tuple[float, int] | None = None  # (when, active producers)
 
     # -- producers -----------------------------------------------------------
 
@@ -83,6 +87,7 @@ class Credits:
                 if len(self._producers) >= self.max_producers:
                     return  # counted with the others once there is room
             self._producers[producer] = [1, now]
+            self._counted = None  # one more: count again
             return
         entry[0] += 1
         entry[1] = now
@@ -95,14 +100,20 @@ class Credits:
             entry[1] = self._clock()
 
     def active(self) -> int:
-        """Producers with a request inside or one within ``idle_after`` seconds."""
+        """Producers with a request inside or one within ``idle_after`` seconds (a count
+        at most ``RECOUNT_AFTER`` s old, or taken since a new producer came)."""
         now = self._clock()
+        counted = self._counted
+        if counted is not None and now - counted[0] < RECOUNT_AFTER:
+            return counted[1]
         if len(self._producers) > 64:
             self._forget_idle(now)
         horizon = now - self.idle_after
-        return max(
+        active = max(
             1, sum(1 for inside, seen in self._producers.values() if inside or seen >= horizon)
         )
+        self._counted = (now, active)
+        return active
 
     def _forget_idle(self, now: float) -> None:
         horizon = now - self.idle_after

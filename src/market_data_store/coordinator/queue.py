@@ -339,8 +339,9 @@ class BoundedQueue(Generic[T]):
         return await self._take(max_items, max_wait, None, urgent=urgent, enough=enough)
 
     def wake_fillers(self) -> None:
-        """Readers waiting for a full batch look again (at ``urgent``)."""
-        if self._item_waiters:
+        """Readers waiting for a full batch look again (at ``urgent``); those waiting
+        for a first item (an empty queue) stay asleep."""
+        if self._item_waiters and len(self._items):
             self._wake_getters(NEVER)
 
     async def _take(

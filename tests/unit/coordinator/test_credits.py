@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Sequence
 
 from market_data_store.coordinator import Credits, FeedbackBus, WriteCoordinator
-from market_data_store.coordinator.credits import MIN_CREDIT
+from market_data_store.coordinator.credits import MIN_CREDIT, RECOUNT_AFTER
 from tests.support.waits import until
 
 from .sinks import RecordingSink
@@ -201,3 +201,22 @@ def test_producers_that_ignore_the_credit_do_not_shrink_it() -> None:
         clock.now += 0.05
         c.observe(1900, 1900, 20_000.0)  # a full queue, far more than the window allows
     assert c.total == start
+
+
+def test_the_count_of_producers_is_reused_briefly_but_a_new_one_counts_at_once() -> None:
+    clock = Clock()
+    c = credits(clock)
+    for name in ("a", "b"):
+        c.enter(name)
+        c.leave(name)
+    assert c.active() == 2
+    clock.now += c.idle_after + 0.01
+    assert c.active() == 1  # both went quiet
+    c.enter("a")
+    c.enter("b")  # known ones back: the count of a moment ago stands...
+    assert c.active() == 1
+    c.enter("c")  # ...a new one is counted at once
+    assert c.active() == 3
+    c.leave("c")
+    clock.now += RECOUNT_AFTER
+    assert c.active() == 3  # a and b are inside, c was seen just now

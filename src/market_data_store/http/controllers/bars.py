@@ -190,20 +190,8 @@ class BarsController(Controller):
         except QueueClosedError:
             return _unavailable(coordinator, "the service is shutting down", "shutting_down")
         queue = coordinator.queue
-        credits = coordinator.credits
-        if wait != "commit":
-            return Response(
-                IngestResult(
-                    len(rows),
-                    queue.level.value,
-                    queue.size,
-                    queue.capacity,
-                    coordinator.coord_id,
-                    credits.per_producer(),
-                ),
-                status_code=202,
-            )
-        finished = await coordinator.wait_finished(ticket, limits.commit_timeout)
+        committing = wait == "commit"
+        finished = committing and await coordinator.wait_finished(ticket, limits.commit_timeout)
         # the queue as it is when answered: what the producer acts on
         result = IngestResult(
             len(rows),
@@ -211,8 +199,10 @@ class BarsController(Controller):
             queue.size,
             queue.capacity,
             coordinator.coord_id,
-            credits.per_producer(),
+            coordinator.credits.per_producer(),
         )
+        if not committing:
+            return Response(result, status_code=202)
         if not finished:
             result.pending = True
             return Response(result, status_code=202)
