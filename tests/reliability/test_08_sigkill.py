@@ -9,8 +9,6 @@ is the client's: every bar it did not hand back as failed is in PostgreSQL.
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import pytest
 from tests.support.process import restartable
 from tests.support.reliability import (
     PROVIDER,
+    SLOW_WRITER,
     ClientProducer,
     FullKey,
     ScenarioReport,
@@ -28,6 +27,7 @@ from tests.support.reliability import (
     bars_of,
     by_key,
     queue_size,
+    seeded,
     stored_keys,
     until_queue_empty,
 )
@@ -41,11 +41,6 @@ CAPACITY = 10_000  # the shipped coordinator.capacity: what a kill can take at m
 # queue short, a few hundred bars: nothing more is ever in memory).
 WINDOWS = ((0.08, 0.2), (0.3, 0.42), (0.52, 0.64))
 DEEP = 100
-SLOW_WRITER = {  # issue 17's: every write is slow, so much is in flight at each kill
-    "MDS_COORDINATOR_WORKERS": "1",
-    "MDS_COORDINATOR_BATCH_SIZE": "100",
-    "MDS_DATABASE_COPY_FAST_PATH": "false",
-}
 SCENARIO = ScenarioReport(
     8,
     "SIGKILL under client producers",
@@ -68,8 +63,7 @@ async def rows_of(conn: asyncpg.Connection) -> int:
 def test_sigkill_under_client_producers(
     database_url: str, tmp_path: Path, report: ScenarioReport
 ) -> None:
-    seed = int(os.environ.get("MDS_RELIABILITY_SEED") or time.time_ns() % 1_000_000)
-    rng = random.Random(seed)
+    seed, rng = seeded()
     env = {
         "DATABASE_URL": database_url,
         "MDS_SERVER_INSTANCE_ID": "rel-8",

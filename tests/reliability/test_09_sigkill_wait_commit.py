@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import random
 import time
 from pathlib import Path
 
@@ -21,22 +19,19 @@ import pytest
 
 from tests.support.process import restartable
 from tests.support.reliability import (
+    SLOW_WRITER,
     CommitPoster,
     FullKey,
     ScenarioReport,
     Values,
     queue_size,
+    seeded,
     stored_keys,
 )
 
 POSTERS = 4
 BATCH = 1000
 KILLS = 3
-SLOW_WRITER = {
-    "MDS_COORDINATOR_WORKERS": "1",
-    "MDS_COORDINATOR_BATCH_SIZE": "100",
-    "MDS_DATABASE_COPY_FAST_PATH": "false",
-}
 SCENARIO = ScenarioReport(
     9,
     "SIGKILL under ?wait=commit",
@@ -54,8 +49,7 @@ SCENARIO = ScenarioReport(
 def test_sigkill_under_wait_commit(
     database_url: str, tmp_path: Path, report: ScenarioReport
 ) -> None:
-    seed = int(os.environ.get("MDS_RELIABILITY_SEED") or time.time_ns() % 1_000_000)
-    rng = random.Random(seed)
+    seed, rng = seeded()
     env = {
         "DATABASE_URL": database_url,
         "MDS_SERVER_INSTANCE_ID": "rel-9",

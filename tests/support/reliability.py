@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import threading
 import time
 from collections import Counter
@@ -68,6 +69,20 @@ class ScenarioReport:
 
 
 # -- measurements ----------------------------------------------------------------
+
+
+SLOW_WRITER = {  # issue 17's slow writer: every write slow, much in flight at any moment
+    "MDS_COORDINATOR_WORKERS": "1",
+    "MDS_COORDINATOR_BATCH_SIZE": "100",
+    "MDS_DATABASE_COPY_FAST_PATH": "false",
+}
+
+
+def seeded() -> tuple[int, random.Random]:
+    """The scenario's seed (``MDS_RELIABILITY_SEED``, else a new one, to report) and a
+    generator of its random choices."""
+    seed = int(os.environ.get("MDS_RELIABILITY_SEED") or time.time_ns() % 1_000_000)
+    return seed, random.Random(seed)
 
 
 def rss_mb(pid: int) -> float:
