@@ -15,7 +15,7 @@ alternate round by round on the same machine; each figure is the median of the r
    overhead alone) and a ``--bars`` body.
 2. **Per bar**: ``to_wire`` + ``encode_body`` of ``--bars`` bars, 0.4.0's (a copy
    below, ``old_to_wire``) against this tree's, for Core ``Bar`` models, dicts of
-   ``Decimal`` and aware ``datetime``, and dicts of floats.
+   ``Decimal`` and aware ``datetime``, dicts of floats, and dicts of text.
 3. **Whole clients**: ``StoreClient.write`` of ``--total`` bars (Core ``Bar`` models,
    ``batch_size=--bars``, 4 in flight, no feedback stream) with 0.4.0's costs (old
    ``to_wire`` patched in, httpx) and with this tree's defaults, against raw clients
@@ -170,6 +170,13 @@ def float_dicts(n: int) -> list[dict[str, Any]]:
             for d in decimal_dicts(n)]  # fmt: skip
 
 
+def text_dicts(n: int) -> list[dict[str, Any]]:
+    """Every field as text (RFC 3339 times, decimal strings): what a CSV or JSON feed
+    hands a producer, and what ``bench/control.py`` writes."""
+    return [{k: (v.isoformat().replace("+00:00", "Z") if k == "ts" else str(v))
+             for k, v in d.items()} for d in decimal_dicts(n)]  # fmt: skip
+
+
 def models(n: int) -> list[Bar]:
     return [Bar(**d) for d in decimal_dicts(n)]
 
@@ -320,6 +327,7 @@ def per_bar(rounds: int, bars: int) -> None:
         "Core Bar models": models(bars),
         "dicts, Decimal + datetime": decimal_dicts(bars),
         "dicts, floats + datetime": float_dicts(bars),
+        "dicts of text": text_dicts(bars),
     }
     print(f"\n2. Per bar: to_wire + encode_body, ns/bar, best of {rounds * 3} ({bars} bars)")
     print(f"   {'input':<28} {'0.4.0':>8} {'now':>8} {'now/0.4.0':>10} {'body 0.4.0/now B':>17}")

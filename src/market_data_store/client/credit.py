@@ -7,9 +7,16 @@ store's own writes (TCP's ack clocking): when the database slows down, answers
 slow down and so does the client, with nothing to tune; the store resizes the
 window to keep its queue short and never empty, and shares it among producers.
 
-A batch larger than the window goes out in parts (``part``): the credit when it
-is small, else a quarter of it (at least ``MIN_PART``), so that several requests
-are out while one is written and the queue never waits for a round trip.
+A batch larger than the window goes out in parts (``part``): of the whole credit
+when it is small (under ``PIPELINE_FROM``: many producers share the window, or
+the store is slow, and the others' requests keep it busy while this one waits;
+fewer, larger requests cost the store and the client less per bar), else of
+half of it (at least ``MIN_PART``), so that two requests are out while one is
+written and the queue never waits for a round trip; and never more than half
+the store's queue (``capacity``, in every answer: a request larger than the room
+under the high watermark would wait for the queue to empty and then make it
+``hard``). The parts of a batch are of even size (5,000 bars under a 4,000 limit
+go as 2 x 2,500, not 4,000 + 1,000: each request costs the store the same).
 Before the first answer nothing is known: one small request (``INITIAL_PART``
 bars) goes out alone and its answer opens the window. A store that sends no
 credit (an older one) leaves the window open: ``max_in_flight`` alone bounds the
@@ -23,7 +30,7 @@ from collections import deque
 
 INITIAL_PART = 100
 """Bars of the one request that goes out before the store said anything."""
-PIPELINE_FROM = 500
+PIPELINE_FROM = 2000
 """From this credit on, a part is half of it (two requests out at once)..."""
 MIN_PART = 250
 """...but not smaller than this (a smaller request costs more than it moves)."""
@@ -40,6 +47,7 @@ class CreditWindow:
 
     def __init__(self) -> None:
         self.credit: int | None = None
+        self.capacity: int | None = None  # the store's queue, as its answers say
         self.limited = True  # False once the store answered without a credit
         self.outstanding = 0
         self._answered = False
@@ -53,7 +61,13 @@ class CreditWindow:
         if credit is None:
             return min(wanted, INITIAL_PART)
         size = credit if credit < PIPELINE_FROM else max(MIN_PART, credit // PIPELINE)
-        return max(1, min(wanted, size))
+        if self.capacity is not None:
+            size = min(size, self.capacity // 2)
+        size = max(1, size)
+        if wanted <= size:
+            return max(1, wanted)
+        parts = -(-wanted // size)
+        return -(-wanted // parts)
 
     def _room_for(self, n: int) -> bool:
         if not self.limited:

@@ -334,6 +334,7 @@ class Sender:
             raise _NotTheStore(status)
         if answer.credit is not None:
             self._credit = answer.credit
+            self.window.capacity = answer.capacity if answer.capacity > 0 else None
             self._throttle.use_credit()
         self._throttle.answered(answer.queue_size)
         if answer.coordinator_id:

@@ -12,6 +12,7 @@ refused at once with ``InvalidBarError``.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -177,19 +178,22 @@ def retry_after(header: str | None, problem: dict[str, Any] | None = None) -> fl
     return None
 
 
+_REQUIRED = operator.itemgetter(*REQUIRED_FIELDS)
+
+
 def to_wire(bar: Bar | Mapping[str, Any] | WireBar, index: int) -> WireBar:
     """One written bar as sent; ``InvalidBarError`` when it can never be sent.
 
-    About a microsecond for the common bar (a dict or Core ``Bar``, an aware
-    ``datetime``, five finite ``Decimal``): the checks of that case are inline,
-    anything else takes the general path. ``Decimal``s and ``datetime``s are kept as
-    they are: the encoder writes them (as text and as MessagePack timestamps) in C."""
+    About a microsecond for the common bars (a dict or Core ``Bar``, an aware
+    ``datetime``, five finite ``Decimal``; or a dict of text, half that): the checks
+    of those cases are inline, anything else takes the general path. ``Decimal``s and
+    ``datetime``s are kept as they are: the encoder writes them (as text and as
+    MessagePack timestamps) in C."""
     if type(bar) is Bar:  # its fields, as pydantic keeps them
         bar = bar.__dict__
     if type(bar) is dict or (not isinstance(bar, Bar | WireBar) and isinstance(bar, Mapping)):
         try:
-            symbol, ts = bar["symbol"], bar["ts"]
-            o, h, lo, c, v = bar["open"], bar["high"], bar["low"], bar["close"], bar["volume"]
+            symbol, ts, o, h, lo, c, v = _REQUIRED(bar)
         except KeyError:
             for name in REQUIRED_FIELDS:
                 if name not in bar:
@@ -206,6 +210,18 @@ def to_wire(bar: Bar | Mapping[str, Any] | WireBar, index: int) -> WireBar:
         raise InvalidBarError(
             index, "$", f"a Core Bar or a mapping of its fields, not {type(bar).__name__}"
         )
+    if (
+        type(symbol) is str
+        and type(ts) is str
+        and type(o) is str
+        and type(h) is str
+        and type(lo) is str
+        and type(c) is str
+        and type(v) is str
+        and type(resolution) is str
+        and (delayed is False or delayed is True)
+    ):
+        return WireBar(symbol, ts, o, h, lo, c, v, resolution, delayed)  # text: the store checks it
     if not isinstance(symbol, str):
         raise InvalidBarError(index, "symbol", "must be a string")
     if not isinstance(resolution, str):

@@ -9,15 +9,31 @@ every producer slows down with them, without a single event, and the queue does
 not grow beyond what the window holds.
 
 The window (``total``) is sized so that the queue stays short but never runs dry
-while producers want to send: every time a worker takes a batch, the queue size
-it found is compared with a target (about 50 ms of writing, at least 250 items per
-active producer, within ``[low_target, high_target]``, under the low watermark) and
-the window grows or shrinks multiplicatively with the error, at most ``e**GAIN`` per
-second. It stays under the high watermark plus a batch per worker (what is queued
-while every worker writes is not ``hard``) and never grows while producers leave
-a quarter of it unused (so an idle store does not promise a burst it cannot queue);
-it does not shrink while twice what it allows is queued (producers that ignore the
-credit are not held back by it, and those that follow it would pay for them).
+while producers want to send: every time a worker takes a batch, the standing
+queue it found is compared with a target (about 50 ms of writing, at least 250
+items per active producer, within ``[low_target, high_target]``, under the low
+watermark) and the window grows or shrinks multiplicatively with the error, at
+most ``e**GAIN`` per second.
+
+The standing queue is CoDel's: what was queued, counted at most as what the drain
+moves in the time its oldest item waited. A request of 5,000 bars that a waiting
+worker takes the moment it arrives is no queue; so where the writers outrun the
+decoding of requests (the default service) the window grows until producers
+always have requests on their way, not merely until one request is smaller than
+the target. Above the low watermark every item found counts (the queue is
+``soft`` there: producers were told to slow down).
+
+The window stays under ``ceiling``: the high watermark plus what the workers hold
+while they all write, each counted as at most half the queue (a worker writing
+at once for waiting producers takes what is there, seldom a whole batch). A take
+that finds the queue ``hard`` all the same (bursts: the answers of one commit
+release their producers' next requests together) cuts a learned bound to
+``CUT`` of the window, which then relaxes by ``RELAX`` per second (BBR's
+``inflight_hi``); the window stays under it too. It never grows while producers
+leave a quarter of it unused (so an idle store does not promise a burst it
+cannot queue); it does not shrink while twice what it allows is queued
+(producers that ignore the credit are not held back by it, and those that
+follow it would pay for them).
 Each active producer (one that named itself with a request in the last
 ``idle_after`` seconds, or still has one in the store) gets ``total / active``,
 which is what makes the shares fair.
@@ -38,6 +54,12 @@ PER_PRODUCER = 250
 MIN_CREDIT = 50
 """No producer is offered less than this (a smaller request costs more than it moves)."""
 MAX_DT = 0.25
+CUT = 0.7
+"""A take that finds the queue ``hard`` bounds the window to this share of it..."""
+RELAX = 0.5
+"""...a bound that then relaxes by ``e**RELAX`` per second (about 65 %)."""
+CUT_EVERY = 0.1
+"""Seconds between two cuts (the takes of one burst cut once)."""
 RECOUNT_AFTER = 0.05
 """Seconds a count of the active producers is reused (each answer and each batch taken
 asks for it; counting walks every producer remembered, up to ``max_producers``)."""
@@ -59,15 +81,18 @@ class Credits:
         max_producers: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.low_watermark = low_watermark
+        self.high_watermark = high_watermark
         self.high_target = max(1, int(0.8 * low_watermark))
         self.low_target = max(1, min(batch_size, self.high_target))
         self.floor = self.low_target
-        # with every worker holding a batch, the rest queued stays under the high
+        # with every worker holding what it takes, the rest queued stays under the high
         # watermark: only a database that stops taking batches makes the queue hard
-        self.ceiling = max(self.floor, min(capacity, high_watermark) - 1) + workers * min(
-            batch_size, capacity
-        )
+        held = min(batch_size, max(1, capacity // 2))
+        self.ceiling = max(self.floor, min(capacity, high_watermark) - 1) + workers * held
         self.total = float(min(self.ceiling, self.high_target))
+        self.bound = float(self.ceiling)  # learned from hard takes (``CUT``, ``RELAX``)
+        self._cut_at: float | None = None
         self.idle_after = idle_after
         self.max_producers = max_producers
         self._clock = clock
@@ -133,18 +158,34 @@ class Credits:
         wanted = max(drain_rate * TARGET_SECONDS, self.active() * PER_PRODUCER)
         return int(min(self.high_target, max(self.low_target, wanted)))
 
-    def observe(self, found: int, outstanding: int, drain_rate: float) -> None:
-        """A worker took a batch from a queue of ``found`` items; ``outstanding``
+    def observe(
+        self, found: int, outstanding: int, drain_rate: float, *, waited: float | None = None
+    ) -> None:
+        """A worker took a batch from a queue of ``found`` items, whose oldest had
+        waited ``waited`` seconds when the worker came for it (0.0: the worker was
+        there first; None: not known, all of ``found`` counts); ``outstanding``
         items are accepted and not yet written."""
         now = self._clock()
         last, self._last = self._last, now
         if last is None:
             return
         dt = min(MAX_DT, now - last)
+        # producers that ignore the credit fill the queue: not the window's doing
+        ignored = outstanding > 2 * self.total
+        if found >= self.high_watermark and not ignored:
+            if self._cut_at is None or now - self._cut_at >= CUT_EVERY:
+                self._cut_at = now
+                self.bound = max(self.floor, min(self.bound, self.total) * CUT)
+                self.total = min(self.total, self.bound)
+        else:
+            self.bound = min(self.ceiling, self.bound * math.exp(RELAX * dt))
+        if waited is not None and found <= self.low_watermark:
+            found = min(found, int(waited * drain_rate))  # the standing queue
         target = self.target(drain_rate)
         error = max(-1.0, min(1.0, (target - found) / target))
         if error > 0 and outstanding < self.total / 4:
             return  # the window is not what holds producers back: do not promise more
-        if error < 0 and outstanding > 2 * self.total:
-            return  # producers that ignore the credit fill the queue: not the window's doing
-        self.total = min(self.ceiling, max(self.floor, self.total * math.exp(GAIN * error * dt)))
+        if error < 0 and ignored:
+            return
+        grown = self.total * math.exp(GAIN * error * dt)
+        self.total = max(self.floor, min(self.ceiling, self.bound, grown))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 _Waiter = tuple[int, "asyncio.Future[None]"]
 EnqueuedCallback = Callable[[int, int], None]
-TakeCallback = Callable[[int], None]
+TakeCallback = Callable[[int, float], None]
 Urgency = Callable[[int], bool]
 EvictedCallback = Callable[[list[T]], Awaitable[None]]
 
@@ -91,8 +92,11 @@ class BoundedQueue(Generic[T]):
         self.completions = Completions(on_wait=self.wake_fillers)
         self.extras: Callable[[], dict[str, Any]] | None = None
         """Extension fields of every event (``drain_rate``, ``credit``), when set."""
+        self._arrivals: deque[list[float]] = deque()  # [end seq, monotonic time] per put
         self.on_take: TakeCallback | None = None
-        """Called with the queue size each time a batch is taken (before taking)."""
+        """Called each time a batch is taken (before taking) with the queue size and
+        how long its oldest item had waited when the reader came for it (0.0: the
+        reader found the queue empty and waited for items)."""
         self.dropped = 0
         """Items evicted by ``drop_oldest`` since creation."""
 
@@ -166,6 +170,7 @@ class BoundedQueue(Generic[T]):
         items.append(item)
         self._next_seq += 1
         self._unfinished += 1
+        self._stamp()
         size = len(items)
         if size >= self._wake_getters_at:
             self._wake_getters(size)
@@ -221,9 +226,30 @@ class BoundedQueue(Generic[T]):
         items.extend(batch)
         self._next_seq += len(batch)
         self._unfinished += len(batch)
+        self._stamp()
         if on_enqueued is not None:
             on_enqueued(start, self._next_seq)
         return old
+
+    def _stamp(self) -> None:
+        """Date the items just appended (one entry per millisecond at most; entries of
+        items already gone are dropped)."""
+        arrivals, now, head = self._arrivals, time.monotonic(), self.head_seq
+        while arrivals and arrivals[0][0] <= head:
+            arrivals.popleft()
+        if arrivals and now - arrivals[-1][1] < 0.001:
+            arrivals[-1][0] = self._next_seq
+        else:
+            arrivals.append([self._next_seq, now])
+
+    def waited(self) -> float:
+        """Seconds the oldest queued item has waited (0.0 when the queue is empty)."""
+        arrivals, head = self._arrivals, self.head_seq
+        while arrivals and arrivals[0][0] <= head:
+            arrivals.popleft()
+        if not self._items or not arrivals:
+            return 0.0
+        return max(0.0, time.monotonic() - arrivals[0][1])
 
     async def _announce_growth(self, old: int) -> None:
         """Wake batch readers and publish the transitions of growing from ``old``."""
@@ -355,6 +381,7 @@ class BoundedQueue(Generic[T]):
         enough: int | None = None,
     ) -> tuple[int, list[T]]:
         items = self._items
+        waited = self.waited()  # what the reader finds as it comes for a batch
         while True:
             while not items:
                 if self._closed:
@@ -368,7 +395,7 @@ class BoundedQueue(Generic[T]):
                     continue
             n = min(max_items, len(items))
             if self.on_take is not None:
-                self.on_take(len(items))
+                self.on_take(len(items), waited)
             recovered = self._marks.fall(len(items) - n) if n else None
             if recovered is not None:
                 # Announce *before* taking: a consumer cancelled while the event is

@@ -274,8 +274,10 @@ class WriteCoordinator(Generic[T]):
         ``ticket.written`` / ``ticket.lost`` are final); False after ``timeout``."""
         return await self._queue.completions.wait(ticket, timeout)
 
-    def _on_take(self, found: int) -> None:
-        self.credits.observe(found, self._queue.unfinished, self.stats.recent_drain.rate())
+    def _on_take(self, found: int, waited: float) -> None:
+        self.credits.observe(
+            found, self._queue.unfinished, self.stats.recent_drain.rate(), waited=waited
+        )
 
     def _event_extras(self) -> dict[str, Any]:
         return {

@@ -543,23 +543,45 @@ async def test_the_credit_cuts_batches_into_parts_and_bounds_what_is_out() -> No
         most = max(most, out)
         await asyncio.sleep(0.01)
         out -= len(body["bars"])
-        return committed(len(body["bars"]), credit=1600)
+        return committed(len(body["bars"]), credit=4000, capacity=10_000)
 
     store = Store(answer)
-    async with durable(store, batch_size=2000) as c:
-        await c.write(wire_bars(6000))
+    async with durable(store, batch_size=5000) as c:
+        await c.write(wire_bars(15_000))
     sizes = store.sizes()
     assert sizes[0] == INITIAL_PART  # nothing known: one small request first
-    assert sum(sizes) == 6000
-    assert max(sizes) == 800
-    assert most <= 1600
+    assert sum(sizes) == 15_000
+    # 4,000 of credit: parts of at most half of it, even within a batch (not 2,000 +
+    # 2,000 + 1,000); the first batch's other 4,900 bars in three too
+    assert sorted(sizes[1:]) == [1633, 1633, 1634] + [1666] * 2 + [1667] * 4
+    assert most <= 4000
+
+
+async def test_a_credit_under_two_thousand_goes_in_parts_of_the_whole_credit() -> None:
+    store = Store(lambda r, b: committed(len(b["bars"]), credit=1600, capacity=10_000))
+    async with durable(store, batch_size=2000) as c:
+        await c.write(wire_bars(4100))
+    # many producers share the window (or the store is slow): one request at a time
+    assert store.sizes() == [INITIAL_PART] + [950] * 2 + [1000] * 2 + [100]
 
 
 async def test_a_small_credit_goes_whole_and_one_request_always_goes() -> None:
-    store = Store(lambda r, b: committed(len(b["bars"]), credit=60))
+    store = Store(lambda r, b: committed(len(b["bars"]), credit=60, capacity=10_000))
     async with durable(store, batch_size=500) as c:
         await c.write(wire_bars(500))
-    assert store.sizes()[1:] == [60] * 6 + [40 - 0]  # 100 first, then parts of the credit
+    # 100 first, then the other 400 in parts of at most the credit, of even size
+    assert store.sizes()[1:] == [58] + [57] * 6
+
+
+async def test_no_part_is_larger_than_half_the_stores_queue() -> None:
+    # a request larger than the room under the high watermark would wait for an empty
+    # queue, then make it hard: however large the credit, parts stay under it
+    store = Store(lambda r, b: committed(len(b["bars"]), credit=8000, capacity=2000))
+    async with durable(store, batch_size=5000) as c:
+        await c.write(wire_bars(10_000))
+    sizes = store.sizes()
+    assert sum(sizes) == 10_000
+    assert max(sizes[1:]) == 1000
 
 
 async def test_a_store_without_credit_leaves_the_window_open() -> None:

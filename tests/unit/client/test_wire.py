@@ -106,6 +106,26 @@ def test_times_go_as_messagepack_timestamps_and_text_passes_through() -> None:
     assert to_wire(fields(ts="2024-01-02T14:30:00+01:00"), 0).ts == "2024-01-02T14:30:00+01:00"
 
 
+def test_a_bar_of_text_goes_as_it_is() -> None:
+    text = {"symbol": "AAPL", "ts": "2024-01-02T14:30:00Z", "open": "1.5", "high": "2",
+            "low": "1", "close": "1.75", "volume": "100"}  # fmt: skip
+    bar = to_wire(text, 0)
+    assert msgspec.structs.astuple(bar) == (
+        "AAPL",
+        "2024-01-02T14:30:00Z",
+        "1.5",
+        "2",
+        "1",
+        "1.75",
+        "100",
+        "1d",
+        False,
+    )
+    assert to_wire({**text, "resolution": "1m", "delayed": True}, 0).delayed is True
+    with pytest.raises(InvalidBarError, match="true or false"):  # text, but not a bool
+        to_wire({**text, "delayed": "true"}, 1)
+
+
 @pytest.mark.parametrize(
     ("bar", "field", "message"),
     [

@@ -4,10 +4,13 @@ workers write at once while producers wait for commits."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 
+import pytest
+
 from market_data_store.coordinator import Credits, FeedbackBus, WriteCoordinator
-from market_data_store.coordinator.credits import MIN_CREDIT, RECOUNT_AFTER
+from market_data_store.coordinator.credits import CUT, MIN_CREDIT, RECOUNT_AFTER, RELAX
 from tests.support.waits import until
 
 from .sinks import RecordingSink
@@ -41,6 +44,34 @@ def test_targets_sit_under_the_low_watermark_and_start_the_window_inside_them() 
     assert c.floor <= c.total <= c.ceiling
 
 
+def test_each_worker_counts_as_holding_at_most_half_the_queue() -> None:
+    c = credits(Clock(), batch_size=5000, workers=4)  # batches larger than the queue
+    assert c.ceiling == 1599 + 4 * 1000
+
+
+def test_a_take_that_finds_the_queue_hard_cuts_a_bound_that_relaxes() -> None:
+    clock = Clock()
+    c = credits(clock, workers=4)
+    c.observe(0, 0, 0.0)
+    while c.total < c.ceiling:  # producers use their window; no queue stands
+        clock.now += 0.01
+        c.observe(0, int(c.total), 20_000.0, waited=0.0)
+    before = c.total
+    clock.now += 0.01
+    c.observe(1700, int(c.total), 20_000.0, waited=0.0)  # a burst: hard
+    assert c.bound == pytest.approx(before * CUT)
+    assert c.total <= c.bound
+    cut = c.bound
+    clock.now += 0.01
+    c.observe(1650, int(c.total), 20_000.0, waited=0.0)  # the same burst: one cut
+    assert c.bound == cut
+    for _ in range(10):  # one second without a hard take
+        clock.now += 0.1
+        c.observe(0, int(c.total), 20_000.0, waited=0.0)
+    assert c.bound == pytest.approx(min(c.ceiling, cut * math.exp(RELAX * 1.0)), rel=0.02)
+    assert c.total == pytest.approx(c.bound)
+
+
 def test_an_empty_queue_grows_the_window_a_full_one_shrinks_it() -> None:
     clock = Clock()
     c = credits(clock)
@@ -55,6 +86,30 @@ def test_an_empty_queue_grows_the_window_a_full_one_shrinks_it() -> None:
         clock.now += 0.01
         c.observe(1900, int(c.total), 20_000.0)
     assert c.total < grown
+
+
+def test_a_request_taken_as_it_arrives_is_not_a_standing_queue() -> None:
+    clock = Clock()
+    c = credits(clock)
+    c.observe(0, 0, 0.0)
+    start = c.total
+    for _ in range(10):
+        clock.now += 0.01
+        # a whole request (more than the target) found, but it arrived a moment ago:
+        # the reader was waiting for it, so the window is what keeps the store short
+        c.observe(900, int(c.total), 20_000.0, waited=0.001)
+    grown = c.total
+    assert grown > start
+    for _ in range(10):
+        clock.now += 0.01
+        c.observe(900, int(c.total), 20_000.0, waited=0.2)  # it sat there: a queue
+    assert c.total < grown
+    shrunk = c.total
+    for _ in range(10):
+        clock.now += 0.01
+        # above the low watermark (soft) everything found counts, however fresh
+        c.observe(1200, int(c.total), 20_000.0, waited=0.0)
+    assert c.total < shrunk
 
 
 def test_the_window_does_not_grow_while_producers_leave_it_unused() -> None:

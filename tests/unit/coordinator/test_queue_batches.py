@@ -123,3 +123,34 @@ async def test_reader_cancelled_while_announcing_recovery_puts_items_back() -> N
     assert q.size == 8
     bus.unsubscribe(slow_subscriber)
     assert await q.get_batch(8, 0) == list(range(8))
+
+
+async def test_a_reader_learns_how_long_the_oldest_item_waited(bus: FeedbackBus) -> None:
+    q = BoundedQueue[int](100, bus=bus)
+    seen: list[tuple[int, float]] = []
+    q.on_take = lambda found, waited: seen.append((found, waited))
+    reader = asyncio.create_task(q.get_batch(10, 0))
+    await asyncio.sleep(0.01)
+    await q.put_many([1, 2, 3])
+    assert await asyncio.wait_for(reader, 1) == [1, 2, 3]
+    assert seen == [(3, 0.0)]  # the reader was there first: no queue stood
+
+    await q.put_many([4, 5])
+    await asyncio.sleep(0.05)
+    await q.put(6)
+    assert await q.get_batch(2, 0) == [4, 5]
+    assert seen[-1][0] == 3
+    assert seen[-1][1] >= 0.04  # dated by its oldest item, not by the newest
+    await asyncio.sleep(0.02)
+    assert await q.get_batch(2, 0) == [6]
+    assert 0.02 <= seen[-1][1] < seen[-2][1] + 0.02  # the next oldest, item 6
+    assert q.waited() == 0.0  # empty
+
+
+async def test_arrival_dates_are_forgotten_with_their_items(bus: FeedbackBus) -> None:
+    q = BoundedQueue[int](10, bus=bus, overflow_strategy="drop_oldest")
+    for i in range(40):
+        await q.put_many([i, i])  # each put evicts two: nothing is ever taken
+        await asyncio.sleep(0.002)  # dated apart
+    # the dates of evicted items go with the next put: at most one per item queued, plus it
+    assert len(q._arrivals) <= 6
