@@ -11,6 +11,7 @@ import pytest
 from market_data_store.coordinator import FeedbackBus, feedback_bus
 from tests.support.feedback import Recorder
 from tests.support.postgres import REQUIRE_SERVICES, DatabaseFactory, start_embedded
+from tests.support.redis_server import shared_redis
 from tests.support.tcp_proxy import TcpProxy, upstream_of
 
 
@@ -78,3 +79,13 @@ async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
     p = await TcpProxy(upstream_of(database_url)).start()
     yield p
     await p.close()
+
+
+# -- Redis ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis for the session: the CI one, or a private ``redis-server``."""
+    with shared_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url

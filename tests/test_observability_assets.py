@@ -36,7 +36,7 @@ from market_data_store.storage import BarRow
 from tests.support.bars import bars_body, row
 from tests.support.http_receiver import HttpReceiver
 from tests.support.postgres import REQUIRE_SERVICES, DatabaseFactory
-from tests.support.redis_server import shared_redis_url, unique_channel
+from tests.support.redis_server import unique_channel
 from tests.support.service import running_service, service_settings
 from tests.support.sse import open_stream
 from tests.support.waits import until
@@ -563,10 +563,9 @@ def poison_bar() -> BarRow:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def scrape(
-    db_factory: DatabaseFactory, tmp_path_factory: pytest.TempPathFactory
+    db_factory: DatabaseFactory, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Scrape]:
     """One scrape of the real app after activity on every path the dashboard shows."""
-    redis_url = shared_redis_url()
     database_url = await db_factory.create()
     try:
         async with HttpReceiver() as receiver:

@@ -6,30 +6,23 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.postgres import with_database
+from tests.support.postgres import replace_url
 from tests.support.process import SERVE, free_port, serve_once
 
 MIGRATE = [sys.executable, "-m", "market_data_store.cli", "migrate"]
 SECRET = "pa55-Wq7z"
 
 
-def with_user(url: str, user: str, password: str) -> str:
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{user}:{password}@{host}", parts.path, "", ""))
-
-
 def broken_urls(database_url: str) -> dict[str, str]:
     return {
         "unreachable": f"postgresql://u:{SECRET}@127.0.0.1:{free_port()}/x",
-        "wrong credentials": with_user(database_url, "no_such_role_h8", SECRET),
-        "missing database": with_database(
-            with_user(database_url, urlsplit(database_url).username or "postgres", SECRET),
-            "no_such_database_h8",
+        "wrong credentials": replace_url(database_url, user="no_such_role_h8", password=SECRET),
+        "missing database": replace_url(
+            database_url, password=SECRET, database="no_such_database_h8"
         ),
     }
 
@@ -57,8 +50,9 @@ def test_migrate_fails_in_one_line_with_the_exit_code_of_serve(
 
 def test_serve_names_its_external_database_redacted(database_url: str, tmp_path: Path) -> None:
     """Started against a configured database, the log says which one (password masked)."""
-    url = with_user(database_url, urlsplit(database_url).username or "postgres", SECRET)
-    env = {**os.environ, "DATABASE_URL": url + "?sslmode=disable"}
+    url = replace_url(database_url, password=SECRET)
+    url += ("&" if urlsplit(url).query else "?") + "sslmode=disable"
+    env = {**os.environ, "DATABASE_URL": url}
     proc = subprocess.Popen(
         [*SERVE, str(free_port())],
         env=env,

@@ -13,7 +13,7 @@ import pytest
 
 import market_data_store.http
 from market_data_store.storage import DatabaseUnavailableError, open_pool
-from tests.support.postgres import with_database
+from tests.support.postgres import database_of, replace_url
 from tests.support.service import running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
 
@@ -71,7 +71,7 @@ async def test_a_dropped_database_is_503_and_permanent(
     503 problem, with a longer ``Retry-After`` (an operator has to act)."""
     settings = service_settings(database_url, str(tmp_path), ADMIN_TOKEN=TOKEN)
     async with running_service(settings) as svc:
-        name = database_url.rsplit("/", 1)[1]
+        name = database_of(database_url)
         conn = await asyncpg.connect(pg_server_url)
         try:
             await conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
@@ -82,7 +82,7 @@ async def test_a_dropped_database_is_503_and_permanent(
 
 
 async def test_open_pool_says_a_missing_database_is_permanent(pg_server_url: str) -> None:
-    url = with_database(pg_server_url, "mds_no_such_database_here")
+    url = replace_url(pg_server_url, database="mds_no_such_database_here")
     with pytest.raises(DatabaseUnavailableError) as info:
         await open_pool(url, startup_timeout=5)
     assert info.value.permanent

@@ -20,6 +20,7 @@ from market_data_store.http import ServicePlugin
 from market_data_store.http.probes import ProbeFastPath
 from market_data_store.service import HealthSources
 from market_data_store.storage import DatabaseMonitor, DatabaseStatus
+from tests.support.postgres import replace_url
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waits import until
@@ -272,7 +273,7 @@ async def test_database_monitor_names_the_failure(
     database_url: str, proxy: TcpProxy, where: str, category: str
 ) -> None:
     url = {
-        "missing_database": database_url.rsplit("/", 1)[0] + "/no_such_database_h8",
+        "missing_database": replace_url(database_url, database="no_such_database_h8"),
         "closed_port": "postgresql://postgres@127.0.0.1:9/x",
         "hung": proxy.url_for(database_url),
     }[where]

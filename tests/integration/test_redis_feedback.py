@@ -18,7 +18,7 @@ from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout, RedisFeedbackBridge, RedisFeedbackPublisher
 from tests.support.bars import bars_body
 from tests.support.process import serve, stop
-from tests.support.redis_server import PrivateRedis, replica_env, shared_redis_url, unique_channel
+from tests.support.redis_server import PrivateRedis, replica_env, unique_channel
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waits import until, until_sync
 
@@ -31,8 +31,8 @@ def test_publisher_is_a_core_feedback_publisher() -> None:
     assert isinstance(publisher, FeedbackPublisher)
 
 
-async def test_events_of_one_replica_reach_the_other_and_not_themselves() -> None:
-    url, channel = shared_redis_url(), unique_channel()
+async def test_events_of_one_replica_reach_the_other_and_not_themselves(redis_url: str) -> None:
+    url, channel = redis_url, unique_channel()
     here, there = FeedbackFanout(), FeedbackFanout()
     here.publish(FeedbackEvent.create("a/bars", 0, 100, OK))
     publisher = RedisFeedbackPublisher(
@@ -61,8 +61,8 @@ async def test_events_of_one_replica_reach_the_other_and_not_themselves() -> Non
     assert publisher.stats.sent == 1
 
 
-async def test_garbage_on_the_channel_is_counted_and_ignored() -> None:
-    url, channel = shared_redis_url(), unique_channel()
+async def test_garbage_on_the_channel_is_counted_and_ignored(redis_url: str) -> None:
+    url, channel = redis_url, unique_channel()
     fanout = FeedbackFanout()
     bridge = RedisFeedbackBridge(url, channel, fanout, timeout=1)
     client = Redis.from_url(url)
@@ -91,10 +91,10 @@ async def test_garbage_on_the_channel_is_counted_and_ignored() -> None:
     assert [f.event for f in fanout.snapshot()] == [good]  # later events are not hidden
 
 
-async def test_a_silently_dead_subscription_is_noticed_and_renewed(tmp_path: Path) -> None:
+async def test_a_silently_dead_subscription_is_noticed_and_renewed(redis_url: str) -> None:
     """Redis stops answering on an open connection (no error, no close): the bridge
     notices within its timeout, and subscribes again once Redis answers."""
-    url, channel = shared_redis_url(), unique_channel()
+    url, channel = redis_url, unique_channel()
     parts = urlsplit(url)
     proxy = await TcpProxy((parts.hostname or "127.0.0.1", parts.port or 6379)).start()
     fanout = FeedbackFanout()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.support.bars import ONES, wire_bars
-from tests.support.postgres import count_bars, with_database
+from tests.support.postgres import count_bars, replace_url
 from tests.support.process import SERVE, free_port, serve, serve_once, stop
 from tests.support.waits import until
 
@@ -81,7 +81,7 @@ def test_unreachable_database_fails_start_up_in_one_line(tmp_path: Path) -> None
 
 def test_wrong_database_is_not_waited_for(database_url: str, tmp_path: Path) -> None:
     """No amount of waiting creates a missing database: fail at once, clearly."""
-    missing = with_database(database_url, "no_such_database")
+    missing = replace_url(database_url, database="no_such_database")
     env = {**os.environ, "DATABASE_URL": missing, "MDS_DATABASE_STARTUP_TIMEOUT": "120"}
     proc = serve_once(env, tmp_path, timeout=30)  # far below the 120 s of retrying
     assert proc.returncode != 0

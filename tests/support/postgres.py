@@ -12,7 +12,7 @@ import uuid
 import warnings
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import asyncpg
 
@@ -28,9 +28,35 @@ def start_embedded(data_dir: Path) -> tuple[Any, str]:
     return server, str(server.get_uri())
 
 
-def with_database(url: str, name: str) -> str:
+def replace_url(
+    url: str,
+    *,
+    user: str | None = None,
+    password: str | None = None,
+    database: str | None = None,
+) -> str:
+    """``url`` with its user, password or database replaced (percent-encoded); the rest
+    is kept as written, the query above all: pgserver's URLs name their unix-socket
+    folder in it (``postgresql://postgres:@/postgres?host=/tmp/…``), and without it a
+    client reaches whatever server listens on the machine's default socket."""
     parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    old_user, colon, old_password = userinfo.partition(":")
+    if user is not None:
+        old_user = quote(user, safe="")
+    if password is not None:
+        old_password, colon = quote(password, safe=""), ":"
+    userinfo = f"{old_user}{colon}{old_password}"
+    netloc = f"{userinfo}@{hostport}" if userinfo or at else hostport
+    path = parts.path if database is None else "/" + quote(database, safe="")
+    query = f"?{parts.query}" if parts.query else ""
+    fragment = f"#{parts.fragment}" if parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{path}{query}{fragment}"
+
+
+def database_of(url: str) -> str:
+    """The database a PostgreSQL URL names (its path, decoded; never the query)."""
+    return unquote(urlsplit(url).path.removeprefix("/"))
 
 
 class DatabaseFactory:
@@ -38,7 +64,7 @@ class DatabaseFactory:
 
     def __init__(self, server_url: str) -> None:
         self.server_url = server_url
-        base = urlsplit(server_url).path.lstrip("/") or "postgres"
+        base = database_of(server_url) or "postgres"
         self.prefix = f"{base[:30]}_t{os.getpid()}"
         self._created: list[str] = []
 
@@ -50,10 +76,10 @@ class DatabaseFactory:
         finally:
             await conn.close()
         self._created.append(name)
-        return with_database(self.server_url, name)
+        return replace_url(self.server_url, database=name)
 
     async def drop(self, url: str) -> None:
-        name = urlsplit(url).path.lstrip("/")
+        name = database_of(url)
         conn = await asyncpg.connect(self.server_url)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

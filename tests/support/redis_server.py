@@ -1,5 +1,6 @@
 """Redis for tests: the CI one (``MDS_TEST_REDIS_URL``), or a private ``redis-server``
-a test starts, stops and restarts on its own port (never the machine's shared one)."""
+on its own port (never the machine's shared one): one for the session when the CI one
+is not set, or one a test starts, stops and restarts itself."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import shutil
 import socket
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,14 +19,25 @@ from tests.support.postgres import REQUIRE_SERVICES
 from tests.support.waits import until_sync
 
 
-def shared_redis_url() -> str:
-    """The CI Redis; skips (fails under MDS_TEST_REQUIRE_SERVICES=1) when not configured."""
+@contextmanager
+def shared_redis(workdir: Path) -> Iterator[str]:
+    """The Redis tests share (each on a ``unique_channel``): the CI one, or else a private
+    ``redis-server`` for as long as the context lasts. Skips, saying why, when neither
+    is there; under MDS_TEST_REQUIRE_SERVICES=1 fails without the CI one."""
     url = os.environ.get("MDS_TEST_REDIS_URL")
     if url:
-        return url
+        yield url
+        return
     if REQUIRE_SERVICES:
         pytest.fail("MDS_TEST_REQUIRE_SERVICES=1 but MDS_TEST_REDIS_URL is not set")
-    pytest.skip("Redis tests need MDS_TEST_REDIS_URL (.ci/run sets it)")
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server installed or MDS_TEST_REDIS_URL (.ci/run sets it)")
+    server = PrivateRedis(workdir)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 def unique_channel() -> str:

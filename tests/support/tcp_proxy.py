@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+_SERVER_KEYS = frozenset({"host", "hostaddr", "port"})
+
 
 def upstream_of(url: str) -> tuple[str, int] | str:
     """(host, port) or a unix socket path for a PostgreSQL URL (pgserver uses sockets)."""
@@ -35,10 +37,15 @@ class TcpProxy:
         self._flowing.set()
 
     def url_for(self, url: str) -> str:
-        """``url`` rewritten to go through the proxy (TCP on 127.0.0.1)."""
+        """``url`` rewritten to go through the proxy (TCP on 127.0.0.1): the query is kept
+        but for what would name another server (``host=``, ``hostaddr=``, ``port=``)."""
         parts = urlsplit(url)
         userinfo = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-        return urlunsplit((parts.scheme, f"{userinfo}127.0.0.1:{self.port}", parts.path, "", ""))
+        query = "&".join(
+            p for p in parts.query.split("&") if p and p.partition("=")[0] not in _SERVER_KEYS
+        )
+        netloc = f"{userinfo}127.0.0.1:{self.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
     async def start(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
