@@ -659,6 +659,45 @@ def test_every_metric_the_rules_query_is_exposed(scrape: Scrape) -> None:
     assert not problems, "\n".join(problems)
 
 
+# Series that exist only once something was measured, and why that is no gap.
+MEASURED = {
+    "mds_coordinator_write_duration_seconds_bucket": (
+        "a histogram has buckets once a batch was written; its only readers are "
+        "histogram_quantile panels, which have no value without writes anyway"
+    ),
+}
+
+
+async def test_every_queried_series_exists_from_start_up(database_url: str, tmp_path: Path) -> None:
+    """Without a webhook or Redis and before any write, error or dead letter, every
+    metric the dashboard and the rules read is on /metrics, at 0 where it
+    counts something: panels show 0, not "No data", and rate()s see a first error.
+    Prometheus's second scrape is checked: the first one's own request is what makes
+    ``http_server_request_duration_seconds``."""
+    async with running_service(service_settings(database_url, str(tmp_path))) as service:
+        assert service.components.feedback_channels.webhook is None
+        assert service.components.feedback_channels.redis_publisher is None
+        await service.client.get("/metrics")
+        idle = Scrape.parse((await service.client.get("/metrics")).text, "")
+    queries = [*panel_queries(), *variable_queries()]
+    queries += [(str(r.get("alert") or r.get("record")), r["expr"]) for r in load_rules()]
+    problems = []
+    for where, expr in queries:
+        found = variable_selectors(expr) if where.startswith("variable") else promql_selectors(expr)
+        metrics = found.metrics - set(SYNTHETIC) - set(MEASURED)
+        if metrics:  # labels and their values come with activity: checked on ``scrape``
+            checked = Selectors(metrics, frozenset(), frozenset())
+            problems += check_against_scrape(where, expr, checked, idle)
+    assert not problems, "\n".join(problems)
+    assert idle.value("mds_coordinator_write_errors_total") == 0
+    assert idle.value("mds_coordinator_items_dropped_total", reason="overflow") == 0
+    for channel in ("webhook", "redis"):
+        for counter in ("sent", "retried", "discarded", "failed"):
+            series = f"mds_feedback_delivery_{counter}_total"
+            assert idle.value(series, channel=channel) == 0
+    assert idle.value("mds_feedback_redis_received_total", outcome="rejected") == 0
+
+
 def test_promtool_check_metrics_on_a_live_scrape(scrape: Scrape) -> None:
     """promtool lints the text format (exit 3 and one `<metric> <problem>` line on stderr
     per problem, exit 1 when it cannot parse). Every problem it reports is a naming or

@@ -32,7 +32,8 @@ def test_migrate_fails_in_one_line_with_the_exit_code_of_serve(
     database_url: str, tmp_path: Path, case: str
 ) -> None:
     url = broken_urls(database_url)[case]
-    env = {**os.environ, "DATABASE_URL": url, "MDS_DATABASE_STARTUP_TIMEOUT": "0.5"}
+    # long enough for several attempts at an unreachable one (0.2, 0.4, 0.8, 1.6 s apart)
+    env = {**os.environ, "DATABASE_URL": url, "MDS_DATABASE_STARTUP_TIMEOUT": "3"}
     migrate = subprocess.run(MIGRATE, env=env, capture_output=True, text=True, timeout=60)
     served = serve_once(env, tmp_path, timeout=60)
     assert migrate.returncode == served.returncode == 3, (migrate.stderr, served.stderr)
@@ -46,6 +47,10 @@ def test_migrate_fails_in_one_line_with_the_exit_code_of_serve(
     assert f"start-up failed: {what}: {error_class}: " in served.stderr
     if case != "unreachable":  # no waiting: the one line is all
         assert migrate.stderr.count("\n") == 1, migrate.stderr
+    else:  # one line while it retries (one per kind of error), then the error
+        waiting = migrate.stderr.strip().splitlines()[:-1]
+        assert len(waiting) == 1, migrate.stderr
+        assert "database not reachable yet (ConnectionRefusedError: " in waiting[0]
 
 
 def test_serve_names_its_external_database_redacted(database_url: str, tmp_path: Path) -> None:

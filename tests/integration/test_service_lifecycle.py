@@ -103,7 +103,7 @@ def test_sigterm_while_waiting_for_the_database_exits_promptly(tmp_path: Path) -
     try:
         assert proc.stderr is not None
         seen = ""
-        while "retrying in" not in seen:  # it is waiting for the database now
+        while "not reachable yet" not in seen:  # it is waiting for the database now
             line = proc.stderr.readline()
             assert line, f"exited before retrying: {seen}"
             seen += line

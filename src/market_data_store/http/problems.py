@@ -34,6 +34,22 @@ DATABASE_MISCONFIGURED_RETRY_AFTER = 60
 """... and when it refuses the service's credentials or database (an operator must act)."""
 
 
+# RFC 9110's reason phrases where Python 3.11's ``HTTPStatus`` still has RFC 7231's
+# (Python 3.13 renamed these four); every other status of the service has the same phrase.
+_RFC9110_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def reason_phrase(status: int) -> str:
+    """RFC 9110's reason phrase of ``status``: the ``title`` of its problems and the
+    phrase of the transport's status lines."""
+    return _RFC9110_PHRASES.get(status) or HTTPStatus(status).phrase
+
+
 class ProblemItem(msgspec.Struct, omit_defaults=True):
     """One of several mistakes of a request."""
 
@@ -93,11 +109,11 @@ def problem_body(
     type_: str = "about:blank",
     **extensions: Any,
 ) -> dict[str, Any]:
-    """The members of a problem, in this order: ``type``, ``title`` (the status
+    """The members of a problem, in this order: ``type``, ``title`` (RFC 9110's status
     phrase unless given), ``status``, ``detail`` (the title unless given),
     ``instance`` (left out when None), then ``extensions``. The one builder of the
     body: also used by the transport's own refusals (``server.refusal``)."""
-    phrase = HTTPStatus(status).phrase
+    phrase = reason_phrase(status)
     body: dict[str, Any] = {
         "type": type_,
         "title": title or phrase,
@@ -186,4 +202,5 @@ __all__ = [
     "problem",
     "problem_body",
     "problem_responses",
+    "reason_phrase",
 ]

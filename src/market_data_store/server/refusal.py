@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from http import HTTPStatus
 from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from market_data_store.http.problems import problem_body
+from market_data_store.http.problems import problem_body, reason_phrase
 
 from .limits import TransportLimits, TransportStats
 
@@ -39,7 +38,7 @@ def problem_response(
     """A complete ``Connection: close`` HTTP/1.1 problem+json response, with the
     members every problem of the service has (``instance``: the request path, empty
     when it is not known) and ``retry_after`` when given (also as the header)."""
-    phrase = HTTPStatus(status).phrase
+    phrase = reason_phrase(status)
     extensions: dict[str, Any] = {}
     if retry_after is not None:
         extensions["retry_after"] = retry_after

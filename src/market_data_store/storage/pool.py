@@ -98,11 +98,13 @@ async def open_pool(
     A database that is still starting (a fresh pod, a failover) is waited for up
     to ``startup_timeout`` seconds, or until ``give_up`` is set (shutdown); then
     ``DatabaseUnavailableError`` is raised (the driver's error chained). Wrong
-    credentials or an unknown database are raised at once, ``permanent``.
+    credentials or an unknown database are raised at once, ``permanent``. While it
+    waits, each kind of error (its exception type) is logged once, not once per attempt.
     """
     _install_reconnect_log()
     deadline = time.monotonic() + startup_timeout
     attempt = 0
+    said: set[type[BaseException]] = set()
     while True:
         attempt += 1
         delay = backoff_delay(attempt, initial=0.2, maximum=2.0)
@@ -121,7 +123,15 @@ async def open_pool(
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
             if time.monotonic() + delay > deadline:
                 raise unavailable(exc) from exc
-            log.warning("database not reachable yet (%s); retrying in %.1fs", exc, delay)
+            if type(exc) not in said:
+                said.add(type(exc))
+                log.warning(
+                    "database not reachable yet (%s); retrying for up to %.0fs",
+                    describe_connect_error(exc),
+                    deadline - time.monotonic(),
+                )
+            else:
+                log.debug("database still not reachable (%s)", describe_connect_error(exc))
             if give_up is None:
                 await asyncio.sleep(delay)
             else:

@@ -35,6 +35,14 @@ def _by(attr: str, counts: Callable[[WriteCoordinator[Any]], dict[str, int]]) ->
     return lambda c: ((n, {attr: key}) for key, n in tuple(counts(c).items()))
 
 
+def _by_type(attr: str, counts: Callable[[WriteCoordinator[Any]], dict[str, int]]) -> Reading:
+    """``_by`` for keys not known in advance (exception types), plus one series without
+    ``attr`` that stays 0, so the metric exists from start-up (Prometheus: export 0
+    for series known in advance) and queries summing over ``attr`` have data."""
+    by = _by(attr, counts)
+    return lambda c: ((0, {}), *by(c))
+
+
 # name -> (kind, unit, description, reading)
 _OBSERVED: dict[str, tuple[str, str, str, Reading]] = {
     "mds.coordinator.items.submitted": (
@@ -54,8 +62,9 @@ _OBSERVED: dict[str, tuple[str, str, str, Reading]] = {
         _one(lambda c: c.stats.batches_written),
     ),
     "mds.coordinator.write.errors": (
-        "counter", "{error}", "Failed sink writes, by exception type",
-        _by("error_type", lambda c: c.stats.write_errors),
+        "counter", "{error}",
+        "Failed sink writes, by exception type (error_type; the series without it stays 0)",
+        _by_type("error_type", lambda c: c.stats.write_errors),
     ),
     "mds.coordinator.queue.depth": (
         "gauge", "{item}", "Items waiting in the queue", _one(lambda c: c.queue.size),
@@ -251,10 +260,11 @@ FeedbackReading = Callable[[_Channels], Iterable[tuple[float, dict[str, str]]]]
 
 
 def _deliveries(field: str) -> FeedbackReading:
+    """By channel, each at 0 when not configured: the series exist from start-up."""
+
     def read(ch: _Channels) -> Iterable[tuple[float, dict[str, str]]]:
         for name, channel in (("webhook", ch.webhook), ("redis", ch.redis_publisher)):
-            if channel is not None:
-                yield getattr(channel.stats, field), {"channel": name}
+            yield (0 if channel is None else getattr(channel.stats, field)), {"channel": name}
 
     return read
 
@@ -288,7 +298,8 @@ _FEEDBACK: dict[str, tuple[str, str, str, FeedbackReading]] = {
     "mds.feedback.redis.received": (
         "counter", "{message}",
         "Messages read from Redis (channel and replicas' hashes), by outcome (accepted, rejected)",
-        lambda ch: () if ch.redis_bridge is None else (
+        lambda ch: ((0, {"outcome": "accepted"}), (0, {"outcome": "rejected"}))
+        if ch.redis_bridge is None else (
             (ch.redis_bridge.received - ch.redis_bridge.rejected, {"outcome": "accepted"}),
             (ch.redis_bridge.rejected, {"outcome": "rejected"}),
         ),
