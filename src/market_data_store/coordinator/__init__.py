@@ -34,7 +34,8 @@ def __getattr__(name: str) -> Any:
     """``coordinator.HttpFeedbackBroadcaster``, as the original library exported it: the
     webhook lives in ``market_data_store.feedback``; reached through the one
     compatibility module, ``coordinator.http_broadcast``, only when asked for (importing
-    ``coordinator`` never imports the delivery channels, nor httpx). Not in ``__all__``."""
+    ``coordinator`` never imports the delivery channels, nor httpx). In ``__all__`` as in
+    the original, so only ``from market_data_store.coordinator import *`` loads it."""
     if name == "HttpFeedbackBroadcaster":
         from .http_broadcast import HttpFeedbackBroadcaster
 
@@ -56,6 +57,7 @@ __all__ = [
     "FeedbackBus",
     "FeedbackEvent",
     "FeedbackSubscriber",
+    "HttpFeedbackBroadcaster",
     "OverflowStrategy",
     "QueueClosedError",
     "QueueFullError",

@@ -6,12 +6,19 @@ The one place the coordinator reaches into ``feedback``: the import-layer check
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
+
+from .bus import feedback_bus
+from .events import FeedbackEvent
 
 if TYPE_CHECKING:
     from market_data_store.feedback.webhook import HttpFeedbackBroadcaster
 
-__all__ = ["HttpFeedbackBroadcaster"]
+__all__ = ["HTTPX_AVAILABLE", "FeedbackEvent", "HttpFeedbackBroadcaster", "feedback_bus"]
+
+HTTPX_AVAILABLE: Final = True
+"""Always true: httpx is a dependency of this package, not an optional extra (the
+original library degraded to a no-op broadcaster without it)."""
 
 
 def __getattr__(name: str) -> Any:

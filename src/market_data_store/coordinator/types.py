@@ -29,9 +29,16 @@ class Sink(Protocol[T_contra]):
     async def write(self, batch: Sequence[T_contra]) -> None: ...
 
 
-class QueueFullError(Exception):
+class Stoppable(Protocol):
+    """Anything with an awaitable ``stop()`` (the original library's name, kept)."""
+
+    async def stop(self) -> None: ...
+
+
+class QueueFullError(RuntimeError):
     """The queue has no room: strategy ``error``, or ``block`` past its timeout.
-    Nothing of the refused call was enqueued."""
+    Nothing of the refused call was enqueued. A ``RuntimeError``, as in the original
+    library, so an ``except RuntimeError`` written for it still catches it."""
 
 
 class QueueClosedError(RuntimeError):

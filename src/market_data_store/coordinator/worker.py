@@ -23,6 +23,7 @@ from market_data_store._util import ThrottledLog
 
 from .dlq import DeadLetterQueue, describe_error
 from .policy import CircuitBreaker, RetryPolicy
+from .policy import CircuitOpenError as CircuitOpenError  # the original module's name
 from .queue import BoundedQueue
 from .stats import CoordinatorStats
 from .types import Sink, T
