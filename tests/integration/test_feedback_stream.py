@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -191,6 +193,70 @@ async def test_keepalive_comments_within_the_heartbeat(service_with: ServiceFact
             keepalive = await stream.next(timeout=1.0)  # nothing else happens meanwhile
             assert keepalive.comments == ["keepalive"]
             assert keepalive.event is None
+
+
+async def test_no_two_writes_of_an_idle_stream_are_further_apart_than_the_heartbeat(
+    service_with: ServiceFactory,
+) -> None:
+    """The keepalive is due an interval after the stream's last write, event or
+    comment: never up to two intervals (a fixed timer skipping a tick that saw data)."""
+    interval, noise = 0.4, 0.25
+    async with (
+        service_with(MDS_FEEDBACK_SSE_HEARTBEAT_SEC=str(interval)) as svc,
+        open_stream(svc.client) as stream,
+    ):
+        arrivals: list[tuple[float, Message]] = []
+        keepalives = 0
+        while len(arrivals) < 12:  # hint, snapshot, K, K, E, K, K, E, K, E, K, K
+            message = await stream.next(timeout=2.0)
+            arrivals.append((time.monotonic(), message))
+            if message.comments == ["keepalive"]:
+                keepalives += 1
+                if keepalives == 4:
+                    await asyncio.sleep(interval / 2)  # an event in the middle of an interval
+                if keepalives in (2, 4, 5):  # or right after a keepalive: the worst case
+                    await emit(svc, (SOFT, HARD, OK)[(2, 4, 5).index(keepalives)])
+    kinds = ["event" if m.event else "keepalive" if m.comments else "hint" for _, m in arrivals]
+    assert kinds.count("event") >= 3  # the snapshot and the live ones
+    assert kinds.count("keepalive") >= 6
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(arrivals)]
+    assert max(gaps) < interval + noise, list(zip(kinds[1:], gaps, strict=True))
+    # and not more often than needed: a keepalive comes an interval after the last write
+    for kind, gap in zip(kinds[1:], gaps, strict=True):
+        if kind == "keepalive":
+            assert gap > interval - 0.15, list(zip(kinds[1:], gaps, strict=True))
+
+
+async def test_a_filter_on_a_coordinator_no_one_reported_says_so_then_streams(
+    service: RunningService,
+) -> None:
+    async with open_stream(service.client, params={"coordinator_id": "store-0/bars"}) as stream:
+        assert (await stream.next()).retry is not None
+        notice = await stream.next()
+        assert notice.event is None
+        assert notice.comments == [
+            'no coordinator "store-0/bars" has reported yet; known: "test/bars"'
+        ]
+        sent = await emit(service, HARD, "store-0/bars")  # it appears later: streamed as usual
+        message = await stream.next(timeout=5.0)
+        assert check(message).coordinator_id == "store-0/bars"
+        assert check(message).ts == sent.ts
+    # a filter on known coordinators: no comment, the snapshot right after the hint
+    async with open_stream(service.client, params={"coordinator_id": LOCAL}) as stream:
+        assert (await stream.next()).retry is not None
+        assert check(await stream.next()).coordinator_id == LOCAL
+
+
+async def test_the_not_reported_comment_is_one_bounded_line(service: RunningService) -> None:
+    ids = ['a"b\\c', *(f"x/{i:03d}" + "y" * 190 for i in range(99))]
+    async with open_stream(service.client, params={"coordinator_id": ids}) as stream:
+        await stream.next()
+        raw = (await stream.next()).comments
+    assert len(raw) == 1
+    assert len(raw[0]) < 2_000
+    assert raw[0].startswith(f'no coordinator {json.dumps(ids[0])} or "x/000yyy')
+    assert raw[0].endswith(' and 90 more has reported yet; known: "test/bars"')
+    assert raw[0].count("…") == 9
 
 
 async def test_past_the_stream_cap_503_with_retry_after(service_with: ServiceFactory) -> None:

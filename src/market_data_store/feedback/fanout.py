@@ -11,7 +11,8 @@ stream; publishing never waits for any of them:
   frame per coordinator (it never reads a stale level as current), and if that
   is still too much it is disconnected;
 - a dead or stalled reader is found by keepalive comments plus the stream's
-  send timeout.
+  send timeout; a stream's keepalive is due ``heartbeat_sec`` after its own last
+  write (event or comment), so an idle stream is never silent for longer.
 
 Ids are strictly increasing per process and start at the process start time in
 microseconds, so an id from an earlier process is never mistaken for a recent
@@ -171,6 +172,16 @@ class FeedbackFanout:
         """The latest frame of every known coordinator, oldest first."""
         return sorted(self._latest.values(), key=lambda f: f.seq)
 
+    def coordinator_ids(self) -> list[str]:
+        """Every known coordinator (those of the snapshot), sorted."""
+        return sorted(self._latest)
+
+    def unknown(self, coordinators: Collection[str]) -> list[str]:
+        """Those of ``coordinators`` that have not reported (not in the snapshot), in
+        their order, once each."""
+        latest = self._latest
+        return [c for c in dict.fromkeys(coordinators) if c not in latest]
+
     def local_events(self) -> list[FeedbackEvent]:
         return [f.event for f in self.snapshot() if f.coord_id in self._local]
 
@@ -211,6 +222,7 @@ class FeedbackFanout:
             min_rank,
             self._subscriber_queue,
             self.stats,
+            self._heartbeat_sec,
         )
         replay = None if last_id is None else self.since(last_id)
         if replay is not None and min_rank:
@@ -231,18 +243,15 @@ class FeedbackFanout:
     # -- lifecycle -----------------------------------------------------------
 
     def start(self, shutdown: asyncio.Event | None = None) -> None:
-        """Heartbeats every ``heartbeat_sec``; every stream ends when ``shutdown`` is set."""
+        """Every stream ends when ``shutdown`` is set. (Keepalives need no task: each
+        stream's ``Subscriber.next_chunk`` times its own.)"""
         if self._task is None:
             self._task = asyncio.create_task(
-                self._heartbeats(shutdown or asyncio.Event()), name="feedback-heartbeat"
+                self._close_on(shutdown or asyncio.Event()), name="feedback-shutdown"
             )
 
-    async def _heartbeats(self, shutdown: asyncio.Event) -> None:
-        while not shutdown.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shutdown.wait(), self._heartbeat_sec)
-            for sub in tuple(self._subscribers):
-                sub.tick()
+    async def _close_on(self, shutdown: asyncio.Event) -> None:
+        await shutdown.wait()
         self.close()
 
     def close(self) -> None:

@@ -2,7 +2,9 @@
 
 ``offer`` never waits and never does I/O: the frame goes into this subscriber's own
 bounded buffer (or is conflated, or the subscriber is told to go) and the call
-returns. The stream awaits ``next_chunk`` for the bytes to send next.
+returns. The stream awaits ``next_chunk`` for the bytes to send next: what is
+buffered, or a keepalive once ``keepalive_sec`` passed since the stream's last write
+(so no two writes of an idle stream are further apart than that).
 """
 
 from __future__ import annotations
@@ -44,10 +46,10 @@ class Subscriber:
         "coordinators",
         "first_id",
         "keepalive_due",
+        "keepalive_sec",
         "limit",
         "min_rank",
         "on_close",
-        "sent_since_tick",
     )
 
     def __init__(
@@ -56,6 +58,7 @@ class Subscriber:
         min_rank: int,
         limit: int,
         stats: StreamCounts,
+        keepalive_sec: float = 15.0,
     ) -> None:
         self.coordinators = coordinators
         self.min_rank = min_rank
@@ -71,8 +74,9 @@ class Subscriber:
         self._above: set[str] = set()
         self._waiter: asyncio.Future[None] | None = None
         self.close_reason: str | None = None
+        self.keepalive_sec = keepalive_sec
+        """Longest a stream stays silent: then a keepalive comment is its next write."""
         self.keepalive_due = False
-        self.sent_since_tick = False
         self.on_close: Callable[[], None] | None = None
         """Called once when closed (the stream cuts short a send in progress)."""
 
@@ -144,13 +148,6 @@ class Subscriber:
             self._initial = b"".join(frame.wire for frame in wanted)
             self._initial_frames = len(wanted)
 
-    def tick(self) -> None:
-        """Heartbeat: ask for a keepalive comment unless data went out since the last tick."""
-        if not self.sent_since_tick:
-            self.keepalive_due = True
-            self._wake()
-        self.sent_since_tick = False
-
     def close(self, reason: str) -> None:
         if self.close_reason is None:
             self.close_reason = reason
@@ -160,6 +157,10 @@ class Subscriber:
             self._wake()
             if self.on_close is not None:
                 self.on_close()
+
+    def _keepalive(self) -> None:
+        self.keepalive_due = True
+        self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -185,18 +186,28 @@ class Subscriber:
         self._stats.delivered += n
         return chunk
 
-    async def next_chunk(self) -> bytes | None:
-        """The bytes to send next (buffered frames, or a keepalive); None once closed."""
-        while self.close_reason is None:
-            if self._initial or self._pending or self._latest:
-                self.sent_since_tick = True
-                return self._take()
-            if self.keepalive_due:
-                self.keepalive_due = False
-                return KEEPALIVE
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return None
+    async def next_chunk(self, since: float | None = None) -> bytes | None:
+        """The bytes to send next; None once closed. Buffered frames as soon as there are
+        any, else a keepalive ``keepalive_sec`` after ``since``: the event-loop time
+        (``loop.time()``) of this stream's last write (None: now)."""
+        loop = asyncio.get_running_loop()
+        self.keepalive_due = False
+        timer: asyncio.TimerHandle | None = None
+        try:
+            while self.close_reason is None:
+                if self._initial or self._pending or self._latest:
+                    return self._take()
+                if self.keepalive_due:
+                    return KEEPALIVE
+                if timer is None:
+                    due = (loop.time() if since is None else since) + self.keepalive_sec
+                    timer = loop.call_at(due, self._keepalive)
+                self._waiter = loop.create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            return None
+        finally:
+            if timer is not None:
+                timer.cancel()

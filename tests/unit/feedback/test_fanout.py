@@ -1,5 +1,5 @@
 """The SSE fan-out without sockets: numbering, snapshot, history, resume, the cap,
-heartbeats, remote events."""
+keepalives, shutdown, remote events."""
 
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def test_resume_from_beyond_the_history_is_a_reset_with_the_snapshot() -> None:
     assert reset
 
 
-async def test_heartbeat_task_ticks_and_shutdown_ends_every_stream() -> None:
+async def test_idle_streams_get_keepalives_and_shutdown_ends_every_stream() -> None:
     fanout = FeedbackFanout(heartbeat_sec=0.05)
     shutdown = asyncio.Event()
     fanout.start(shutdown)
@@ -89,6 +89,15 @@ async def test_heartbeat_task_ticks_and_shutdown_ends_every_stream() -> None:
         fanout.subscribe()
     assert refused.value.reason == "shutting_down"
     await fanout.stop()
+
+
+def test_unknown_names_the_coordinators_no_one_has_reported() -> None:
+    fanout = FeedbackFanout()
+    fanout.publish(event("h/bars", OK))
+    fanout.publish_remote(event("r/bars", OK))
+    assert fanout.coordinator_ids() == ["h/bars", "r/bars"]
+    assert fanout.unknown(["x/bars", "h/bars", "r/bars", "x/bars", "y"]) == ["x/bars", "y"]
+    assert fanout.unknown(["h/bars"]) == []
 
 
 def test_subscriber_cap() -> None:

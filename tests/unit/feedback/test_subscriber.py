@@ -85,17 +85,28 @@ def test_what_a_stream_gets_on_connect_does_not_count_against_its_buffer() -> No
 
 
 async def test_next_chunk_joins_what_is_buffered_and_keepalives_only_when_idle() -> None:
-    fanout = FeedbackFanout()
+    fanout = FeedbackFanout(heartbeat_sec=0.2)
     sub, _ = fanout.subscribe()
     a = fanout.publish(event("a", SOFT))
     b = fanout.publish(event("a", HARD))
     assert await sub.next_chunk() == a.wire + b.wire
     assert fanout.stats.delivered == 2
-    sub.tick()  # data went out since the last tick: no keepalive needed
     waiting = asyncio.create_task(sub.next_chunk())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
     assert not waiting.done()
-    sub.tick()  # a whole interval without data
-    assert await asyncio.wait_for(waiting, 1) == KEEPALIVE
+    c = fanout.publish(event("a", OK))  # data before the keepalive is due: data
+    assert await asyncio.wait_for(waiting, 1) == c.wire
+    assert await asyncio.wait_for(sub.next_chunk(), 1) == KEEPALIVE  # a whole interval idle
     sub.close("test")
     assert await sub.next_chunk() is None
+
+
+async def test_the_keepalive_is_due_an_interval_after_the_last_write() -> None:
+    loop = asyncio.get_running_loop()
+    sub, _ = FeedbackFanout(heartbeat_sec=0.3).subscribe()
+    written = loop.time()
+    await asyncio.sleep(0.2)  # the stream was busy sending since ``written``
+    assert await asyncio.wait_for(sub.next_chunk(written), 1) == KEEPALIVE
+    assert loop.time() - written < 0.3 + 0.1  # not a whole interval after the call
+    late = loop.time() - 1.0  # a send that took longer than the interval
+    assert await asyncio.wait_for(sub.next_chunk(late), 0.1) == KEEPALIVE

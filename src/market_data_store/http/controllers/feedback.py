@@ -86,7 +86,8 @@ class FeedbackStream(ASGIResponse):
     """One subscriber's stream, written straight to the ASGI ``send``.
 
     Each frame was encoded once for every subscriber; this loop only joins what
-    is buffered and sends it. A send that does not complete within
+    is buffered and sends it, or a keepalive when nothing was written for
+    ``feedback.sse.heartbeat_sec``. A send that does not complete within
     ``send_timeout`` (the client stopped reading) ends the stream; so do the
     client going away, the subscriber lagging too far, and the service's
     shutdown (the stream ends at once, cleanly).
@@ -123,8 +124,10 @@ class FeedbackStream(ASGIResponse):
         sub.on_close = self._hurry
         try:
             await self.start_response(send)
+            loop = asyncio.get_running_loop()
             chunk: bytes | None = self._head
             while chunk is not None:
+                written = loop.time()  # the keepalive is due keepalive_sec after this write
                 if not await self._send(send, chunk, more=True):
                     fanout.send_timed_out(sub)
                     _ended.log(
@@ -134,7 +137,7 @@ class FeedbackStream(ASGIResponse):
                         self._send_timeout,
                     )
                     break
-                chunk = await sub.next_chunk()
+                chunk = await sub.next_chunk(written)
             else:
                 if await self._send(send, b"", more=False):
                     return
@@ -225,7 +228,9 @@ class FeedbackStreamController(Controller):
             "coordinator (all replicas when Redis is configured), then live events. Resume "
             "with `Last-Event-ID` (or `last_event_id`): the events after it are replayed "
             "from a bounded history; when it is older than that, `event: reset` comes first, "
-            "then the snapshot. Keepalive comments every `feedback.sse.heartbeat_sec`. "
+            "then the snapshot. A `coordinator_id` no one has reported yet is named once in "
+            "a comment line at the start (the stream then goes on as usual). A keepalive "
+            "comment whenever nothing was written for `feedback.sse.heartbeat_sec`. "
             "503 with Retry-After past `feedback.sse.max_streams` or while shutting down."
         ),
         media_type=EVENT_STREAM,
@@ -299,6 +304,10 @@ class FeedbackStreamController(Controller):
                 extra={"retry_after": REFUSED_RETRY_AFTER, "reason": exc.reason},
             ) from None
         head = sse.retry(sse.RETRY_MS)
+        if coordinators is not None:
+            unknown = feedback_fanout.unknown(coordinators)
+            if unknown:
+                head += sse.comment(_not_reported(unknown, feedback_fanout.coordinator_ids()))
         if reset:
             # the id just before what follows: resuming from it replays the snapshot
             first = sub.first_id
@@ -329,6 +338,34 @@ def _coordinator_filter(values: list[str] | None) -> list[str] | None:
     if errors:
         raise ValidationException("invalid query parameters", extra=errors)
     return values
+
+
+NOT_REPORTED_NAMES = 10
+"""At most this many ids of each kind in the comment of ``_not_reported``..."""
+NOT_REPORTED_ID_CHARS = 64
+"""... each cut to this many characters (then ``…``): the line stays a few KiB."""
+
+
+def _not_reported(unknown: list[str], known: list[str]) -> str:
+    """``no coordinator "a" or "b" has reported yet; known: "h/bars"``: each id as a JSON
+    string (no line break can get into the stream), at most ``NOT_REPORTED_NAMES`` of
+    each list (then ``and N more``), each of at most ``NOT_REPORTED_ID_CHARS``."""
+    return (
+        f"no coordinator {_names(unknown, ' or ')} has reported yet; "
+        f"known: {_names(known, ', ') if known else 'none'}"
+    )
+
+
+def _names(ids: list[str], sep: str) -> str:
+    cut = NOT_REPORTED_ID_CHARS
+    shown = [
+        msgspec.json.encode(i if len(i) <= cut else i[: cut - 1] + "…").decode()
+        for i in ids[:NOT_REPORTED_NAMES]
+    ]
+    text = sep.join(shown)
+    if len(ids) > NOT_REPORTED_NAMES:
+        text += f" and {len(ids) - NOT_REPORTED_NAMES} more"
+    return text
 
 
 def _event_id(text: str | None, key: str, source: str) -> int | None:
