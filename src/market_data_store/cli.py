@@ -17,8 +17,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 # Exit statuses, the same for every command.
 EXIT_CONFIG = 2  # the configuration (or the command line) is wrong
-# could not start: database unreachable or unusable, a migration failed. uvicorn ends
-# `serve` with this status (its STARTUP_FAILURE); `migrate` answers the same.
+# could not start: the port is taken, the database unreachable, unusable or another
+# instance's, a migration failed. uvicorn ends `serve` with this status (its
+# STARTUP_FAILURE); `migrate` answers the same.
 EXIT_STARTUP = 3
 
 ENVIRONMENT_HELP = """\
@@ -32,14 +33,19 @@ environment variables read:
 Order: shipped defaults < config file < environment. The MDS_ form wins over the
 unprefixed one. An empty variable counts as unset.
 
-exit status: 0 ok, 2 configuration error, 3 start-up failed (database unreachable or
-unusable, migration failed)"""
+exit status: 0 ok, 2 configuration error, 3 start-up failed (port in use, database
+unreachable, unusable or another instance's, migration failed)"""
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from market_data_store.server import serve
+    from market_data_store.server import ListenError, serve
 
-    return 0 if serve(settings, host=args.host, port=args.port) else EXIT_STARTUP
+    try:
+        started = serve(settings, host=args.host, port=args.port)
+    except ListenError as exc:  # nothing was started
+        print(f"mds-store: serve failed: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    return 0 if started else EXIT_STARTUP
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import math
@@ -37,6 +38,53 @@ PROBE_PATHS = frozenset({"/healthz", "/health", "/readyz"})
 # Descriptors kept free of client connections: pool, Redis, webhook, DLQ file, the
 # listening socket, and the connections beyond the cap that are answered (probes, 503).
 FD_RESERVE = 512
+
+
+class ListenError(Exception):
+    """The configured address cannot be listened on (the port is taken, the host is
+    not this machine's...). Raised before anything was started; the message says so in
+    one line, with what to change."""
+
+
+def listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on ``host``:``port`` - one per address the host resolves to,
+    bound as asyncio's ``create_server`` binds them - or ``ListenError``. Taken before
+    anything starts, so a second service on a used port is refused at once (not after
+    its database started), and held from then on: no other process can take the
+    port while this one starts. Connections wait in the backlog until the server
+    accepts them."""
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {where}: {exc}; choose another with --host or MDS_SERVER_HOST"
+        ) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio: the IPv4 address is a socket of its own
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen()
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"port {port} on {host} is already in use (another mds-store?); choose "
+                "another with --port or MDS_SERVER_PORT"
+            ) from None
+        raise ListenError(
+            f"cannot listen on {where}: {exc.strerror or exc}; choose another address with "
+            "--host/--port or MDS_SERVER_HOST/MDS_SERVER_PORT"
+        ) from None
+    return sockets
 
 
 class _OneLineStartupFailure(logging.Filter):
@@ -114,6 +162,10 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if sockets and self.started:  # uvicorn says where it listens only for its own
+            host, port = sockets[0].getsockname()[:2]
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.info("Uvicorn running on http://%s (Press CTRL+C to quit)", where)
         if self._tune_gc and self.started:
             freeze_heap()
 
@@ -185,21 +237,29 @@ def build_server(
 
 
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> bool:
-    """Serve until SIGTERM/SIGINT; False when start-up failed.
+    """Serve until SIGTERM/SIGINT; False when start-up failed, ``ListenError`` (before
+    anything started) when the address cannot be listened on.
 
     uvicorn re-raises SIGTERM/SIGINT once its graceful shutdown is over (so the
     exit status would say "killed", or Ctrl+C would end in a traceback); a
     shutdown that completed is a clean exit here.
     """
-    raise_fd_limit()
-    server = build_server(create_app(settings), settings, host=host, port=port, tune_gc=True)
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, _ignore_after_shutdown) for sig in signals}
+    host = host or settings.server.host
+    port = settings.server.port if port is None else port
+    sockets = listen(host, port)
     try:
-        server.run()
+        raise_fd_limit()
+        server = build_server(create_app(settings), settings, host=host, port=port, tune_gc=True)
+        signals = (signal.SIGTERM, signal.SIGINT)
+        previous = {sig: signal.signal(sig, _ignore_after_shutdown) for sig in signals}
+        try:
+            server.run(sockets=sockets)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sock in sockets:
+            sock.close()
     return bool(server.started)
 
 

@@ -15,6 +15,7 @@ from market_data_store.storage import (
     ConnectionInit,
     DatabaseUnavailableError,
     DbPool,
+    EmbeddedDatabaseInUseError,
     Migration,
     MigrationError,
     SchemaState,
@@ -68,6 +69,8 @@ async def open_database(
                     init=init,
                 )
             )
+        except EmbeddedDatabaseInUseError as exc:  # nothing started, joined or stopped
+            raise StartupError(str(exc)) from None
         except CONNECT_ERRORS as exc:
             target = redact_url(settings.database_url) if settings.database_url else "(embedded)"
             shutting_down = give_up is not None and give_up.is_set()

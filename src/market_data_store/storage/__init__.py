@@ -6,6 +6,7 @@ the coordinator's retry policy by the application that wires them together.
 """
 
 from .bars_sink import BarsSink, prepare_connection
+from .embedded import EmbeddedDatabaseInUseError
 from .errors import DatabaseUnavailableError, InvalidQueryError, StorageError, is_retryable
 from .migrate import (
     Migration,
@@ -31,6 +32,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "DbConnection",
     "DbPool",
+    "EmbeddedDatabaseInUseError",
     "InvalidQueryError",
     "Migration",
     "MigrationError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -76,3 +77,37 @@ def test_websocket_support_is_off_whatever_is_installed() -> None:
     settings = load_settings({})
     server = build_server(create_app(settings), settings, host="127.0.0.1", port=0)
     assert server.config.ws == "none"
+
+
+def test_a_used_port_is_refused_in_one_line_naming_it_and_how_to_change_it() -> None:
+    from market_data_store.server import ListenError, listen
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ListenError) as info:
+            listen("127.0.0.1", port)
+    assert str(info.value) == (
+        f"port {port} on 127.0.0.1 is already in use (another mds-store?); choose another "
+        "with --port or MDS_SERVER_PORT"
+    )
+
+
+def test_an_address_not_of_this_machine_is_refused_in_one_line() -> None:
+    from market_data_store.server import ListenError, listen
+
+    with pytest.raises(ListenError, match=r"^cannot listen on 192\.0\.2\.1:\d+: .+; choose"):
+        listen("192.0.2.1", 8081)  # TEST-NET-1: no interface has it
+
+
+def test_the_sockets_listen_at_once() -> None:
+    from market_data_store.server import listen
+
+    sockets = listen("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sockets[0].getsockname()[:2], timeout=1):
+            pass  # accepted into the backlog: nobody else can take the port meanwhile
+    finally:
+        for sock in sockets:
+            sock.close()
