@@ -1,13 +1,13 @@
-"""The README's table of settings, generated from the shipped ``default.toml``.
+"""The table of settings in docs/configuration.md, generated from the shipped ``default.toml``.
 
     .venv/bin/python scripts/config_table.py            # print the table (markdown)
-    .venv/bin/python scripts/config_table.py --write    # rewrite it into README.md
-    .venv/bin/python scripts/config_table.py --check    # exit 1 if README.md is stale
+    .venv/bin/python scripts/config_table.py --write    # rewrite it into docs/configuration.md
+    .venv/bin/python scripts/config_table.py --check    # exit 1 if docs/configuration.md is stale
 
 One row per setting, in the order of default.toml: key, environment variable,
 default, meaning (the comment lines right above the key, joined). A key shown
 commented out (``# database_url = ...``) is a setting without a default: "unset".
-README.md is only touched between ``<!-- config-table:start -->`` and
+docs/configuration.md is only touched between ``<!-- config-table:start -->`` and
 ``<!-- config-table:end -->``; tests/unit/config/test_config_table.py keeps it current.
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 from market_data_store.config import DEFAULTS_FILE, ENV_PREFIX, UNPREFIXED
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 START = "<!-- config-table:start -->"
 END = "<!-- config-table:end -->"
 HEADER = ("Key", "Environment variable", "Default", "Meaning")
@@ -124,12 +124,12 @@ def table() -> str:
     return render(read_settings(DEFAULTS_FILE.read_text(encoding="utf-8")))
 
 
-def with_table(readme: str, table_text: str) -> str:
-    """``readme`` with the text between the markers replaced by ``table_text``
+def with_table(page: str, table_text: str) -> str:
+    """``page`` with the text between the markers replaced by ``table_text``
     (a blank line either side, so the markers never join the table)."""
-    if readme.count(START) != 1 or readme.count(END) != 1:
-        raise ValueError(f"README needs exactly one {START} and one {END}")
-    before, _, rest = readme.partition(START)
+    if page.count(START) != 1 or page.count(END) != 1:
+        raise ValueError(f"the page needs exactly one {START} and one {END}")
+    before, _, rest = page.partition(START)
     _, _, after = rest.partition(END)
     if END in before:
         raise ValueError(f"{END} comes before {START}")
@@ -139,32 +139,31 @@ def with_table(readme: str, table_text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="rewrite the table in the README")
-    mode.add_argument("--check", action="store_true", help="exit 1 if the README's is stale")
-    parser.add_argument("--readme", type=Path, default=README, help="default: %(default)s")
+    mode.add_argument("--write", action="store_true", help="rewrite the table in the page")
+    mode.add_argument("--check", action="store_true", help="exit 1 if the page's is stale")
+    parser.add_argument("--page", "--readme", type=Path, default=PAGE, help="default: %(default)s")
     args = parser.parse_args(argv)
     generated = table()
     if not (args.write or args.check):
         sys.stdout.write(generated)
         return 0
-    readme: Path = args.readme
-    current = readme.read_text(encoding="utf-8")
+    page: Path = args.page
+    current = page.read_text(encoding="utf-8")
     try:
         wanted = with_table(current, generated)
     except ValueError as exc:
-        print(f"{readme}: {exc}", file=sys.stderr)
+        print(f"{page}: {exc}", file=sys.stderr)
         return 2
     if wanted == current:
         return 0
     if args.check:
         print(
-            f"{readme}: the configuration table is out of date; run "
-            "scripts/config_table.py --write",
+            f"{page}: the configuration table is out of date; run scripts/config_table.py --write",
             file=sys.stderr,
         )
         return 1
-    readme.write_text(wanted, encoding="utf-8")
-    print(f"{readme}: configuration table rewritten", file=sys.stderr)
+    page.write_text(wanted, encoding="utf-8")
+    print(f"{page}: configuration table rewritten", file=sys.stderr)
     return 0
 
 

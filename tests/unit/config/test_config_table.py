@@ -1,5 +1,5 @@
-"""README's settings table: generated from default.toml by scripts/config_table.py,
-current, complete, and true to what the loader does."""
+"""The settings table of docs/configuration.md: generated from default.toml by
+scripts/config_table.py, current, complete, and true to what the loader does."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from market_data_store.config import UNPREFIXED, Settings, _env_path, load_setti
 
 ROOT = Path(__file__).parents[3]
 SCRIPT = ROOT / "scripts" / "config_table.py"
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "configuration.md"
 START = "<!-- config-table:start -->"
 END = "<!-- config-table:end -->"
 FIX = "run: .venv/bin/python scripts/config_table.py --write"
@@ -57,8 +57,8 @@ def printed() -> str:
 
 
 def region(text: str) -> str:
-    assert text.count(START) == 1, f"README.md needs one {START}"
-    assert text.count(END) == 1, f"README.md needs one {END}"
+    assert text.count(START) == 1, f"docs/configuration.md needs one {START}"
+    assert text.count(END) == 1, f"docs/configuration.md needs one {END}"
     return text.split(START, 1)[1].split(END, 1)[0]
 
 
@@ -83,9 +83,9 @@ def leaf_keys(struct: type[msgspec.Struct], prefix: str = "") -> list[str]:
     return keys
 
 
-def test_readme_region_is_the_scripts_output(printed: str) -> None:
+def test_the_pages_region_is_the_scripts_output(printed: str) -> None:
     # a blank line either side of the table, so the markers never join it
-    assert region(README.read_text(encoding="utf-8")) == f"\n\n{printed}\n", FIX
+    assert region(PAGE.read_text(encoding="utf-8")) == f"\n\n{printed}\n", FIX
     assert run_script("--check").returncode == 0, FIX
 
 
@@ -151,15 +151,15 @@ d = true  # no comment above: refused below
 
 
 def test_write_replaces_the_region_only(tmp_path: Path, printed: str) -> None:
-    readme = tmp_path / "README.md"
+    page = tmp_path / "configuration.md"
     before, after = "# Title\n\nText.\n\n", "\n\nMore text.\n"
-    readme.write_text(f"{before}{START}\n| stale |\n{END}{after}", encoding="utf-8")
-    assert run_script("--check", "--readme", str(readme)).returncode == 1
-    assert run_script("--write", "--readme", str(readme)).returncode == 0
-    assert readme.read_text(encoding="utf-8") == f"{before}{START}\n\n{printed}\n{END}{after}"
-    assert run_script("--check", "--readme", str(readme)).returncode == 0
-    readme.write_text("no markers\n", encoding="utf-8")
-    proc = run_script("--write", "--readme", str(readme))
+    page.write_text(f"{before}{START}\n| stale |\n{END}{after}", encoding="utf-8")
+    assert run_script("--check", "--page", str(page)).returncode == 1
+    assert run_script("--write", "--page", str(page)).returncode == 0
+    assert page.read_text(encoding="utf-8") == f"{before}{START}\n\n{printed}\n{END}{after}"
+    assert run_script("--check", "--page", str(page)).returncode == 0
+    page.write_text("no markers\n", encoding="utf-8")
+    proc = run_script("--write", "--page", str(page))
     assert proc.returncode == 2
     assert "needs exactly one" in proc.stderr
-    assert readme.read_text(encoding="utf-8") == "no markers\n"
+    assert page.read_text(encoding="utf-8") == "no markers\n"
