@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema_rs
 import pytest
 from litestar.routes import HTTPRoute
 
+from market_data_store.ingest import MAX_INTEGER_DIGITS, MAX_PROVIDER_LENGTH, MAX_SYMBOL_LENGTH
+from tests.support.bars import wire_bar
 from tests.support.service import RunningService, running_service, service_settings
 
 TOKEN = "contract-admin-token-" + "x" * 16
@@ -88,6 +91,69 @@ async def test_the_document_describes_bodies_statuses_and_problems(
                     )
                     schema = response["content"]["application/problem+json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/ProblemBody"}, (path, status)
+
+
+_BIG = 10**MAX_INTEGER_DIGITS
+_PRICES = ("open", "high", "low", "close")
+# One field of a bar, or the body's provider: a value at the limit, and one just past it.
+BODY_LIMITS: list[tuple[str, Any, Any]] = [
+    ("provider", "p" * MAX_PROVIDER_LENGTH, "p" * (MAX_PROVIDER_LENGTH + 1)),
+    ("provider", " p ", " "),
+    ("symbol", " " + "S" * MAX_SYMBOL_LENGTH + " ", "S" * (MAX_SYMBOL_LENGTH + 1)),
+    ("symbol", "S", ""),
+    ("resolution", "9999mo", "10000mo"),
+    ("ts", "2024-01-02T00:00:00+01:00", "2024-01-02T00:00:00"),
+    ("prices", _BIG - 1, _BIG),
+    ("prices", -_BIG + 1, -_BIG),
+    ("prices", "-1.5E+3", "1.5e"),
+    ("volume", "-0.0", "-1"),
+    ("volume", 0, -1),
+]
+QUERY_LIMITS: list[tuple[str, str, str]] = [
+    ("provider", "p" * MAX_PROVIDER_LENGTH, "p" * (MAX_PROVIDER_LENGTH + 1)),
+    ("symbol", "S" * MAX_SYMBOL_LENGTH, "S" * (MAX_SYMBOL_LENGTH + 1)),
+    ("resolution", "1s", "0s"),
+]
+
+
+def _body(field: str, value: Any) -> dict[str, Any]:
+    if field == "provider":
+        return {"provider": value, "bars": [wire_bar()]}
+    fields = dict.fromkeys(_PRICES, value) if field == "prices" else {field: value}
+    return {"provider": "limits", "bars": [wire_bar(**fields)]}
+
+
+async def test_the_documents_field_rules_are_what_the_service_enforces(
+    service: RunningService,
+) -> None:
+    """At each limit the document states, the service accepts what the document allows
+    and refuses the value just past it (and the document refuses that value too)."""
+    paths = (await openapi(service))["paths"]
+    body_schema = paths["/v1/bars"]["post"]["requestBody"]["content"]["application/json"]
+    body = jsonschema_rs.validator_for(body_schema["schema"], validate_formats=True)
+    for field, at_limit, past in BODY_LIMITS:
+        assert body.is_valid(_body(field, at_limit)), (field, at_limit)
+        assert not body.is_valid(_body(field, past)), (field, past)
+        accepted = await service.client.post("/v1/bars", json=_body(field, at_limit))
+        assert accepted.status_code == 202, (field, at_limit, accepted.text)
+        refused = await service.client.post("/v1/bars", json=_body(field, past))
+        assert refused.status_code == 422, (field, past, refused.text)
+    parameters = {p["name"]: p["schema"] for p in paths["/v1/bars"]["get"]["parameters"]}
+    query = {"provider": "limits", "symbol": "AAPL", "resolution": "1m"}
+    for name, at_limit, past in QUERY_LIMITS:
+        check = jsonschema_rs.validator_for(parameters[name])
+        assert check.is_valid(at_limit), name
+        assert not check.is_valid(past), name
+        ok = await service.client.get("/v1/bars", params={**query, name: at_limit})
+        assert ok.status_code == 200, (name, ok.text)
+        bad = await service.client.get("/v1/bars", params={**query, name: past})
+        assert bad.status_code == 400, (name, bad.text)
+    bars = body_schema["schema"]["properties"]["bars"]
+    assert (bars["minItems"], bars["maxItems"]) == (1, 1000)  # MDS_INGEST_MAX_BARS_PER_REQUEST
+    empty = await service.client.post("/v1/bars", json={"provider": "limits", "bars": []})
+    assert empty.status_code == 422
+    many = {"provider": "limits", "bars": [wire_bar(i) for i in range(1001)]}
+    assert (await service.client.post("/v1/bars", json=many)).status_code == 413
 
 
 def allow(response: httpx.Response) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from litestar import Controller, Litestar
@@ -26,7 +27,7 @@ from .controllers import (
     StatusPageController,
 )
 from .framework import FrameworkFixes, openapi_without_null
-from .openapi import openapi_config
+from .openapi import describe_bars_cap, openapi_config
 from .plugin import ServicePlugin
 from .probes import ProbeFastPath
 from .problems import EXCEPTION_HANDLERS
@@ -69,6 +70,8 @@ def create_app(
         openapi_config=openapi_config(),
     )
     openapi_without_null(app)  # built once, here (and read by nothing before)
+    describe_bars_cap(app, settings.ingest.max_bars_per_request)
+    app.on_startup.append(partial(describe_bars_cap, max_bars=settings.ingest.max_bars_per_request))
     # Measure every request, routed or not (404/405 too): wrap the whole ASGI
     # handler, as Litestar's own OpenTelemetry plugin does.
     # Probes are answered before Litestar (same bytes, a fraction of the cost): see probes.py.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
+from litestar import Litestar
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
     Components,
@@ -24,7 +25,16 @@ from litestar.openapi.spec import (
 from litestar.openapi.spec import OpenAPIMediaType as MediaTypeSpec
 
 from market_data_store import __version__
-from market_data_store.ingest import JSON, MSGPACK, IngestRequest
+from market_data_store.ingest import (
+    JSON,
+    MAX_INTEGER_DIGITS,
+    MAX_SCALE,
+    MSGPACK,
+    PROVIDER_SCHEMA,
+    TS_RANGE_RULE,
+    IngestRequest,
+    bar_field_schemas,
+)
 
 _REF = "#/$defs/{name}"
 
@@ -43,10 +53,35 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
 
 def ingest_request_schema() -> dict[str, Any]:
     """msgspec's JSON Schema of what ``POST /v1/bars`` decodes its body into, self-contained
-    (Litestar builds ``components/schemas`` from its own registry only)."""
+    (Litestar builds ``components/schemas`` from its own registry only), with the rules
+    of each field (``ingest.rules``): what msgspec sees of them is only their types. The
+    cap on ``bars`` is the app's setting (``describe_bars_cap``)."""
     (root,), defs = msgspec.json.schema_components((IngestRequest,), ref_template=_REF)
     schema: dict[str, Any] = _inline(root, defs)
+    properties = schema["properties"]
+    properties["provider"] = {**properties["provider"], **PROVIDER_SCHEMA}
+    bars = properties["bars"]
+    bars["minItems"] = 1  # "must not be empty"
+    fields = bars["items"]["properties"]
+    for name, rules in bar_field_schemas().items():
+        kept = {key: value for key, value in fields[name].items() if key == "default"}
+        fields[name] = {**rules, **kept}
     return schema
+
+
+def describe_bars_cap(app: Litestar, max_bars: int) -> None:
+    """``maxItems`` of ``bars`` in ``POST /v1/bars``'s body: ``ingest.max_bars_per_request``
+    (more is a 413). Called when the document is built, and again when the app starts
+    (Litestar may build it anew)."""
+    if app.openapi_config is None:
+        return
+    paths = app.openapi_schema.paths or {}
+    operation = paths["/v1/bars"].post if "/v1/bars" in paths else None
+    body = operation.request_body if operation is not None else None
+    if isinstance(body, RequestBody):
+        for media in body.content.values():
+            schema = cast(dict[str, Any], media.schema)
+            schema["properties"]["bars"]["maxItems"] = max_bars
 
 
 @dataclass
@@ -61,8 +96,11 @@ class IngestOperation(Operation):
             description=(
                 "A provider and its bars (Core Bar fields). Prices and volume: decimal "
                 "strings or numbers, kept exact. Rules JSON Schema cannot say (high >= "
-                "max(open, close) >= min(open, close) >= low, ranges of ts and numbers) "
-                "are answered 422 with every error listed."
+                "max(open, close) >= min(open, close) >= low; ts as an instant, after its "
+                f"offset: {TS_RANGE_RULE}; at most {MAX_SCALE} digits after the point as "
+                "written, trailing zeros too; decimal strings below "
+                f"10^{MAX_INTEGER_DIGITS} in magnitude, exponent included) are answered "
+                "422 with every error listed."
             ),
             required=True,
         )

@@ -72,7 +72,7 @@ class _JsonBarIn(BarIn, gc=False, forbid_unknown_fields=True):
 # The request body as the OpenAPI document states it (http/openapi.py); what is decoded
 # is ``_Envelope``, then its bars as ``BarIn`` a chunk at a time. (No docstring: it
 # would become the schema's description.)
-class IngestRequest(msgspec.Struct, gc=False):
+class IngestRequest(msgspec.Struct, gc=False, forbid_unknown_fields=True):
     provider: str
     bars: list[BarIn]
 

@@ -18,7 +18,9 @@ MAX_SCALE = 18  # digits after the decimal point
 MAX_INTEGER_DIGITS = 20  # digits before it: |x| < 10**20 (see migration 0003)
 PRICE_FIELDS = ("open", "high", "low", "close")
 # Number text (strings, and JSON numbers as sent): JSON's number grammar, ASCII only.
-NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_UNSIGNED = r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?"
+_EXPONENT = r"(?:[eE][+-]?[0-9]+)?"
+NUMBER = re.compile(rf"-?{_UNSIGNED}{_EXPONENT}", re.ASCII)
 RESOLUTION = re.compile(r"[1-9][0-9]{0,3}(?:mo|s|m|h|d|w)")  # use fullmatch
 # Bars before/after these are refused (and the table refuses them too): beyond them
 # lie dates the database can store but drivers cannot read back.
@@ -38,6 +40,49 @@ PROVIDER_RULE = (
     "(surrounding spaces are trimmed; tabs, newlines and other control characters refused)"
 )
 NOT_A_NUMBER = "must be a number or a decimal string"
+
+# The rules of one field each, as JSON Schema (patterns in the dialect both ECMA-262 and
+# Python read alike): exactly what ``symbol_ok``, ``provider_ok`` and ``check_bar`` refuse
+# of one value on its own, for the OpenAPI document (``http/openapi.py``, the GET query
+# parameters). Not said here: high/low against open and close, and what depends on a
+# value's spelling beyond one pattern (ts's instant after its offset and rounding,
+# digits after the point of a number or its magnitude written with an exponent).
+SYMBOL_PATTERN = rf"^ *[!-~]{{1,{MAX_SYMBOL_LENGTH}}} *$"
+PROVIDER_PATTERN = rf"^ *[!-~](?:[ -~]{{0,{MAX_PROVIDER_LENGTH - 2}}}[!-~])? *$"
+RESOLUTION_PATTERN = rf"^(?:{RESOLUTION.pattern})$"
+NUMBER_PATTERN = rf"^(?:{NUMBER.pattern})$"
+# volume >= 0: no minus sign but on a zero (-0, -0.00e5 are 0)
+VOLUME_PATTERN = rf"^(?:{_UNSIGNED}|-0(?:\.0+)?){_EXPONENT}$"
+
+
+def number_schema(*, minimum: int | None = None) -> dict[str, Any]:
+    """A price or volume: a decimal string, or a number below 10^MAX_INTEGER_DIGITS in
+    magnitude (and at least ``minimum``)."""
+    bound = 10**MAX_INTEGER_DIGITS
+    low: dict[str, int] = {"exclusiveMinimum": -bound} if minimum is None else {"minimum": minimum}
+    pattern = NUMBER_PATTERN if minimum is None else VOLUME_PATTERN
+    assert minimum in (None, 0)  # VOLUME_PATTERN says >= 0
+    return {
+        "anyOf": [
+            {"type": "string", "pattern": pattern},
+            {"type": "number", **low, "exclusiveMaximum": bound},
+        ]
+    }
+
+
+def bar_field_schemas() -> dict[str, dict[str, Any]]:
+    """What JSON Schema can say of each field of a bar, by name (merged into the schema
+    of ``BarIn``)."""
+    return {
+        "symbol": {"type": "string", "minLength": 1, "pattern": SYMBOL_PATTERN},
+        "ts": {"type": "string", "format": "date-time"},
+        "resolution": {"type": "string", "pattern": RESOLUTION_PATTERN},
+        **{name: number_schema() for name in PRICE_FIELDS},
+        "volume": number_schema(minimum=0),
+    }
+
+
+PROVIDER_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": PROVIDER_PATTERN}
 # the rules between the prices of one bar
 ORDER_RULES = ("must be <= min(open, close)", "must be >= max(open, close)")
 
