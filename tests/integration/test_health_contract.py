@@ -59,7 +59,7 @@ async def test_healthz_returns_health_status(service: RunningService) -> None:
         assert response.headers["content-type"].startswith("application/json")
         status = HealthStatus.model_validate_json(response.content)
         assert status.service == "market-data-store"
-        assert status.version == "0.4.0"
+        assert status.version == "0.5.0"
         assert status.state == "healthy"
         assert abs(status.ts - time.time()) < 5
         assert {c.name for c in status.components} >= {"database", "coordinator", "feedback"}

@@ -86,7 +86,7 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
     assert labels["coordinator_id"] == "test/bars"  # <server.instance_id>/bars
     (info,) = families["target_info"]
     assert info.labels["service_name"] == "market-data-store"
-    assert info.labels["service_version"] == "0.4.0"
+    assert info.labels["service_version"] == "0.5.0"
 
 
 async def test_the_fast_path_can_be_turned_off(database_url: str, tmp_path: Path) -> None:

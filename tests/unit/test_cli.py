@@ -38,7 +38,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
-    assert "0.4.0" in capsys.readouterr().out
+    assert "0.5.0" in capsys.readouterr().out
 
 
 def test_config_into_a_closed_pipe_is_quiet() -> None:
