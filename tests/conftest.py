@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def fresh_bus() -> Iterator[FeedbackBus]:
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     """A PostgreSQL server for the session: the CI one, or an embedded one."""
     url = os.environ.get("MDS_TEST_DATABASE_URL")
     if url:
@@ -51,11 +52,14 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     if REQUIRE_SERVICES:
         pytest.fail("MDS_TEST_REQUIRE_SERVICES=1 but MDS_TEST_DATABASE_URL is not set")
-    server, uri = start_embedded(Path(tmp_path_factory.mktemp("pg")) / "data")
-    try:
-        yield uri
-    finally:
-        server.cleanup()
+    # not under pytest's base temp: another pytest session of this user (a second
+    # checkout's suite) prunes old base temps, and the server's data with them
+    with tempfile.TemporaryDirectory(prefix="mds-test-pg-") as folder:
+        server, uri = start_embedded(Path(folder) / "data")
+        try:
+            yield uri
+        finally:
+            server.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +89,10 @@ async def proxy(database_url: str) -> AsyncIterator[TcpProxy]:
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_url() -> Iterator[str]:
     """A Redis for the session: the CI one, or a private ``redis-server``."""
-    with shared_redis(tmp_path_factory.mktemp("redis")) as url:
+    with (
+        tempfile.TemporaryDirectory(prefix="mds-test-redis-") as folder,
+        shared_redis(Path(folder)) as url,
+    ):
         yield url
