@@ -10,8 +10,8 @@ import market_data_store
 from market_data_store import coordinator
 
 
-def test_version_is_0_4_0() -> None:
-    assert market_data_store.__version__ == "0.4.0"
+def test_version_is_0_5_0() -> None:
+    assert market_data_store.__version__ == "0.5.0"
 
 
 def test_importing_emits_no_warnings_but_ours_are_not_hidden() -> None:
