@@ -188,4 +188,4 @@ class Credits:
         if error < 0 and ignored:
             return
         grown = self.total * math.exp(GAIN * error * dt)
-        self.total = max(self.floor, min(self.ceiling, self.bound, grown))
+        self.total = max(self.floor, min(self.bound, grown))  # the bound is <= the ceiling

@@ -231,12 +231,16 @@ class BoundedQueue(Generic[T]):
             on_enqueued(start, self._next_seq)
         return old
 
-    def _stamp(self) -> None:
-        """Date the items just appended (one entry per millisecond at most; entries of
-        items already gone are dropped)."""
-        arrivals, now, head = self._arrivals, time.monotonic(), self.head_seq
+    def _arrivals_queued(self) -> deque[list[float]]:
+        """The arrival dates, those of items already gone (taken, evicted) dropped."""
+        arrivals, head = self._arrivals, self.head_seq
         while arrivals and arrivals[0][0] <= head:
             arrivals.popleft()
+        return arrivals
+
+    def _stamp(self) -> None:
+        """Date the items just appended (one entry per millisecond at most)."""
+        arrivals, now = self._arrivals_queued(), time.monotonic()
         if arrivals and now - arrivals[-1][1] < 0.001:
             arrivals[-1][0] = self._next_seq
         else:
@@ -244,9 +248,7 @@ class BoundedQueue(Generic[T]):
 
     def waited(self) -> float:
         """Seconds the oldest queued item has waited (0.0 when the queue is empty)."""
-        arrivals, head = self._arrivals, self.head_seq
-        while arrivals and arrivals[0][0] <= head:
-            arrivals.popleft()
+        arrivals = self._arrivals_queued()
         if not self._items or not arrivals:
             return 0.0
         return max(0.0, time.monotonic() - arrivals[0][1])

@@ -36,6 +36,23 @@ def credits(clock: Clock, **kwargs: int) -> Credits:
     return Credits(clock=clock, **options)
 
 
+def takes(
+    c: Credits,
+    clock: Clock,
+    found: int,
+    *,
+    waited: float | None = None,
+    times: int = 10,
+    every: float = 0.01,
+    drain: float = 20_000.0,
+) -> None:
+    """``times`` batches taken ``every`` s apart, each finding ``found`` items, while
+    producers use their whole window."""
+    for _ in range(times):
+        clock.now += every
+        c.observe(found, int(c.total), drain, waited=waited)
+
+
 def test_targets_sit_under_the_low_watermark_and_start_the_window_inside_them() -> None:
     c = credits(Clock())
     assert (c.low_target, c.high_target) == (100, 800)
@@ -54,20 +71,15 @@ def test_a_take_that_finds_the_queue_hard_cuts_a_bound_that_relaxes() -> None:
     c = credits(clock, workers=4)
     c.observe(0, 0, 0.0)
     while c.total < c.ceiling:  # producers use their window; no queue stands
-        clock.now += 0.01
-        c.observe(0, int(c.total), 20_000.0, waited=0.0)
+        takes(c, clock, 0, waited=0.0, times=1)
     before = c.total
-    clock.now += 0.01
-    c.observe(1700, int(c.total), 20_000.0, waited=0.0)  # a burst: hard
+    takes(c, clock, 1700, waited=0.0, times=1)  # a burst: hard
     assert c.bound == pytest.approx(before * CUT)
     assert c.total <= c.bound
     cut = c.bound
-    clock.now += 0.01
-    c.observe(1650, int(c.total), 20_000.0, waited=0.0)  # the same burst: one cut
+    takes(c, clock, 1650, waited=0.0, times=1)  # the same burst: one cut
     assert c.bound == cut
-    for _ in range(10):  # one second without a hard take
-        clock.now += 0.1
-        c.observe(0, int(c.total), 20_000.0, waited=0.0)
+    takes(c, clock, 0, waited=0.0, every=0.1)  # one second without a hard take
     assert c.bound == pytest.approx(min(c.ceiling, cut * math.exp(RELAX * 1.0)), rel=0.02)
     assert c.total == pytest.approx(c.bound)
 
@@ -77,14 +89,10 @@ def test_an_empty_queue_grows_the_window_a_full_one_shrinks_it() -> None:
     c = credits(clock)
     c.observe(0, 0, 0.0)  # the first take only starts the clock
     start = c.total
-    for _ in range(10):
-        clock.now += 0.01
-        c.observe(0, int(c.total), 20_000.0)  # producers use their window; queue empty
+    takes(c, clock, 0)  # producers use their window; queue empty
     grown = c.total
     assert grown > start
-    for _ in range(10):
-        clock.now += 0.01
-        c.observe(1900, int(c.total), 20_000.0)
+    takes(c, clock, 1900)
     assert c.total < grown
 
 
@@ -93,22 +101,16 @@ def test_a_request_taken_as_it_arrives_is_not_a_standing_queue() -> None:
     c = credits(clock)
     c.observe(0, 0, 0.0)
     start = c.total
-    for _ in range(10):
-        clock.now += 0.01
-        # a whole request (more than the target) found, but it arrived a moment ago:
-        # the reader was waiting for it, so the window is what keeps the store short
-        c.observe(900, int(c.total), 20_000.0, waited=0.001)
+    # a whole request (more than the target) found, but it arrived a moment ago: the
+    # reader was waiting for it, so the window is what keeps the store short
+    takes(c, clock, 900, waited=0.001)
     grown = c.total
     assert grown > start
-    for _ in range(10):
-        clock.now += 0.01
-        c.observe(900, int(c.total), 20_000.0, waited=0.2)  # it sat there: a queue
+    takes(c, clock, 900, waited=0.2)  # it sat there: a queue
     assert c.total < grown
     shrunk = c.total
-    for _ in range(10):
-        clock.now += 0.01
-        # above the low watermark (soft) everything found counts, however fresh
-        c.observe(1200, int(c.total), 20_000.0, waited=0.0)
+    # above the low watermark (soft) everything found counts, however fresh
+    takes(c, clock, 1200, waited=0.0)
     assert c.total < shrunk
 
 
