@@ -11,7 +11,13 @@ import sys
 from collections.abc import Sequence
 
 from market_data_store import __version__
-from market_data_store.config import ConfigError, Settings, load_settings, redacted
+from market_data_store.config import (
+    ConfigError,
+    Settings,
+    guard_logging,
+    load_settings,
+    redacted,
+)
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -116,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         settings = load_settings(config_file=getattr(args, "config", None))
+        guard_logging(settings)  # before anything connects anywhere
         code: int = args.func(args, settings)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except ConfigError as exc:

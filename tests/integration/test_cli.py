@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,6 +14,7 @@ import pytest
 
 from tests.support.postgres import replace_url
 from tests.support.process import SERVE, free_port, serve_once
+from tests.support.waits import until_sync
 
 MIGRATE = [sys.executable, "-m", "market_data_store.cli", "migrate"]
 SECRET = "pa55-Wq7z"
@@ -78,3 +81,45 @@ def test_serve_names_its_external_database_redacted(database_url: str, tmp_path:
     host = urlsplit(database_url).netloc.rpartition("@")[2]
     assert f"using database postgresql://postgres:***@{host}/" in seen
     assert SECRET not in seen
+
+
+def test_serve_never_logs_the_webhook_url_secrets(database_url: str, tmp_path: Path) -> None:
+    """Every webhook delivery is an httpx request, which httpx logs at INFO with its
+    whole URL: password, path and query. The log shows the origin only."""
+    delivered: list[str] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", "0")))
+            delivered.append(self.path)
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    port = receiver.server_address[1]
+    secrets = ("PASS-5ecr", "PATHTOKEN-5ecr", "QUERYKEY-5ecr", SECRET)
+    env = {
+        **os.environ,
+        "DATABASE_URL": replace_url(database_url, password=SECRET),
+        "MDS_FEEDBACK_WEBHOOK_URL": (
+            f"http://user:PASS-5ecr@127.0.0.1:{port}/hook/PATHTOKEN-5ecr?key=QUERYKEY-5ecr"
+        ),
+    }
+    proc = subprocess.Popen(
+        [*SERVE, str(free_port())], env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        until_sync(lambda: bool(delivered), timeout=30, what="a webhook delivery")
+    finally:
+        proc.terminate()
+        log = proc.communicate(timeout=30)[1]
+        receiver.shutdown()
+        receiver.server_close()
+    assert delivered[0] == "/hook/PATHTOKEN-5ecr?key=QUERYKEY-5ecr"  # it was that URL
+    assert f"feedback webhook on: http://127.0.0.1:{port}/…" in log
+    assert not [s for s in secrets if s in log], log

@@ -8,7 +8,14 @@ from .loader import DEFAULTS_FILE, load_settings, setting_keys
 from .loader import ENV_PREFIX as ENV_PREFIX
 from .loader import UNPREFIXED as UNPREFIXED
 from .loader import _env_path as _env_path
-from .redaction import endpoint_origin, redact_text, redact_url, redacted
+from .redaction import (
+    SecretsFilter,
+    endpoint_origin,
+    guard_logging,
+    redact_text,
+    redact_url,
+    redacted,
+)
 from .rules import check_admin_token
 from .schema import (
     CircuitBreakerSettings,
@@ -35,12 +42,14 @@ __all__ = [
     "IngestSettings",
     "RedisSettings",
     "RetrySettings",
+    "SecretsFilter",
     "ServerSettings",
     "Settings",
     "SseSettings",
     "WebhookSettings",
     "check_admin_token",
     "endpoint_origin",
+    "guard_logging",
     "load_settings",
     "redact_text",
     "redact_url",

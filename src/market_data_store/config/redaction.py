@@ -2,16 +2,18 @@
 
 ``_url_problem`` says why a URL setting cannot be used (``rules`` applies it); ``redact_url``,
 ``redact_text`` and ``redacted`` mask what may be a secret, for logs and ``mds-store
-config``; ``endpoint_origin`` keeps only scheme, host and port.
+config``; ``endpoint_origin`` keeps only scheme, host and port. ``SecretsFilter`` masks
+the configured URLs' secrets in every log record, whichever library wrote it.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
@@ -174,3 +176,91 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
 def redact_text(text: str) -> str:
     """``text`` (an error message) with every URL in it passed through ``redact_url``."""
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+SHORTEST_MASKED = 4
+"""Secrets shorter than this are masked only inside URLs (``redact_text``): masking
+every "ab" of every log line would garble the log and point at the secret."""
+
+
+class SecretsFilter(logging.Filter):
+    """A handler filter that masks the configured URLs' secrets in every record,
+    whichever logger wrote it: a third-party library (httpx logs every request's URL at
+    INFO, its path and query included) as well as ours.
+
+    Each configured URL, where it appears whole, is replaced by what ``redacted``
+    shows of it; its password, the webhook's path and query (they often are the
+    webhook's secret) and the values of secret-looking query parameters are masked
+    wherever they appear, also in a URL a library rebuilt (percent-encoded or not);
+    and every URL in the text goes through ``redact_text``. The record's message and
+    exception text are rewritten; the filter never drops a record.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        whole: dict[str, str] = {}
+        fragments: set[str] = set()
+        for key, url in _urls(settings):
+            if not url:
+                continue
+            parts = _UrlParts.of(url)
+            webhook = key == "feedback.webhook.url"
+            whole[url] = endpoint_origin(url) if webhook else redact_url(url)
+            if parts is None:
+                continue
+            if parts.userinfo is not None and ":" in parts.userinfo:
+                fragments.add(parts.userinfo.partition(":")[2])
+            if webhook and parts.path not in ("", "/"):
+                fragments.add(parts.path)
+            if parts.query:
+                if webhook:
+                    fragments.add(parts.query)
+                for name, value in parse_qsl(parts.query, keep_blank_values=True):
+                    if webhook or _SECRET_PARAMETER.search(name):
+                        fragments.add(value)
+            if parts.fragment:
+                fragments.add(parts.fragment)
+        fragments |= {unquote(f) for f in fragments}
+        self._whole = sorted(whole.items(), key=lambda item: -len(item[0]))
+        self._fragments = sorted(
+            (f for f in fragments if len(f) >= SHORTEST_MASKED), key=len, reverse=True
+        )
+
+    def clean(self, text: str) -> str:
+        """``text`` with the configured secrets masked."""
+        for url, shown in self._whole:
+            if url in text:
+                text = text.replace(url, shown)
+        for fragment in self._fragments:
+            if fragment in text:
+                text = text.replace(fragment, "***")
+        return redact_text(text) if "://" in text else text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.clean(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info is not None and record.exc_text is None:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.clean(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.clean(record.stack_info)
+        return True
+
+
+THIRD_PARTY_QUIET = ("httpx", "httpcore")
+"""Loggers kept at WARNING: httpx logs every request (its URL whole) at INFO."""
+
+
+def guard_logging(settings: Settings, handlers: list[logging.Handler] | None = None) -> None:
+    """Quiet the chatty third-party loggers and put a ``SecretsFilter`` for ``settings``
+    on ``handlers`` (the root logger's by default: every record that propagates)."""
+    for name in THIRD_PARTY_QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    secrets = SecretsFilter(settings)
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
+        for old in [f for f in handler.filters if isinstance(f, SecretsFilter)]:
+            handler.removeFilter(old)
+        handler.addFilter(secrets)
