@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
@@ -265,13 +266,16 @@ async def test_hostile_numbers_in_an_answer_are_clamped_and_nothing_fails(
     assert "credit" in warned
 
 
+@pytest.mark.parametrize("path", ["lean", "httpx"])
 async def test_a_content_length_of_5000_digits_is_a_transport_error_retried(
-    store: HostileStore, caplog: pytest.LogCaptureFixture
+    store: HostileStore, path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """0.5.0's lean HTTP/1.1 pool raised ValueError (int() of more than 4,300 digits):
-    "sending failed unexpectedly", the batch failed. Now a protocol error, retried."""
+    "sending failed unexpectedly", the batch failed. Now a protocol error, retried, as
+    through httpx."""
     store.script.append(answer(202, b"{}", content_length="9" * 5000))
-    async with client(store, deadline=10) as c:
+    transport = httpx.AsyncHTTPTransport() if path == "httpx" else None
+    async with client(store, deadline=10, transport=transport) as c:
         await c.write(wire_bars(3))
         await c.flush(timeout=10)
     assert [count for _, count in store.posts] == [3, 3]
