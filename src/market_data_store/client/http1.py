@@ -506,7 +506,9 @@ def _content_length(value: str) -> int:
         raise ProtocolError(f"conflicting Content-Length values: {value!r}")
     size = sizes.pop()
     if not size.isdigit() or not size.isascii():
-        raise ProtocolError(f"bad Content-Length: {value!r}")
+        raise ProtocolError(f"bad Content-Length: {value[:40]!r}")
+    if len(size) > 18:  # beyond any body (and int() of 5,000 digits raises ValueError)
+        raise ProtocolError(f"Content-Length of {len(size)} digits")
     return int(size)
 
 

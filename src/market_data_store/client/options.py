@@ -55,6 +55,7 @@ class ClientOptions(TypedDict, total=False):
     increase_fraction: float
     adjust_interval: float
     probe_interval: float
+    max_hold: float
     stream_idle_timeout: float
     on_feedback: Callable[[Feedback], None] | None
     headers: Mapping[str, str] | None

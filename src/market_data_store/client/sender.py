@@ -2,8 +2,9 @@
 
 Each of ``max_in_flight`` tasks takes a batch, waits for the throttle, sends it as
 MessagePack and reads the answer: accepted, split (413), retried (503/429 after
-``Retry-After``, 408/5xx/transport errors after the backoff) until the batch's
-deadline, or rejected. A batch given up goes to ``Failures`` with its bars.
+``Retry-After``, cut to ``max_hold``; 408/5xx/transport errors after the backoff)
+until the batch's deadline, or rejected. A batch given up goes to ``Failures``
+with its bars.
 """
 
 from __future__ import annotations
@@ -265,18 +266,15 @@ class Sender:
                     batch.last_error = f"HTTP {status}: {problem.get('detail', '')}".rstrip(": ")
                     if status in (503, 429):
                         hold = self._refused(headers.get("retry-after"), problem) or None
-            delay = (
-                hold * random.uniform(1.0, 1.1)
-                if hold is not None
-                else backoff_delay(
+            if hold is None:
+                delay = backoff_delay(
                     attempt, initial=self.initial_backoff, maximum=self.max_backoff, jitter=True
                 )
-            )
-            if time.monotonic() + delay >= batch.deadline:
-                raise self._out_of_time(bars, batch, "retries ran out of time")
-            await asyncio.sleep(delay)
-            if hold is not None:
-                self._stats.throttled_seconds += delay
+                if time.monotonic() + delay >= batch.deadline:
+                    raise self._out_of_time(bars, batch, "retries ran out of time")
+                await asyncio.sleep(delay)
+            else:
+                await self._hold(hold, batch.deadline)
 
     async def _post(
         self, body: bytes, params: dict[str, str] | None, budget: float
@@ -295,6 +293,17 @@ class Sender:
                 if len(content) > MAX_ANSWER_BYTES:
                     break
             return response.status_code, response.headers, content
+
+    async def _hold(self, hold: float, deadline: float) -> None:
+        """Wait out a 503's Retry-After (``hold``, already cut to the throttle's
+        ``max_hold``), randomised to 100-110 % within that cap; one longer than the
+        deadline leaves is waited until the deadline: the batch then fails as every
+        batch does, at its deadline (not at once: the bars stay in the buffer, so
+        the producer is held back too, as the store asked)."""
+        began = time.monotonic()
+        delay = min(hold * random.uniform(1.0, 1.1), self._throttle.max_hold)
+        await asyncio.sleep(max(0.0, min(delay, deadline - began)))
+        self._stats.throttled_seconds += time.monotonic() - began
 
     async def _pace(self, count: int, deadline: float) -> None:
         """Wait until the throttle lets a request of ``count`` bars start."""
@@ -348,7 +357,7 @@ class Sender:
         if answer.committed is None and answer.dead_lettered is None:
             return  # 202: queued
         stats.bars_committed += answer.committed or 0
-        lost = answer.dead_lettered or 0
+        lost = min(answer.dead_lettered or 0, len(bars))
         if not lost:
             return
         stats.bars_dead_lettered += lost
@@ -365,7 +374,7 @@ class Sender:
     def _refused(self, header: str | None, problem: dict[str, Any]) -> float | None:
         """A 503/429: hold every request for its Retry-After; the seconds, if said."""
         self._stats.refused += 1
-        seconds = retry_after(header, problem)
+        seconds = retry_after(header, problem, most=self._throttle.max_hold)
         feedback = problem.get("feedback")
         if isinstance(feedback, dict):
             with contextlib.suppress(msgspec.DecodeError, TypeError):

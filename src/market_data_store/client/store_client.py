@@ -28,7 +28,7 @@ from .options import ClientOptions as ClientOptions  # where 0.4.0 defined it
 from .options import ClientStats
 from .sender import MAX_ANSWER_BYTES, Sender
 from .stream import FeedbackFollower
-from .throttle import LevelBoard, Throttle
+from .throttle import MAX_HOLD, LevelBoard, Throttle
 from .wire import Feedback, Level, to_wire
 
 log = logging.getLogger(__name__)
@@ -64,14 +64,18 @@ class StoreClient:
     **Retries.** A 503 (queue full, shutting down), 429, 408, 5xx, a connection
     error or a timeout (``request_timeout`` per attempt) sends the batch again
     (safe: the store's writes are idempotent per bar key): after the 503's
-    ``Retry-After`` (randomised to 100-110 %, and no request of this client starts
-    earlier), else after ``initial_backoff x 2^(n-1)`` s capped at ``max_backoff``,
-    randomised to 50-100 %; until ``deadline`` s after the batch was formed, when it
-    fails with ``DeadlineExceededError``. A 413 splits the batch in halves (a single
-    bar still too large is rejected). Any other 4xx fails it at once with
+    ``Retry-After`` cut to ``max_hold`` s (randomised to 100-110 % within it, and
+    no request of this client starts earlier), else after ``initial_backoff x
+    2^(n-1)`` s capped at ``max_backoff``, randomised to 50-100 %; until
+    ``deadline`` s after the batch was formed, when it fails with
+    ``DeadlineExceededError`` (a ``Retry-After`` longer than the deadline leaves is
+    waited until the deadline). A 413 splits the batch in halves (a single bar
+    still too large is rejected). Any other 4xx fails it at once with
     ``BarsRejectedError`` (never retried). Failed batches are raised, oldest first,
     by the next ``write``/``flush``/``aclose`` (each with its bars, to write again
-    or keep); ``take_failures()`` hands them all over.
+    or keep); ``take_failures()`` hands them all over. A number the store sends
+    out of any sane range (negative, huge, not a number) is clamped or ignored
+    with a warning: never a traceback, never a failed batch.
 
     **Rate (AIMD, see ``Throttle``), for a store that sends no credit.** Unlimited
     at first. Congestion cuts it, once per ``adjust_interval`` s, not below
@@ -118,6 +122,7 @@ class StoreClient:
         increase_fraction: float = 0.1,
         adjust_interval: float = 1.0,
         probe_interval: float = 5.0,
+        max_hold: float = MAX_HOLD,
         stream_idle_timeout: float = 45.0,
         on_feedback: Callable[[Feedback], None] | None = None,
         headers: Mapping[str, str] | None = None,
@@ -140,6 +145,7 @@ class StoreClient:
             ("deadline", deadline),
             ("initial_backoff", initial_backoff),
             ("stream_idle_timeout", stream_idle_timeout),
+            ("max_hold", max_hold),
         ):
             if not value > 0:
                 raise ValueError(f"{name} must be > 0")
@@ -172,6 +178,7 @@ class StoreClient:
             increase_fraction=increase_fraction,
             interval=adjust_interval,
             probe_interval=probe_interval,
+            max_hold=max_hold,
         )
         self._board = LevelBoard()
         self._stats = ClientStats()

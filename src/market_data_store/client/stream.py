@@ -2,10 +2,11 @@
 
 Reconnects by itself with ``Last-Event-ID`` (the store replays what was missed,
 or says ``event: reset`` and sends its snapshot again), waiting the stream's
-``retry:`` hint, doubled after each failed attempt up to ``max_delay``,
-randomised to 50-100 %. A connection that shows nothing (not even a keepalive)
-for ``idle_timeout`` s is dropped and replaced. Nothing here ever blocks a
-write: the client works without the stream, reacting to answers and 503s.
+``retry:`` hint (taken within 0.1 s and ``max_delay``), doubled after each failed
+attempt up to ``max_delay``, randomised to 50-100 %. A connection that shows
+nothing (not even a keepalive) for ``idle_timeout`` s is dropped and replaced.
+Nothing here ever blocks a write: the client works without the stream, reacting
+to answers and 503s.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import msgspec
 
 from market_data_store._util import ThrottledLog, backoff_delay
 
-from .wire import Feedback, decode_feedback
+from .wire import Feedback, decode_feedback, server_number
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ STREAM_PATH = "/v1/feedback/stream"
 MAX_LINE = 64 * 1024
 """Longest line (and event data) accepted; an event is a few hundred bytes."""
 DEFAULT_RETRY = 2.0
+MIN_RETRY_MS = 100
+"""The shortest ``retry:`` taken (a shorter one is raised to it); the longest is
+``max_delay``."""
 
 
 class StreamError(Exception):
@@ -114,7 +118,11 @@ class FeedbackFollower:
 
     def _dispatch(self, message: _Message) -> None:
         if message.retry is not None:
-            self.retry = max(0.1, min(message.retry / 1000, self._max_delay))
+            ms = server_number(
+                message.retry, "the stream's retry:", low=MIN_RETRY_MS, high=self._max_delay * 1000
+            )
+            if ms is not None:
+                self.retry = ms / 1000
         if message.id is not None:
             self.last_event_id = message.id
         if message.event == "reset":
@@ -136,7 +144,7 @@ class _Message:
         self.event: str | None = None
         self.id: str | None = None
         self.data = ""
-        self.retry: int | None = None
+        self.retry: str | None = None  # as sent: the follower reads it (server_number)
 
 
 class _Parser:
@@ -180,8 +188,8 @@ class _Parser:
         elif name == "id":
             if "\0" not in value:
                 message.id = value
-        elif name == "retry" and value.isascii() and value.isdigit():
-            message.retry = int(value)
+        elif name == "retry":
+            message.retry = value
 
 
 def _describe(exc: BaseException) -> str:

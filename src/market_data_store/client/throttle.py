@@ -19,7 +19,8 @@ MAX_COORDINATORS = 1000
 MAX_OURS = 64
 """Coordinator ids learned from answers (one per replica the client's requests reach)."""
 MAX_HOLD = 60.0
-"""Longest a Retry-After holds every request (a longer one is cut to this)."""
+"""Longest a Retry-After holds every request by default (a longer one is cut to this:
+a proxy's Retry-After of a day must not stop every write for a day)."""
 MAX_PROBE_DOUBLINGS = 5
 """Beyond the pre-cut rate the step doubles each interval, up to 32 x ``increase_fraction``."""
 
@@ -112,7 +113,7 @@ class Throttle:
       careful, then faster probe for more room (BIC-like). Not while the client sends
       less than half its limit (a limit nobody uses says nothing).
     - ``refused(s)`` (a 503 with ``Retry-After: s``): a cut, and no request starts
-      for ``s`` seconds.
+      for ``s`` seconds, at most ``max_hold``.
 
     Requests are paced by their size: one of ``n`` bars delays the next start by
     ``n / rate`` s.
@@ -128,6 +129,7 @@ class Throttle:
         interval: float = 1.0,
         probe_interval: float = 5.0,
         window: float = 2.0,
+        max_hold: float = MAX_HOLD,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not min_rate > 0:
@@ -140,6 +142,8 @@ class Throttle:
             raise ValueError("increase_fraction must be > 0")
         if not interval > 0 or not probe_interval > 0 or not window > 0:
             raise ValueError("interval, probe_interval and window must be > 0")
+        if not max_hold > 0:
+            raise ValueError("max_hold must be > 0")
         self.min_rate = min_rate
         self.max_rate = max_rate
         self.decrease_factor = decrease_factor
@@ -148,6 +152,7 @@ class Throttle:
         self.interval = interval
         self.probe_interval = probe_interval
         self.window = window
+        self.max_hold = max_hold
         self.clock = clock
         self.rate: float | None = max_rate
         self.level: Level = "ok"
@@ -190,9 +195,9 @@ class Throttle:
         """A 503: congestion, and nothing starts before ``retry_after`` s."""
         now = self.clock()
         self._decrease(now, self.decrease_factor)
-        if retry_after:
-            # capped: a proxy's Retry-After of a day must not stop every write for a day
-            self._hold_until = max(self._hold_until, now + min(retry_after, MAX_HOLD))
+        if retry_after is not None and retry_after > 0:
+            hold = min(retry_after, self.max_hold)
+            self._hold_until = max(self._hold_until, now + hold)
 
     def use_credit(self) -> None:
         """The store sends credits: they pace the client from now on. A rate cut

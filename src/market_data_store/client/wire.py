@@ -7,23 +7,33 @@ binary noise), an aware ``datetime``, a MessagePack timestamp; text as it is. Th
 the same rows of them as of 0.4.0's all-text bars. What the store alone can judge
 (price order, ranges, symbol rules) is left to it; what can never be sent is
 refused at once with ``InvalidBarError``.
+
+Every number the store sends (counts and levels in answers and feedback events,
+``Retry-After``, the stream's ``retry:``) goes through ``server_number``: whatever
+answers in the store's place may be broken or hostile, and a number out of range
+must cost a warning, never a traceback or a batch.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from market_data_store._util import ThrottledLog
 from market_data_store.contracts import Bar
 
 from .errors import InvalidBarError
+
+log = logging.getLogger(__name__)
 
 Level = Literal["ok", "soft", "hard"]
 LEVEL_RANK: dict[str, int] = {"ok": 0, "soft": 1, "hard": 2}
@@ -35,6 +45,10 @@ REQUIRED_FIELDS = ("symbol", "ts", *NUMBER_FIELDS)
 
 Number = str | int | float | Decimal
 _MIN_INT, _MAX_INT = -(2**63), 2**64 - 1  # what MessagePack holds
+
+MAX_COUNT = 10**9
+"""Largest count believed from the store (bars, queue size, capacity, credit, a
+rate): the store bounds every queue and every remote replica's numbers by it."""
 
 
 class WireBar(msgspec.Struct, omit_defaults=True, gc=False):
@@ -133,16 +147,36 @@ def _plain(bar: WireBar) -> WireBar:
 
 
 def decode_answer(content: bytes) -> IngestAnswer | None:
+    """The store's 202/201 answer (its numbers within ``[0, MAX_COUNT]``), or None
+    when ``content`` is not one."""
     try:
-        return _answer.decode(content)
+        answer = _answer.decode(content)
     except msgspec.DecodeError:
         return None
+    return _counted(answer, _ANSWER_NUMBERS, "an answer")
 
 
 def decode_feedback(content: bytes | str, via: Literal["stream", "answer", "refusal"]) -> Feedback:
-    """Raises ``msgspec.DecodeError`` when ``content`` is not a feedback event."""
-    event = _feedback.decode(content)
+    """A feedback event (its numbers within ``[0, MAX_COUNT]``); raises
+    ``msgspec.DecodeError`` when ``content`` is not one."""
+    event = _counted(_feedback.decode(content), _FEEDBACK_NUMBERS, "a feedback event")
     return event if event.via == via else msgspec.structs.replace(event, via=via)
+
+
+_ANSWER_NUMBERS = ("accepted", "queue_size", "capacity", "credit", "committed", "dead_lettered")
+_FEEDBACK_NUMBERS = ("queue_size", "capacity", "credit", "utilization", "drain_rate")
+_S = TypeVar("_S", IngestAnswer, Feedback)
+
+
+def _counted(struct: _S, names: tuple[str, ...], where: str) -> _S:
+    """``struct`` with each of its ``names`` (counts, rates) within ``[0, MAX_COUNT]``."""
+    changes: dict[str, float] = {}
+    for name in names:
+        value = getattr(struct, name)
+        if value is not None and not 0 <= value <= MAX_COUNT:
+            bounded = server_number(value, f"{where}'s {name}", low=0, high=MAX_COUNT) or 0
+            changes[name] = int(bounded) if isinstance(value, int) else bounded
+    return msgspec.structs.replace(struct, **changes) if changes else struct
 
 
 def decode_problem(status: int, content: bytes) -> dict[str, Any]:
@@ -157,25 +191,95 @@ def decode_problem(status: int, content: bytes) -> dict[str, Any]:
     return {"status": status, "detail": text or f"HTTP {status}"}
 
 
-def retry_after(header: str | None, problem: dict[str, Any] | None = None) -> float | None:
+def retry_after(
+    header: str | None, problem: dict[str, Any] | None = None, *, most: float
+) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), else from the
-    problem's ``retry_after``; None when neither says."""
+    problem's ``retry_after``, cut to ``most``; None when neither says (or neither is
+    a number: see ``server_number``)."""
     if header:
         text = header.strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(text)
-            except (TypeError, ValueError, IndexError):
-                when = None
-            seconds = (when - datetime.now(UTC)).total_seconds() if when and when.tzinfo else -1
-        if math.isfinite(seconds) and seconds >= 0:
+        value: object = text
+        if not _NUMBER.fullmatch(text):
+            when = _http_date(text)
+            if when is not None:
+                value = max(0.0, when)  # a date just past (clocks differ): now
+        seconds = server_number(value, "a Retry-After header", low=0, high=most)
+        if seconds is not None:
             return seconds
-    value = problem.get("retry_after") if problem else None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    return None
+    said = problem.get("retry_after") if problem else None
+    if said is None:
+        return None
+    return server_number(said, "a problem's retry_after", low=0, high=most)
+
+
+def _http_date(text: str) -> float | None:
+    """Seconds from now to the HTTP-date ``text``; None when it is not one."""
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return (when - datetime.now(UTC)).total_seconds()
+
+
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+"""A decimal number as servers write one (no ``inf``/``nan`` words, no ``_``)."""
+_warn = ThrottledLog(log)
+
+
+def server_number(value: object, what: str, *, low: float, high: float) -> float | None:
+    """A number the store sent (a JSON number, or header or stream text) within
+    ``[low, high]``: clamped into it when beyond (a 400-digit count, a negative
+    delay), None when it is no number at all (malformed text, NaN, a boolean).
+
+    Never raises, whatever the value: the client is to keep working against a
+    broken or hostile server. Each value clamped or ignored is logged (WARNING, at
+    most once per ``what`` every 10 s), shown cut to a few dozen characters.
+    """
+    number: float | None = None
+    if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.fullmatch(text):
+            number = float(text)  # 5,000 digits or 1e999: inf, clamped below
+    elif isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        # compared, never converted: float() of a 400-digit int raises OverflowError
+        number = float(value) if -(2**63) < value < 2**63 else math.inf if value > 0 else -math.inf
+    elif isinstance(value, float):
+        number = value
+    if number is None or math.isnan(number):
+        _warn.log(
+            logging.WARNING,
+            what,
+            "store client: the store sent %s %s: not a number, ignored",
+            what,
+            _shown(value),
+        )
+        return None
+    if low <= number <= high:
+        return number
+    bounded = low if number < low else high
+    _warn.log(
+        logging.WARNING,
+        what,
+        "store client: the store sent %s %s: out of range, taken as %g",
+        what,
+        _shown(value),
+        bounded,
+    )
+    return bounded
+
+
+def _shown(value: object) -> str:
+    """``value`` for a log line: at most about 40 characters (a hostile server's
+    5,000 digits are not repeated; ``str`` of such an int would raise anyway)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return f"(an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits)"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
 
 
 _REQUIRED = operator.itemgetter(*REQUIRED_FIELDS)

@@ -21,7 +21,7 @@ EVENT = (
 def test_parser_frames_messages() -> None:
     parser = _Parser()
     messages = parser.feed(b"retry: 150\r\n\r\n: keepalive\n\nevent: feedback\nid: 7\ndata: {")
-    assert [m.retry for m in messages] == [150]  # the comment-only block is no message
+    assert [m.retry for m in messages] == ["150"]  # the comment-only block is no message
     messages = parser.feed(b'"a":\ndata: 1}\n\nevent: reset\nid\n\n')
     assert [(m.event, m.id, m.data) for m in messages] == [
         ("feedback", "7", '{"a":\n1}'),

@@ -158,6 +158,7 @@ def test_refused_holds_every_request_for_retry_after() -> None:
         {"decrease_factor": 1.0},
         {"increase_fraction": 0},
         {"interval": 0},
+        {"max_hold": 0},
     ],
 )
 def test_bad_options_are_refused(options: dict[str, float]) -> None:
@@ -278,6 +279,11 @@ def test_a_huge_retry_after_holds_at_most_a_minute() -> None:
     t = throttle(clock)
     t.refused(86_400.0)
     assert t.delay(1, may_probe=False) <= 60.0
+    short = throttle(clock, max_hold=0.5)
+    short.refused(120.0)
+    assert short.delay(1, may_probe=False) == pytest.approx(0.5)
+    short.refused(math.nan)  # no hold from what is no number
+    assert short.delay(1, may_probe=False) == pytest.approx(0.5)
 
 
 def test_with_credit_a_cut_made_before_is_lifted_and_no_signal_cuts_again() -> None:

@@ -3,6 +3,7 @@ what the store makes of them is what it made of 0.4.0's all-text bars."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -13,8 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from market_data_core import Bar
 
-from market_data_store.client import InvalidBarError
+from market_data_store._util import ThrottledLog
+from market_data_store.client import InvalidBarError, wire
 from market_data_store.client.wire import (
+    MAX_COUNT,
+    IngestAnswer,
     WireBar,
     as_dicts,
     decode_answer,
@@ -22,6 +26,7 @@ from market_data_store.client.wire import (
     decode_problem,
     encode_body,
     retry_after,
+    server_number,
     to_wire,
 )
 from market_data_store.ingest import MSGPACK, IngestError
@@ -221,17 +226,110 @@ def test_answers_feedback_and_problems_decode() -> None:
     assert decode_problem(502, b"") == {"status": 502, "detail": "HTTP 502"}
 
 
+@pytest.fixture
+def fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warnings of this test's values (they are throttled per kind for 10 s)."""
+    monkeypatch.setattr(wire, "_warn", ThrottledLog(wire.log))
+
+
 def test_retry_after_header_date_and_body() -> None:
-    assert retry_after("3") == 3.0
-    assert retry_after(" 1.5 ") == 1.5
+    assert retry_after("3", most=60) == 3.0
+    assert retry_after(" 1.5 ", most=60) == 1.5
     later = datetime.now(UTC) + timedelta(seconds=30)
-    seconds = retry_after(later.strftime("%a, %d %b %Y %H:%M:%S GMT"))
+    seconds = retry_after(later.strftime("%a, %d %b %Y %H:%M:%S GMT"), most=60)
     assert seconds is not None
     assert 25 < seconds <= 30
-    assert retry_after("soon", {"retry_after": 4}) == 4.0
-    assert retry_after("-1") is None
-    assert retry_after(None, {"retry_after": True}) is None
-    assert retry_after(None) is None
+    earlier = datetime.now(UTC) - timedelta(seconds=30)
+    assert retry_after(earlier.strftime("%a, %d %b %Y %H:%M:%S GMT"), most=60) == 0.0
+    assert retry_after("soon", {"retry_after": 4}, most=60) == 4.0
+    assert retry_after(None, {"retry_after": "3"}, most=60) == 3.0
+    assert retry_after(None, {"retry_after": True}, most=60) is None
+    assert retry_after(None, most=60) is None
+
+
+@pytest.mark.parametrize(
+    ("header", "problem", "seconds"),
+    [
+        ("120", None, 60.0),  # cut to the hold's cap
+        ("9" * 400, None, 60.0),
+        ("1e999", None, 60.0),
+        ("-1", None, 0.0),
+        ("nan", {"retry_after": 2}, 2.0),  # not a number: the body's
+        ("inf", None, None),
+        ("Fri, 31 Dec 99999 23:59:59 GMT", None, None),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", None, 60.0),
+        (None, {"retry_after": 10**400}, 60.0),  # float() of it: OverflowError in 0.5.0
+        (None, {"retry_after": -(10**400)}, 0.0),
+        (None, {"retry_after": -1.5}, 0.0),
+        (None, {"retry_after": [1]}, None),
+    ],
+)
+def test_a_hostile_retry_after_is_clamped_or_ignored_with_a_warning(
+    header: str | None,
+    problem: dict[str, Any] | None,
+    seconds: float | None,
+    caplog: pytest.LogCaptureFixture,
+    fresh_warnings: None,
+) -> None:
+    assert retry_after(header, problem, most=60) == seconds
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert len(caplog.records[0].getMessage()) < 200  # the value shown cut
+
+
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [
+        (5, 5.0),
+        (2.5, 2.5),
+        (" 7 ", 7.0),
+        ("1e1", 10.0),
+        (-1, 0.0),
+        (10**400, 100.0),
+        (-(10**400), 0.0),
+        ("9" * 5000, 100.0),
+        (math.inf, 100.0),
+        (math.nan, None),
+        (True, None),
+        (None, None),
+        ("0x10", None),
+        ("1_000", None),
+        ("", None),
+        ({"a": 1}, None),
+    ],
+)
+def test_server_number_clamps_or_ignores_and_never_raises(
+    value: object, number: float | None
+) -> None:
+    assert server_number(value, "a test value", low=0, high=100) == number
+
+
+def test_numbers_of_answers_and_events_are_bounded(
+    caplog: pytest.LogCaptureFixture, fresh_warnings: None
+) -> None:
+    huge = b"9" * 400
+    answer = decode_answer(
+        b'{"accepted":-1,"level":"ok","queue_size":'
+        + huge
+        + b',"capacity":-5,"credit":'
+        + huge
+        + b',"committed":-2,"dead_lettered":'
+        + huge
+        + b"}"
+    )
+    assert answer is not None
+    assert (answer.accepted, answer.queue_size, answer.capacity) == (0, MAX_COUNT, 0)
+    assert (answer.credit, answer.committed, answer.dead_lettered) == (MAX_COUNT, 0, MAX_COUNT)
+    event = decode_feedback(
+        b'{"coordinator_id":"a/bars","queue_size":-8,"capacity":' + huge + b',"level":"hard",'
+        b'"utilization":1e300,"drain_rate":-1.5,"credit":-3}',
+        "stream",
+    )
+    assert (event.queue_size, event.capacity, event.credit) == (0, MAX_COUNT, 0)
+    assert (event.utilization, event.drain_rate) == (MAX_COUNT, 0.0)
+    assert caplog.records
+    assert {r.levelname for r in caplog.records} == {"WARNING"}
+    sane = b'{"accepted":2,"level":"ok","queue_size":6,"capacity":10,"credit":50}'
+    assert decode_answer(sane) == msgspec.json.decode(sane, type=IngestAnswer)
 
 
 # -- what the store makes of the bars: as of 0.4.0's ------------------------------------
