@@ -33,7 +33,7 @@ SCENARIO = ScenarioReport(
     12,
     "Idle connections beyond the descriptors",
     f"`mds-store serve` under `ulimit -n {NOFILE}` (its connection cap lowered to fit),"
-    f" {IDLE} connections that never send a byte; then {PROBES} /healthz and {PROBES}"
+    f" {IDLE:,} connections that never send a byte; then {PROBES} /healthz and {PROBES}"
     " /readyz probes, each on a new connection, with the idle ones still open",
     f"every probe answered 200 within {PROBE_TIMEOUT:g} s; the idle connections beyond the"
     f" cap and its {RESERVE} probe descriptors closed by the server within {SETTLE:g} s,"
@@ -196,8 +196,10 @@ def test_probes_get_descriptors_beyond_idle_connections(
     latencies = healthz.latencies + readyz.latencies
     report.figures.update(
         {
-            "open-files limit / connection cap": f"{NOFILE} / {cap if cap else '-'}",
-            "idle connections opened (s)": f"{IDLE} ({opened_in:.2f})",
+            "open-files limit": NOFILE,
+            "connection cap": cap,
+            "idle connections": IDLE,
+            "all connected in (s)": round(opened_in, 2),
             f"closed by the server within {SETTLE:g} s": closed_at_once,
             "slowest of those closes after connect (s)": round(max(slow_closes, default=0), 2),
             "idle connections open before / after the probes": (
@@ -207,7 +209,9 @@ def test_probes_get_descriptors_beyond_idle_connections(
             "/readyz answered 200": f"{len(readyz.latencies)} of {PROBES}",
             "probe p50 / p99 / max (ms)": (
                 f"{ms(percentile(latencies, 0.5))} / {ms(percentile(latencies, 0.99))}"
-                f" / {ms(max(latencies, default=0))}"
+                f" / {ms(max(latencies))}"
+                if latencies
+                else None
             ),
             "probe failures (first)": (healthz.failures + readyz.failures)[:1] or None,
             "server descriptors idle / peak": f"{idle_fds} / {max(fds, default=0)}",

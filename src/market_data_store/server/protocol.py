@@ -168,6 +168,15 @@ class GuardedHttpToolsProtocol(RefusingProtocol):
         """Close a connection beyond the cap that is not serving a probe: without an
         answer (it asked nothing yet), or after its refusal's (already written)."""
         self.stats.reserve_closed += 1
+        _warnings.log(
+            logging.WARNING,
+            "reserve",
+            "a connection beyond server.max_connections (%d) closed without serving it, to"
+            " keep the descriptors of the probes (%d such connections at most): many idle"
+            " clients, or a cap too low for the load",
+            self.limits.max_connections,
+            self.limits.probe_reserve,
+        )
         self._cancel_timers()
         self._lingering = True
         self.transport.close()

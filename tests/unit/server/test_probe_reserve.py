@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+import pytest
 import uvicorn
 from uvicorn._types import ASGIReceiveCallable, ASGISendCallable, Scope
 
-from market_data_store.server import PROBE_PATHS, TransportLimits, TransportStats, guarded_protocol
+from market_data_store._util import ThrottledLog
+from market_data_store.server import (
+    PROBE_PATHS,
+    TransportLimits,
+    TransportStats,
+    guarded_protocol,
+    protocol,
+)
 from tests.support.waits import until
 
 BOUND = 10.0  # seconds: "closed now", far below read_timeout
@@ -130,7 +139,11 @@ async def idle(server: BareServer, opened: list[Client], count: int) -> list[Cli
     return new
 
 
-async def test_an_idle_connection_beyond_the_reserve_closes_the_oldest_at_once() -> None:
+async def test_an_idle_connection_beyond_the_reserve_closes_the_oldest_at_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(protocol, "_warnings", ThrottledLog(protocol.log))
+    caplog.set_level(logging.WARNING, protocol.log.name)
     async with bare_server(max_connections=2, probe_reserve=3) as server, clients() as opened:
         admitted = await idle(server, opened, 2)
         reserved = await idle(server, opened, 3)
@@ -144,6 +157,11 @@ async def test_an_idle_connection_beyond_the_reserve_closes_the_oldest_at_once()
         assert server.stats.reserve_open == 3
         assert server.stats.reserve_closed == 2
         assert server.stats.over_capacity == 5
+        (warning,) = [r.getMessage() for r in caplog.records]  # once per 10 s, with a count
+        assert warning.startswith(
+            "a connection beyond server.max_connections (2) closed without serving it, to"
+            " keep the descriptors of the probes (3 such connections at most)"
+        ), warning
 
         # a probe takes the place of the oldest idle one, and is answered
         server.probes_held.set()
