@@ -166,7 +166,7 @@ class GuardedHttpToolsProtocol(RefusingProtocol):
 
     def _shed(self) -> None:
         """Close a connection beyond the cap that is not serving a probe: without an
-        answer (it asked nothing yet), or after its refusal's (already written)."""
+        answer (it asked nothing yet), or after its refusal (already written)."""
         self.stats.reserve_closed += 1
         _warnings.log(
             logging.WARNING,
