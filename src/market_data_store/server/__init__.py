@@ -3,7 +3,7 @@ limits uvicorn lacks (``protocol``, over ``refusal`` and ``flow``; its settings 
 counts in ``limits``), built on uvicorn internals that ``internals`` checks. Nothing
 here knows a route but the probe paths."""
 
-from .limits import TransportLimits, TransportStats
+from .limits import PROBE_RESERVE, TransportLimits, TransportStats
 from .protocol import GuardedHttpToolsProtocol, guarded_protocol
 from .runner import (
     FD_RESERVE,
@@ -22,6 +22,7 @@ __all__ = [
     "FD_RESERVE",
     "GC_GEN0_THRESHOLD",
     "PROBE_PATHS",
+    "PROBE_RESERVE",
     "GuardedHttpToolsProtocol",
     "ListenError",
     "TransportLimits",

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Connections beyond max_connections that may be open at once (each one descriptor),
+# kept for the probes: an idle connection holding one is closed to make room for a
+# new one (see ``server.protocol``).
+PROBE_RESERVE = 64
+
 
 @dataclass(frozen=True)
 class TransportLimits:
@@ -15,6 +20,7 @@ class TransportLimits:
     max_connections: int
     probe_paths: frozenset[str]
     retry_after: int = 1
+    probe_reserve: int = PROBE_RESERVE
 
 
 @dataclass
@@ -23,6 +29,10 @@ class TransportStats:
 
     open_connections: int = 0  # admitted connections (within max_connections) now open
     over_capacity: int = 0  # connections accepted beyond max_connections
+    reserve_open: int = 0  # of those, now open (at most probe_reserve)
+    # beyond max_connections and closed without being served, to keep probe_reserve:
+    # at once (every reserved one served a probe) or the oldest not serving one
+    reserve_closed: int = 0
     header_timeouts: int = 0
     body_timeouts: int = 0
     oversize_headers: int = 0
@@ -30,4 +40,4 @@ class TransportStats:
     bad_requests: int = 0  # refused by the HTTP parser (400)
 
 
-__all__ = ["TransportLimits", "TransportStats"]
+__all__ = ["PROBE_RESERVE", "TransportLimits", "TransportStats"]

@@ -28,6 +28,14 @@ uvicorn bounds only the idle time between keep-alive requests. This protocol add
   body) and the connection closed, except requests to ``probe_paths`` (kubelet
   probes), which are served - each such connection serves one request and is
   closed.
+- **probe reserve**: at most ``probe_reserve`` connections beyond the cap are open
+  at once, so that connections nobody serves cannot take the descriptors the
+  probes need. A new one beyond them takes the place of the oldest that is not
+  serving a probe (waiting for its request, or refused): that one is closed at
+  once, without an answer. Only when every one of them serves a probe is the new
+  one closed at once instead. An idle connection therefore holds a descriptor
+  beyond the cap only until ``probe_reserve`` newer ones arrived, not for
+  ``read_timeout``.
 - **malformed requests** (what the parser refuses: conflicting ``Content-Length``,
   ``Content-Length`` with ``Transfer-Encoding``, unknown method...) are answered
   400 problem+json, not uvicorn's plain text; the warning, as that of ``Upgrade``
@@ -43,7 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import httptools
 from uvicorn._types import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
@@ -82,9 +90,14 @@ def _probe_app(app: ASGI3Application) -> ASGI3Application:
 class GuardedHttpToolsProtocol(RefusingProtocol):
     """See the module docstring; make a configured subclass with ``guarded_protocol``."""
 
+    # the connections holding a probe-reserve place that may be closed to make room
+    # (not serving a probe), oldest first; one per server, set by guarded_protocol
+    closable: ClassVar[dict[GuardedHttpToolsProtocol, None]]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._admitted = False
+        self._reserved = False  # beyond the cap, holding a place of the probe reserve
         self._reading_headers = True  # between two requests or inside a head
         self._request_begun = False  # a byte of the current request arrived
         self._header_bytes = 0
@@ -111,16 +124,63 @@ class GuardedHttpToolsProtocol(RefusingProtocol):
         else:
             stats.over_capacity += 1
             self.app = _probe_app(self.app)
+            self._reserved = self._take_reserve_place()
         super().connection_made(transport)
         self._timed_flow = self.flow = TimedFlowControl(transport, self.loop.time)
+        if not (self._admitted or self._reserved):
+            self._shed()  # every place of the reserve serves a probe
+            return
         self._header_timer = self.loop.call_later(limits.read_timeout, self._header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._admitted:
             self._admitted = False
             self.stats.open_connections -= 1
+        self._leave_reserve()
         self._cancel_timers()
         super().connection_lost(exc)  # the refusal layer's: marks it lost, stops its timer
+
+    # -- the probe reserve --------------------------------------------------------
+
+    def _take_reserve_place(self) -> bool:
+        """A place of the probe reserve for this connection beyond the cap: a free one,
+        else that of the oldest connection not serving a probe (closed now); False
+        when every place serves a probe."""
+        stats, closable = self.stats, self.closable
+        while stats.reserve_open >= self.limits.probe_reserve and closable:
+            oldest = next(iter(closable))
+            oldest._leave_reserve()
+            if not oldest.transport.is_closing():  # closing already: its place is free
+                oldest._shed()
+        if stats.reserve_open >= self.limits.probe_reserve:
+            return False
+        stats.reserve_open += 1
+        closable[self] = None
+        return True
+
+    def _leave_reserve(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self.stats.reserve_open -= 1
+            self.closable.pop(self, None)
+
+    def _shed(self) -> None:
+        """Close a connection beyond the cap that is not serving a probe: without an
+        answer (it asked nothing yet), or after its refusal (already written)."""
+        self.stats.reserve_closed += 1
+        _warnings.log(
+            logging.WARNING,
+            "reserve",
+            "a connection beyond server.max_connections (%d) closed without serving it, to"
+            " keep the descriptors of the probes (%d such connections at most): many idle"
+            " clients, or a cap too low for the load",
+            self.limits.max_connections,
+            self.limits.probe_reserve,
+        )
+        self._cancel_timers()
+        self._lingering = True
+        self.transport.close()
+        self._watch_writes()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:
@@ -233,6 +293,7 @@ class GuardedHttpToolsProtocol(RefusingProtocol):
                     retry_after=self.limits.retry_after,
                 )
                 return
+            self.closable.pop(self, None)  # serving a probe: keeps its place
         self._body_pending = True
         self._body_received = 0
         HttpToolsProtocol.on_headers_complete(self)
@@ -331,6 +392,7 @@ def guarded_protocol(
 
     Protocol.limits = limits
     Protocol.stats = stats if stats is not None else TransportStats()
+    Protocol.closable = {}
     return Protocol
 
 

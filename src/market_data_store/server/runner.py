@@ -28,15 +28,16 @@ from market_data_store.http import ServicePlugin, create_app
 from market_data_store.service import Lifecycle
 
 from .internals import check_uvicorn_internals
-from .limits import TransportLimits, TransportStats
+from .limits import PROBE_RESERVE, TransportLimits, TransportStats
 from .protocol import guarded_protocol
 
 log = logging.getLogger(__name__)
 
 # Served even beyond server.max_connections: the kubelet must not kill a busy pod.
 PROBE_PATHS = frozenset({"/healthz", "/health", "/readyz"})
-# Descriptors kept free of client connections: pool, Redis, webhook, DLQ file, the
-# listening socket, and the connections beyond the cap that are answered (probes, 503).
+# Descriptors kept free of client connections within the cap: the PROBE_RESERVE (64)
+# connections beyond it (probes, 503s; an idle one gives its place to a newer one), and
+# pool, Redis, webhook, DLQ file, the listening socket and the rest.
 FD_RESERVE = 512
 
 
@@ -195,7 +196,8 @@ def build_server(
     """The uvicorn server of ``app``; ``tune_gc`` (the ``serve`` command's, not an
     embedding process's) freezes the heap once started: see ``freeze_heap``. Its
     connections enforce ``server.read_timeout``, ``min_body_rate``,
-    ``max_header_bytes`` and ``max_connections``: see ``server.protocol``."""
+    ``max_header_bytes`` and ``max_connections`` (with ``PROBE_RESERVE`` connections
+    beyond it for the probes): see ``server.protocol``."""
     check_uvicorn_internals()
     s = settings.server
     limits = TransportLimits(
@@ -204,6 +206,7 @@ def build_server(
         max_header_bytes=s.max_header_bytes,
         max_connections=connection_cap(s.max_connections),
         probe_paths=PROBE_PATHS,
+        probe_reserve=PROBE_RESERVE,
     )
     stats = TransportStats()
     service = ServicePlugin.find(app)  # None: a bare Litestar app (bench/health.py)
