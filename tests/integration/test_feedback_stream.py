@@ -227,7 +227,9 @@ async def test_no_two_writes_of_an_idle_stream_are_further_apart_than_the_heartb
                     await asyncio.sleep(interval / 2)  # an event in the middle of an interval
                 if keepalives in (2, 4, 5):  # or right after a keepalive: the worst case
                     await emit(svc, (SOFT, HARD, OK)[(2, 4, 5).index(keepalives)])
-    kinds = ["event" if m.event else "keepalive" if is_keepalive(m) else "hint" for _, m in arrivals]
+    kinds = [
+        "event" if m.event else "keepalive" if is_keepalive(m) else "hint" for _, m in arrivals
+    ]
     assert kinds.count("event") >= 3  # the snapshot and the live ones
     assert kinds.count("keepalive") >= 6
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(arrivals)]

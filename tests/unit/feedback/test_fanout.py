@@ -229,7 +229,7 @@ def test_streams_per_client_are_capped_and_freed_once() -> None:
     drain(other)
     for cid in ("x", "y"):
         fanout.publish(event(cid, SOFT))
-    assert a2.closed and a3.closed and other.closed
+    assert all(sub.closed for sub in (a2, a3, other))
     assert fanout.streams_of("10.0.0.1") == 0
     assert fanout.streams_of("10.0.0.2") == 0
     fanout.unsubscribe(a2)
