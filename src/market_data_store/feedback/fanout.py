@@ -52,6 +52,10 @@ from .wire import LEVEL_RANK, encode_event
 log = logging.getLogger(__name__)
 _invalid = ThrottledLog(log)
 
+MAX_REMOTE_COORDINATORS = 1000
+"""Coordinators of other replicas the snapshot holds at most (``max_remote``'s default):
+a replica has a handful; events of further ones are refused and counted."""
+
 
 class StreamRefusedError(Exception):
     """A new subscriber is not taken: ``reason`` is ``limit`` (the server's cap),
@@ -93,7 +97,7 @@ class FeedbackFanout:
         subscriber_queue: int = 256,
         max_subscribers: int = 10_000,
         heartbeat_sec: float = 15.0,
-        max_remote: int = 1000,
+        max_remote: int = MAX_REMOTE_COORDINATORS,
     ) -> None:
         self.stats = FanoutStats()
         self._remote_seen: dict[str, float] = {}
@@ -190,12 +194,14 @@ class FeedbackFanout:
             del self._remote_seen[coord_id]
             last = self._latest.get(coord_id)
             if last is not None:
-                self.publish(
-                    FeedbackEvent.create(
-                        coord_id, 0, last.event.capacity, BackpressureLevel.ok, "replica_gone"
-                    ),
-                    local=False,
-                )
+                # its capacity was encoded before: this one encodes too (else: no last word)
+                with contextlib.suppress(EventEncodingError):
+                    self.publish(
+                        FeedbackEvent.create(
+                            coord_id, 0, last.event.capacity, BackpressureLevel.ok, "replica_gone"
+                        ),
+                        local=False,
+                    )
                 del self._latest[coord_id]
                 self._snapshot = None
         if gone:

@@ -32,6 +32,7 @@ from market_data_store.feedback import (
     Subscriber,
     sse,
 )
+from market_data_store.feedback.fanout import MAX_REMOTE_COORDINATORS
 from market_data_store.service import Lifecycle
 
 from ..problems import problem_responses
@@ -275,8 +276,9 @@ class FeedbackStreamController(Controller):
             "with `Last-Event-ID` (or `last_event_id`): the events after it are replayed "
             "from a bounded history; when that cannot be done exactly (an id older than the "
             "history, in the future, or not one this process sent), `event: reset` comes "
-            "first, then the snapshot. The snapshot holds at most 1,000 coordinators of other "
-            "replicas. A `coordinator_id` no one has reported yet is named once in "
+            "first, then the snapshot. The snapshot holds at most "
+            f"{MAX_REMOTE_COORDINATORS:,} coordinators of other replicas (besides this one's). "
+            "A `coordinator_id` no one has reported yet is named once in "
             "a comment line at the start (the stream then goes on as usual). A keepalive "
             "comment whenever nothing was written for `feedback.sse.heartbeat_sec`; at most "
             "once per heartbeat a message is preceded by padding comment lines (so a client "
