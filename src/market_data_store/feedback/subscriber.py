@@ -22,9 +22,10 @@ from typing import Protocol
 
 from .sse import KEEPALIVE, Frame
 
-CHUNK_BYTES = 64 * 1024
+CHUNK_BYTES = 16 * 1024
 """About the most bytes one ``next_chunk`` joins (more only for a single larger frame):
-a stream blocked on a client that does not read holds at most this much of its own."""
+a stream blocked on a client that does not read holds at most this much of its own
+(about what the server's write buffer takes before a send waits)."""
 MAX_PENDING_BYTES = 1024 * 1024
 """Most bytes of live frames a subscriber may have pending (beside ``limit`` frames):
 past it, it is conflated, and disconnected if that is still more."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import logging
 import re
 import socket
@@ -348,9 +349,7 @@ class FeedbackStreamController(Controller):
         from_query = _event_id(last_event_id, "last_event_id", "query")
         resume = from_header if from_header is not None else from_query
         sse_settings = settings.feedback.sse
-        # the peer's address, or the forwarding client's when uvicorn trusts the proxy
-        # (``forwarded_allow_ips``); none (a Unix socket): only the server's cap applies
-        client = request.client.host if request.client is not None else None
+        client = client_key(request.client.host) if request.client is not None else None
         try:
             sub, reset = feedback_fanout.subscribe(
                 coordinators=coordinators,
@@ -384,6 +383,23 @@ class FeedbackStreamController(Controller):
             lifecycle,
             sse_settings.heartbeat_sec,
         )
+
+
+def client_key(host: str) -> str:
+    """What ``feedback.sse.max_streams_per_client`` counts for a client at ``host``:
+    ``scope["client"]``'s address (the forwarding client's when uvicorn trusts the proxy,
+    ``forwarded_allow_ips``; without an address, a Unix socket, only the server's cap
+    applies). An IPv6 address counts as its /64 (one host's, however many addresses
+    of it a client uses); IPv4-mapped ones as the IPv4 address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _coordinator_filter(values: list[str] | None) -> list[str] | None:
