@@ -125,6 +125,8 @@ def server_env(database_url: str, tmp: str, subscribers: int) -> dict[str, str]:
             "MDS_COORDINATOR_BATCH_SIZE": str(BATCH),
             "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/dlq.ndjson",
             "MDS_FEEDBACK_SSE_MAX_STREAMS": str(max(10_000, subscribers + 100)),
+            # every subscriber connects from loopback: one client address for the cap
+            "MDS_FEEDBACK_SSE_MAX_STREAMS_PER_CLIENT": str(max(10_000, subscribers + 100)),
         }
     )
     return env

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import socket
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from market_data_store.coordinator import BackpressureLevel, FeedbackBus, FeedbackEvent
 from market_data_store.feedback import FeedbackFanout
+from market_data_store.http.controllers import feedback as feedback_controller
 from market_data_store.http.controllers.feedback import EVENT_ID_PATTERN
 from tests.support.bars import bars_body
 from tests.support.service import RunningService, ServiceFactory, service_factory
@@ -53,6 +55,16 @@ async def emit(
     event = FeedbackEvent.create(cid, 80, 100, level, reason)
     await bus(svc).publish(event)
     return event
+
+
+def is_keepalive(message: Message) -> bool:
+    """A keepalive comment, after the padding comment lines (dots) it may carry."""
+    *padding, last = message.comments or [""]
+    return (
+        message.event is None
+        and last == "keepalive"
+        and all(line.strip(".") == "" for line in padding)
+    )
 
 
 def check(message: Message) -> CoreFeedbackEvent:
@@ -191,8 +203,7 @@ async def test_keepalive_comments_within_the_heartbeat(service_with: ServiceFact
         await stream.next_event()
         for _ in range(2):
             keepalive = await stream.next(timeout=1.0)  # nothing else happens meanwhile
-            assert keepalive.comments == ["keepalive"]
-            assert keepalive.event is None
+            assert is_keepalive(keepalive), keepalive
 
 
 async def test_no_two_writes_of_an_idle_stream_are_further_apart_than_the_heartbeat(
@@ -210,13 +221,15 @@ async def test_no_two_writes_of_an_idle_stream_are_further_apart_than_the_heartb
         while len(arrivals) < 12:  # hint, snapshot, K, K, E, K, K, E, K, E, K, K
             message = await stream.next(timeout=2.0)
             arrivals.append((time.monotonic(), message))
-            if message.comments == ["keepalive"]:
+            if is_keepalive(message):
                 keepalives += 1
                 if keepalives == 4:
                     await asyncio.sleep(interval / 2)  # an event in the middle of an interval
                 if keepalives in (2, 4, 5):  # or right after a keepalive: the worst case
                     await emit(svc, (SOFT, HARD, OK)[(2, 4, 5).index(keepalives)])
-    kinds = ["event" if m.event else "keepalive" if m.comments else "hint" for _, m in arrivals]
+    kinds = [
+        "event" if m.event else "keepalive" if is_keepalive(m) else "hint" for _, m in arrivals
+    ]
     assert kinds.count("event") >= 3  # the snapshot and the live ones
     assert kinds.count("keepalive") >= 6
     gaps = [b - a for (a, _), (b, _) in itertools.pairwise(arrivals)]
@@ -273,6 +286,76 @@ async def test_past_the_stream_cap_503_with_retry_after(service_with: ServiceFac
         health = (await svc.client.get("/healthz")).json()
     (feedback,) = [c for c in health["components"] if c["name"] == "feedback"]
     assert feedback["details"]["subscribers"] == "1"
+
+
+async def test_one_client_address_takes_at_most_max_streams_per_client(
+    service_with: ServiceFactory,
+) -> None:
+    """Issue 18: 200 never-reading connections of one client took every stream slot.
+    Loopback counts like any address; another address (here a forwarded one: uvicorn
+    trusts X-Forwarded-For from 127.0.0.1 only) has slots of its own."""
+    async with service_with(MDS_FEEDBACK_SSE_MAX_STREAMS_PER_CLIENT="3") as svc:
+        async with contextlib.AsyncExitStack() as streams:
+            held = [await streams.enter_async_context(open_stream(svc.client)) for _ in range(3)]
+            refused = await svc.client.get("/v1/feedback/stream")
+            assert refused.status_code == 503
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            assert int(refused.headers["retry-after"]) > 0
+            problem = refused.json()
+            assert (problem["status"], problem["reason"]) == (503, "client_limit")
+            assert "3 feedback streams" in problem["detail"]
+            forwarded = {"x-forwarded-for": "203.0.113.7"}
+            async with open_stream(svc.client, headers=forwarded) as elsewhere:
+                await elsewhere.next_event()
+            for stream in held:
+                await stream.next_event()  # they are served all along
+            assert fanout(svc).streams_of("127.0.0.1") == 3
+            # closing one frees its slot
+            await streams.aclose()
+        await until(lambda: fanout(svc).streams_of("127.0.0.1") == 0, what="slots freed")
+        async with open_stream(svc.client) as again:
+            await again.next_event()
+        assert fanout(svc).stats.refused_per_client == 1
+
+
+def never_reading(port: int) -> socket.socket:
+    """A client that asks for the stream and never reads a byte (default buffers)."""
+    sock = socket.socket()
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET /v1/feedback/stream HTTP/1.1\r\nhost: x\r\n\r\n")
+    return sock
+
+
+async def test_a_reader_that_accepts_nothing_is_cut_within_the_stall_window(
+    service_with: ServiceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: an idle stream's keepalives were 14 bytes, so a client that reads
+    nothing had its socket buffers fill (and the send timeout fire) only after hours.
+    Padded keepalives fill them within ``STALLED_READER_SEC`` (here 3 s instead of
+    300); a client that reads stays, padding and all."""
+    within = 3.0
+    monkeypatch.setattr(feedback_controller, "STALLED_READER_SEC", within)
+    env = {"MDS_FEEDBACK_SSE_HEARTBEAT_SEC": "0.1", "MDS_FEEDBACK_SSE_SEND_TIMEOUT": "0.5"}
+    async with service_with(**env) as svc, open_stream(svc.client) as reading:
+        await reading.next_event()
+        connections = svc.server.server_state.connections
+        port = int(svc.base_url.rsplit(":", 1)[1])
+        stalled = never_reading(port)
+        try:
+            await until(lambda: fanout(svc).subscriber_count == 2, what="the stalled reader")
+            started = time.monotonic()
+            keepalives = 0
+            while fanout(svc).subscriber_count > 1 and time.monotonic() - started < 2 * within:
+                keepalives += is_keepalive(await reading.next(timeout=1.0))
+            took = time.monotonic() - started
+            await until(lambda: len(connections) == 1, what="its connection closed")
+            stats = fanout(svc).stats
+        finally:
+            stalled.close()
+    assert stats.dropped_send_timeout == 1, took
+    assert took < within, took
+    assert keepalives >= 3  # the reading stream went on meanwhile
+    assert fanout(svc).subscriber_count == 0  # (the reading one ended with the service)
 
 
 async def test_state_is_the_snapshot_as_json(service: RunningService) -> None:

@@ -135,6 +135,8 @@ def test_many_and_slow_consumers(database_url: str, tmp_path: Path, report: Scen
         "MDS_COORDINATOR_DEAD_LETTER_PATH": str(tmp_path / "dlq.ndjson"),
         "MDS_FEEDBACK_SSE_SEND_TIMEOUT": str(SEND_TIMEOUT),
         "MDS_FEEDBACK_SSE_HEARTBEAT_SEC": "1",
+        # FAST + STALLED streams, all from loopback: one client address for the cap
+        "MDS_FEEDBACK_SSE_MAX_STREAMS_PER_CLIENT": str(FAST + STALLED + 10),
     }
     with serve(env, tmp_path) as (proc, base):
         port = int(base.rsplit(":", 1)[1])

@@ -114,6 +114,7 @@ class SseSettings(_Section, kw_only=True, frozen=True):
     send_timeout: Seconds
     history: Positive
     max_streams: Positive
+    max_streams_per_client: Positive
 
 
 class WebhookSettings(_Section, kw_only=True, frozen=True):

@@ -2,8 +2,10 @@
 
 A message is ``field: value`` lines ended by LF, then an empty line. ``frame`` is an
 event (``event:``, ``id:``, one ``data:`` line), ``comment`` a line clients ignore
-(the keepalive), ``retry`` the reconnect delay a client should wait. Values must
-hold no line break: our data is compact JSON, one line (``wire.encode_event``).
+(the keepalive), ``padding`` comment lines that join the message after them (bytes
+that fill a stalled reader's buffers), ``retry`` the reconnect delay a client should
+wait. Values must hold no line break: our data is compact JSON, one line
+(``wire.encode_event``).
 
 ``Frame`` is one feedback event numbered and encoded once, for every subscriber.
 """
@@ -23,6 +25,20 @@ def frame(event_id: int, event: str, data: bytes) -> bytes:
 def comment(text: str) -> bytes:
     """A comment line (``: {text}``): keeps the connection busy, shows clients nothing."""
     return b": %b\n\n" % text.encode()
+
+
+PADDING_LINE = 4096
+"""Longest padding line, LF included (clients bound their lines: ours at 64 KiB)."""
+
+
+def padding(size: int) -> bytes:
+    """About ``size`` bytes (at least 2) of comment lines (``:`` then dots, LF), no
+    empty line: put before a message, they are part of it, and clients ignore them."""
+    size = max(size, 2)
+    full, rest = divmod(size, PADDING_LINE)
+    line = b":" + b"." * (PADDING_LINE - 2) + b"\n"
+    tail = b":" + b"." * (rest - 2) + b"\n" if rest >= 2 else b""
+    return line * full + tail
 
 
 def retry(ms: int) -> bytes:

@@ -3,18 +3,32 @@
 ``offer`` never waits and never does I/O: the frame goes into this subscriber's own
 bounded buffer (or is conflated, or the subscriber is told to go) and the call
 returns. The stream awaits ``next_chunk`` for the bytes to send next: what is
-buffered, or a keepalive once ``keepalive_sec`` passed since the stream's last write
-(so no two writes of an idle stream are further apart than that).
+buffered, at most about ``CHUNK_BYTES`` at a time, or a keepalive once
+``keepalive_sec`` passed since the stream's last write (so no two writes of an idle
+stream are further apart than that).
+
+Memory: frames are encoded once and shared (a subscriber holds references to the
+fan-out's frames, the snapshot it starts with is the fan-out's own tuple), so what
+one stream costs does not grow with the events' size: its references, plus the one
+chunk being sent (at most about ``CHUNK_BYTES``, its bytes joined for that send).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from .sse import KEEPALIVE, Frame
+
+CHUNK_BYTES = 16 * 1024
+"""About the most bytes one ``next_chunk`` joins (more only for a single larger frame):
+a stream blocked on a client that does not read holds at most this much of its own
+(about what the server's write buffer takes before a send waits)."""
+MAX_PENDING_BYTES = 1024 * 1024
+"""Most bytes of live frames a subscriber may have pending (beside ``limit`` frames):
+past it, it is conflated, and disconnected if that is still more."""
 
 
 class StreamCounts(Protocol):
@@ -28,26 +42,29 @@ class Subscriber:
     """One stream's buffer. Filled by ``FeedbackFanout.publish``, drained by ``next_chunk``.
 
     What a stream gets on connect (snapshot or replay, bounded by the history) is
-    one pre-joined chunk, sent first. Live frames are buffered in order up to
-    ``limit``; a subscriber that lets ``limit`` frames pile up switches to keeping
-    only the latest frame of each coordinator (in id order) until it catches up,
-    and is disconnected if even that exceeds ``limit``.
+    sent first. Live frames are buffered in order up to ``limit`` frames and
+    ``limit_bytes``; a subscriber that lets more pile up switches to keeping only the
+    latest frame of each coordinator (in id order) until it catches up, and is
+    disconnected if even that exceeds either bound.
     """
 
     __slots__ = (
         "_above",
         "_initial",
-        "_initial_frames",
+        "_initial_pos",
         "_latest",
         "_pending",
+        "_pending_bytes",
         "_stats",
         "_waiter",
+        "client",
         "close_reason",
         "coordinators",
         "first_id",
         "keepalive_due",
         "keepalive_sec",
         "limit",
+        "limit_bytes",
         "min_rank",
         "on_close",
     )
@@ -59,16 +76,23 @@ class Subscriber:
         limit: int,
         stats: StreamCounts,
         keepalive_sec: float = 15.0,
+        *,
+        limit_bytes: int = MAX_PENDING_BYTES,
+        client: str | None = None,
     ) -> None:
         self.coordinators = coordinators
         self.min_rank = min_rank
         self.limit = limit
+        self.limit_bytes = limit_bytes
+        self.client = client
+        """The client's address (what the per-client cap counts), None: not counted."""
         self._stats = stats
-        self._initial = b""
-        self._initial_frames = 0
+        self._initial: Sequence[Frame] = ()  # shared with other subscribers: never changed
+        self._initial_pos = 0
         self.first_id: int | None = None
         """Id of the first frame this stream is sent (None: nothing yet)."""
         self._pending: deque[Frame] = deque()
+        self._pending_bytes = 0  # wire bytes of the live frames buffered
         self._latest: dict[str, Frame] | None = None  # set while conflating
         # coordinators last told a level >= min_rank: their way back down is sent too
         self._above: set[str] = set()
@@ -121,39 +145,51 @@ class Subscriber:
         """Buffer ``frame`` if wanted; False when this subscriber has to go."""
         if self.close_reason is not None or not self.wants(frame):
             return True
+        size = len(frame.wire)
         latest = self._latest
         if latest is None:
-            if len(self._pending) < self.limit:
+            if len(self._pending) < self.limit and self._pending_bytes + size <= self.limit_bytes:
                 self._pending.append(frame)
+                self._pending_bytes += size
                 self._wake()
                 return True
             latest = self._latest = {}
             for old in self._pending:
-                latest.pop(old.coord_id, None)
+                replaced = latest.pop(old.coord_id, None)
+                if replaced is not None:
+                    self._pending_bytes -= len(replaced.wire)
                 latest[old.coord_id] = old
             self._stats.conflated += len(self._pending) - len(latest)
             self._pending.clear()
         replaced = latest.pop(frame.coord_id, None)
         latest[frame.coord_id] = frame  # at the end: ids stay in order
+        self._pending_bytes += size
         if replaced is not None:
+            self._pending_bytes -= len(replaced.wire)
             self._stats.conflated += 1
         self._wake()
-        return len(latest) <= self.limit
+        return len(latest) <= self.limit and self._pending_bytes <= self.limit_bytes
 
-    def preload(self, frames: Iterable[Frame]) -> None:
-        """What the stream gets first (snapshot or replay), through the same filters."""
-        wanted = [frame for frame in frames if self.wants(frame)]
+    def preload(self, frames: Sequence[Frame]) -> None:
+        """What the stream gets first (snapshot or replay), through the same filters.
+        Without filters ``frames`` itself is kept (the fan-out's snapshot, shared by
+        every such stream): it must not change afterwards."""
+        wanted = (
+            frames
+            if self.coordinators is None and not self.min_rank
+            else [frame for frame in frames if self.wants(frame)]
+        )
         if wanted:
             self.first_id = wanted[0].seq
-            self._initial = b"".join(frame.wire for frame in wanted)
-            self._initial_frames = len(wanted)
+            self._initial, self._initial_pos = wanted, 0
 
     def close(self, reason: str) -> None:
         if self.close_reason is None:
             self.close_reason = reason
             self._pending.clear()
+            self._pending_bytes = 0
             self._latest = None
-            self._initial = b""
+            self._initial, self._initial_pos = (), 0
             self._wake()
             if self.on_close is not None:
                 self.on_close()
@@ -168,23 +204,37 @@ class Subscriber:
             waiter.set_result(None)
 
     def _take(self) -> bytes:
-        """Everything buffered, joined (the initial chunk first), and forget it."""
-        chunk, n = self._initial, self._initial_frames
-        self._initial, self._initial_frames = b"", 0
-        if self._latest is not None:
-            frames: Iterable[Frame] = self._latest.values()
-            n += len(self._latest)
+        """What is buffered, oldest first (what it starts with before live frames), up
+        to about ``CHUNK_BYTES`` joined, and forget it. A single frame is sent as the
+        fan-out's own bytes, never copied."""
+        taken: list[bytes] = []
+        size = 0
+        initial, pos = self._initial, self._initial_pos
+        while pos < len(initial) and (size < CHUNK_BYTES or not taken):
+            wire = initial[pos].wire
+            if taken and size + len(wire) > CHUNK_BYTES:
+                break
+            taken.append(wire)
+            size += len(wire)
+            pos += 1
+        if pos < len(initial):
+            self._initial_pos = pos
         else:
-            frames = self._pending
-            n += len(self._pending)
-        if n == 1 and not chunk:
-            chunk = next(iter(frames)).wire
-        elif n:
-            chunk = b"".join((chunk, *(f.wire for f in frames)))
-        self._pending.clear()
-        self._latest = None
-        self._stats.delivered += n
-        return chunk
+            self._initial, self._initial_pos = (), 0
+            if self._latest is not None:  # conflated: the latest per coordinator, in order
+                self._pending.extend(self._latest.values())
+                self._latest = None
+            pending = self._pending
+            while pending and (size < CHUNK_BYTES or not taken):
+                wire = pending[0].wire
+                if taken and size + len(wire) > CHUNK_BYTES:
+                    break
+                pending.popleft()
+                self._pending_bytes -= len(wire)
+                taken.append(wire)
+                size += len(wire)
+        self._stats.delivered += len(taken)
+        return taken[0] if len(taken) == 1 else b"".join(taken)
 
     async def next_chunk(self, since: float | None = None) -> bytes | None:
         """The bytes to send next; None once closed. Buffered frames as soon as there are

@@ -4,14 +4,19 @@ keepalives, shutdown, remote events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import pytest
 from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
 
 from market_data_store.feedback import KEEPALIVE, FeedbackFanout, StreamRefusedError
+from market_data_store.feedback.fanout import EventEncodingError
 
 from .frames import HARD, OK, SOFT, drain, event
+
+UNENCODABLE = event("r/bars", HARD, 10**400)
+"""Core's model takes it; its utilization (queue_size / capacity) overflows a float."""
 
 
 def test_ids_strictly_increase_and_frames_are_sse_messages_with_core_json() -> None:
@@ -153,3 +158,80 @@ def test_remote_coordinators_of_gone_replicas_expire_with_a_last_ok() -> None:
     assert fanout.expire_remote(3600) == ["r1/bars"]
     assert [(c, lvl) for _, c, lvl in drain(listener)] == [("r1/bars", "ok")]
     assert [f.coord_id for f in fanout.snapshot()] == ["r2/bars"]
+
+
+def test_an_event_that_cannot_be_encoded_uses_no_id_and_resume_misses_nothing() -> None:
+    """Issue 18: a remote event failing on its way burnt an id with no history entry;
+    resume assumed contiguous ids, so a client resuming after ``soft`` silently missed
+    the following ``hard``."""
+    fanout = FeedbackFanout(history=10)
+    first = fanout.publish(event("a", OK))
+    with contextlib.suppress(Exception):  # however it fails, it must not burn an id
+        fanout.publish_remote(UNENCODABLE)
+    soft = fanout.publish(event("a", SOFT))
+    hard = fanout.publish(event("a", HARD))
+    assert [first.seq + 1, first.seq + 2] == [soft.seq, hard.seq]  # contiguous
+    replay = fanout.since(soft.seq)
+    assert replay is not None
+    assert [f.seq for f in replay] == [hard.seq]
+    resumed, reset = fanout.subscribe(last_id=soft.seq)
+    assert not reset
+    assert [(c, lvl) for _, c, lvl in drain(resumed)] == [("a", "hard")]
+
+
+def test_a_remote_event_that_cannot_be_encoded_is_dropped_and_counted() -> None:
+    fanout = FeedbackFanout()
+    listener, _ = fanout.subscribe()
+    before = fanout.last_id
+    assert not fanout.publish_remote(UNENCODABLE)
+    assert fanout.stats.remote_invalid == 1
+    assert fanout.last_id == before
+    assert fanout.snapshot() == ()
+    assert fanout.coordinator_ids() == []  # not even taken as seen (it would never expire)
+    assert fanout.expire_remote(0) == []
+    assert drain(listener) == []
+    with pytest.raises(EventEncodingError):
+        fanout.publish(UNENCODABLE)  # a local one: refused, nothing published either
+    assert fanout.last_id == before
+
+
+def test_resume_is_exact_or_a_reset() -> None:
+    fanout = FeedbackFanout(history=3)
+    start = fanout.last_id  # before any event: resuming from it is exact (nothing missed)
+    assert fanout.since(start) == []
+    frames = [fanout.publish(event("a", lvl)) for lvl in (SOFT, HARD, OK, SOFT, HARD)]
+    kept = frames[-3:]
+    assert fanout.since(start) is None  # older than the history now
+    # the id right before the history: everything after it is there
+    assert fanout.since(frames[1].seq) == kept
+    assert fanout.since(frames[0].seq) is None
+    assert fanout.since(kept[0].seq) == kept[1:]
+    assert fanout.since(kept[-1].seq) == []
+    for unknown in (kept[-1].seq + 1, kept[-1].seq + 10**6, 0, 1, start - 1):
+        assert fanout.since(unknown) is None, unknown  # in the future, from elsewhere
+
+
+def test_streams_per_client_are_capped_and_freed_once() -> None:
+    fanout = FeedbackFanout(subscriber_queue=1)
+    a1, _ = fanout.subscribe(client="10.0.0.1", max_per_client=2)
+    a2, _ = fanout.subscribe(client="10.0.0.1", max_per_client=2)
+    with pytest.raises(StreamRefusedError) as refused:
+        fanout.subscribe(client="10.0.0.1", max_per_client=2)
+    assert refused.value.reason == "client_limit"
+    assert (fanout.stats.refused, fanout.stats.refused_per_client) == (1, 1)
+    other, _ = fanout.subscribe(client="10.0.0.2", max_per_client=2)  # another address
+    assert fanout.streams_of("10.0.0.1") == 2
+    fanout.unsubscribe(a1)
+    fanout.unsubscribe(a1)  # twice (the stream ends after a timeout did): freed once
+    assert fanout.streams_of("10.0.0.1") == 1
+    a3, _ = fanout.subscribe(client="10.0.0.1", max_per_client=2)
+    # a subscriber dropped for lagging frees its slot too
+    drain(other)
+    for cid in ("x", "y"):
+        fanout.publish(event(cid, SOFT))
+    assert all(sub.closed for sub in (a2, a3, other))
+    assert fanout.streams_of("10.0.0.1") == 0
+    assert fanout.streams_of("10.0.0.2") == 0
+    fanout.unsubscribe(a2)
+    assert fanout.streams_of("10.0.0.1") == 0
+    assert fanout._per_client == {}  # no entry left behind per address

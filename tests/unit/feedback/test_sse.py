@@ -34,3 +34,13 @@ def test_the_package_reexports_the_same_objects() -> None:
     assert feedback.KEEPALIVE is sse.KEEPALIVE
     assert feedback.RETRY_MS == sse.RETRY_MS
     assert feedback.Frame is sse.Frame
+
+
+def test_padding_is_comment_lines_of_bounded_length_that_join_the_next_message() -> None:
+    for size in (2, 100, sse.PADDING_LINE, 3 * sse.PADDING_LINE + 10, 60_000):
+        pad = sse.padding(size)
+        assert abs(len(pad) - size) <= 1
+        lines = pad.split(b"\n")
+        assert lines.pop() == b""  # ends with LF, and no empty line: no message of its own
+        assert all(line.startswith(b":") and 1 <= len(line) < sse.PADDING_LINE for line in lines)
+    assert sse.padding(0) == b":\n"

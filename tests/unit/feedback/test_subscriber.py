@@ -4,8 +4,11 @@ what it gets on connect, keepalives."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 
 from market_data_store.feedback import KEEPALIVE, FeedbackFanout
+from market_data_store.feedback.subscriber import CHUNK_BYTES, MAX_PENDING_BYTES
 
 from .frames import HARD, OK, SOFT, drain, event
 
@@ -110,3 +113,68 @@ async def test_the_keepalive_is_due_an_interval_after_the_last_write() -> None:
     assert loop.time() - written < 0.3 + 0.1  # not a whole interval after the call
     late = loop.time() - 1.0  # a send that took longer than the interval
     assert await asyncio.wait_for(sub.next_chunk(late), 0.1) == KEEPALIVE
+
+
+def large_snapshot(fanout: FeedbackFanout, coordinators: int, reason_chars: int) -> int:
+    """``coordinators`` remote coordinators, each with a reason this long: the snapshot's
+    size in bytes."""
+    for i in range(coordinators):
+        assert fanout.publish_remote(event(f"r{i}/bars", HARD, 80, reason="r" * reason_chars))
+    return sum(len(f.wire) for f in fanout.snapshot())
+
+
+def test_streams_share_the_snapshot_and_take_it_in_bounded_chunks() -> None:
+    """Issue 18: the snapshot (every coordinator's latest event, remote ones included)
+    was joined per stream, and sat whole in never-reading streams' buffers."""
+    fanout = FeedbackFanout()
+    size = large_snapshot(fanout, 300, 1000)
+    assert size > 5 * CHUNK_BYTES
+    a, _ = fanout.subscribe()
+    b, _ = fanout.subscribe()
+    assert a._initial is b._initial is fanout.snapshot()  # one object for every stream
+    chunks = []
+    while chunk := a._take():
+        assert len(chunk) <= CHUNK_BYTES
+        chunks.append(chunk)
+    assert b"".join(chunks) == b"".join(f.wire for f in fanout.snapshot())
+    # one frame alone is sent as the fan-out's own bytes, never a copy
+    frame = fanout.publish(event("h/bars", SOFT))
+    assert a._take() is frame.wire
+
+
+def test_a_never_reading_stream_costs_little_however_large_the_snapshot() -> None:
+    """Hundreds of streams over a 1.1 MB snapshot, each holding the chunk it is stuck
+    sending (a client that reads nothing): their memory does not grow with it."""
+    fanout = FeedbackFanout()
+    size = large_snapshot(fanout, 1000, 1000)
+    assert size > 1_000_000
+    streams = 200
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        held = []
+        for _ in range(streams):
+            sub, _ = fanout.subscribe()
+            held.append((sub, sub._take()))  # the stream's first send: blocked forever
+        per_stream = (tracemalloc.get_traced_memory()[0] - before) / streams
+    finally:
+        tracemalloc.stop()
+    assert per_stream < CHUNK_BYTES + 16 * 1024, per_stream  # not the snapshot's 1.1 MB
+    assert all(len(chunk) <= CHUNK_BYTES for _, chunk in held)
+
+
+def test_pending_frames_are_bounded_by_bytes_too() -> None:
+    fanout = FeedbackFanout(subscriber_queue=10_000)
+    sub, _ = fanout.subscribe()
+    reason = "r" * 3000
+    for _ in range(1000):  # 3 MB of one coordinator: conflated to its latest
+        fanout.publish(event("a", SOFT, reason=reason))
+    assert not sub.closed
+    assert sub._pending_bytes <= MAX_PENDING_BYTES
+    assert [c for _, c, _ in drain(sub)] == ["a"]
+    assert sub._pending_bytes == 0
+    for i in range(400):  # 1.2 MB of distinct coordinators, far below 10,000 frames
+        fanout.publish(event(f"c{i}", SOFT, reason=reason))
+    assert sub.closed
+    assert sub.close_reason == "slow"

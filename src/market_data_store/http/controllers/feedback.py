@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
 import re
 import socket
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, MediaType, get
+from litestar import Controller, MediaType, Request, get
 from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import ResponseSpec
@@ -23,6 +25,7 @@ from market_data_store._util import ThrottledLog
 from market_data_store.config import Settings
 from market_data_store.coordinator import BackpressureLevel
 from market_data_store.feedback import (
+    KEEPALIVE,
     LEVEL_RANK,
     MAX_ID_LENGTH,
     FeedbackFanout,
@@ -30,6 +33,7 @@ from market_data_store.feedback import (
     Subscriber,
     sse,
 )
+from market_data_store.feedback.fanout import MAX_REMOTE_COORDINATORS
 from market_data_store.service import Lifecycle
 
 from ..problems import problem_responses
@@ -91,9 +95,24 @@ class FeedbackStream(ASGIResponse):
     ``send_timeout`` (the client stopped reading) ends the stream; so do the
     client going away, the subscriber lagging too far, and the service's
     shutdown (the stream ends at once, cleanly).
+
+    A client that reads nothing is still taken bytes by its kernel until its socket
+    buffers are full; with a keepalive of a few bytes that takes hours. So at most
+    once per heartbeat a write carries padding (comment lines, ``keepalive_padding``)
+    that fills ``STALLED_READER_BYTES`` of buffers within ``STALLED_READER_SEC``:
+    then a send blocks, and ``send_timeout`` ends the stream.
     """
 
-    __slots__ = ("_fanout", "_head", "_lifecycle", "_send_timeout", "_sending", "_sub")
+    __slots__ = (
+        "_fanout",
+        "_head",
+        "_heartbeat",
+        "_lifecycle",
+        "_padding",
+        "_send_timeout",
+        "_sending",
+        "_sub",
+    )
     _should_set_content_length = False
 
     def __init__(
@@ -103,6 +122,7 @@ class FeedbackStream(ASGIResponse):
         head: bytes,
         send_timeout: float,
         lifecycle: Lifecycle,
+        heartbeat: float,
     ) -> None:
         super().__init__(
             media_type=EVENT_STREAM,
@@ -113,6 +133,10 @@ class FeedbackStream(ASGIResponse):
         self._head = head
         self._send_timeout = send_timeout
         self._lifecycle = lifecycle
+        self._heartbeat = heartbeat
+        self._padding = keepalive_padding(
+            heartbeat, send_timeout, STALLED_READER_SEC, STALLED_READER_BYTES
+        )
         self._sending: asyncio.Timeout | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -126,8 +150,12 @@ class FeedbackStream(ASGIResponse):
             await self.start_response(send)
             loop = asyncio.get_running_loop()
             chunk: bytes | None = self._head
+            padded = loop.time()  # the last write that carried padding
             while chunk is not None:
                 written = loop.time()  # the keepalive is due keepalive_sec after this write
+                if chunk is KEEPALIVE or written - padded >= self._heartbeat:
+                    chunk = self._padding + chunk  # joins the first message of the chunk
+                    padded = written
                 if not await self._send(send, chunk, more=True):
                     fanout.send_timed_out(sub)
                     _ended.log(
@@ -186,6 +214,26 @@ CLOSING_SEND_GRACE = 0.5
 STREAM_SEND_BUFFER = 32 * 1024
 """Kernel send buffer of a stream's socket, and (half of it) the server's write buffer
 limit: a client that stops reading blocks a send after tens of KiB, not megabytes."""
+STALLED_READER_SEC = 300.0
+"""A client that accepts no byte of its stream is disconnected within about this long
+(once ``STALLED_READER_BYTES`` of its buffers are full, a send blocks for
+``send_timeout``)..."""
+STALLED_READER_BYTES = 1024 * 1024
+"""... when its socket buffers hold at most this much: the padding streams write per
+``STALLED_READER_SEC`` (about 3.5 KB/s of an idle stream). A client that does not read
+keeps its kernel's default receive buffer (Linux: 128 KiB, at most 2 x
+``net.core.rmem_max`` when it asks for more); one that read fast before it stalled
+may have grown it to several MiB, and is cut after proportionally longer."""
+
+
+@functools.lru_cache(maxsize=16)
+def keepalive_padding(heartbeat: float, send_timeout: float, within: float, fill: int) -> bytes:
+    """Comment lines that fill ``fill`` bytes of a stalled reader's buffers within
+    ``within`` seconds when one write per ``heartbeat`` carries them (a send then blocks,
+    and ``send_timeout`` ends the stream by ``within``). One bytes object per setting,
+    shared by every stream."""
+    writes = max(1, int(max(within - send_timeout, 0.0) // heartbeat) - 1)
+    return sse.padding(min(fill, -(-fill // writes)))
 
 
 def _small_buffers(transport: asyncio.BaseTransport) -> None:
@@ -227,11 +275,17 @@ class FeedbackStreamController(Controller):
             "FeedbackEvent (+ reason, utilization). First the latest event of every known "
             "coordinator (all replicas when Redis is configured), then live events. Resume "
             "with `Last-Event-ID` (or `last_event_id`): the events after it are replayed "
-            "from a bounded history; when it is older than that, `event: reset` comes first, "
-            "then the snapshot. A `coordinator_id` no one has reported yet is named once in "
+            "from a bounded history; when that cannot be done exactly (an id older than the "
+            "history, in the future, or not one this process sent), `event: reset` comes "
+            "first, then the snapshot. The snapshot holds at most "
+            f"{MAX_REMOTE_COORDINATORS:,} coordinators of other replicas (besides this one's). "
+            "A `coordinator_id` no one has reported yet is named once in "
             "a comment line at the start (the stream then goes on as usual). A keepalive "
-            "comment whenever nothing was written for `feedback.sse.heartbeat_sec`. "
-            "503 with Retry-After past `feedback.sse.max_streams` or while shutting down."
+            "comment whenever nothing was written for `feedback.sse.heartbeat_sec`; at most "
+            "once per heartbeat a message is preceded by padding comment lines (so a client "
+            "that reads nothing is disconnected within about 5 minutes). 503 with Retry-After "
+            "past `feedback.sse.max_streams`, past `feedback.sse.max_streams_per_client` "
+            "streams of one client address, or while shutting down."
         ),
         media_type=EVENT_STREAM,
         sync_to_thread=False,
@@ -244,12 +298,16 @@ class FeedbackStreamController(Controller):
             ),
             **problem_responses(
                 s400="Bad filter or Last-Event-ID, or a repeated query parameter",
-                s503="Too many streams, or shutting down; retry after Retry-After",
+                s503=(
+                    "Too many streams (of the server, or of this client address), or shutting "
+                    "down; retry after Retry-After"
+                ),
             ),
         },
     )
     def stream(
         self,
+        request: Request[Any, Any, Any],
         feedback_fanout: NamedDependency[FeedbackFanout],
         settings: NamedDependency[Settings],
         lifecycle: NamedDependency[Lifecycle],
@@ -290,11 +348,15 @@ class FeedbackStreamController(Controller):
         from_header = _event_id(last_event_id_header, "last-event-id", "header")
         from_query = _event_id(last_event_id, "last_event_id", "query")
         resume = from_header if from_header is not None else from_query
+        sse_settings = settings.feedback.sse
+        client = client_key(request.client.host) if request.client is not None else None
         try:
             sub, reset = feedback_fanout.subscribe(
                 coordinators=coordinators,
                 min_rank=LEVEL_RANK[BackpressureLevel(min_level)] if min_level else 0,
                 last_id=resume,
+                client=client,
+                max_per_client=sse_settings.max_streams_per_client,
             )
         except StreamRefusedError as exc:
             raise HTTPException(
@@ -314,8 +376,30 @@ class FeedbackStreamController(Controller):
             reset_id = feedback_fanout.last_id if first is None else first - 1
             head += sse.frame(reset_id, "reset", b'{"reason":"last_event_id_unknown"}')
         return FeedbackStream(
-            feedback_fanout, sub, head, settings.feedback.sse.send_timeout, lifecycle
+            feedback_fanout,
+            sub,
+            head,
+            sse_settings.send_timeout,
+            lifecycle,
+            sse_settings.heartbeat_sec,
         )
+
+
+def client_key(host: str) -> str:
+    """What ``feedback.sse.max_streams_per_client`` counts for a client at ``host``:
+    ``scope["client"]``'s address (the forwarding client's when uvicorn trusts the proxy,
+    ``forwarded_allow_ips``; without an address, a Unix socket, only the server's cap
+    applies). An IPv6 address counts as its /64 (one host's, however many addresses
+    of it a client uses); IPv4-mapped ones as the IPv4 address."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _coordinator_filter(values: list[str] | None) -> list[str] | None:
