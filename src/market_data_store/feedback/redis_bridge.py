@@ -48,7 +48,9 @@ REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 INITIAL_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 SCAN_COUNT = 100
-"""Keys per SCAN and fields per HSCAN call: the bridge yields to the loop in between."""
+"""Fields per HSCAN call: the bridge yields to the loop in between."""
+KEY_SCAN_COUNT = 1000
+"""Keys per SCAN call (only the matching ones come back: a shared Redis may hold many)."""
 MAX_FIELDS_PER_KEY = 1000
 """Fields read from one replica's hash (it has a handful of coordinators; more is hostile)."""
 MAX_SEED_KEYS = 1000
@@ -333,7 +335,7 @@ class RedisFeedbackBridge:
         pattern = latest_key(_glob_escape(self.channel), "*")
         keys = events = 0
         async with asyncio.timeout(self._timeout * 5):
-            async for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
+            async for key in client.scan_iter(match=pattern, count=KEY_SCAN_COUNT):
                 if key == self._own_key:
                     continue
                 if keys >= MAX_SEED_KEYS or events >= MAX_SEED_EVENTS:

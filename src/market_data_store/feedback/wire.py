@@ -24,6 +24,8 @@ MAX_EVENT_BYTES = 4096
 
 MAX_CLOCK_SKEW = 60.0
 """Seconds another replica's clock may be ahead of ours."""
+MIN_TS = 946_684_800.0
+"""2000-01-01: no replica's clock says earlier."""
 MAX_ID_LENGTH = 200
 MAX_COUNT = 1_000_000_000
 """Bound of ``queue_size`` and ``capacity`` from another replica (each on its own:
@@ -82,7 +84,7 @@ class _RemoteEvent(msgspec.Struct, frozen=True):
     queue_size: _Count
     capacity: Annotated[int, msgspec.Meta(ge=1, le=MAX_COUNT)]
     level: BackpressureLevel
-    ts: Annotated[float, msgspec.Meta(gt=0)]
+    ts: Annotated[float, msgspec.Meta(ge=MIN_TS)]
     source: Annotated[str, msgspec.Meta(max_length=MAX_SOURCE_LENGTH)] = "store"
     reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON_LENGTH)] | None = None
     drain_rate: _Extension | None = None
@@ -96,8 +98,8 @@ def decode_event(data: bytes | str) -> FeedbackEvent:
     """Parse and validate an event received from another replica: Core's model, plus
     what keeps one bad message from poisoning the snapshot or the bridge: every field
     of its JSON type within absolute bounds (counts up to ``MAX_COUNT``, a ``reason``
-    up to ``MAX_REASON_LENGTH`` characters), a ``ts`` that is a finite time up to
-    ``MAX_CLOCK_SKEW`` s ahead (a later one would hide every later event of its
+    up to ``MAX_REASON_LENGTH`` characters), a ``ts`` that is a finite time since 2000
+    and up to ``MAX_CLOCK_SKEW`` s ahead (a later one would hide every later event of its
     coordinator), and a ``coordinator_id`` of the form ``<instance>/<name>``
     (``COORDINATOR_ID``: the rule of local ids)."""
     if len(data) > MAX_EVENT_BYTES:

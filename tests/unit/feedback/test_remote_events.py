@@ -40,7 +40,7 @@ def remote(**fields: object) -> str:
         {"reason": None, "drain_rate": None, "credit": None},
         {"coordinator_id": "A.b_c-9/bars.v2"},
         {"coordinator_id": f"{'i' * 63}/{'n' * 63}"},
-        {"ts": 1},  # an int is a number of seconds too
+        {"ts": 1_700_000_000},  # an int is a number of seconds too
         {"utilization": 0.1, "something_new": [1, 2]},  # fields of later versions are ignored
     ],
     ids=str,
@@ -67,6 +67,7 @@ def test_events_within_the_bounds_are_taken(fields: dict[str, object]) -> None:
         {"ts": float("nan")},
         {"ts": float("inf")},
         {"ts": 0},
+        {"ts": 1},
         {"ts": time.time() + 3600},
         {"ts": "1700000000"},
         {"drain_rate": float("nan")},
