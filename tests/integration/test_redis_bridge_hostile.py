@@ -60,7 +60,7 @@ def body(name: str, **fields: Any) -> bytes:
     return json.dumps(event).encode()
 
 
-POISON = {
+POISON: dict[Any, bytes] = {  # (Any: what redis-py's invariant Mapping takes)
     "400-digit queue_size": body("q", queue_size=10**400),
     "400-digit capacity": body("c", capacity=10**400),
     "NaN queue_size": body("qnan", queue_size=float("nan")),
@@ -108,7 +108,7 @@ async def test_bad_events_are_counted_and_dropped_and_the_bridge_goes_on(
     redis_url: str, redis: Redis, channel: str, cleanup: None, database_url: str, tmp_path: Path
 ) -> None:
     # in a replica's hash (read at start and every 10 s) and, later, on the channel
-    await redis.hset(latest_key(channel, "atk-0"), mapping=dict(POISON))
+    await redis.hset(latest_key(channel, "atk-0"), mapping=POISON)
     good = FeedbackEvent.create("good-1/bars", 150, 100, HARD, "queue_full")  # over capacity
     await redis.hset(latest_key(channel, "good-1"), "good-1/bars", encode_event(good))
     make = service_factory(database_url, str(tmp_path))
