@@ -277,7 +277,7 @@ class RedisFeedbackBridge:
         self._remote = remote
         self._task: asyncio.Task[None] | None = None
         self._failures = ThrottledLog(log)
-        self._oversized = ThrottledLog(log, interval=3600.0)  # once, unless it lasts
+        self._key_failures = ThrottledLog(log, interval=3600.0)  # a key is read every 10 s
         self._own_key = latest_key(channel, instance_id).encode()
         self._key_prefix = latest_key(channel, "").encode()
 
@@ -376,12 +376,11 @@ class RedisFeedbackBridge:
             await asyncio.sleep(0)  # validating a chunk took the loop: let others run
 
     def _refuse_key(self, what: str, msg: str, *args: object) -> None:
-        """A key of the channel's prefix that is not read whole: counted as a
-        rejected message, logged (an oversized hash once an hour)."""
+        """A key of the channel's prefix that is not read whole: counted as a rejected
+        message, logged at most once an hour (it is met again at every re-read)."""
         self.received += 1
         self.rejected += 1
-        throttle = self._oversized if what in ("oversized", "seed") else self._failures
-        throttle.log(logging.WARNING, what, "redis feedback bridge: " + msg, *args)
+        self._key_failures.log(logging.WARNING, what, "redis feedback bridge: " + msg, *args)
 
     async def _listen(self, client: Redis, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
