@@ -21,6 +21,7 @@ from market_data_store.feedback import (
     encode_event,
 )
 from market_data_store.feedback.redis_bridge import latest_key
+from market_data_store.feedback.wire import instance_of
 from tests.support.redis_server import unique_channel
 from tests.support.service import RunningService, service_factory
 from tests.support.waits import until
@@ -43,17 +44,17 @@ async def leave_a_hash(url: str, channel: str, *events: FeedbackEvent) -> None:
     for event in events:
         fanout.publish(event)
     publisher = RedisFeedbackPublisher(
-        url, channel, instance_id=instance_of(events[0]), latest=fanout.local_events, timeout=1
+        url,
+        channel,
+        instance_id=instance_of(events[0].coordinator_id),
+        latest=fanout.local_events,
+        timeout=1,
     )
     await publisher.start()
     try:
         await until(lambda: publisher.connected)
     finally:
         await publisher.stop()
-
-
-def instance_of(event: FeedbackEvent) -> str:
-    return event.coordinator_id.partition("/")[0]
 
 
 async def state(svc: RunningService) -> list[tuple[str, str, str | None]]:
