@@ -36,7 +36,7 @@ MAX_SOURCE_LENGTH = 64
 
 INSTANCE_ID = re.compile(ID_PART)
 """An instance id (``server.instance_id``'s rule): match with ``fullmatch``."""
-COORDINATOR_ID = re.compile(f"({ID_PART})/{ID_PART}")
+COORDINATOR_ID = re.compile(f"{ID_PART}/{ID_PART}")
 """``<instance>/<name>``, as every replica names its coordinators (``instance/bars``)."""
 
 LEVEL_RANK = {BackpressureLevel.ok: 0, BackpressureLevel.soft: 1, BackpressureLevel.hard: 2}
