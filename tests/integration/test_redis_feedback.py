@@ -38,7 +38,10 @@ async def test_events_of_one_replica_reach_the_other_and_not_themselves(redis_ur
     publisher = RedisFeedbackPublisher(
         url, channel, instance_id="a", latest=here.local_events, timeout=1
     )
-    bridges = [RedisFeedbackBridge(url, channel, f, timeout=1) for f in (here, there)]
+    bridges = [
+        RedisFeedbackBridge(url, channel, f, instance_id=name, timeout=1)
+        for f, name in ((here, "a"), (there, "z"))
+    ]
     try:
         await publisher.start()
         await until(lambda: publisher.connected)  # writes the latest events (seed) first
@@ -64,7 +67,7 @@ async def test_events_of_one_replica_reach_the_other_and_not_themselves(redis_ur
 async def test_garbage_on_the_channel_is_counted_and_ignored(redis_url: str) -> None:
     url, channel = redis_url, unique_channel()
     fanout = FeedbackFanout()
-    bridge = RedisFeedbackBridge(url, channel, fanout, timeout=1)
+    bridge = RedisFeedbackBridge(url, channel, fanout, instance_id="z", timeout=1)
     client = Redis.from_url(url)
     good = FeedbackEvent.create("b/bars", 1, 10, SOFT)
     poison = [
@@ -99,7 +102,7 @@ async def test_a_silently_dead_subscription_is_noticed_and_renewed(redis_url: st
     proxy = await TcpProxy((parts.hostname or "127.0.0.1", parts.port or 6379)).start()
     fanout = FeedbackFanout()
     bridge = RedisFeedbackBridge(
-        f"redis://127.0.0.1:{proxy.port}{parts.path}", channel, fanout, timeout=0.5
+        f"redis://127.0.0.1:{proxy.port}{parts.path}", channel, fanout, instance_id="z", timeout=0.5
     )
     client = Redis.from_url(url)
     try:

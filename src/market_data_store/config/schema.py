@@ -19,7 +19,10 @@ NonNegative = Annotated[int, msgspec.Meta(ge=0)]
 WEEK = 7 * 24 * 3600.0  # no wait of the service is meant to be longer (nor inf, nor nan)
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=WEEK)]
 NonNegativeSeconds = Annotated[float, msgspec.Meta(ge=0, le=WEEK)]
-InstanceId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")]
+ID_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
+"""An instance id, and each part of a coordinator id (``<instance>/<name>``), local or
+another replica's (``feedback.wire`` holds remote ids to it)."""
+InstanceId = Annotated[str, msgspec.Meta(pattern=rf"^{ID_PART}\Z")]  # \Z: no "id\n"
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

@@ -6,7 +6,12 @@ events in a Redis hash that expires unless refreshed (so a replica that starts
 later learns the current level of every live replica at once).
 ``RedisFeedbackBridge`` subscribes to the channel and hands the events of other
 replicas to the SSE side (``FeedbackFanout.publish_remote``), never to the
-local bus: a replica's webhook sends only its own events.
+local bus: a replica's webhook sends only its own events. Its own coordinators
+(``<instance_id>/…``) are never taken as another replica's, whatever Redis holds
+(a previous process's hash under the same id, say). Everything read is bounded:
+each event by ``wire.decode_event``, each hash to ``MAX_FIELDS_PER_KEY`` fields, a
+re-read to ``MAX_SEED_KEYS`` hashes and ``MAX_SEED_EVENTS`` events; a bad one is
+counted (``rejected``), logged at most once per interval, and dropped.
 
 Redis down or restarted: nothing blocks (the bus only buffers), health reads
 ``disconnected``, both reconnect with capped backoff, the bridge resubscribes
@@ -18,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
@@ -34,13 +40,24 @@ from market_data_store._util import ThrottledLog, backoff_delay
 from market_data_store.coordinator import FeedbackEvent
 
 from .outbox import DeliveryStats, Outbox
-from .wire import WireError, decode_event, encode_event
+from .wire import INSTANCE_ID, WireError, decode_event, encode_event, instance_of
 
 log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 INITIAL_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
+SCAN_COUNT = 100
+"""Fields per HSCAN call: the bridge yields to the loop in between."""
+KEY_SCAN_COUNT = 1000
+"""Keys per SCAN call (only the matching ones come back: a shared Redis may hold many)."""
+MAX_FIELDS_PER_KEY = 1000
+"""Fields read from one replica's hash (it has a handful of coordinators; more is hostile)."""
+MAX_SEED_KEYS = 1000
+"""Replicas' hashes read per re-read."""
+MAX_SEED_EVENTS = 10_000
+"""Events read per re-read, all hashes together (``FeedbackFanout`` keeps 1,000 remote
+coordinators)."""
 
 
 def _backoff(failures: int) -> float:
@@ -161,37 +178,44 @@ class RedisFeedbackPublisher:
     def _latest_bodies(self) -> dict[str, bytes]:
         return {e.coordinator_id: encode_event(e) for e in self._latest()}
 
-    async def _execute(self, latest: dict[str, bytes], publish: list[bytes]) -> None:
-        """HSET the latest events (and renew the hash's expiry), PUBLISH ``publish``."""
+    async def _execute(
+        self, latest: dict[str, bytes], publish: list[bytes], *, replace: bool = False
+    ) -> None:
+        """HSET the latest events (and renew the hash's expiry), PUBLISH ``publish``.
+        ``replace``: ``latest`` are all of ours, the hash becomes exactly them, at once
+        (what a previous process under our id left there goes)."""
         client = self._client
         if client is None:
             raise RedisError("publisher stopped")
-        async with client.pipeline(transaction=False) as pipe:
+        async with client.pipeline(transaction=replace) as pipe:
+            if replace:
+                pipe.delete(self._key)
             if latest:
                 pipe.hset(self._key, mapping=latest)  # type: ignore[arg-type]
                 pipe.expire(self._key, max(1, round(3 * self._refresh_sec)))
-            else:
+            elif not replace:
                 pipe.ping()
             for body in publish:
                 pipe.publish(self.channel, body)
             await pipe.execute()
 
-    async def _write(self, latest: dict[str, bytes], publish: list[bytes]) -> None:
-        await self._execute(latest, publish)
+    async def _write(
+        self, latest: dict[str, bytes], publish: list[bytes], *, replace: bool = False
+    ) -> None:
+        await self._execute(latest, publish, replace=replace)
         if not self.connected:
             self.connected, self.last_error, self.last_error_category = True, None, None
             log.info("redis feedback publisher connected")
             # replicas may have missed our events while Redis was away: send the latest
             bodies = self._latest_bodies()
-            if bodies:
-                await self._execute(bodies, list(bodies.values()))
+            await self._execute(bodies, list(bodies.values()), replace=True)
 
     async def _refresh_loop(self) -> None:
         """Keep the hash alive (it expires after 3 missed refreshes) and notice a
         lost or recovered Redis even when no event is published."""
         while True:
             try:
-                await self._write(self._latest_bodies(), publish=[])
+                await self._write(self._latest_bodies(), publish=[], replace=True)
                 delay = self._refresh_sec
             except REDIS_ERRORS as exc:
                 self._failed(exc)
@@ -227,6 +251,7 @@ class RedisFeedbackBridge:
     replica stopped refreshing its hash (it is gone) expire from ``remote`` after
     three intervals. An idle subscription is pinged every second; no answer within
     ``timeout`` counts as a lost connection (a silently dead socket is noticed).
+    Coordinators of ``instance_id`` (this replica) are never handed to ``remote``.
     """
 
     def __init__(
@@ -235,10 +260,12 @@ class RedisFeedbackBridge:
         channel: str,
         remote: RemoteEvents,
         *,
+        instance_id: str,
         timeout: float = 2.0,
         refresh_sec: float = 10.0,
     ) -> None:
         self.channel = channel
+        self.instance_id = instance_id
         self.connected = False
         self.last_error: str | None = "not connected yet"
         self.last_error_category: str | None = "not_connected_yet"
@@ -250,6 +277,9 @@ class RedisFeedbackBridge:
         self._remote = remote
         self._task: asyncio.Task[None] | None = None
         self._failures = ThrottledLog(log)
+        self._key_failures = ThrottledLog(log, interval=3600.0)  # a key is read every 10 s
+        self._own_key = latest_key(channel, instance_id).encode()
+        self._key_prefix = latest_key(channel, "").encode()
 
     async def start(self) -> None:
         if self._task is None:
@@ -299,18 +329,58 @@ class RedisFeedbackBridge:
             await asyncio.sleep(_backoff(failures))
 
     async def _seed(self, client: Redis) -> None:
-        """The latest events every live replica keeps in Redis (missed while away)."""
+        """The latest events every live replica keeps in Redis (missed while away),
+        read in chunks: at most ``MAX_SEED_KEYS`` hashes, ``MAX_FIELDS_PER_KEY`` fields
+        each, ``MAX_SEED_EVENTS`` in all. Our own hash (a previous process's) is skipped."""
         pattern = latest_key(_glob_escape(self.channel), "*")
+        keys = events = 0
         async with asyncio.timeout(self._timeout * 5):
-            async for key in client.scan_iter(match=pattern, count=100):
-                try:
-                    latest = await client.hgetall(key)
-                except ResponseError:  # not a hash: nothing of ours
-                    self.received += 1
-                    self.rejected += 1
+            async for key in client.scan_iter(match=pattern, count=KEY_SCAN_COUNT):
+                if key == self._own_key:
                     continue
-                for body in latest.values():
-                    self._accept(body)
+                if keys >= MAX_SEED_KEYS or events >= MAX_SEED_EVENTS:
+                    self._refuse_key(
+                        "seed", "more than %d hashes or %d events under %s; the rest unread",
+                        MAX_SEED_KEYS, MAX_SEED_EVENTS, pattern,
+                    )  # fmt: skip
+                    return
+                keys += 1
+                events += await self._seed_key(client, key)
+
+    async def _seed_key(self, client: Redis, key: bytes) -> int:
+        """Accept the events of one replica's hash (at most ``MAX_FIELDS_PER_KEY``); how
+        many were read."""
+        instance = key.removeprefix(self._key_prefix).decode(errors="replace")
+        if not INSTANCE_ID.fullmatch(instance):
+            self._refuse_key("key", "a key not named after an instance id: %.80r", key)
+            return 0
+        read, cursor = 0, 0
+        while True:
+            try:
+                cursor, fields = await client.hscan(key, cursor, count=SCAN_COUNT)
+            except ResponseError:  # not a hash: nothing of ours
+                self._refuse_key("key", "%.80r is not a hash", key)
+                return read
+            bodies = cast("dict[bytes, bytes]", fields).values()  # (a list with no_values)
+            for body in itertools.islice(bodies, MAX_FIELDS_PER_KEY - read):
+                self._accept(body, instance)
+                read += 1
+            if cursor == 0:
+                return read
+            if read >= MAX_FIELDS_PER_KEY:
+                self._refuse_key(
+                    "oversized", "%.80r has more than %d fields; the rest unread",
+                    key, MAX_FIELDS_PER_KEY,
+                )  # fmt: skip
+                return read
+            await asyncio.sleep(0)  # validating a chunk took the loop: let others run
+
+    def _refuse_key(self, what: str, msg: str, *args: object) -> None:
+        """A key of the channel's prefix that is not read whole: counted as a rejected
+        message, logged at most once an hour (it is met again at every re-read)."""
+        self.received += 1
+        self.rejected += 1
+        self._key_failures.log(logging.WARNING, what, "redis feedback bridge: " + msg, *args)
 
     async def _listen(self, client: Redis, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
@@ -332,15 +402,27 @@ class RedisFeedbackBridge:
                 await self._seed(client)
                 self._remote.expire_remote(3 * self._refresh_sec)
 
-    def _accept(self, body: bytes | str) -> None:
+    def _accept(self, body: bytes | str, key_instance: str | None = None) -> None:
+        """One event from the channel or from ``key_instance``'s hash: handed to
+        ``remote`` unless it is invalid (counted, logged, dropped) or one of ours.
+        Nothing raised here stops the bridge."""
         self.received += 1
         try:
             event = decode_event(body)
+            instance = instance_of(event.coordinator_id)
+            if key_instance is not None and instance != key_instance:
+                raise WireError(f"a coordinator of another instance in {key_instance}'s hash")
+            if instance == self.instance_id:
+                return  # ours: coming back from the channel, or a previous process's
+            self._remote.publish_remote(event)
         except WireError as exc:
             self.rejected += 1
             self._failures.log(logging.WARNING, "wire", "redis feedback bridge: %s", exc)
-            return
-        self._remote.publish_remote(event)
+        except Exception:
+            self.rejected += 1
+            self._failures.log(
+                logging.ERROR, "event", "redis feedback bridge: an event failed; dropped", exc=True
+            )
 
 
 def _glob_escape(text: str) -> str:

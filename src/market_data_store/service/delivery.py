@@ -72,7 +72,11 @@ async def feedback_delivery(
             stack.push_async_callback(publisher.stop)
             bus.subscribe(publisher.publish)
             bridge = RedisFeedbackBridge(
-                f.redis.url, f.redis.channel, fanout, timeout=f.redis.timeout
+                f.redis.url,
+                f.redis.channel,
+                fanout,
+                instance_id=settings.server.resolved_instance_id,
+                timeout=f.redis.timeout,
             )
             await bridge.start()
             stack.push_async_callback(bridge.stop)
