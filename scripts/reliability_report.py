@@ -17,7 +17,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 START = "<!-- reliability:start -->"
 END = "<!-- reliability:end -->"
-SCENARIOS = 10
+SCENARIOS = 12
 
 
 def _value(value: Any) -> str:

@@ -66,14 +66,14 @@ def test_the_table_is_rewritten_from_the_figures_and_nothing_else(tmp_path: Path
     assert "old table" not in text
     assert "Last run: 2026-01-03T00:00:00+00:00." in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
-    assert len(rows) == 1 + 10  # header + one per scenario
+    assert len(rows) == 1 + 12  # header + one per scenario
     assert rows[1] == (
         "| 1 | Scenario 1 | a \\| fault | exact things | passed (12 s) | bars accepted: 99,000"
         "<br>time to 503 (s): 0.25<br>states: closed, open |"
     )
     assert rows[2] == "| 2 | - | - | - | not run | - |"
     assert rows[3].endswith("| failed (12 s) | peak: a: 1 |")
-    assert rows[8:] == [f"| {n} | - | - | - | not run | - |" for n in (8, 9, 10)]
+    assert rows[8:] == [f"| {n} | - | - | - | not run | - |" for n in (8, 9, 10, 11, 12)]
 
 
 def test_the_table_has_a_row_for_every_scenario_of_the_suite() -> None:
