@@ -8,6 +8,7 @@ Types carry the rules of one key (ranges, enums, patterns); rules across keys ar
 
 from __future__ import annotations
 
+import re
 import socket
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -41,8 +42,14 @@ class ServerSettings(_Section, kw_only=True, frozen=True):
 
     @property
     def resolved_instance_id(self) -> str:
-        """This replica's name (default: the host name, a pod's name in Kubernetes)."""
-        return self.instance_id or socket.gethostname() or "store"
+        """This replica's name (default: the host name, a pod's name in Kubernetes),
+        always by the id rule (``ID_PART``): a host name that breaks it has its other
+        characters made ``-`` and is cut to 63, since every other replica refuses
+        events whose coordinator id breaks it."""
+        if self.instance_id:
+            return self.instance_id
+        host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).lstrip("._-")[:63]
+        return host or "store"
 
 
 class DatabaseSettings(_Section, kw_only=True, frozen=True):

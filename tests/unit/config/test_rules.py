@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import re
+import socket
+
 import pytest
 
 from market_data_store.config import ConfigError, load_settings
+from market_data_store.config.schema import ID_PART
 
 
 def test_error_strategy_needs_requests_that_fit_the_queue() -> None:
@@ -39,3 +43,24 @@ def test_admin_token_must_be_printable_ascii_in_every_env(env: str, token: str) 
     with pytest.raises(ConfigError, match=r"admin_token .*printable ASCII") as refused:
         load_settings({"MDS_ENV": env, "ADMIN_TOKEN": token})
     assert token.strip() not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("host", "resolved"),
+    [
+        ("store-0", "store-0"),
+        ("my host.example", "my-host.example"),
+        ("-odd\u00e9name", "odd-name"),
+        ("x" * 80, "x" * 63),
+        ("", "store"),
+    ],
+)
+def test_the_host_name_default_follows_the_id_rule(
+    monkeypatch: pytest.MonkeyPatch, host: str, resolved: str
+) -> None:
+    """Other replicas refuse events whose coordinator id breaks the rule: a host name
+    that breaks it is made to follow it, never used as is."""
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    instance = load_settings({}).server.resolved_instance_id
+    assert instance == resolved
+    assert re.fullmatch(ID_PART, instance)
