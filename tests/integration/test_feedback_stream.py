@@ -316,6 +316,14 @@ async def test_one_client_address_takes_at_most_max_streams_per_client(
         async with open_stream(svc.client) as again:
             await again.next_event()
         assert fanout(svc).stats.refused_per_client == 1
+        text = (await svc.client.get("/metrics")).text
+    dropped = {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "mds_feedback_sse_dropped"
+        for sample in family.samples
+    }
+    assert (dropped["client_limit"], dropped["limit"]) == (1, 0)
 
 
 def never_reading(port: int) -> socket.socket:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from market_data_store.server import PROBE_RESERVE, TransportStats
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.waits import until
@@ -74,3 +76,13 @@ async def test_idle_connections_beyond_the_cap_are_closed_at_once_and_probes_pas
         finally:
             for _, writer in held:
                 writer.close()
+        await until(lambda: stats.open_connections < CAP, what="a slot freed")
+        text = (await svc.client.get("/metrics")).text
+    (closed,) = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "mds_http_connections_refused"
+        for sample in family.samples
+        if sample.labels.get("reason") == "probe_reserve"
+    ]
+    assert closed >= BEYOND

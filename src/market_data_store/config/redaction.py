@@ -237,17 +237,31 @@ class SecretsFilter(logging.Filter):
         return redact_text(text) if "://" in text else text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # An exception here would reach the code that logged (a filter runs in its
+        # call): a record that cannot be read is replaced, never raised about.
+        try:
+            self._mask(record)
+        except Exception as exc:
+            record.msg = f"<a {record.levelname} record of {record.name} not shown: {exc!r}>"
+            record.args, record.exc_info, record.exc_text, record.stack_info = (
+                None,
+                None,
+                None,
+                None,
+            )
+        return True
+
+    def _mask(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         cleaned = self.clean(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
-        if record.exc_info is not None and record.exc_text is None:
+        if record.exc_info and not record.exc_text:  # as Formatter.format does
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = self.clean(record.exc_text)
         if record.stack_info:
             record.stack_info = self.clean(record.stack_info)
-        return True
 
 
 THIRD_PARTY_QUIET = ("httpx", "httpcore")

@@ -219,6 +219,8 @@ class _FanoutStats(Protocol):
     dropped_slow: int
     dropped_send_timeout: int
     refused: int
+    refused_per_client: int
+    remote_invalid: int
 
 
 class _DeliveryStats(Protocol):
@@ -286,10 +288,13 @@ _FEEDBACK: dict[str, tuple[str, str, str, FeedbackReading]] = {
     ),
     "mds.feedback.sse.dropped": (
         "counter", "{stream}",
-        "SSE streams ended or refused by the server, by reason (slow, send_timeout, limit)",
+        "SSE streams ended or refused by the server, by reason (slow, send_timeout, limit, "
+        "client_limit)",
         lambda ch: ((ch.fanout.stats.dropped_slow, {"reason": "slow"}),
                     (ch.fanout.stats.dropped_send_timeout, {"reason": "send_timeout"}),
-                    (ch.fanout.stats.refused, {"reason": "limit"})),
+                    (ch.fanout.stats.refused - ch.fanout.stats.refused_per_client,
+                     {"reason": "limit"}),
+                    (ch.fanout.stats.refused_per_client, {"reason": "client_limit"})),
     ),
     "mds.feedback.sse.subscribers": (
         "gauge", "{stream}", "Open SSE feedback streams",
@@ -298,10 +303,14 @@ _FEEDBACK: dict[str, tuple[str, str, str, FeedbackReading]] = {
     "mds.feedback.redis.received": (
         "counter", "{message}",
         "Messages read from Redis (channel and replicas' hashes), by outcome (accepted, rejected)",
+        # rejected: by the bridge's checks, or (remote_invalid) an event the fan-out
+        # could not encode after it passed them
         lambda ch: ((0, {"outcome": "accepted"}), (0, {"outcome": "rejected"}))
         if ch.redis_bridge is None else (
-            (ch.redis_bridge.received - ch.redis_bridge.rejected, {"outcome": "accepted"}),
-            (ch.redis_bridge.rejected, {"outcome": "rejected"}),
+            (ch.redis_bridge.received - ch.redis_bridge.rejected
+             - ch.fanout.stats.remote_invalid, {"outcome": "accepted"}),
+            (ch.redis_bridge.rejected + ch.fanout.stats.remote_invalid,
+             {"outcome": "rejected"}),
         ),
     ),
     "mds.feedback.delivery.sent": (
@@ -383,6 +392,7 @@ class TransportCounts(Protocol):
     oversize_headers: int
     write_timeouts: int
     bad_requests: int
+    reserve_closed: int
 
 
 # reason label -> TransportCounts attribute
@@ -393,6 +403,7 @@ _REFUSALS = (
     ("oversize_headers", "oversize_headers"),
     ("write_timeout", "write_timeouts"),
     ("bad_request", "bad_requests"),
+    ("probe_reserve", "reserve_closed"),
 )
 
 
@@ -416,7 +427,8 @@ class TransportInstruments:
             unit="{connection}",
             description=(
                 "Connections refused or cut by the server's guard, by reason (over_capacity, "
-                "header_timeout, body_timeout, oversize_headers, write_timeout, bad_request)"
+                "header_timeout, body_timeout, oversize_headers, write_timeout, bad_request, "
+                "probe_reserve)"
             ),
         )
 

@@ -96,3 +96,16 @@ def test_guarding_twice_keeps_one_filter_and_quiets_httpx() -> None:
     guard_logging(settings, [handler])
     assert sum(isinstance(f, SecretsFilter) for f in handler.filters) == 1
     assert logging.getLogger("httpx").level == logging.WARNING
+
+
+def test_records_without_an_exception_or_that_cannot_be_read_pass_without_raising(
+    captured: tuple[logging.Logger, io.StringIO],
+) -> None:
+    """A filter runs in the logging call: if it raised, the code that logged would
+    fail (the Redis bridge's reconnect loop, logging with ``exc_info=False``, did)."""
+    parent, out = captured
+    parent.log(logging.WARNING, "bridge: %s; resubscribing", "ConnectionError", exc_info=False)
+    parent.warning("%d bars", "not a number")  # args that do not fit the message
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "secrets-filter-test: bridge: ConnectionError; resubscribing"
+    assert lines[1].startswith("secrets-filter-test: <a WARNING record of secrets-filter-test")
