@@ -7,6 +7,7 @@ any number out of range into a warning, never a traceback or a failed batch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -317,3 +318,79 @@ async def test_a_stream_retry_of_5000_digits_is_a_warning_and_the_stream_goes_on
     warned = [r.getMessage() for r in records(caplog, logging.WARNING)]
     assert any("retry:" in m for m in warned), warned
     assert all(len(m) < 300 for m in warned)
+
+
+# -- review of issue 18: text that made the client slow or fail -------------------------
+
+BACKTRACKING = b"1" * 200_000 + b"x"  # digits, then not a number
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        refused(b'{"status":503,"retry_after":"' + BACKTRACKING + b'"}'),
+        refused(Retry_After=BACKTRACKING.decode()),
+        refused(b"[" * 3000 + b"]" * 3000),  # nesting too deep for the decoder
+        refused(b'{"status":503,"detail":"\xff"}'),  # not UTF-8: a proxy's Latin-1 page
+    ],
+    ids=["body-digits-then-text", "header-digits-then-text", "deep-nesting", "not-utf-8"],
+)
+async def test_a_refusal_the_client_cannot_read_is_retried_at_once(
+    store: HostileStore, hostile: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The review of issue 18: the number pattern backtracked quadratically on digits
+    followed by text (200,000 digits: minutes of a blocked loop), and a body of invalid
+    UTF-8 or deep nesting raised past the decoder ("sending failed unexpectedly", the
+    batch failed with a traceback). Now read in linear time, or not read: retried."""
+    caplog.set_level(logging.WARNING)
+    store.script.append(hostile)
+    async with client(store, deadline=10, max_hold=0.2) as c:
+        await c.write(wire_bars(3))
+        await c.flush(timeout=10)
+    assert [count for _, count in store.posts] == [3, 3]
+    assert c.take_failures() == []
+    no_errors(caplog)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 3000 + b"]" * 3000, b'{"accepted":3,"coordinator_id":"\xff"}'],
+    ids=["deep-nesting", "not-utf-8"],
+)
+async def test_an_answer_the_client_cannot_read_fails_the_batch_without_a_traceback(
+    store: HostileStore, body: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 202 that is not the store's answer is handed back as failed (a proxy's page,
+    never taken as delivered), with its reason, not as an unexpected error."""
+    store.script.append(answer(202, body))
+    async with client(store, deadline=10) as c:
+        await c.write(wire_bars(3))
+        with contextlib.suppress(Exception):
+            await c.flush(timeout=10)
+    failures = c.take_failures()
+    assert "unexpectedly" not in " ".join(str(f) for f in failures)
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_a_stream_event_the_client_cannot_read_is_counted_and_the_stream_goes_on(
+    store: HostileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = (
+        b'{"coordinator_id":"s/bars","queue_size":1,"capacity":10,'
+        b'"level":"soft","source":"store","ts":1.0}'
+    )
+    store.stream = (
+        b"event: feedback\nid: 1\ndata: " + b"[" * 3000 + b"]" * 3000 + b"\n\n"
+        b'event: feedback\nid: 2\ndata: {"level":"\xff"}\n\n'
+        b"retry: " + BACKTRACKING[:60_000] + b"\n\n"
+        b"event: feedback\nid: 3\ndata: " + good + b"\n\n"
+    )
+    events: list[Feedback] = []
+    async with client(store, follow_feedback=True, on_feedback=events.append) as c:
+        await until(lambda: events, timeout=10, what="the event after the unreadable ones")
+        follower = c._follower
+        assert follower is not None
+        assert follower.bad_events == 2
+        assert follower.connects == 1
+    assert events[0].level == "soft"
+    no_errors(caplog)

@@ -34,6 +34,7 @@ from .http1 import Http1Pool
 from .options import ClientStats
 from .throttle import LevelBoard, Throttle
 from .wire import (
+    BAD_JSON,
     MSGPACK,
     Feedback,
     IngestAnswer,
@@ -377,7 +378,7 @@ class Sender:
         seconds = retry_after(header, problem, most=self._throttle.max_hold)
         feedback = problem.get("feedback")
         if isinstance(feedback, dict):
-            with contextlib.suppress(msgspec.DecodeError, TypeError):
+            with contextlib.suppress(*BAD_JSON, TypeError):
                 event = decode_feedback(msgspec.json.encode(feedback), "refusal")
                 self._throttle.answered(event.queue_size)
                 if event.credit is not None:

@@ -16,11 +16,10 @@ import logging
 from collections.abc import Callable
 
 import httpx
-import msgspec
 
 from market_data_store._util import ThrottledLog, backoff_delay
 
-from .wire import Feedback, decode_feedback, server_number
+from .wire import BAD_JSON, Feedback, decode_feedback, server_number
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ class FeedbackFollower:
         elif message.event == "feedback":
             try:
                 event = decode_feedback(message.data, "stream")
-            except msgspec.DecodeError:
+            except BAD_JSON:
                 self.bad_events += 1
                 return
             self.events += 1

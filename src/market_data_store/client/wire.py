@@ -146,19 +146,24 @@ def _plain(bar: WireBar) -> WireBar:
     return WireBar(bar.symbol, bar.ts, o, h, lo, c, v, bar.resolution, bar.delayed)
 
 
+BAD_JSON = (msgspec.DecodeError, ValueError, RecursionError)
+"""What decoding a body can raise: not JSON, not the expected shape, invalid UTF-8 in
+a string (``UnicodeDecodeError``), nesting too deep for the decoder."""
+
+
 def decode_answer(content: bytes) -> IngestAnswer | None:
     """The store's 202/201 answer (its numbers within ``[0, MAX_COUNT]``), or None
     when ``content`` is not one."""
     try:
         answer = _answer.decode(content)
-    except msgspec.DecodeError:
+    except BAD_JSON:
         return None
     return _counted(answer, _ANSWER_NUMBERS, "an answer")
 
 
 def decode_feedback(content: bytes | str, via: Literal["stream", "answer", "refusal"]) -> Feedback:
-    """A feedback event (its numbers within ``[0, MAX_COUNT]``); raises
-    ``msgspec.DecodeError`` when ``content`` is not one."""
+    """A feedback event (its numbers within ``[0, MAX_COUNT]``); raises one of
+    ``BAD_JSON`` when ``content`` is not one."""
     event = _counted(_feedback.decode(content), _FEEDBACK_NUMBERS, "a feedback event")
     return event if event.via == via else msgspec.structs.replace(event, via=via)
 
@@ -183,7 +188,7 @@ def decode_problem(status: int, content: bytes) -> dict[str, Any]:
     """The RFC 9457 body, or a stand-in when the answer is not one (a proxy's page)."""
     try:
         data = _any_json.decode(content)
-    except msgspec.DecodeError:
+    except BAD_JSON:
         data = None
     if isinstance(data, dict):
         return data
@@ -200,8 +205,8 @@ def retry_after(
     if header:
         text = header.strip()
         value: object = text
-        if not _NUMBER.fullmatch(text):
-            when = _http_date(text)
+        if len(text) > LONGEST_NUMBER or not _NUMBER.fullmatch(text):
+            when = _http_date(text[:LONGEST_NUMBER])
             if when is not None:
                 value = max(0.0, when)  # a date just past (clocks differ): now
         seconds = server_number(value, "a Retry-After header", low=0, high=most)
@@ -224,8 +229,13 @@ def _http_date(text: str) -> float | None:
     return (when - datetime.now(UTC)).total_seconds()
 
 
-_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-"""A decimal number as servers write one (no ``inf``/``nan`` words, no ``_``)."""
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+r"""A decimal number as servers write one (no ``inf``/``nan`` words, no ``_``). Each
+part can match only one way: a long run of digits that ends in something else fails
+in linear time (``[0-9]+\.?[0-9]*`` backtracked quadratically: seconds for 16,000
+digits, hours for a 1 MiB problem body)."""
+LONGEST_NUMBER = 64
+"""Longer text is matched no further: all digits is a huge number, else none."""
 _warn = ThrottledLog(log)
 
 
@@ -241,8 +251,10 @@ def server_number(value: object, what: str, *, low: float, high: float) -> float
     number: float | None = None
     if isinstance(value, str):
         text = value.strip()
-        if _NUMBER.fullmatch(text):
-            number = float(text)  # 5,000 digits or 1e999: inf, clamped below
+        if len(text) > LONGEST_NUMBER:
+            number = math.inf if text.isascii() and text.isdigit() else None
+        elif _NUMBER.fullmatch(text):
+            number = float(text)  # 1e999: inf, clamped below
     elif isinstance(value, bool):
         number = None
     elif isinstance(value, int):
