@@ -170,7 +170,9 @@ def redact_url(url: str) -> str:
     )
 
 
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+# the scheme starts where a word starts: a long run of scheme characters is tried once,
+# not from each of its positions (quadratic: 10 s for a 100,000-character message)
+_URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.-])[A-Za-z][A-Za-z0-9+.-]*://\S+")
 
 
 def redact_text(text: str) -> str:
@@ -178,6 +180,7 @@ def redact_text(text: str) -> str:
     return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
 
 
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
 SHORTEST_MASKED = 4
 """Secrets shorter than this are masked only inside URLs (``redact_text``): masking
 every "ab" of every log line would garble the log and point at the secret."""
@@ -220,7 +223,11 @@ class SecretsFilter(logging.Filter):
                         fragments.add(value)
             if parts.fragment:
                 fragments.add(parts.fragment)
+        # as written, decoded, and re-encoded with either case of hex digits (a library
+        # that rebuilds the URL may write %7C for %7c)
         fragments |= {unquote(f) for f in fragments}
+        fragments |= {_PERCENT.sub(lambda m: m.group(0).upper(), f) for f in fragments}
+        fragments |= {_PERCENT.sub(lambda m: m.group(0).lower(), f) for f in fragments}
         self._whole = sorted(whole.items(), key=lambda item: -len(item[0]))
         self._fragments = sorted(
             (f for f in fragments if len(f) >= SHORTEST_MASKED), key=len, reverse=True
