@@ -158,10 +158,10 @@ async def bridge_seeding(url: str, channel: str) -> tuple[RedisFeedbackBridge, F
 async def test_a_large_hash_is_read_in_part_and_the_bridge_stays_up(
     redis_url: str, redis: Redis, channel: str, cleanup: None
 ) -> None:
-    """20,000 fields in one replica's hash: 1,000 are read (a replica has a handful of
+    """5,000 fields in one replica's hash: 1,000 are read (a replica has a handful of
     coordinators; more is hostile), the other replicas' hashes still are."""
     big = encode_event(FeedbackEvent.create("big/bars", 1, 10, SOFT))
-    await redis.hset(latest_key(channel, "big"), mapping={f"f{i}": big for i in range(20_000)})
+    await redis.hset(latest_key(channel, "big"), mapping={f"f{i}": big for i in range(5_000)})
     good = FeedbackEvent.create("good-1/bars", 1, 10, OK)
     await redis.hset(latest_key(channel, "good-1"), "good-1/bars", encode_event(good))
     bridge, fanout = await bridge_seeding(redis_url, channel)
@@ -169,6 +169,45 @@ async def test_a_large_hash_is_read_in_part_and_the_bridge_stays_up(
         assert fanout.coordinator_ids() == ["big/bars", "good-1/bars"]
         assert bridge.received == MAX_FIELDS_PER_KEY + 1 + 1  # + the big key's refusal
         assert bridge.rejected == 1
+    finally:
+        await bridge.stop()
+
+
+async def test_a_hash_of_huge_values_is_refused_unread(
+    redis_url: str, redis: Redis, channel: str, cleanup: None
+) -> None:
+    """The review of issue 18: HSCAN brings values back whole, so 6 values of 16 MiB
+    cost the bridge 100+ MiB at every re-read. A hash larger than its 1,000 events could
+    be is refused before it is read; the others still are."""
+    huge = b"x" * (16 << 20)
+    await redis.hset(latest_key(channel, "huge"), mapping={f"f{i}": huge for i in range(2)})
+    good = FeedbackEvent.create("good-1/bars", 1, 10, OK)
+    await redis.hset(latest_key(channel, "good-1"), "good-1/bars", encode_event(good))
+    bridge, fanout = await bridge_seeding(redis_url, channel)
+    try:
+        assert fanout.coordinator_ids() == ["good-1/bars"]
+        assert bridge.received - bridge.rejected == 1  # nothing of the huge hash read
+        assert bridge.rejected == 1  # its refusal
+    finally:
+        await bridge.stop()
+
+
+async def test_keys_that_are_no_replica_s_hash_do_not_crowd_the_others_out(
+    redis_url: str, redis: Redis, channel: str, cleanup: None
+) -> None:
+    """The review of issue 18: keys under the prefix that are not hashes counted
+    against the hashes read per re-read; more of them than that left real replicas
+    unread, and their coordinators would have been taken as gone."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for k in range(MAX_SEED_KEYS + 200):
+            pipe.set(latest_key(channel, f"junk{k}"), b"not a hash")
+        await pipe.execute()
+    good = FeedbackEvent.create("good-1/bars", 1, 10, OK)
+    await redis.hset(latest_key(channel, "good-1"), "good-1/bars", encode_event(good))
+    bridge, fanout = await bridge_seeding(redis_url, channel)
+    try:
+        assert fanout.coordinator_ids() == ["good-1/bars"]
+        assert bridge.rejected == MAX_SEED_KEYS + 200
     finally:
         await bridge.stop()
 

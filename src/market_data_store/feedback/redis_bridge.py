@@ -40,7 +40,14 @@ from market_data_store._util import ThrottledLog, backoff_delay
 from market_data_store.coordinator import FeedbackEvent
 
 from .outbox import DeliveryStats, Outbox
-from .wire import INSTANCE_ID, WireError, decode_event, encode_event, instance_of
+from .wire import (
+    INSTANCE_ID,
+    MAX_EVENT_BYTES,
+    WireError,
+    decode_event,
+    encode_event,
+    instance_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,9 @@ MAX_SEED_KEYS = 1000
 MAX_SEED_EVENTS = 10_000
 """Events read per re-read, all hashes together (``FeedbackFanout`` keeps 1,000 remote
 coordinators)."""
+MAX_KEY_BYTES = MAX_FIELDS_PER_KEY * (MAX_EVENT_BYTES + 128)
+"""Most bytes of one replica's hash (``MEMORY USAGE``, exact) read: HSCAN brings values
+back whole, so a hash of a few 16 MiB values would cost its size at every re-read."""
 
 
 def _backoff(failures: int) -> float:
@@ -328,10 +338,13 @@ class RedisFeedbackBridge:
             failures += 1
             await asyncio.sleep(_backoff(failures))
 
-    async def _seed(self, client: Redis) -> None:
+    async def _seed(self, client: Redis) -> bool:
         """The latest events every live replica keeps in Redis (missed while away),
         read in chunks: at most ``MAX_SEED_KEYS`` hashes, ``MAX_FIELDS_PER_KEY`` fields
-        each, ``MAX_SEED_EVENTS`` in all. Our own hash (a previous process's) is skipped."""
+        each, ``MAX_SEED_EVENTS`` in all; keys that are not a replica's hash (named
+        otherwise, not hashes, too large) are refused without counting against them.
+        Our own hash (a previous process's) is skipped. True when every hash was read:
+        only then may a coordinator not seen be taken as gone."""
         pattern = latest_key(_glob_escape(self.channel), "*")
         keys = events = 0
         async with asyncio.timeout(self._timeout * 5):
@@ -343,24 +356,35 @@ class RedisFeedbackBridge:
                         "seed", "more than %d hashes or %d events under %s; the rest unread",
                         MAX_SEED_KEYS, MAX_SEED_EVENTS, pattern,
                     )  # fmt: skip
-                    return
-                keys += 1
-                events += await self._seed_key(client, key)
+                    return False
+                read = await self._seed_key(client, key)
+                if read is not None:
+                    keys += 1
+                    events += read
+        return True
 
-    async def _seed_key(self, client: Redis, key: bytes) -> int:
+    async def _seed_key(self, client: Redis, key: bytes) -> int | None:
         """Accept the events of one replica's hash (at most ``MAX_FIELDS_PER_KEY``); how
-        many were read."""
+        many were read, None when the key is not a replica's hash."""
         instance = key.removeprefix(self._key_prefix).decode(errors="replace")
         if not INSTANCE_ID.fullmatch(instance):
             self._refuse_key("key", "a key not named after an instance id: %.80r", key)
-            return 0
+            return None
+        try:  # what HSCAN would bring back, before it does: values are read whole
+            size = await client.memory_usage(key, samples=0)
+        except ResponseError:  # MEMORY not allowed here: the field bound alone holds
+            size = None
+        if size is not None and size > MAX_KEY_BYTES:
+            self._refuse_key("big", "%.80r holds %d bytes (at most %d read)", key, size,
+                             MAX_KEY_BYTES)  # fmt: skip
+            return None
         read, cursor = 0, 0
         while True:
             try:
                 cursor, fields = await client.hscan(key, cursor, count=SCAN_COUNT)
             except ResponseError:  # not a hash: nothing of ours
                 self._refuse_key("key", "%.80r is not a hash", key)
-                return read
+                return None
             bodies = cast("dict[bytes, bytes]", fields).values()  # (a list with no_values)
             for body in itertools.islice(bodies, MAX_FIELDS_PER_KEY - read):
                 self._accept(body, instance)
@@ -399,8 +423,8 @@ class RedisFeedbackBridge:
                 await asyncio.wait_for(pubsub.ping(), self._timeout)
             if now >= next_seed:
                 next_seed = now + self._refresh_sec
-                await self._seed(client)
-                self._remote.expire_remote(3 * self._refresh_sec)
+                if await self._seed(client):  # cut short: what was not read is not gone
+                    self._remote.expire_remote(3 * self._refresh_sec)
 
     def _accept(self, body: bytes | str, key_instance: str | None = None) -> None:
         """One event from the channel or from ``key_instance``'s hash: handed to

@@ -108,6 +108,10 @@ def decode_event(data: bytes | str) -> FeedbackEvent:
         raw = _remote_decoder.decode(data)
     except msgspec.DecodeError as exc:  # ValidationError included
         raise WireError(f"not a FeedbackEvent: {_brief(exc)}") from None
+    except UnicodeDecodeError:
+        raise WireError("not a FeedbackEvent: a string that is not UTF-8") from None
+    except RecursionError:
+        raise WireError("not a FeedbackEvent: nested too deep") from None
     if not COORDINATOR_ID.fullmatch(raw.coordinator_id):
         raise WireError("coordinator_id is not <instance>/<name> ([A-Za-z0-9._-], 63 each)")
     if not raw.ts <= time.time() + MAX_CLOCK_SKEW:
