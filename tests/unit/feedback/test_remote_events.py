@@ -16,6 +16,7 @@ from market_data_store.coordinator import BackpressureLevel, FeedbackEvent
 from market_data_store.feedback.wire import (
     COORDINATOR_ID,
     MAX_COUNT,
+    MAX_EVENT_BYTES,
     MAX_REASON_LENGTH,
     WireError,
     decode_event,
@@ -123,3 +124,19 @@ def test_local_ids_are_made_by_the_same_rule() -> None:
             msgspec.convert(bad, InstanceId)
     with pytest.raises(ConfigError, match=r"server\.instance_id"):
         load_settings({"DATABASE_URL": "postgresql://h/db", "MDS_SERVER_INSTANCE_ID": "store-0\n"})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"coordinator_id":"a/bars","reason":"\xff","queue_size":1}',  # not UTF-8
+        b'{"extra":' + b"[" * 1900 + b"]" * 1900 + b"}",  # an unknown field, nested deep
+    ],
+    ids=["not-utf-8", "deep-nesting"],
+)
+def test_undecodable_text_is_a_wire_error(body: bytes) -> None:
+    """Found in the review of issue 18: these raised UnicodeDecodeError and
+    RecursionError, which the bridge logged as a bug (an ERROR with a traceback)."""
+    assert len(body) <= MAX_EVENT_BYTES
+    with pytest.raises(WireError, match="not a FeedbackEvent"):
+        decode_event(body)
