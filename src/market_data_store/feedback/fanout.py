@@ -294,7 +294,16 @@ class FeedbackFanout:
         replay = None if last_id is None else self.since(last_id)
         if replay is not None and min_rank:
             resumed_from = last_id or 0
-            sub.recall(itertools.takewhile(lambda f: f.seq <= resumed_from, self._history))
+            told = list(itertools.takewhile(lambda f: f.seq <= resumed_from, self._history))
+            # a coordinator none of whose frames up to the resume point is still in the
+            # history: its last frame, if it came before that point, is what the
+            # consumer was told; if it came after, what it was told is not known, and
+            # the end of a level it may have been told is sent (an extra ``ok`` is
+            # harmless, a missing one leaves it at hard for good)
+            in_told = {f.coord_id for f in told}
+            before = [f for f in self._latest.values() if f.coord_id not in in_told]
+            unsure = [f.coord_id for f in before if f.seq > resumed_from]
+            sub.recall([f for f in before if f.seq <= resumed_from] + told, unsure=unsure)
         sub.preload(self.snapshot() if replay is None else replay)
         self._subscribers.add(sub)
         if client is not None:

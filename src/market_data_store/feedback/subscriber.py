@@ -130,11 +130,13 @@ class Subscriber:
             return True
         return False
 
-    def recall(self, told: Iterable[Frame]) -> None:
+    def recall(self, told: Iterable[Frame], *, unsure: Iterable[str] = ()) -> None:
         """``told``: the frames up to the id this consumer resumes from, oldest first.
         The levels it was told then are those it knows: the end of one at or above
-        ``min_level`` is part of what follows."""
+        ``min_level`` is part of what follows. ``unsure``: coordinators whose level
+        then is not known: the end of a level is sent for them too."""
         above = self._above
+        above.update(unsure)
         for frame in told:
             if frame.rank >= self.min_rank:
                 above.add(frame.coord_id)

@@ -145,6 +145,28 @@ def test_a_min_level_consumer_resuming_is_told_that_hard_ended_meanwhile() -> No
     assert [lvl for _, _, lvl in drain(resumed)] == ["soft"]
 
 
+def test_a_min_level_consumer_resuming_is_told_of_an_end_whose_start_left_the_history() -> None:
+    """The review of issue 18: A went hard, other events pushed A's frame out of the
+    history, B went hard; a consumer resuming from B's id was honoured and never told
+    that A's hard ended (it took A as hard for good)."""
+    fanout = FeedbackFanout(history=8)
+    sub, _ = fanout.subscribe(min_rank=2)
+    fanout.publish(event("a", HARD))
+    for i in range(10):  # noise a min_level=hard consumer does not see
+        fanout.publish(event("c", SOFT if i % 2 else OK))
+    fanout.publish(event("b", HARD))
+    seen = drain(sub)
+    assert [(c, lvl) for _, c, lvl in seen] == [("a", "hard"), ("b", "hard")]
+    last_id = seen[-1][0]  # B's
+    assert all(f.coord_id != "a" for f in fanout._history)  # A's frame has left
+    fanout.unsubscribe(sub)
+    resumed, reset = fanout.subscribe(min_rank=2, last_id=last_id)
+    assert not reset  # B's id is in the history: the resume is honoured
+    fanout.publish(event("a", OK))
+    fanout.publish(event("c", OK))  # never above: still not sent
+    assert [(c, lvl) for _, c, lvl in drain(resumed)] == [("a", "ok")]
+
+
 def test_remote_coordinators_of_gone_replicas_expire_with_a_last_ok() -> None:
     fanout = FeedbackFanout(max_remote=2)
     listener, _ = fanout.subscribe()
