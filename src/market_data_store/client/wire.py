@@ -205,7 +205,7 @@ def retry_after(
     if header:
         text = header.strip()
         value: object = text
-        if len(text) > LONGEST_NUMBER or not _NUMBER.fullmatch(text):
+        if not _is_number(text):
             when = _http_date(text[:LONGEST_NUMBER])
             if when is not None:
                 value = max(0.0, when)  # a date just past (clocks differ): now
@@ -236,6 +236,13 @@ in linear time (``[0-9]+\.?[0-9]*`` backtracked quadratically: seconds for 16,00
 digits, hours for a 1 MiB problem body)."""
 LONGEST_NUMBER = 64
 """Longer text is matched no further: all digits is a huge number, else none."""
+
+
+def _is_number(text: str) -> bool:
+    """``text`` is a number as servers write one, at most ``LONGEST_NUMBER`` long."""
+    return len(text) <= LONGEST_NUMBER and _NUMBER.fullmatch(text) is not None
+
+
 _warn = ThrottledLog(log)
 
 
@@ -251,10 +258,10 @@ def server_number(value: object, what: str, *, low: float, high: float) -> float
     number: float | None = None
     if isinstance(value, str):
         text = value.strip()
-        if len(text) > LONGEST_NUMBER:
-            number = math.inf if text.isascii() and text.isdigit() else None
-        elif _NUMBER.fullmatch(text):
+        if _is_number(text):
             number = float(text)  # 1e999: inf, clamped below
+        elif text.isascii() and text.isdigit():
+            number = math.inf  # too many digits to match: clamped below
     elif isinstance(value, bool):
         number = None
     elif isinstance(value, int):
