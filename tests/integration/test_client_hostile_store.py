@@ -144,6 +144,18 @@ def refused(body: bytes = b'{"status":503}', **headers: str) -> bytes:
     return answer(503, body, content_type="application/problem+json", **headers)
 
 
+async def delivered_after(store: HostileStore, hostile: bytes) -> StoreClient:
+    """A client that writes 3 bars, answered ``hostile`` and then accepted: the batch is
+    sent twice and delivered, nothing handed back (the client is returned, closed)."""
+    store.script.append(hostile)
+    async with client(store, deadline=10, max_hold=0.2) as c:
+        await c.write(wire_bars(3))
+        await c.flush(timeout=10)
+    assert [count for _, count in store.posts] == [3, 3]
+    assert c.take_failures() == []
+    return c
+
+
 def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno == level]
 
@@ -229,13 +241,8 @@ async def test_a_hostile_retry_after_is_clamped_and_the_batch_delivered(
     """0.5.0: a body ``retry_after`` of 400 digits raised OverflowError in the sender
     ("sending failed unexpectedly", the batch failed)."""
     caplog.set_level(logging.WARNING)
-    store.script.append(hostile)
-    async with client(store, deadline=10, max_hold=0.2) as c:
-        await c.write(wire_bars(3))
-        await c.flush(timeout=10)
-    assert [count for _, count in store.posts] == [3, 3]
+    c = await delivered_after(store, hostile)
     assert c.stats.bars_accepted == 3
-    assert c.take_failures() == []
     no_errors(caplog)
     warned = " ".join(r.getMessage() for r in records(caplog, logging.WARNING))
     assert "Retry-After" in warned or "retry_after" in warned
@@ -343,12 +350,7 @@ async def test_a_refusal_the_client_cannot_read_is_retried_at_once(
     UTF-8 or deep nesting raised past the decoder ("sending failed unexpectedly", the
     batch failed with a traceback). Now read in linear time, or not read: retried."""
     caplog.set_level(logging.WARNING)
-    store.script.append(hostile)
-    async with client(store, deadline=10, max_hold=0.2) as c:
-        await c.write(wire_bars(3))
-        await c.flush(timeout=10)
-    assert [count for _, count in store.posts] == [3, 3]
-    assert c.take_failures() == []
+    await delivered_after(store, hostile)
     no_errors(caplog)
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.support.redis_server import PrivateRedis
 from tests.support.reliability import ScenarioReport
 
 OUTCOME = pytest.StashKey[str]()
@@ -42,3 +44,12 @@ def enough_file_descriptors() -> None:
     wanted = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
     if soft != resource.RLIM_INFINITY and soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of the scenario's own (its port, its folder), stopped after it."""
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    yield redis
+    redis.stop()

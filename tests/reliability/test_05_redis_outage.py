@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ from tests.support.reliability import (
     LevelRecorder,
     ProbeSampler,
     ScenarioReport,
+    feedback_details,
     ms,
     percentile,
 )
@@ -32,20 +32,6 @@ SCENARIO = ScenarioReport(
     " (soft, hard, ok in order)",
 )
 DOWN = 5.0
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(tmp_path)
-    redis.start()
-    yield redis
-    redis.stop()
-
-
-async def redis_state(client: httpx.AsyncClient) -> str:
-    body = (await client.get("/healthz")).json()
-    (feedback,) = [c for c in body["components"] if c["name"] == "feedback"]
-    return str(feedback["details"]["redis"])
 
 
 @pytest.mark.timeout(150)
@@ -150,7 +136,7 @@ async def until_state(client: httpx.AsyncClient, state: str, timeout: float) -> 
     """Seconds until the feedback's redis state on ``client``'s replica is ``state``."""
 
     async def reached() -> bool:
-        return await redis_state(client) == state
+        return (await feedback_details(client))["redis"] == state
 
     return await until(reached, timeout=timeout, what=f"redis {state}", interval=0.05)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,14 @@ from market_data_store.feedback import encode_event
 from market_data_store.feedback.redis_bridge import MAX_FIELDS_PER_KEY, latest_key
 from tests.support.process import serve, stop
 from tests.support.redis_server import PrivateRedis, replica_env, unique_channel
-from tests.support.reliability import ProbeSampler, ScenarioReport, ms, percentile, rss_mb
+from tests.support.reliability import (
+    ProbeSampler,
+    ScenarioReport,
+    feedback_details,
+    ms,
+    percentile,
+    rss_mb,
+)
 from tests.support.waits import until
 
 FIELDS = 300_000
@@ -40,14 +46,6 @@ SCENARIO = ScenarioReport(
 )
 
 
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(tmp_path)
-    redis.start()
-    yield redis
-    redis.stop()
-
-
 def fill(url: str, channel: str) -> None:
     big = encode_event(FeedbackEvent.create("big/bars", 1, 10, BackpressureLevel.soft))
     good = FeedbackEvent.create("good-1/bars", 5, 10, BackpressureLevel.soft, "queue_rising")
@@ -56,12 +54,6 @@ def fill(url: str, channel: str) -> None:
             fields = {f"f{i}": big for i in range(at, min(FIELDS, at + 10_000))}
             client.hset(latest_key(channel, "big"), mapping=fields)
         client.hset(latest_key(channel, "good-1"), "good-1/bars", encode_event(good))
-
-
-async def feedback_details(client: httpx.AsyncClient) -> dict[str, str]:
-    body = (await client.get("/healthz")).json()
-    (feedback,) = [c for c in body["components"] if c["name"] == "feedback"]
-    return dict(feedback["details"])
 
 
 def received(metrics: str) -> dict[str, float]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +17,14 @@ from market_data_store.feedback import encode_event
 from market_data_store.feedback.redis_bridge import latest_key
 from tests.support.process import serve
 from tests.support.redis_server import PrivateRedis, replica_env, unique_channel
-from tests.support.reliability import ProbeSampler, ScenarioReport, ms, percentile, rss_mb
+from tests.support.reliability import (
+    ProbeSampler,
+    ScenarioReport,
+    feedback_details,
+    ms,
+    percentile,
+    rss_mb,
+)
 from tests.support.waits import until
 
 REMOTE = 1000  # coordinators of another replica: the snapshot's bound
@@ -36,21 +42,6 @@ SCENARIO = ScenarioReport(
     f" shared and sent in 16 KiB chunks, not copied per stream); /healthz p99 <"
     f" {PROBE_P99_BOUND * 1000:.0f} ms while they are held",
 )
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    redis = PrivateRedis(tmp_path)
-    redis.start()
-    yield redis
-    redis.stop()
-
-
-async def feedback_details(client: httpx.AsyncClient) -> dict[str, str]:
-    body = (await client.get("/healthz")).json()
-    (feedback,) = [c for c in body["components"] if c["name"] == "feedback"]
-    details: dict[str, str] = feedback["details"]
-    return details
 
 
 async def remote_replica(url: str, channel: str) -> None:

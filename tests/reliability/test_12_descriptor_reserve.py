@@ -18,9 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.process import SERVE, free_port
+from tests.support.process import SERVE, free_port, wait_ready
 from tests.support.reliability import ScenarioReport, ms, percentile
-from tests.support.waits import until_sync
 
 NOFILE = 1200  # soft and hard: `mds-store serve` raises the soft limit to the hard one
 IDLE = 1400
@@ -63,15 +62,7 @@ def serve_limited(
             preexec_fn=lower_limit,
         )
     try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        until_sync(ready, timeout=60, what="the service ready", interval=0.1)
+        wait_ready(proc, base, lambda: log.read_text(errors="replace")[-3000:])
         yield proc, base
     finally:
         if proc.poll() is None:

@@ -7,9 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -35,20 +36,25 @@ def serve(env: dict[str, str], cwd: Path) -> Iterator[tuple[subprocess.Popen[str
     )
     base = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, proc.communicate()[0]
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        until_sync(ready, timeout=60, what="the service ready", interval=0.1)
+        wait_ready(proc, base, lambda: proc.communicate()[0])
         yield proc, base
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+def wait_ready(proc: subprocess.Popen[Any], base: str, output: Callable[[], str]) -> None:
+    """Until ``base/readyz`` answers 200; fails with ``output()`` if ``proc`` exits first."""
+
+    def ready() -> bool:
+        assert proc.poll() is None, output()
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    until_sync(ready, timeout=60, what="the service ready", interval=0.1)
 
 
 SERVE = [sys.executable, "-m", "market_data_store.cli", "serve", "--port"]

@@ -101,6 +101,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
+async def feedback_details(client: httpx.AsyncClient) -> dict[str, str]:
+    """The ``feedback`` component's details of ``/healthz`` (``redis``, ``subscribers``...)."""
+    body = (await client.get("/healthz")).json()
+    (feedback,) = [c for c in body["components"] if c["name"] == "feedback"]
+    return dict(feedback["details"])
+
+
 def ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
