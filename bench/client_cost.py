@@ -14,8 +14,9 @@ alternate round by round on the same machine; each figure is the median of the r
    writing pre-built requests on 4 sockets (the floor). With a 1-bar body (the
    overhead alone) and a ``--bars`` body.
 2. **Per bar**: ``to_wire`` + ``encode_body`` of ``--bars`` bars, 0.4.0's (a copy
-   below, ``old_to_wire``) against this tree's, for Core ``Bar`` models, dicts of
-   ``Decimal`` and aware ``datetime``, dicts of floats, and dicts of text.
+   below, ``old_to_wire``) against this tree's (``to_wire_all``, as ``write`` does),
+   for Core ``Bar`` models, dicts of ``Decimal`` and aware ``datetime``, dicts of
+   floats, and dicts of text.
 3. **Whole clients**: ``StoreClient.write`` of ``--total`` bars (Core ``Bar`` models,
    ``batch_size=--bars``, 4 in flight, no feedback stream) with 0.4.0's costs (old
    ``to_wire`` patched in, httpx) and with this tree's defaults, against raw clients
@@ -50,7 +51,7 @@ from market_data_core import Bar
 from market_data_store.client import StoreClient, store_client
 from market_data_store.client.http1 import Http1Pool
 from market_data_store.client.sender import MAX_ANSWER_BYTES
-from market_data_store.client.wire import MSGPACK, encode_body, to_wire
+from market_data_store.client.wire import MSGPACK, encode_body, to_wire, to_wire_all
 
 ANSWER = (  # as the store answers ?wait=commit (what the default client asks for)
     b'{"accepted":1,"level":"ok","queue_size":0,"capacity":100000,"coordinator_id":"b/bars",'
@@ -329,15 +330,15 @@ def per_bar(rounds: int, bars: int) -> None:
         "dicts, floats + datetime": float_dicts(bars),
         "dicts of text": text_dicts(bars),
     }
-    print(f"\n2. Per bar: to_wire + encode_body, ns/bar, best of {rounds * 3} ({bars} bars)")
+    print(f"\n2. Per bar: to_wire(_all) + encode_body, ns/bar, best of {rounds * 3} ({bars} bars)")
     print(f"   {'input':<28} {'0.4.0':>8} {'now':>8} {'now/0.4.0':>10} {'body 0.4.0/now B':>17}")
     for label, written in inputs.items():
 
         def old(written: list[Any] = written) -> bytes:
             return old_encode_body("bench", [old_to_wire(b, i) for i, b in enumerate(written)])
 
-        def new(written: list[Any] = written) -> bytes:
-            return encode_body("bench", [to_wire(b, i) for i, b in enumerate(written)])
+        def new(written: list[Any] = written) -> bytes:  # as StoreClient.write does
+            return encode_body("bench", to_wire_all(written))
 
         best = {"old": math.inf, "new": math.inf}
         for _ in range(rounds * 3):
@@ -351,6 +352,10 @@ def per_bar(rounds: int, bars: int) -> None:
 # -- 3. whole clients ------------------------------------------------------------------------
 
 
+def _old_to_wire_all(bars: list[Any]) -> list[Any]:
+    return [old_to_wire(b, i) for i, b in enumerate(bars)]
+
+
 async def client_round(url: str, written: list[Bar], batch: int, *, before: bool) -> None:
     options: dict[str, Any] = {
         "batch_size": batch,
@@ -359,9 +364,9 @@ async def client_round(url: str, written: list[Bar], batch: int, *, before: bool
     }
     if before:  # 0.4.0's costs: its to_wire, httpx
         options["transport"] = httpx.AsyncHTTPTransport()
-    saved = vars(store_client)["to_wire"]
+    saved = vars(store_client)["to_wire_all"]
     if before:
-        setattr(store_client, "to_wire", old_to_wire)  # noqa: B010 (not exported)
+        setattr(store_client, "to_wire_all", _old_to_wire_all)  # noqa: B010 (not exported)
     try:
         async with StoreClient(url, provider="bench", **options) as client:
             for first in range(0, len(written), batch):
@@ -369,7 +374,7 @@ async def client_round(url: str, written: list[Bar], batch: int, *, before: bool
         assert client.stats.bars_sent == len(written)
         assert (client._lean is None) is before
     finally:
-        setattr(store_client, "to_wire", saved)  # noqa: B010
+        setattr(store_client, "to_wire_all", saved)  # noqa: B010
 
 
 async def raw_clients_round(url: str, bodies: list[bytes]) -> None:

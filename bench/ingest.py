@@ -16,13 +16,14 @@ again and again; else an embedded PostgreSQL started for the run):
   POST ``/v1/bars`` (``--per-request`` bars each): new rows as JSON and as
   MessagePack, 10 % existing keys (every 10th row stored before, with another
   close: every batch conflicts), and a full replay; then new rows and a replay
-  again with ``database.copy_fast_path = false`` (0.4.0's writes). The last request
+  again with ``database.copy_fast_path = false`` (0.4.0's writes), and new rows on a
+  store with two tenants (``auth.tenants``), half the clients each. The last request
   of each client uses ``?wait=commit``; commits being tracked in order, the clock
   stops when all of them answered: every row is committed then. Replays start
   from a vacuumed, analysed table.
 
 Prints rows/s for each and the ratios that matter. New rows by ``psql \\copy`` and
-over HTTP (JSON, MessagePack, fast path off) run ``--repeat`` rounds, the cases
+over HTTP (JSON, MessagePack, fast path off, two tenants) run ``--repeat`` rounds, the cases
 alternating within a round, the best of each kept: on a shared machine one run
 swings by 10 %. ``--profile FILE`` records the
 service with py-spy during the first HTTP case (needs py-spy; run as root).
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
@@ -144,7 +146,8 @@ async def preload_every_tenth(url: str, rows: list[BarRow], per_write: int) -> N
 # for the mixed case: the sink keeps whichever wins (ON CONFLICT, by about 2x here).
 MERGE_VARIANT = f"""
 MERGE INTO bars AS b USING {STAGING} AS s
-ON b.provider = s.provider AND b.symbol = s.symbol AND b.resolution = s.resolution AND b.ts = s.ts
+ON b.tenant_id = s.tenant_id AND b.provider = s.provider AND b.symbol = s.symbol
+   AND b.resolution = s.resolution AND b.ts = s.ts
 WHEN MATCHED AND s.updated_at >= b.updated_at
      AND (b.open, b.high, b.low, b.close, b.volume, b.delayed)
          IS DISTINCT FROM (s.open, s.high, s.low, s.close, s.volume, s.delayed) THEN
@@ -213,11 +216,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def post_all(base: str, bodies: list[bytes], media: str, clients: int) -> float:
-    headers = {"content-type": media}
+TENANTS = {
+    "desk-a": "bench-token-of-desk-a-0123456789",
+    "desk-b": "bench-token-of-desk-b-0123456789",
+}
+
+
+async def post_all(
+    base: str, bodies: list[bytes], media: str, clients: int, tokens: list[str] | None = None
+) -> float:
     shares = [bodies[i::clients] for i in range(clients)]
 
-    async def client(share: list[bytes]) -> None:
+    async def client(share: list[bytes], index: int) -> None:
+        headers = {"content-type": media}
+        if tokens:  # the clients take turns: half of them each tenant's
+            headers["authorization"] = f"Bearer {tokens[index % len(tokens)]}"
         async with httpx.AsyncClient(base_url=base, timeout=300) as http:
             for n, body in enumerate(share):
                 last = n == len(share) - 1
@@ -232,19 +245,24 @@ async def post_all(base: str, bodies: list[bytes], media: str, clients: int) -> 
                 assert response.status_code == expected, response.text
 
     started = time.perf_counter()
-    await asyncio.gather(*(client(s) for s in shares))
+    await asyncio.gather(*(client(s, i) for i, s in enumerate(shares)))
     return time.perf_counter() - started
 
 
 class Service:
     """``mds-store serve`` in its own process, on ``url``."""
 
-    def __init__(self, url: str, tmp: str, *, fast_path: bool = True) -> None:
+    def __init__(
+        self, url: str, tmp: str, *, fast_path: bool = True, tenants: dict[str, str] | None = None
+    ) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
+        self.tokens = list(tenants.values()) if tenants else None
         env = {**os.environ, "DATABASE_URL": url,
-               "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/dlq.ndjson",
+               "MDS_COORDINATOR_DEAD_LETTER_PATH": f"{tmp}/dlq-{self.port}.ndjson",
                "MDS_DATABASE_COPY_FAST_PATH": str(fast_path).lower()}  # fmt: skip
+        if tenants:
+            env["MDS_AUTH_TENANTS"] = json.dumps(tenants)
         cmd = [sys.executable, "-m", "market_data_store.cli", "serve", "--port", str(self.port)]
         self.process = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
         self.cpu_per_row = 0.0
@@ -272,7 +290,7 @@ class Service:
             time.sleep(1)
         cpu_before = self.cpu_seconds()
         try:
-            elapsed = asyncio.run(post_all(self.base, bodies, media, clients))
+            elapsed = asyncio.run(post_all(self.base, bodies, media, clients, self.tokens))
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
@@ -343,12 +361,15 @@ def main() -> None:
             if asyncio.run(server_version(url)) >= 150000:
                 results["mixed merge"] = asyncio.run(mixed_merge(url, rows, per, MERGE_VARIANT))
             on, off = Service(url, tmp), Service(url, tmp, fast_path=False)
+            two = Service(url, tmp, tenants=TENANTS)
             try:
                 # new rows, each way, round after round (drift hits all alike); best kept
                 cases: list[tuple[str, Service | None, list[bytes], str]] = [
                     ("copy", None, [], ""),
                     ("http json", on, json_bodies, JSON),
                     ("http msgpack", on, msgpack_bodies, MSGPACK),
+                    ("http json 2 tenants", two, json_bodies, JSON),
+                    # last: the replays below need the table full of one tenant's rows
                     ("http json off", off, json_bodies, JSON),
                 ]
                 for round_ in range(args.repeat):
@@ -373,6 +394,7 @@ def main() -> None:
             finally:
                 on.stop()
                 off.stop()
+                two.stop()
         finally:
             if embedded is not None:
                 asyncio.run(embedded.stop())
@@ -392,6 +414,7 @@ def main() -> None:
         ("HTTP JSON, 10 % existing keys, until committed", "http mixed"),
         ("HTTP JSON, replay of existing rows, until committed", "http replay"),
         ("HTTP JSON, new rows, fast path off (0.4.0's writes)", "http json off"),
+        ("HTTP JSON, new rows, two tenants (half the clients each)", "http json 2 tenants"),
         ("HTTP JSON, replay, fast path off (0.4.0's writes)", "http replay off"),
     ]
     if "copy" in results:
@@ -407,13 +430,15 @@ def main() -> None:
         ("HTTP replay / in-process upsert (target >= 100 %)", "http replay", "upsert"),
         ("HTTP replay, fast path on / off (not slower)", "http replay", "http replay off"),
         ("HTTP new, fast path on / off", "http json", "http json off"),
+        ("HTTP new, two tenants / one (target >= 95 %)", "http json 2 tenants", "http json"),
         ("HTTP 10 % existing / HTTP new", "http mixed", "http json"),
         ("in-process replay, fast path on / off", "fast replay", "upsert replay"),
         ("in-process new, fast path / upsert", "fast", "upsert"),
         ("in-process 10 % existing, MERGE / ON CONFLICT", "mixed merge", "mixed on conflict"),
     ]
     for key, label in (("http json", "JSON"), ("http msgpack", "MessagePack"),
-                       ("http json off", "JSON, fast path off")):  # fmt: skip
+                       ("http json off", "JSON, fast path off"),
+                       ("http json 2 tenants", "JSON, two tenants")):  # fmt: skip
         if key in cpu_us:
             print(f"{'service CPU per new bar, ' + label:54} {cpu_us[key]:>10.2f} us")
     for label, top, bottom in ratios:

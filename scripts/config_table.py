@@ -92,6 +92,8 @@ def toml_literal(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, int | float):
         return repr(value)
+    if value == {}:
+        return "{}"
     raise TypeError(f"no TOML literal for {value!r}")
 
 

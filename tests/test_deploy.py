@@ -10,6 +10,7 @@ it and is deliberately not listed).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import secrets
@@ -266,9 +267,15 @@ def test_production_toml_holds_no_secret_and_loads() -> None:
     # the example Secret's values are well-formed for the settings they fill
     example = dict(out_of_band_secret()["stringData"])
     example["ADMIN_TOKEN"] = secrets.token_hex(32)
+    # its tenants' tokens are placeholders too short for production: refused as shipped
+    with pytest.raises(ConfigError, match=r"auth\.tenants\.desk-a .*at least 32"):
+        load_settings(example, config_file=PRODUCTION_TOML)
+    tenants = json.loads(example["MDS_AUTH_TENANTS"])
+    example["MDS_AUTH_TENANTS"] = json.dumps({tenant: secrets.token_hex(32) for tenant in tenants})
     loaded = load_settings(example, config_file=PRODUCTION_TOML)
     assert loaded.database_url is not None
     assert loaded.feedback.redis.url is not None
+    assert set(loaded.auth.tenants) == {"desk-a", "desk-b"}
 
 
 def test_dead_letters_live_on_each_replicas_own_claim() -> None:

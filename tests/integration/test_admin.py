@@ -45,13 +45,13 @@ async def test_schema_version_and_idempotent_migrate(service: RunningService) ->
     response = await service.client.get("/admin/schema/version", headers=auth)
     assert response.status_code == 200
     body = response.json()
-    assert body["version"] == "0003"
-    assert [m["version"] for m in body["applied"]] == ["0001", "0002", "0003"]
+    assert body["version"] == "0004"
+    assert [m["version"] for m in body["applied"]] == ["0001", "0002", "0003", "0004"]
     assert body["pending"] == []
 
     response = await service.client.post("/admin/migrate", headers=auth)
     assert response.status_code == 200
-    assert response.json() == {"applied": [], "version": "0003"}
+    assert response.json() == {"applied": [], "version": "0004"}
 
 
 async def test_migrate_applies_what_is_pending(database_url: str, tmp_path: Path) -> None:
@@ -61,11 +61,17 @@ async def test_migrate_applies_what_is_pending(database_url: str, tmp_path: Path
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with running_service(settings) as svc:
         before = (await svc.client.get("/admin/schema/version", headers=auth)).json()
-        assert before == {"version": None, "applied": [], "pending": ["0001", "0002", "0003"]}
+        pending = ["0001", "0002", "0003", "0004"]
+        assert before == {"version": None, "applied": [], "pending": pending}
         response = await svc.client.post("/admin/migrate", headers=auth)
         assert response.json() == {
-            "applied": ["0001_create_bars", "0002_timescale_hypertable", "0003_bars_checks"],
-            "version": "0003",
+            "applied": [
+                "0001_create_bars",
+                "0002_timescale_hypertable",
+                "0003_bars_checks",
+                "0004_tenants",
+            ],
+            "version": "0004",
         }
 
 

@@ -254,6 +254,7 @@ def test_error_classification(exc: BaseException, retryable: bool) -> None:
 def test_csv_fast_path_output() -> None:
     out = encode_csv([row(0)]).decode()
     assert out == (
-        "ibkr,AAPL,1m,2024-01-02T14:30:00+00:00,187.15,187.40,186.90,187.02,120034,f,"
+        "default,ibkr,AAPL,1m,2024-01-02T14:30:00+00:00,187.15,187.40,186.90,187.02,120034,f,"
         "2026-01-01T00:00:00+00:00,2026-01-01T00:00:00+00:00\n"
     )
+    assert encode_csv([row(0, tenant="desk-a")]).decode().startswith("desk-a,ibkr,AAPL,")

@@ -68,7 +68,11 @@ async def test_the_document_describes_bodies_statuses_and_problems(
     schema = body["content"]["application/json"]["schema"]
     assert schema["required"] == ["provider", "bars"]
     assert set(schema["properties"]["bars"]["items"]["required"]) >= {"symbol", "ts", "open"}
-    assert set(ingest["responses"]) == {"201", "202", "400", "413", "415", "422", "501", "503"}
+    statuses = {"201", "202", "400", "401", "413", "415", "422", "501", "503"}
+    assert set(ingest["responses"]) == statuses
+    assert set(paths["/v1/bars"]["get"]["responses"]) == {"200", "400", "401", "503"}
+    for operation in paths["/v1/bars"].values():  # a tenant's token, or none without tenants
+        assert operation["security"] == [{"TenantToken": []}, {}]
     admin = ("/admin/schema/version", "/admin/migrate", "/admin/dlq", "/admin/dlq/replay")
     for path in (*admin, "/admin/health"):
         for operation in paths[path].values():

@@ -25,7 +25,9 @@ async def test_components_store_bars_and_end_in_order_without_http(
         assert built.feedback_fanout.snapshot()  # the coordinator's level, published at start
         await built.coordinator.submit_many(rows(3))
         await built.coordinator.wait_idle()
-        stored = await built.bar_reader.fetch(provider="ibkr", symbol="AAPL", resolution="1m")
+        stored = await built.bar_reader.fetch(
+            tenant="default", provider="ibkr", symbol="AAPL", resolution="1m"
+        )
         assert len(stored) == 3
         assert not built.lifecycle.shutting_down
     # leaving: shutdown announced first, then everything stopped, the pool closed last

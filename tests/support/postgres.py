@@ -7,6 +7,7 @@ the session. Each test that needs one gets a brand-new database on that server.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 import warnings
@@ -79,12 +80,20 @@ class DatabaseFactory:
         return replace_url(self.server_url, database=name)
 
     async def drop(self, url: str) -> None:
+        """Drop the database and its reader role (migration 0004 makes one per database:
+        roles are cluster-wide, and would pile up run after run)."""
         name = database_of(url)
         conn = await asyncpg.connect(self.server_url)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await conn.execute(f'DROP ROLE IF EXISTS "{reader_role_of(name)}"')
         finally:
             await conn.close()
+
+
+def reader_role_of(database: str) -> str:
+    """The reader role migration 0004 makes for ``database``."""
+    return "mds_reader_" + hashlib.md5(database.encode()).hexdigest()[:16]
 
 
 async def stored_bars(url: str) -> list[asyncpg.Record]:

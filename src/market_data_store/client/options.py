@@ -59,4 +59,5 @@ class ClientOptions(TypedDict, total=False):
     stream_idle_timeout: float
     on_feedback: Callable[[Feedback], None] | None
     headers: Mapping[str, str] | None
+    token: str | None
     transport: httpx.AsyncBaseTransport | None

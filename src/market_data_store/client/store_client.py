@@ -29,7 +29,7 @@ from .options import ClientStats
 from .sender import MAX_ANSWER_BYTES, Sender
 from .stream import FeedbackFollower
 from .throttle import MAX_HOLD, LevelBoard, Throttle
-from .wire import Feedback, Level, to_wire
+from .wire import Feedback, Level, to_wire_all
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ class StoreClient:
     stream event of the followed coordinators and every level change an answer
     reveals.
 
+    **Tenants.** ``token``: the tenant's bearer token, for a store with tenants
+    (``auth.tenants``); the bars are that tenant's. A 401 fails a batch at once.
+
     Concurrency reorders batches: two versions of one bar key written in
     different batches may be stored in either order unless ``max_in_flight=1``.
     Use from one event loop; ``SyncStoreClient`` wraps it for threads.
@@ -126,6 +129,7 @@ class StoreClient:
         stream_idle_timeout: float = 45.0,
         on_feedback: Callable[[Feedback], None] | None = None,
         headers: Mapping[str, str] | None = None,
+        token: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
@@ -166,6 +170,11 @@ class StoreClient:
         self.stream_idle_timeout = stream_idle_timeout
         self.on_feedback = on_feedback
         self._headers = dict(headers or {})
+        if token is not None:
+            if not token.strip() or not (token.isascii() and token.isprintable()):
+                raise ValueError("token must be printable ASCII, not blank")
+            # the tenant's bearer token (a store with tenants answers 401 without it)
+            self._headers["authorization"] = f"Bearer {token.strip()}"
         if not any(k.lower() == PRODUCER_HEADER for k in self._headers):
             # who we are to the store: its credit is shared among the producers it sees
             self._headers[PRODUCER_HEADER] = uuid.uuid4().hex
@@ -320,7 +329,7 @@ class StoreClient:
         self._failures.raise_oldest()
         if self._accumulator.closing:
             raise ClientClosedError("the client is closed")
-        wire = [to_wire(bar, i) for i, bar in enumerate(bars)]
+        wire = to_wire_all(bars)
         if not wire:
             return
         await self.start()

@@ -20,7 +20,7 @@ import logging
 import math
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
@@ -67,6 +67,21 @@ class WireBar(msgspec.Struct, omit_defaults=True, gc=False):
     volume: Number
     resolution: str = "1d"
     delayed: bool = False
+
+
+class _TextBar(WireBar, omit_defaults=True, gc=False):
+    """A ``WireBar`` all of text, as most producers hand their bars over (dicts of
+    strings): a list of them is typed in one C pass (``to_wire_all``)."""
+
+    ts: str
+    open: str
+    high: str
+    low: str
+    close: str
+    volume: str
+
+
+_TEXT_BARS = list[_TextBar]
 
 
 class WireBody(msgspec.Struct):
@@ -302,6 +317,20 @@ def _shown(value: object) -> str:
 
 
 _REQUIRED = operator.itemgetter(*REQUIRED_FIELDS)
+
+
+def to_wire_all(bars: Iterable[Bar | Mapping[str, Any] | WireBar]) -> list[WireBar]:
+    """Every bar of a ``write`` as sent (``to_wire`` of each, ``InvalidBarError`` for
+    the first that can never be sent). A list of dicts all of text is typed in one C
+    pass: 0.16 us a bar against 0.40 (``bench/client_cost.py``), the same bars; any
+    other list, or a dict that is not all text, goes bar by bar."""
+    if type(bars) is list and bars and type(bars[0]) is dict:
+        try:
+            typed: list[WireBar] = msgspec.convert(bars, _TEXT_BARS)
+            return typed
+        except msgspec.ValidationError:
+            pass  # not all dicts of text: each one its own way
+    return [to_wire(bar, i) for i, bar in enumerate(bars)]
 
 
 def to_wire(bar: Bar | Mapping[str, Any] | WireBar, index: int) -> WireBar:

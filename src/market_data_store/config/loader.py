@@ -49,6 +49,13 @@ def load_settings(
     if path:
         _merge(data, _read_toml(Path(path)), lambda _: str(path), sources, ())
     env_data, env_sources = _from_environ(environ)
+    if env_data.get("auth", {}).get("tenants") == {} and data.get("auth", {}).get("tenants"):
+        # "{}" would silently turn the file's tenants (and every token check) off
+        raise ConfigError(
+            f"{env_sources['auth.tenants']} is an empty object while "
+            f"{sources.by_key.get('auth.tenants', 'the config file')} defines tenants: "
+            "give the tenants in one place (unset the variable to use the file's)"
+        )
     _merge(data, env_data, env_sources.__getitem__, sources, ())
     try:
         settings = msgspec.convert(data, Settings, strict=False)
@@ -79,11 +86,13 @@ def _merge(
 ) -> None:
     for key, value in overlay.items():
         path = (*prefix, key)
-        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+        dotted = ".".join(path)
+        whole = dotted in _JSON_KEYS
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict) and not whole:
             _merge(into[key], value, source_of, sources, path)
             continue
+        # a table of tenants is taken whole: the environment's (JSON) replaces the file's
         into[key] = dict(value) if isinstance(value, Mapping) else value
-        dotted = ".".join(path)
         sources.by_key[dotted] = source_of(dotted)
 
 
@@ -113,9 +122,25 @@ def _from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str,
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = value
-        names[".".join(path)] = name
+        dotted = ".".join(path)
+        node[path[-1]] = _json_object(name, value) if dotted in _JSON_KEYS else value
+        names[dotted] = name
     return out, names
+
+
+_JSON_KEYS = ("auth.tenants",)
+"""Tables given in the environment as a JSON object."""
+
+
+def _json_object(name: str, value: str) -> dict[str, Any]:
+    """The JSON object of an environment variable; its text is never shown (tokens)."""
+    try:
+        decoded = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        raise ConfigError(f"{name}: must be a JSON object; it is not valid JSON") from None
+    if not isinstance(decoded, dict):
+        raise ConfigError(f'{name}: must be a JSON object, e.g. {{"tenant": "<token>"}}')
+    return decoded
 
 
 def _env_path(rest: str, struct: type[msgspec.Struct]) -> tuple[str, ...] | None:
@@ -181,6 +206,13 @@ def _explain(message: str, data: Mapping[str, Any], sources: _Sources) -> str:
     """Turn msgspec's ``Expected ... - at `$.a.b``` into ``a.b = v (from X): expected ...``."""
     rule, _, where = message.partition(" - at ")
     key = where.strip("`").removeprefix("$").lstrip(".")
+    if "auth.tenants" in where:  # keys are tenant ids, values tokens: neither is shown
+        return (
+            f"auth.tenants{sources.describe('auth.tenants')}: each tenant id must be "
+            "letters, digits, '.', '_' or '-' (at most 63, not starting with '.', '_' or "
+            "'-'), each value a token or a list of tokens (strings of at most 1024 "
+            "characters)"
+        )
     if rule.startswith("Object contains unknown field"):
         unknown = rule.split("`")[1]
         full = f"{key}.{unknown}" if key else unknown
@@ -195,6 +227,6 @@ def _explain(message: str, data: Mapping[str, Any], sources: _Sources) -> str:
         value = value.get(part) if isinstance(value, Mapping) else None
     rule = rule[0].lower() + rule[1:] if rule else rule
     shown = f" = {value!r}" if value is not None and not isinstance(value, Mapping) else ""
-    if key in _URL_KEYS or key == "admin_token":
+    if key in _URL_KEYS or key == "admin_token" or key.startswith("auth.tenants"):
         shown = ""  # may be (part of) a secret
     return f"{key}{shown}{sources.describe(key)}: {rule}{_accepted_values(_field_type(key))}"

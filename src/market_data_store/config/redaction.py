@@ -146,6 +146,7 @@ def redacted(settings: Settings) -> dict[str, Any]:
     """The settings as plain data with secrets masked (for logs and ``mds-store config``)."""
     data: dict[str, Any] = msgspec.to_builtins(settings)
     data["admin_token"] = "<default>" if settings.admin_token_is_default else "<set>"
+    data["auth"]["tenants"] = dict.fromkeys(settings.auth.tenants, "<set>")
     if settings.database_url:
         data["database_url"] = redact_url(settings.database_url)
     if settings.feedback.webhook.url:
@@ -187,7 +188,8 @@ every "ab" of every log line would garble the log and point at the secret."""
 
 
 class SecretsFilter(logging.Filter):
-    """A handler filter that masks the configured URLs' secrets in every record,
+    """A handler filter that masks the configured URLs' secrets and the bearer tokens
+    (admin, tenants) in every record,
     whichever logger wrote it: a third-party library (httpx logs every request's URL at
     INFO, its path and query included) as well as ours.
 
@@ -223,6 +225,10 @@ class SecretsFilter(logging.Filter):
                         fragments.add(value)
             if parts.fragment:
                 fragments.add(parts.fragment)
+        # the bearer tokens (the admin's, unless the default, and every tenant's)
+        if not settings.admin_token_is_default:
+            fragments.add(settings.admin_token)
+        fragments.update(t for tokens in settings.auth.resolved_tenants.values() for t in tokens)
         # as written, decoded, and re-encoded with either case of hex digits (a library
         # that rebuilds the URL may write %7C for %7c)
         fragments |= {unquote(f) for f in fragments}

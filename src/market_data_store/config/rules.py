@@ -12,7 +12,7 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
     """Rules spanning several keys, or beyond what a type can say."""
     c = s.coordinator
     high, low = c.resolved_high_watermark, c.resolved_low_watermark
-    problems: list[str] = _admin_token_problems(s, sources)
+    problems: list[str] = _admin_token_problems(s, sources) + _tenant_problems(s, sources)
     if high > c.capacity:
         problems.append(
             f"coordinator.high_watermark ({high}) must not exceed coordinator.capacity "
@@ -75,25 +75,50 @@ def _admin_token_problems(s: Settings, sources: _Sources) -> list[str]:
     """Any env: printable ASCII (a header carries bytes: a token of other characters
     cannot be compared reliably with what clients send). Production: no default, at
     least ``MIN_PRODUCTION_TOKEN`` characters."""
-    token, where = s.admin_token, sources.describe("admin_token")
-    if not token.strip():
-        return [f"admin_token{where}: must not be blank"]
-    if not (token.isascii() and token.isprintable()) or token != token.strip():
-        return [
-            f"admin_token{where}: must be printable ASCII without leading or trailing "
-            f"spaces (generate one with: {GENERATE_TOKEN})"
-        ]
-    if s.env != "production":
-        return []
-    if s.admin_token_is_default:
+    where = sources.describe("admin_token")
+    if s.env == "production" and s.admin_token_is_default:
         return [
             "env is production but admin_token is still the default; set ADMIN_TOKEN "
             f"(or MDS_ADMIN_TOKEN) to a secret, e.g. the output of: {GENERATE_TOKEN}"
         ]
-    if len(token) < MIN_PRODUCTION_TOKEN:
-        return [
-            f"admin_token{where}: env is production and the token has {len(token)} characters;"
-            f" at least {MIN_PRODUCTION_TOKEN} are required (generate one with: "
-            f"{GENERATE_TOKEN})"
-        ]
-    return []
+    problem = _token_problem(s.admin_token, s.env)
+    return [f"admin_token{where}: {problem}"] if problem else []
+
+
+def _tenant_problems(s: Settings, sources: _Sources) -> list[str]:
+    """Each tenant's tokens by the admin token's rules; a token names one tenant only,
+    and never is the admin token. Tokens are never shown: tenants and positions are."""
+    where = sources.describe("auth.tenants")
+    problems: list[str] = []
+    owner: dict[str, str] = {}
+    for tenant, tokens in s.auth.resolved_tenants.items():
+        if not tokens:
+            problems.append(f"auth.tenants.{tenant}{where}: has no token")
+        for index, token in enumerate(tokens):
+            name = f"auth.tenants.{tenant}" + (f"[{index}]" if len(tokens) > 1 else "")
+            if problem := _token_problem(token, s.env):
+                problems.append(f"{name}{where}: {problem}")
+            elif token == s.admin_token:
+                problems.append(f"{name}{where}: must not be the admin token")
+            elif owner.setdefault(token, tenant) != tenant:
+                problems.append(f"{name}{where}: is also a token of tenant {owner[token]}")
+            elif tokens.index(token) != index:
+                problems.append(f"{name}{where}: is listed twice")
+    return problems
+
+
+def _token_problem(token: str, env: str) -> str | None:
+    """Why a bearer token cannot be used in ``env``, or None."""
+    if not token.strip():
+        return "must not be blank"
+    if not (token.isascii() and token.isprintable()) or token != token.strip():
+        return (
+            "must be printable ASCII without leading or trailing spaces "
+            f"(generate one with: {GENERATE_TOKEN})"
+        )
+    if env == "production" and len(token) < MIN_PRODUCTION_TOKEN:
+        return (
+            f"env is production and the token has {len(token)} characters; at least "
+            f"{MIN_PRODUCTION_TOKEN} are required (generate one with: {GENERATE_TOKEN})"
+        )
+    return None

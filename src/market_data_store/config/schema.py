@@ -24,6 +24,10 @@ ID_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 """An instance id, and each part of a coordinator id (``<instance>/<name>``), local or
 another replica's (``feedback.wire`` holds remote ids to it)."""
 InstanceId = Annotated[str, msgspec.Meta(pattern=rf"^{ID_PART}\Z")]  # \Z: no "id\n"
+TenantId = Annotated[str, msgspec.Meta(pattern=rf"^{ID_PART}\Z")]
+"""A tenant's id, by the same rule (the database's ``bars_tenant_id_format`` CHECK)."""
+Token = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Share = Annotated[float, msgspec.Meta(gt=0, le=1)]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -80,6 +84,7 @@ class CoordinatorSettings(_Section, kw_only=True, frozen=True):
     high_watermark: NonNegative | None = None
     low_watermark: NonNegative | None = None
     overflow_strategy: Literal["block", "drop_oldest", "error"]
+    tenant_share: Share
     submit_timeout: NonNegativeSeconds
     drain_timeout: NonNegativeSeconds
     dead_letter_path: str
@@ -147,10 +152,23 @@ class FeedbackSettings(_Section, kw_only=True, frozen=True):
     redis: RedisSettings
 
 
+class AuthSettings(_Section, kw_only=True, frozen=True):
+    tenants: dict[TenantId, Token | list[Token]] = msgspec.field(default_factory=dict)
+
+    @property
+    def resolved_tenants(self) -> dict[str, tuple[str, ...]]:
+        """Each tenant's tokens (one or several: a rotation), as configured."""
+        return {
+            tenant: (tokens,) if isinstance(tokens, str) else tuple(tokens)
+            for tenant, tokens in self.tenants.items()
+        }
+
+
 class Settings(_Section, kw_only=True, frozen=True):
     env: Literal["dev", "production"]
     admin_token: Annotated[str, msgspec.Meta(min_length=1)]
     database_url: str | None = None
+    auth: AuthSettings
     server: ServerSettings
     database: DatabaseSettings
     ingest: IngestSettings

@@ -14,6 +14,7 @@ from .dlq import DeadLetterQueue, DLQRecord
 from .events import BackpressureLevel, FeedbackEvent
 from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy, default_retry_classifier
 from .queue import BoundedQueue
+from .shares import Shares
 from .stats import CoordinatorStats
 from .types import (
     BackpressureCallback,
@@ -62,6 +63,7 @@ __all__ = [
     "QueueClosedError",
     "QueueFullError",
     "RetryPolicy",
+    "Shares",
     "Sink",
     "SinkWorker",
     "T",

@@ -53,6 +53,7 @@ class Completions:
         """Every sequence number below this is finished."""
         self._ahead: dict[int, int] = {}  # finished ranges beyond the watermark: start -> end
         self._tickets: list[Ticket] = []
+        self._advance: list[asyncio.Future[None]] = []  # waiting for the watermark to move
 
     def track(self, ticket: Ticket, start: int, end: int) -> None:
         """Follow ``[start, end)`` for ``ticket``; call as the items are enqueued."""
@@ -71,6 +72,17 @@ class Completions:
         self.done_until = end
         if self._tickets:
             self._release()
+        if self._advance:
+            waiting, self._advance = self._advance, []
+            for future in waiting:
+                if not future.done():
+                    future.set_result(None)
+
+    async def advanced(self) -> None:
+        """Return once the watermark has moved (some items finished)."""
+        future = asyncio.get_running_loop().create_future()
+        self._advance.append(future)
+        await future
 
     def lost(self, start: int, end: int) -> None:
         """``[start, end)`` was dead-lettered or evicted rather than written."""

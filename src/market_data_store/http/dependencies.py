@@ -15,10 +15,10 @@ from collections.abc import Callable
 from litestar.di import Provide
 
 from market_data_store.config import Settings
-from market_data_store.coordinator import FeedbackBus, WriteCoordinator
+from market_data_store.coordinator import FeedbackBus, Shares, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
 from market_data_store.ingest import BarDecoder
-from market_data_store.service import Components, HealthSources, Lifecycle
+from market_data_store.service import Components, HealthSources, Lifecycle, Tenants
 from market_data_store.storage import BarReader, BarRow, DbPool
 from market_data_store.telemetry import Telemetry
 
@@ -52,6 +52,12 @@ def providers(
     def provide_coordinator() -> WriteCoordinator[BarRow]:
         return running().coordinator
 
+    def provide_tenants() -> Tenants:
+        return running().tenants
+
+    def provide_tenant_shares() -> Shares:
+        return running().tenant_shares
+
     def provide_feedback_bus() -> FeedbackBus:
         return running().feedback_bus
 
@@ -72,6 +78,8 @@ def providers(
         "bar_reader": provide_bar_reader,
         "bar_decoder": provide_bar_decoder,
         "coordinator": provide_coordinator,
+        "tenants": provide_tenants,
+        "tenant_shares": provide_tenant_shares,
         "feedback_bus": provide_feedback_bus,
         "feedback_channels": provide_feedback_channels,
         "feedback_fanout": provide_feedback_fanout,

@@ -111,7 +111,19 @@ def openapi_config() -> OpenAPIConfig:
         title="market-data-store",
         version=__version__,
         components=Components(
-            security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")},
+            security_schemes={
+                "BearerToken": SecurityScheme(
+                    type="http", scheme="bearer", description="The admin token (`admin_token`)"
+                ),
+                "TenantToken": SecurityScheme(
+                    type="http",
+                    scheme="bearer",
+                    description=(
+                        "A tenant's token (`auth.tenants`): required once tenants are "
+                        "configured, and it names the tenant; without tenants, none"
+                    ),
+                ),
+            },
         ),
     )
 

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterable
 from datetime import UTC, datetime, timedelta
 
-from market_data_store.storage import BarRow
+from market_data_store.storage import DEFAULT_TENANT, BarRow
 
 from .bounds import JsonBound
 from .codec import JSON, Codec
@@ -56,17 +56,22 @@ class BarDecoder:
         self._decoding: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def rows(
-        self, body: AsyncIterable[bytes], media_type: str, max_bars: int
+        self,
+        body: AsyncIterable[bytes],
+        media_type: str,
+        max_bars: int,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> list[BarRow]:
         """The rows of a body read from ``body`` (its pieces as they arrive), accepted
-        now; ``MalformedBodyError``, ``TooManyBarsError`` or ``InvalidBodyError``
+        now, ``tenant``'s; ``MalformedBodyError``, ``TooManyBarsError`` or ``InvalidBodyError``
         otherwise (400, 413, 422). A JSON body is refused as soon as its pieces hold
         more than ``max_bars`` bars may (the rest is read and dropped). A body over
         ``INLINE_DECODE_BYTES`` is decoded in steps, one such body at a time, the event
         loop running between two steps."""
         data = await _read_body(body, JsonBound(max_bars) if media_type == JSON else None)
         if len(data) <= INLINE_DECODE_BYTES:
-            return self.rows_of(data, media_type, max_bars, self.clock.now())
+            return self.rows_of(data, media_type, max_bars, self.clock.now(), tenant=tenant)
         async with self._gate():
             steps = rows_in_steps(
                 self._codec(media_type, max_bars),
@@ -74,6 +79,7 @@ class BarDecoder:
                 self.clock.now(),
                 self.known,
                 counted=True,
+                tenant=tenant,
             )
             del data  # the generator holds it as long as it needs it
             while True:
@@ -85,10 +91,18 @@ class BarDecoder:
                 await asyncio.sleep(0)
 
     def rows_of(
-        self, body: bytes | bytearray, media_type: str, max_bars: int, received_at: datetime
+        self,
+        body: bytes | bytearray,
+        media_type: str,
+        max_bars: int,
+        received_at: datetime,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> list[BarRow]:
         """The rows of a body in memory (``rows_in_steps`` run to the end in one go)."""
-        steps = rows_in_steps(self._codec(media_type, max_bars), body, received_at, self.known)
+        steps = rows_in_steps(
+            self._codec(media_type, max_bars), body, received_at, self.known, tenant=tenant
+        )
         while True:
             try:
                 next(steps)

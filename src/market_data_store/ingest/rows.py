@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from market_data_store.storage import BarRow
+from market_data_store.storage import DEFAULT_TENANT, BarRow
 
 from .bounds import PRESCAN_STEP, JsonBound
 from .codec import MALFORMED, BarIn, Codec, bar_or_errors, open_envelope
@@ -63,14 +63,15 @@ def rows_in_steps(
     known: KnownValues,
     *,
     counted: bool = False,
+    tenant: str = DEFAULT_TENANT,
 ) -> Steps:
     """The rows of ``body`` (a key sent twice keeps its last bar), or
     ``MalformedBodyError`` (400), ``TooManyBarsError`` (413), ``InvalidBodyError``
-    (422: every problem of every bar), computed in steps: the generator yields after
-    each ``CHUNK_BARS`` bars (and each slice of the JSON pre-count, unless the caller
-    ``counted`` the body with ``JsonBound`` already), so no step holds the CPU for more
-    than about a millisecond; the rows are its return value. Only the envelope is
-    decoded in one call (C, a few ms for the largest body).
+    (422: every problem of every bar), every row ``tenant``'s, computed in steps: the
+    generator yields after each ``CHUNK_BARS`` bars (and each slice of the JSON
+    pre-count, unless the caller ``counted`` the body with ``JsonBound`` already), so
+    no step holds the CPU for more than about a millisecond; the rows are its return
+    value. Only the envelope is decoded in one call (C, a few ms for the largest body).
 
     Memory: the body, one ``Raw`` view per bar, and the rows; each chunk's typed bars
     are dropped once its rows are built, and no rows are kept once an error is
@@ -98,9 +99,11 @@ def rows_in_steps(
             for offset, raw in enumerate(chunk):
                 bar = bar_or_errors(codec, raw, start + offset, errors)
                 if bar is not None:
-                    _check_into(start + offset, bar, text, received_at, new.append, errors, known)
+                    _check_into(
+                        start + offset, bar, text, received_at, new.append, errors, known, tenant
+                    )
         else:
-            _rows_into(typed, start, text, received_at, new.append, errors, known)
+            _rows_into(typed, start, text, received_at, new.append, errors, known, tenant)
             del typed
         if errors:
             rows.clear()
@@ -126,6 +129,7 @@ def _rows_into(
     append: Callable[[BarRow], None],
     errors: Errors,
     known: KnownValues,
+    tenant: str,
 ) -> None:
     """The rows of valid ``bars`` appended, the errors of the others added
     (``first``: the index of ``bars[0]`` in the request).
@@ -140,7 +144,7 @@ def _rows_into(
     plain = _plain_numbers(bars)
     if plain is None:
         for index, bar in enumerate(bars, first):
-            _check_into(index, bar, provider, received_at, append, errors, known)
+            _check_into(index, bar, provider, received_at, append, errors, known, tenant)
     else:
         good_resolutions, symbols, utc = known.resolutions, known.symbols, UTC
         earliest, latest = EARLIEST, LATEST
@@ -176,10 +180,11 @@ def _rows_into(
                         v,
                         bar.delayed,
                         received_at,
+                        tenant,
                     )
                 )
             else:
-                _check_into(index, bar, provider, received_at, append, errors, known)
+                _check_into(index, bar, provider, received_at, append, errors, known, tenant)
 
 
 def _check_into(
@@ -190,6 +195,7 @@ def _check_into(
     append: Callable[[BarRow], None],
     errors: Errors,
     known: KnownValues,
+    tenant: str,
 ) -> None:
     checked = check_bar(bar)
     if isinstance(checked, list):
@@ -197,7 +203,7 @@ def _check_into(
             errors.add(index, field, message)
     else:
         known.remember(bar.symbol, checked[0], bar.resolution)
-        append(BarRow(provider, *checked, bar.delayed, received_at))
+        append(BarRow(provider, *checked, bar.delayed, received_at, tenant))
 
 
 def _utc(ts: datetime) -> datetime | None:

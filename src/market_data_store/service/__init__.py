@@ -8,6 +8,7 @@ from .database import Database, StartupError, migrate, open_database
 from .delivery import feedback_delivery
 from .health import HealthReport, HealthSources
 from .lifecycle import Lifecycle
+from .tenants import Tenants
 from .write_path import BARS, build_coordinator, write_path
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "HealthSources",
     "Lifecycle",
     "StartupError",
+    "Tenants",
     "build_coordinator",
     "components",
     "feedback_delivery",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from market_data_store import __version__
 from market_data_store.config import Settings, redact_url
-from market_data_store.coordinator import CircuitBreaker, FeedbackBus, WriteCoordinator
+from market_data_store.coordinator import CircuitBreaker, FeedbackBus, Shares, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
 from market_data_store.ingest import BarDecoder
 from market_data_store.storage import (
@@ -41,7 +41,8 @@ from .database import migrate, open_database
 from .delivery import feedback_delivery
 from .health import HealthSources
 from .lifecycle import Lifecycle
-from .write_path import write_path
+from .tenants import Tenants
+from .write_path import tenant_shares, write_path
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ class Components:
     feedback_channels: FeedbackChannels
     db_monitor: DatabaseMonitor
     coordinator: WriteCoordinator[BarRow]
+    tenants: Tenants
+    tenant_shares: Shares
     bar_reader: BarReader
     bar_decoder: BarDecoder
     health_sources: HealthSources
@@ -123,6 +126,8 @@ async def components(
             feedback_channels=channels,
             db_monitor=monitor,
             coordinator=coordinator,
+            tenants=Tenants.of_settings(settings),
+            tenant_shares=tenant_shares(settings, coordinator),
             # leave the writers their connections (and one for admin calls)
             bar_reader=BarReader(
                 db.pool,

@@ -13,6 +13,7 @@ from market_data_store.coordinator import (
     DeadLetterQueue,
     FeedbackBus,
     RetryPolicy,
+    Shares,
     WriteCoordinator,
 )
 from market_data_store.storage import BarRow, BarsSink, DbPool, is_retryable
@@ -51,6 +52,14 @@ def build_coordinator(
         bus=bus,
         submit_timeout=c.submit_timeout if c.overflow_strategy == "block" else None,
     )
+
+
+def tenant_shares(settings: Settings, coordinator: WriteCoordinator[BarRow]) -> Shares:
+    """Each tenant's part of the coordinator: ``coordinator.tenant_share`` of its
+    capacity once two or more tenants are configured; unbounded otherwise."""
+    several = len(settings.auth.tenants) > 1
+    cap = max(1, int(settings.coordinator.tenant_share * coordinator.queue.capacity))
+    return Shares(coordinator.queue.completions, cap if several else None)
 
 
 @asynccontextmanager

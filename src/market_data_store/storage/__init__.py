@@ -18,11 +18,12 @@ from .migrate import (
 )
 from .monitor import DatabaseMonitor, DatabaseStatus
 from .pool import connection, open_pool
-from .queries import BarReader, StoredBar
-from .rows import BarRow
+from .queries import BarReader, StoredBar, reader_role
+from .rows import DEFAULT_TENANT, BarRow
 from .types import ConnectionInit, DbConnection, DbPool
 
 __all__ = [
+    "DEFAULT_TENANT",
     "BarReader",
     "BarRow",
     "BarsSink",
@@ -45,5 +46,6 @@ __all__ = [
     "load_migrations",
     "open_pool",
     "prepare_connection",
+    "reader_role",
     "schema_state",
 ]

@@ -41,6 +41,7 @@ STAGING = "bars_staging"
 # The CSV's columns, in ``bars`` and in the staging table alike: when the store
 # accepted this version is both ``ingested_at`` (of a new key) and ``updated_at``.
 COLUMNS = (
+    "tenant_id",
     "provider",
     "symbol",
     "resolution",
@@ -57,26 +58,26 @@ COLUMNS = (
 MAX_SKIPPED_BATCHES = 64
 
 _EXISTS = """
-SELECT EXISTS (SELECT FROM bars WHERE provider = $1 AND symbol = $2 AND resolution = $3
-                                 AND ts = $4)
+SELECT EXISTS (SELECT FROM bars WHERE tenant_id = $1 AND provider = $2 AND symbol = $3
+                                 AND resolution = $4 AND ts = $5)
 """
 
 _CREATE_STAGING = f"""
 CREATE TEMP TABLE IF NOT EXISTS {STAGING} (
-    provider text, symbol text, resolution text, ts timestamptz,
+    tenant_id text, provider text, symbol text, resolution text, ts timestamptz,
     open numeric, high numeric, low numeric, close numeric, volume numeric,
     delayed boolean, ingested_at timestamptz, updated_at timestamptz
 ) ON COMMIT DELETE ROWS
 """
 
 _MERGE = f"""
-INSERT INTO bars AS b (provider, symbol, resolution, ts, open, high, low, close, volume,
-                       delayed, ingested_at, updated_at)
-SELECT provider, symbol, resolution, ts, open, high, low, close, volume,
+INSERT INTO bars AS b (tenant_id, provider, symbol, resolution, ts, open, high, low, close,
+                       volume, delayed, ingested_at, updated_at)
+SELECT tenant_id, provider, symbol, resolution, ts, open, high, low, close, volume,
        delayed, ingested_at, updated_at
 FROM {STAGING}
-ORDER BY provider, symbol, resolution, ts  -- rows locked in key order: no deadlocks
-ON CONFLICT (provider, symbol, resolution, ts) DO UPDATE
+ORDER BY tenant_id, provider, symbol, resolution, ts  -- locked in key order: no deadlocks
+ON CONFLICT (tenant_id, provider, symbol, resolution, ts) DO UPDATE
 SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, delayed = EXCLUDED.delayed, updated_at = EXCLUDED.updated_at
 WHERE EXCLUDED.updated_at >= b.updated_at
@@ -173,8 +174,8 @@ class BarsSink:
         self._skip = self._penalty
 
 
-def _key(row: BarRow) -> tuple[str, str, str, datetime]:
-    return row.provider, row.symbol, row.resolution, row.ts
+def _key(row: BarRow) -> tuple[str, str, str, str, datetime]:
+    return row.tenant, row.provider, row.symbol, row.resolution, row.ts
 
 
 def _count(status: str) -> int:
@@ -200,9 +201,9 @@ async def _chunks(payload: bytes, size: int = 1 << 20) -> AsyncIterator[bytes]:
 
 def latest_versions(batch: Sequence[BarRow]) -> Sequence[BarRow]:
     """One row per key (a single INSERT may not touch a row twice): the latest accepted."""
-    latest: dict[tuple[str, str, str, datetime], BarRow] = {}
+    latest: dict[tuple[str, str, str, str, datetime], BarRow] = {}
     for row in batch:
-        key = (row.provider, row.symbol, row.resolution, row.ts)
+        key = _key(row)
         kept = latest.get(key)
         if kept is None or row.received_at >= kept.received_at:
             latest[key] = row
@@ -218,13 +219,13 @@ def encode_csv(rows: Sequence[BarRow]) -> bytes:
     must be (or is empty, which unquoted CSV would read as NULL).
 
     Every line is first written plain; the whole text is then checked at once (each
-    line holds at least its 11 separators and its terminator, so exact totals mean
+    line holds at least its 12 separators and its terminator, so exact totals mean
     no field holds either; no quote, no carriage return, no empty field). Only when
     that fails is each line checked, and the lines that need it quoted."""
     lines = _plain_lines(rows)
     text = "".join(lines)
     if (
-        text.count(",") == 11 * len(lines)
+        text.count(",") == 12 * len(lines)
         and text.count("\n") == len(lines)
         and '"' not in text
         and "\r" not in text
@@ -235,7 +236,7 @@ def encode_csv(rows: Sequence[BarRow]) -> bytes:
         return text.encode()
     for index, (line, row) in enumerate(zip(lines, rows, strict=True)):
         if (
-            line.count(",") != 11
+            line.count(",") != 12
             or '"' in line
             or "\r" in line
             or line.count("\n") != 1
@@ -262,7 +263,7 @@ def _plain_lines(rows: Sequence[BarRow]) -> list[str]:
             last_ts = r.ts
             ts = r.ts.isoformat()
         append(
-            f"{r.provider},{r.symbol},{r.resolution},{ts},{r.open},{r.high},"
+            f"{r.tenant},{r.provider},{r.symbol},{r.resolution},{ts},{r.open},{r.high},"
             f"{r.low},{r.close},{r.volume}{tails[r.delayed]}"
         )
     return lines
@@ -271,6 +272,7 @@ def _plain_lines(rows: Sequence[BarRow]) -> list[str]:
 def _slow_line(r: BarRow) -> str:
     stamp = r.received_at.isoformat()
     fields = (
+        r.tenant,
         r.provider,
         r.symbol,
         r.resolution,

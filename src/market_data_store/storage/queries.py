@@ -1,4 +1,10 @@
-"""Reads of the bars table."""
+"""Reads of the bars table, each as the reader role for one tenant.
+
+A read runs in a transaction of its own that first becomes the database's reader role
+(``reader_role``) with ``app.tenant_id`` set to its tenant (``SET LOCAL``, in one
+statement): row-level security then shows it that tenant's rows and no other, whatever
+its SQL says (the policy of migration 0004). Its SQL names the tenant as well, for the
+primary key's index."""
 
 from __future__ import annotations
 
@@ -6,18 +12,45 @@ import asyncio
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import asyncpg
 import msgspec
 
-from .errors import translated
+from .errors import DatabaseUnavailableError, translated
+from .migrate import MigrationError
 
 if TYPE_CHECKING:
-    from .types import DbPool
+    from .types import DbConnection, DbPool
+
+_AS_READER = "SELECT set_config('role', $1, true), set_config('app.tenant_id', $2, true)"
+
+
+async def reader_role(conn: DbConnection) -> str:
+    """This database's reader role (one per database: roles are cluster-wide), as
+    migration 0004 recorded it; ``MigrationError`` when the schema predates it."""
+    try:
+        name = await conn.fetchval("SELECT name FROM mds_reader_role")
+    except asyncpg.UndefinedTableError:
+        name = None
+    if not isinstance(name, str):
+        raise MigrationError(
+            "the database schema predates tenants (migration 0004 is not applied): "
+            "run `mds-store migrate`, or start with database.auto_migrate = true"
+        )
+    return name
+
+
+async def _reader_role(conn: DbConnection) -> str:
+    try:
+        return await reader_role(conn)
+    except MigrationError as exc:
+        raise DatabaseUnavailableError(str(exc), permanent=True) from None
+
 
 _SELECT_BARS = """
 SELECT provider, symbol, resolution, ts, open::text, high::text, low::text, close::text,
        volume::text, delayed
 FROM bars
-WHERE provider = $1 AND symbol = $2 AND resolution = $3
+WHERE tenant_id = $7 AND provider = $1 AND symbol = $2 AND resolution = $3
   AND ($4::timestamptz IS NULL OR ts >= $4)
   AND ($5::timestamptz IS NULL OR ts < $5)
 ORDER BY ts
@@ -50,12 +83,14 @@ class BarReader:
 
     def __init__(self, pool: DbPool, *, max_concurrent: int, acquire_timeout: float) -> None:
         self._pool = pool
+        self._role: str | None = None  # read once, at the first read
         self._slots = asyncio.Semaphore(max(1, max_concurrent))
         self._timeout = acquire_timeout
 
     async def fetch(
         self,
         *,
+        tenant: str,
         provider: str,
         symbol: str,
         resolution: str,
@@ -63,15 +98,23 @@ class BarReader:
         end: datetime | None = None,
         limit: int = 1000,
     ) -> list[StoredBar]:
-        """One provider's bars of one symbol and resolution in ``[start, end)``, oldest
-        first (a range scan of the primary key)."""
+        """``tenant``'s bars of one provider, symbol and resolution in ``[start, end)``,
+        oldest first (a range scan of the primary key), read as the reader role. A schema
+        without one (migration 0004 not applied: ``database.auto_migrate = false``) is
+        ``DatabaseUnavailableError`` (permanent) until it is migrated."""
         with translated():
             async with asyncio.timeout(self._timeout):
                 await self._slots.acquire()
             try:
-                async with self._pool.acquire(timeout=self._timeout) as conn:
+                async with (
+                    self._pool.acquire(timeout=self._timeout) as conn,
+                    conn.transaction(readonly=True),
+                ):
+                    if self._role is None:
+                        self._role = await _reader_role(conn)
+                    await conn.execute(_AS_READER, self._role, tenant)
                     records = await conn.fetch(
-                        _SELECT_BARS, provider, symbol, resolution, start, end, limit
+                        _SELECT_BARS, provider, symbol, resolution, start, end, limit, tenant
                     )
             finally:
                 self._slots.release()

@@ -6,6 +6,10 @@ from datetime import datetime
 
 import msgspec
 
+DEFAULT_TENANT = "default"
+"""The one tenant of a store without tenants, and the owner of every bar stored
+before tenants existed."""
+
 
 class BarRow(msgspec.Struct, frozen=True, gc=False):
     """One OHLCV bar, validated, with prices kept as the decimal text received.
@@ -27,3 +31,6 @@ class BarRow(msgspec.Struct, frozen=True, gc=False):
     volume: str
     delayed: bool
     received_at: datetime
+    tenant: str = DEFAULT_TENANT
+    """Whose bar (the request's token names it): part of its key. A dead letter written
+    before tenants existed reads back as the default tenant's."""

@@ -4,6 +4,7 @@ what the store makes of them is what it made of 0.4.0's all-text bars."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -415,3 +416,48 @@ times = st.datetimes(
 )
 def test_any_bars_mean_to_the_store_what_they_meant_in_0_4_0(written: list[Any]) -> None:
     same_as_0_4_0(written)
+
+
+TEXT = {"symbol": "AAPL", "ts": "2024-01-02T14:30:00Z", "open": "1.5", "high": "2",
+        "low": "1", "close": "1.75", "volume": "100"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bars",
+    [
+        [TEXT, {**TEXT, "resolution": "1m", "delayed": True, "extra": "ignored"}],
+        [TEXT, fields()],  # one not all text: bar by bar
+        [TEXT, Bar(**fields())],  # a Core model among dicts
+        [{**TEXT, "delayed": 1}],  # an int is no bool: bar by bar, refused there
+        [{**TEXT, "volume": 100}],  # a number, as it is
+        (dict(TEXT) for _ in range(2)),  # not a list
+    ],
+)
+def test_a_whole_write_becomes_what_each_bar_would(bars: Any) -> None:
+    written = list(bars)
+    refused = _refusal(lambda: [to_wire(bar, i) for i, bar in enumerate(written)])
+    if refused is not None:
+        also = _refusal(lambda: wire.to_wire_all(written))
+        assert also is not None
+        assert (also.index, also.field) == (refused.index, refused.field)
+        return
+    each = [to_wire(bar, i) for i, bar in enumerate(written)]
+    together = wire.to_wire_all(written)
+    assert [msgspec.structs.astuple(b) for b in together] == [
+        msgspec.structs.astuple(b) for b in each
+    ]
+    assert encode_body("p", together) == encode_body("p", each)
+
+
+def _refusal(action: Callable[[], object]) -> InvalidBarError | None:
+    try:
+        action()
+    except InvalidBarError as refused:
+        return refused
+    return None
+
+
+def test_a_write_of_text_dicts_is_refused_where_a_bar_lacks_a_field() -> None:
+    with pytest.raises(InvalidBarError) as refused:
+        wire.to_wire_all([TEXT, {k: v for k, v in TEXT.items() if k != "close"}])
+    assert (refused.value.index, refused.value.field) == (1, "close")

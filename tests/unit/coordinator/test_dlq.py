@@ -147,3 +147,21 @@ async def test_objects_msgspec_cannot_encode_are_kept_as_text(tmp_path: Path) ->
     dlq: DeadLetterQueue[object] = DeadLetterQueue(tmp_path / "dlq.ndjson")
     await dlq.save([Opaque()], "x")
     assert (await dlq.replay())[0].items == ["opaque-thing"]
+
+
+async def test_a_dead_lettered_bar_carries_its_tenant_and_an_old_one_is_defaults(
+    tmp_path: Path,
+) -> None:
+    from market_data_store.storage import DEFAULT_TENANT, BarRow
+    from tests.support.bars import row
+
+    path = tmp_path / "dlq.ndjson"
+    dlq = DeadLetterQueue[BarRow](path)
+    await dlq.save([row(0, tenant="beta")], "refused")
+    line = json.loads(path.read_text())
+    assert line["items"][0]["tenant"] == "beta"
+    del line["items"][0]["tenant"]  # as 0.5.0 wrote it, before tenants
+    with path.open("a") as file:
+        file.write(json.dumps(line) + "\n")
+    tenants = [r.items[0].tenant for r in await dlq.records()]
+    assert tenants == ["beta", DEFAULT_TENANT]

@@ -9,12 +9,17 @@ from typing import Annotated, Any, Literal
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import ValidationException
+from litestar.exceptions import NotAuthorizedException, ValidationException
 from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, HeaderParameter, QueryParameter
 
 from market_data_store.config import Settings
-from market_data_store.coordinator import QueueClosedError, QueueFullError, WriteCoordinator
+from market_data_store.coordinator import (
+    QueueClosedError,
+    QueueFullError,
+    Shares,
+    WriteCoordinator,
+)
 from market_data_store.ingest import (
     EARLIEST,
     LATEST,
@@ -34,7 +39,7 @@ from market_data_store.ingest import (
     symbol_ok,
     trim,
 )
-from market_data_store.service import Lifecycle
+from market_data_store.service import Lifecycle, Tenants
 from market_data_store.storage import BarReader, BarRow, StoredBar
 
 from ..openapi import IngestOperation
@@ -83,8 +88,21 @@ class BarsPage(msgspec.Struct):
     truncated: bool  # limit reached: more bars may follow the last ts
 
 
+UNAUTHORIZED = "No or unknown bearer token, tenants being configured (`WWW-Authenticate: Bearer`)"
+
+
+def tenant_of(request: Request[Any, Any, Any], tenants: Tenants) -> str:
+    """The request's tenant (``default`` without tenants configured); 401 otherwise."""
+    given = request.headers.getall("authorization", [])
+    # two headers: which one would it be? neither
+    tenant = None if len(given) > 1 else tenants.tenant(given[0] if given else None)
+    if tenant is None:
+        raise NotAuthorizedException("a bearer token naming a tenant is required")
+    return tenant
+
+
 def _unavailable(coordinator: WriteCoordinator[BarRow], detail: str, reason: str) -> Response[Any]:
-    retry_after = coordinator.retry_after() if reason == "queue_full" else SHUTDOWN_RETRY_AFTER
+    retry_after = SHUTDOWN_RETRY_AFTER if reason == "shutting_down" else coordinator.retry_after()
     return problem(
         503,
         detail,
@@ -97,6 +115,7 @@ def _unavailable(coordinator: WriteCoordinator[BarRow], detail: str, reason: str
 class BarsController(Controller):
     path = "/v1/bars"
     tags = ["bars"]
+    security = [{"TenantToken": []}, {}]  # {}: a store without tenants needs no token
 
     @post(
         "/",
@@ -112,7 +131,10 @@ class BarsController(Controller):
             "(writes are idempotent). Every answer carries `credit`: how many bars this "
             "producer (`x-mds-producer`) may have sent and not yet had answered. 503 "
             "with Retry-After and the current FeedbackEvent when the queue has no room "
-            "or the service is stopping."
+            "or the service is stopping, or when this tenant holds its share of the queue "
+            "(`coordinator.tenant_share`, waited for as for a full queue; the other "
+            "tenants go on). With tenants "
+            "configured, the bearer token names the tenant whose bars these are."
         ),
         status_code=202,
         response_description="Queued (or, with ?wait=commit, still being written: `pending`)",
@@ -121,11 +143,14 @@ class BarsController(Controller):
             201: ResponseSpec(data_container=IngestResult, description="Committed"),
             **problem_responses(
                 s400="Unparseable body, or a bad or repeated query parameter",
-                s413="More bars than `ingest.max_bars_per_request`, or a body too large",
+                s401=UNAUTHORIZED,
+                s413="More bars than `ingest.max_bars_per_request` (or, with tenants, "
+                "than a tenant's share of the queue), or a body too large",
                 s415="Another content type, or a content encoding",
                 s422="Invalid bars or provider: every error, by bar index and field",
                 s501="A transfer coding other than `chunked` (e.g. `gzip, chunked`)",
-                s503="Back off: queue full or stopping (`Retry-After`, `feedback`)",
+                s503="Back off: queue full, this tenant's share held, or stopping "
+                "(`Retry-After`, `feedback`)",
             ),
         },
     )
@@ -136,14 +161,24 @@ class BarsController(Controller):
         bar_decoder: NamedDependency[BarDecoder],
         lifecycle: NamedDependency[Lifecycle],
         settings: NamedDependency[Settings],
+        tenants: NamedDependency[Tenants],
+        tenant_shares: NamedDependency[Shares],
         wait: FromQuery[Literal["commit"] | None] = None,
         x_mds_producer: ProducerHeader = None,
     ) -> Response[Any]:
+        tenant = tenant_of(request, tenants)
         credits = coordinator.credits
-        name = x_mds_producer or ANONYMOUS
+        # producers of two tenants never share a name (nor the anonymous credit)
+        name = (
+            f"{tenant}/{x_mds_producer or ANONYMOUS}"
+            if tenants.enabled
+            else (x_mds_producer or ANONYMOUS)
+        )
         credits.enter(name)
         try:
-            return await self._ingest(request, coordinator, bar_decoder, lifecycle, settings, wait)
+            return await self._ingest(
+                request, coordinator, bar_decoder, lifecycle, settings, wait, tenant, tenant_shares
+            )
         finally:
             credits.leave(name)
 
@@ -155,6 +190,8 @@ class BarsController(Controller):
         lifecycle: Lifecycle,
         settings: Settings,
         wait: str | None,
+        tenant: str,
+        shares: Shares,
     ) -> Response[Any]:
         if lifecycle.shutting_down:
             return _unavailable(coordinator, "the service is shutting down", "shutting_down")
@@ -179,19 +216,38 @@ class BarsController(Controller):
         if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
             return problem(413, f"body larger than {limits.max_body_bytes} bytes")
         try:
-            rows = await bar_decoder.rows(request.stream(), media_type, limits.max_bars_per_request)
+            rows = await bar_decoder.rows(
+                request.stream(), media_type, limits.max_bars_per_request, tenant=tenant
+            )
         except MalformedBodyError as exc:
             return problem(400, str(exc))
         except TooManyBarsError as exc:
             return problem(413, str(exc))
         except InvalidBodyError as exc:
             return _invalid(exc)
+        if shares.cap is not None and len(rows) > shares.cap:
+            return problem(
+                413,
+                f"{len(rows)} bars are more than a tenant's share of the write queue "
+                f"({shares.cap}); send at most {shares.cap} per request",
+            )
+        c = settings.coordinator
+        patience = c.submit_timeout if c.overflow_strategy == "block" else 0.0
+        if not await shares.acquire(tenant, len(rows), patience):
+            return _unavailable(
+                coordinator,
+                f"tenant {tenant} holds its share of the write queue; retry later",
+                "tenant_share",
+            )
         try:
             ticket = await coordinator.submit_all(rows)
         except QueueFullError:
             return _unavailable(coordinator, "the write queue is full; retry later", "queue_full")
         except QueueClosedError:
             return _unavailable(coordinator, "the service is shutting down", "shutting_down")
+        finally:
+            shares.release(tenant, len(rows))
+        shares.track(tenant, ticket)
         queue = coordinator.queue
         committing = wait == "commit"
         finished = committing and await coordinator.wait_finished(ticket, limits.commit_timeout)
@@ -219,19 +275,23 @@ class BarsController(Controller):
         summary="Read bars",
         description=(
             "One provider's bars of one symbol and resolution in [start, end), ordered by "
-            "ts; prices as exact decimal strings."
+            "ts; prices as exact decimal strings. With tenants configured, the bearer "
+            "token's tenant's bars only."
         ),
         responses={
             200: ResponseSpec(data_container=BarsPage, description="Bars, oldest first"),
             **problem_responses(
                 s400="Bad, missing or repeated query parameters: each one listed",
+                s401=UNAUTHORIZED,
                 s503="The database cannot be used right now; retry after `Retry-After`",
             ),
         },
     )
     async def read(
         self,
+        request: Request[Any, Any, Any],
         bar_reader: NamedDependency[BarReader],
+        tenants: NamedDependency[Tenants],
         provider: Annotated[str, QueryParameter(schema_extra={"pattern": PROVIDER_PATTERN})],
         symbol: Annotated[str, QueryParameter(schema_extra={"pattern": SYMBOL_PATTERN})],
         resolution: Annotated[str, QueryParameter(schema_extra={"pattern": RESOLUTION_PATTERN})],
@@ -239,11 +299,13 @@ class BarsController(Controller):
         end: FromQuery[datetime | None] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     ) -> Response[Any]:
+        tenant = tenant_of(request, tenants)
         errors = _query_errors(provider, symbol, resolution, start, end)
         if errors:
             raise ValidationException("invalid query parameters", extra=errors)
         # the database unavailable (503) or refusing a value (400): raised, mapped in problems.py
         bars = await bar_reader.fetch(
+            tenant=tenant,
             provider=trim(provider),
             symbol=trim(symbol).upper(),
             resolution=resolution,
