@@ -1,13 +1,18 @@
-"""How long migration 0004 (tenants) takes on a table of N bars, and how long a write
-waits for it.
+"""How long migration 0004 (tenants) takes on a table of N bars, how long a write
+waits for it, and what the tenant costs every COPY after it.
 
-    .venv/bin/python bench/migration.py [--rows 1000000]
+    .venv/bin/python bench/migration.py [--rows 1000000] [--copy-rows 300000] [--rounds 3]
 
 On a database of its own (``DATABASE_URL``'s server, a database made and dropped for
 the run; an embedded PostgreSQL without it): the migrations before 0004, ``--rows``
 bars (1,000 symbols of 1-minute bars, generated in SQL), then 0004 timed while a
 writer COPYs a batch of 1,000 bars into the table every 50 ms from before it starts:
 the longest a batch waited, and that every batch is there afterwards.
+
+Then COPY, as the sink's fast path writes (CSV text, 5,000 rows a statement), of
+``--copy-rows`` new bars into ``bars`` as 0.5.0's migrations left it and as 0004 leaves
+it (the tenant one more column), alternating ``--rounds`` times: the best rows/s of
+each, and their ratio (the baseline is the schema before 0004, same run).
 """
 
 from __future__ import annotations
@@ -20,13 +25,17 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from market_data_store.storage import apply_migrations, load_migrations
+from market_data_store.storage import BarRow, apply_migrations, load_migrations
+from market_data_store.storage.bars_sink import COLUMNS, encode_csv
 from market_data_store.storage.embedded import EmbeddedPostgres
+
+T0 = datetime(2024, 1, 2, tzinfo=UTC)
 
 FILL = """
 INSERT INTO bars (provider, symbol, resolution, ts, open, high, low, close, volume)
@@ -129,27 +138,90 @@ async def run(server_url: str, rows: int) -> None:
         if written != len(batches) * 1000:
             sys.exit("bars were lost")
     finally:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        reader = "mds_reader_" + hashlib.md5(name.encode()).hexdigest()[:16]
-        await admin.execute(f'DROP ROLE IF EXISTS "{reader}"')
+        await drop(admin, name)
         await admin.close()
+
+
+async def copy_cost(server_url: str, rows: int, rounds: int) -> None:
+    """COPY rows/s into bars before and after 0004, alternating; best of each."""
+    received = datetime.now(UTC)
+    symbols = 300
+    bars = [
+        BarRow("bench", f"SYM{i % symbols:04d}", "1m", T0 + timedelta(minutes=i // symbols),
+               "100.5", "101", "100", "100.25", "1000", False, received)
+        for i in range(rows)
+    ]  # fmt: skip
+    after = encode_csv(bars).splitlines(keepends=True)
+    before = [line.split(b",", 1)[1] for line in after]  # without the tenant
+    migrations = load_migrations()
+    schemas = {
+        "before 0004": ([m for m in migrations if m.version < "0004"], before, COLUMNS[1:]),
+        "after 0004": (migrations, after, COLUMNS),
+    }
+    admin = await asyncpg.connect(server_url)
+    names = {key: f"mds_copy_bench_{uuid.uuid4().hex[:8]}" for key in schemas}
+    best = dict.fromkeys(schemas, 0.0)
+    try:
+        for key, (applied, _, _) in schemas.items():
+            await admin.execute(f'CREATE DATABASE "{names[key]}"')
+            conn = await asyncpg.connect(with_database(server_url, names[key]))
+            try:
+                await apply_migrations(conn, applied)
+            finally:
+                await conn.close()
+        for _ in range(rounds):
+            for key, (_, lines, columns) in schemas.items():
+                conn = await asyncpg.connect(with_database(server_url, names[key]))
+                try:
+                    await conn.execute("TRUNCATE bars")
+                    began = time.perf_counter()
+                    for first in range(0, len(lines), 5000):
+                        payload = b"".join(lines[first : first + 5000])
+                        await conn.copy_to_table(
+                            "bars",
+                            source=memoryview(payload),  # type: ignore[arg-type]
+                            columns=columns,
+                            format="csv",
+                        )
+                    best[key] = max(best[key], rows / (time.perf_counter() - began))
+                finally:
+                    await conn.close()
+    finally:
+        for name in names.values():
+            await drop(admin, name)
+        await admin.close()
+    for key, rate in best.items():
+        print(f"COPY into bars {key}: {rate:,.0f} rows/s (best of {rounds})")
+    print(f"after / before: {best['after 0004'] / best['before 0004']:.3f}")
+
+
+async def drop(admin: asyncpg.Connection[asyncpg.Record], name: str) -> None:
+    """Drop a database of this bench and the reader role 0004 made for it."""
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    reader = "mds_reader_" + hashlib.md5(name.encode()).hexdigest()[:16]
+    await admin.execute(f'DROP ROLE IF EXISTS "{reader}"')
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--copy-rows", type=int, default=300_000)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    asyncio.run(amain(os.environ.get("DATABASE_URL"), args.rows))
+    asyncio.run(amain(os.environ.get("DATABASE_URL"), args))
 
 
-async def amain(url: str | None, rows: int) -> None:
+async def amain(url: str | None, args: argparse.Namespace) -> None:
     if url:
-        await run(url, rows)
+        await run(url, args.rows)
+        await copy_cost(url, args.copy_rows, args.rounds)
         return
     with tempfile.TemporaryDirectory(prefix="mds-bench-pg-") as folder:
         embedded = EmbeddedPostgres(Path(folder) / "pgdata")
         try:
-            await run(await embedded.start(), rows)
+            server = await embedded.start()
+            await run(server, args.rows)
+            await copy_cost(server, args.copy_rows, args.rounds)
         finally:
             await embedded.stop()
 

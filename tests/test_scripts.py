@@ -55,6 +55,18 @@ def test_ingest_benchmark_runs_end_to_end(database_url: str) -> None:
     for case in cases:
         assert case in proc.stdout
     assert "HTTP JSON new / psql \\copy" in proc.stdout
+    assert "HTTP new, two tenants / one" in proc.stdout
+
+
+def test_migration_benchmark_loses_no_write(pg_server_url: str) -> None:
+    command = [sys.executable, "bench/migration.py", "--rows", "5000", "--copy-rows", "10000",
+               "--rounds", "1"]  # fmt: skip
+    env = {**os.environ, "DATABASE_URL": pg_server_url}
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "migration 0004 on 5,000 bars:" in proc.stdout
+    assert "bars stored;" in proc.stdout  # (it exits 1 when a write was lost)
+    assert "after / before:" in proc.stdout
 
 
 def test_request_path_benchmark_compares_with_0_4_0() -> None:

@@ -54,7 +54,7 @@ async def test_apply_creates_bars_and_records_each_file(database_url: str) -> No
             "SELECT pg_get_constraintdef(oid) FROM pg_constraint "
             "WHERE conrelid = 'bars'::regclass AND contype = 'p'"
         )
-        assert pk == "PRIMARY KEY (tenant_id, provider, symbol, resolution, ts)"
+        assert pk == "PRIMARY KEY (provider, symbol, resolution, ts, tenant_id)"
         state = await schema_state(conn)
         assert state.version == "0004"
         assert state.pending == []

@@ -25,7 +25,8 @@ ID_PART = r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}"
 another replica's (``feedback.wire`` holds remote ids to it)."""
 InstanceId = Annotated[str, msgspec.Meta(pattern=rf"^{ID_PART}\Z")]  # \Z: no "id\n"
 TenantId = Annotated[str, msgspec.Meta(pattern=rf"^{ID_PART}\Z")]
-"""A tenant's id, by the same rule (the database's ``bars_tenant_id_format`` CHECK)."""
+"""A tenant's id, by the same rule (the database bounds its length only:
+``bars_tenant_id_length``; rows get their tenant from here)."""
 Token = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 Share = Annotated[float, msgspec.Meta(gt=0, le=1)]
 

@@ -76,7 +76,7 @@ INSERT INTO bars AS b (tenant_id, provider, symbol, resolution, ts, open, high, 
 SELECT tenant_id, provider, symbol, resolution, ts, open, high, low, close, volume,
        delayed, ingested_at, updated_at
 FROM {STAGING}
-ORDER BY tenant_id, provider, symbol, resolution, ts  -- locked in key order: no deadlocks
+ORDER BY provider, symbol, resolution, ts, tenant_id  -- locked in key order: no deadlocks
 ON CONFLICT (tenant_id, provider, symbol, resolution, ts) DO UPDATE
 SET open = EXCLUDED.open, high = EXCLUDED.high, low = EXCLUDED.low, close = EXCLUDED.close,
     volume = EXCLUDED.volume, delayed = EXCLUDED.delayed, updated_at = EXCLUDED.updated_at
