@@ -351,3 +351,44 @@ async def test_the_user_of_one_store_cannot_read_another_stores_bars(
         for owner in owners:
             await admin.execute(f"DROP ROLE IF EXISTS {owner}")
         await admin.close()
+
+
+async def test_a_dead_letter_keeps_its_tenant_through_the_replay(
+    service: RunningService, database_url: str
+) -> None:
+    """Bars the database refuses (a test-only trigger) are dead-lettered as their
+    tenant's; the admin sees the tenant in each record; replayed once the cause is
+    gone, they land as that tenant's, and only it reads them."""
+    trigger = """
+        CREATE FUNCTION test_reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.symbol = 'POISON' THEN
+                RAISE EXCEPTION 'test poison row' USING ERRCODE = 'check_violation';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER test_reject_poison BEFORE INSERT OR UPDATE ON bars
+            FOR EACH ROW EXECUTE FUNCTION test_reject_poison();
+    """
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(trigger)
+        answer = await write(service, BETA_NEW, body(2, symbol="POISON"))
+        assert answer.status_code == 201
+        assert answer.json()["dead_lettered_indices"] == [0, 1]
+        admin = bearer(ADMIN)
+        summary = (await service.client.get("/admin/dlq", headers=admin)).json()
+        assert {item["tenant"] for r in summary["recent"] for item in r["items"]} == {"beta"}
+        await conn.execute(
+            "DROP TRIGGER test_reject_poison ON bars; DROP FUNCTION test_reject_poison()"
+        )
+    finally:
+        await conn.close()
+    replayed = await service.client.post("/admin/dlq/replay", headers=bearer(ADMIN))
+    assert replayed.status_code == 200, replayed.text
+
+    async def landed() -> bool:
+        return len(await closes(service, BETA_OLD, symbol="POISON")) == 2
+
+    await until(landed, timeout=30)
+    assert await closes(service, ALPHA, symbol="POISON") == []
