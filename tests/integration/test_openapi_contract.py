@@ -202,6 +202,41 @@ async def test_allow_lists_exactly_the_methods_every_route_answers(
 
 @pytest.mark.timeout(RUN_TIMEOUT + 60)
 async def test_schemathesis_finds_nothing(service: RunningService, tmp_path: Path) -> None:
+    text = await schemathesis(service, tmp_path, TOKEN, "300")
+    cases = re.search(r"Test cases:\s*(\d+) generated", text)
+    assert cases is not None, text[-6000:]
+    assert int(cases[1]) >= MIN_CASES, text[-6000:]
+
+
+async def test_schemathesis_finds_nothing_on_a_store_with_tenants(
+    database_url: str, tmp_path: Path
+) -> None:
+    """/v1/bars with tenants configured, fuzzed with a tenant's token (all checks, the
+    ignored-auth one too: without the token every case must be 401)."""
+    settings = service_settings(
+        database_url,
+        str(tmp_path),
+        ADMIN_TOKEN=TOKEN,
+        MDS_INGEST_MAX_BARS_PER_REQUEST="1000",
+        MDS_AUTH_TENANTS=json.dumps({"alpha": TENANT_TOKEN, "beta": "beta-" + TENANT_TOKEN}),
+    )
+    async with running_service(settings) as svc:
+        text = await schemathesis(
+            svc, tmp_path, TENANT_TOKEN, "100", "--include-path-regex", "^/v1/bars"
+        )
+    cases = re.search(r"Test cases:\s*(\d+) generated", text)
+    assert cases is not None, text[-6000:]
+    assert int(cases[1]) >= 100, text[-6000:]
+
+
+TENANT_TOKEN = "contract-tenant-token-" + "y" * 16
+
+
+async def schemathesis(
+    service: RunningService, tmp_path: Path, token: str, examples: str, *more: str
+) -> str:
+    """Run schemathesis' CLI against ``service`` with ``token``: its output; any
+    finding fails the test."""
     env = {
         **os.environ,
         "SCHEMATHESIS_HOOKS": "tests.support.schemathesis_hooks",
@@ -216,11 +251,11 @@ async def test_schemathesis_finds_nothing(service: RunningService, tmp_path: Pat
         "--checks",
         "all",
         "--header",
-        f"Authorization: Bearer {TOKEN}",
+        f"Authorization: Bearer {token}",
         "--workers",
         "2",
         "--max-examples",
-        "300",
+        examples,
         "--request-timeout",
         "10",
         "--seed",
@@ -229,6 +264,7 @@ async def test_schemathesis_finds_nothing(service: RunningService, tmp_path: Pat
         "junit",
         "--report-dir",
         str(tmp_path),
+        *more,
     ]
     process = await asyncio.create_subprocess_exec(
         *command,
@@ -245,8 +281,5 @@ async def test_schemathesis_finds_nothing(service: RunningService, tmp_path: Pat
             await process.wait()
     text = out.decode(errors="replace")
     print(text)  # the summary, with -s
-    report = text[-6000:]
-    assert process.returncode == 0, report
-    cases = re.search(r"Test cases:\s*(\d+) generated", text)
-    assert cases is not None, report
-    assert int(cases[1]) >= MIN_CASES, report
+    assert process.returncode == 0, text[-6000:]
+    return text
