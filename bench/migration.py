@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import os
 import sys
 import tempfile
@@ -51,41 +50,29 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path="/" + name))
 
 
+def without_tenant(rows: list[BarRow]) -> list[bytes]:
+    """The sink's CSV lines of ``rows`` as 0.5.0 wrote them (``COLUMNS[1:]``: no tenant)."""
+    return [line.split(b",", 1)[1] for line in encode_csv(rows).splitlines(keepends=True)]
+
+
 async def writer(url: str, stop: asyncio.Event, waits: list[float], batches: list[int]) -> None:
+    """COPY 1,000 new bars every 50 ms, in the columns of the schema before 0004 (the
+    table's default makes them the tenant ``default``'s after it)."""
     conn = await asyncpg.connect(url)
+    received = datetime.now(UTC)
     try:
         n = 0
         while not stop.is_set():
             rows = [
-                (
-                    "writer",
-                    f"W{n}",
-                    "1m",
-                    f"2030-01-01T00:{i // 60:02d}:{i % 60:02d}Z",
-                    1,
-                    2,
-                    1,
-                    1,
-                    1,
-                )
+                BarRow("writer", f"W{n}", "1m", T0 + timedelta(seconds=i),
+                       "2", "2", "1", "1", "1", False, received)
                 for i in range(1000)
-            ]
-            payload = "".join(",".join(map(str, r)) + "\n" for r in rows).encode()
+            ]  # fmt: skip
             began = time.perf_counter()
             await conn.copy_to_table(
                 "bars",
-                source=memoryview(payload),  # type: ignore[arg-type]
-                columns=[
-                    "provider",
-                    "symbol",
-                    "resolution",
-                    "ts",
-                    "open",
-                    "high",
-                    "low",
-                    "close",
-                    "volume",
-                ],
+                source=memoryview(b"".join(without_tenant(rows))),  # type: ignore[arg-type]
+                columns=COLUMNS[1:],
                 format="csv",
             )
             waits.append(time.perf_counter() - began)
@@ -138,7 +125,7 @@ async def run(server_url: str, rows: int) -> None:
         if written != len(batches) * 1000:
             sys.exit("bars were lost")
     finally:
-        await drop(admin, name)
+        await drop(server_url, admin, name)
         await admin.close()
 
 
@@ -152,7 +139,7 @@ async def copy_cost(server_url: str, rows: int, rounds: int) -> None:
         for i in range(rows)
     ]  # fmt: skip
     after = encode_csv(bars).splitlines(keepends=True)
-    before = [line.split(b",", 1)[1] for line in after]  # without the tenant
+    before = without_tenant(bars)
     migrations = load_migrations()
     schemas = {
         "before 0004": ([m for m in migrations if m.version < "0004"], before, COLUMNS[1:]),
@@ -188,18 +175,29 @@ async def copy_cost(server_url: str, rows: int, rounds: int) -> None:
                     await conn.close()
     finally:
         for name in names.values():
-            await drop(admin, name)
+            await drop(server_url, admin, name)
         await admin.close()
     for key, rate in best.items():
         print(f"COPY into bars {key}: {rate:,.0f} rows/s (best of {rounds})")
     print(f"after / before: {best['after 0004'] / best['before 0004']:.3f}")
 
 
-async def drop(admin: asyncpg.Connection[asyncpg.Record], name: str) -> None:
-    """Drop a database of this bench and the reader role 0004 made for it."""
+async def drop(server_url: str, admin: asyncpg.Connection[asyncpg.Record], name: str) -> None:
+    """Drop a database of this bench and the reader role 0004 made for it (the name it
+    recorded in ``mds_reader_role``)."""
+    try:
+        conn = await asyncpg.connect(with_database(server_url, name))
+    except asyncpg.InvalidCatalogNameError:
+        return  # never made
+    try:
+        reader = await conn.fetchval("SELECT name FROM mds_reader_role")
+    except asyncpg.UndefinedTableError:
+        reader = None  # migrated up to 0003 only
+    finally:
+        await conn.close()
     await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    reader = "mds_reader_" + hashlib.md5(name.encode()).hexdigest()[:16]
-    await admin.execute(f'DROP ROLE IF EXISTS "{reader}"')
+    if reader is not None:
+        await admin.execute(f'DROP ROLE IF EXISTS "{reader}"')
 
 
 def main() -> None:

@@ -322,8 +322,9 @@ _REQUIRED = operator.itemgetter(*REQUIRED_FIELDS)
 def to_wire_all(bars: Iterable[Bar | Mapping[str, Any] | WireBar]) -> list[WireBar]:
     """Every bar of a ``write`` as sent (``to_wire`` of each, ``InvalidBarError`` for
     the first that can never be sent). A list of dicts all of text is typed in one C
-    pass: 0.16 us a bar against 0.40 (``bench/client_cost.py``), the same bars; any
-    other list, or a dict that is not all text, goes bar by bar."""
+    pass, the same bars (``bench/client_cost.py``: such a bar typed and encoded in
+    0.24 us, 0.22 of 0.4.0's; 0.45 bar by bar); any other list, or a dict that is not
+    all text, goes bar by bar."""
     if type(bars) is list and bars and type(bars[0]) is dict:
         try:
             typed: list[WireBar] = msgspec.convert(bars, _TEXT_BARS)

@@ -82,7 +82,11 @@ class Completions:
         """Return once the watermark has moved (some items finished)."""
         future = asyncio.get_running_loop().create_future()
         self._advance.append(future)
-        await future
+        try:
+            await future
+        finally:
+            if future in self._advance:  # a waiter that gave up (timeout): not kept
+                self._advance.remove(future)
 
     def lost(self, start: int, end: int) -> None:
         """``[start, end)`` was dead-lettered or evicted rather than written."""

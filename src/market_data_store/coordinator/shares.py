@@ -26,10 +26,12 @@ class _Holding:
 
 class Shares:
     """At most ``cap`` items held per owner (None: no cap): a request of more than
-    ``cap`` items never fits (the caller refuses it as too large)."""
+    ``cap`` items never fits (the caller refuses it as too large). ``acquire`` waits up
+    to ``patience`` s for room, as a submit to a full queue does."""
 
-    def __init__(self, completions: Completions, cap: int | None) -> None:
+    def __init__(self, completions: Completions, cap: int | None, patience: float = 0.0) -> None:
         self.cap = cap
+        self.patience = patience
         self._completions = completions
         self._owners: dict[str, _Holding] = {}
 
@@ -54,17 +56,16 @@ class Shares:
         self._owners.setdefault(owner, _Holding()).reserved += count
         return True
 
-    async def acquire(self, owner: str, count: int, timeout: float) -> bool:
-        """``reserve``, waiting up to ``timeout`` s for ``owner``'s items to finish
-        until it fits (as a full queue makes a submit wait under ``block``); False
-        when it still does not (nothing counted), at once for ``timeout`` 0 or a
-        request larger than the cap."""
+    async def acquire(self, owner: str, count: int) -> bool:
+        """``reserve``, waiting up to ``patience`` s for ``owner``'s items to finish
+        until it fits; False when it still does not (nothing counted), at once for no
+        patience or a request larger than the cap."""
         if self.reserve(owner, count):
             return True
-        if timeout <= 0 or self.cap is None or count > self.cap:
+        if self.patience <= 0 or self.cap is None or count > self.cap:
             return False
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.patience):
                 while not self.reserve(owner, count):
                     await self._completions.advanced()
         except TimeoutError:
@@ -75,7 +76,7 @@ class Shares:
         """``ticket``'s items are ``owner``'s until they are finished."""
         if self.cap is None:
             return
-        if not ticket.finished and ticket.end > self._completions.done_until:
+        if ticket.end > self._completions.done_until:  # not finished yet
             holding = self._owners.setdefault(owner, _Holding())
             holding.submitted.append((ticket.end, ticket.count))
             holding.counted += ticket.count

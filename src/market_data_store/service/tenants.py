@@ -19,7 +19,6 @@ class Tenants:
 
     def __init__(self, tokens: dict[str, tuple[str, ...]]) -> None:
         self.enabled = bool(tokens)
-        self.names = frozenset(tokens) if tokens else frozenset({DEFAULT_TENANT})
         self._by_digest = {
             _digest(token): tenant for tenant, several in tokens.items() for token in several
         }

@@ -50,8 +50,14 @@ def build_coordinator(
         coord_id=f"{settings.server.resolved_instance_id}/{BARS}",
         dead_letter_queue=DeadLetterQueue[BarRow](c.dead_letter_path),
         bus=bus,
-        submit_timeout=c.submit_timeout if c.overflow_strategy == "block" else None,
+        submit_timeout=_submit_wait(settings),
     )
+
+
+def _submit_wait(settings: Settings) -> float | None:
+    """How long a submit may wait for room: ``submit_timeout`` under ``block``."""
+    c = settings.coordinator
+    return c.submit_timeout if c.overflow_strategy == "block" else None
 
 
 def tenant_shares(settings: Settings, coordinator: WriteCoordinator[BarRow]) -> Shares:
@@ -59,7 +65,8 @@ def tenant_shares(settings: Settings, coordinator: WriteCoordinator[BarRow]) -> 
     capacity once two or more tenants are configured; unbounded otherwise."""
     several = len(settings.auth.tenants) > 1
     cap = max(1, int(settings.coordinator.tenant_share * coordinator.queue.capacity))
-    return Shares(coordinator.queue.completions, cap if several else None)
+    patience = _submit_wait(settings) or 0.0  # a tenant beyond its share waits as for room
+    return Shares(coordinator.queue.completions, cap if several else None, patience)
 
 
 @asynccontextmanager

@@ -18,7 +18,7 @@ from .migrate import (
 )
 from .monitor import DatabaseMonitor, DatabaseStatus
 from .pool import connection, open_pool
-from .queries import BarReader, StoredBar, reader_role
+from .queries import BarReader, StoredBar
 from .rows import DEFAULT_TENANT, BarRow
 from .types import ConnectionInit, DbConnection, DbPool
 
@@ -46,6 +46,5 @@ __all__ = [
     "load_migrations",
     "open_pool",
     "prepare_connection",
-    "reader_role",
     "schema_state",
 ]

@@ -16,7 +16,6 @@ import asyncpg
 import msgspec
 
 from .errors import DatabaseUnavailableError, translated
-from .migrate import MigrationError
 
 if TYPE_CHECKING:
     from .types import DbConnection, DbPool
@@ -24,26 +23,21 @@ if TYPE_CHECKING:
 _AS_READER = "SELECT set_config('role', $1, true), set_config('app.tenant_id', $2, true)"
 
 
-async def reader_role(conn: DbConnection) -> str:
+async def _reader_role(conn: DbConnection) -> str:
     """This database's reader role (one per database: roles are cluster-wide), as
-    migration 0004 recorded it; ``MigrationError`` when the schema predates it."""
+    migration 0004 recorded it; a schema that predates it cannot be read (permanent
+    ``DatabaseUnavailableError``: 503 until it is migrated)."""
     try:
         name = await conn.fetchval("SELECT name FROM mds_reader_role")
     except asyncpg.UndefinedTableError:
         name = None
     if not isinstance(name, str):
-        raise MigrationError(
+        raise DatabaseUnavailableError(
             "the database schema predates tenants (migration 0004 is not applied): "
-            "run `mds-store migrate`, or start with database.auto_migrate = true"
+            "run `mds-store migrate`, or start with database.auto_migrate = true",
+            permanent=True,
         )
     return name
-
-
-async def _reader_role(conn: DbConnection) -> str:
-    try:
-        return await reader_role(conn)
-    except MigrationError as exc:
-        raise DatabaseUnavailableError(str(exc), permanent=True) from None
 
 
 _SELECT_BARS = """

@@ -64,13 +64,16 @@ async def test_a_ticket_finished_before_it_is_tracked_holds_nothing() -> None:
 
 async def test_acquire_waits_for_the_owners_items_to_finish_then_gives_up() -> None:
     completions = Completions()
-    shares = Shares(completions, cap=10)
-    assert await shares.acquire("a", 10, timeout=0)
-    shares.release("a", 10)
-    shares.track("a", submitted(completions, 0, 10))
-    assert not await shares.acquire("a", 5, timeout=0)  # "error": at once
-    assert not await shares.acquire("a", 11, timeout=5)  # never fits: at once
-    waiting = asyncio.create_task(shares.acquire("a", 5, timeout=5))
+    impatient = Shares(completions, cap=10)  # overflow_strategy "error"
+    shares = Shares(completions, cap=10, patience=0.2)  # "block"
+    ticket = submitted(completions, 0, 10)
+    for each in (impatient, shares):
+        assert await each.acquire("a", 10)
+        each.release("a", 10)
+        each.track("a", ticket)
+    assert not await impatient.acquire("a", 5)  # no patience: at once
+    assert not await shares.acquire("a", 11)  # never fits
+    waiting = asyncio.create_task(shares.acquire("a", 5))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     completions.finish(0, 4)  # 6 still held: 6 + 5 > 10, it waits on
@@ -79,5 +82,6 @@ async def test_acquire_waits_for_the_owners_items_to_finish_then_gives_up() -> N
     completions.finish(4, 10)
     assert await waiting
     assert shares.held("a") == 5
-    assert not await shares.acquire("a", 6, timeout=0.05)  # the timeout ends the wait
+    assert not await shares.acquire("a", 6)  # its patience ends the wait
     assert shares.held("a") == 5
+    assert completions._advance == []  # the waiter that gave up is not kept

@@ -231,9 +231,7 @@ class BarsController(Controller):
                 f"{len(rows)} bars are more than a tenant's share of the write queue "
                 f"({shares.cap}); send at most {shares.cap} per request",
             )
-        c = settings.coordinator
-        patience = c.submit_timeout if c.overflow_strategy == "block" else 0.0
-        if not await shares.acquire(tenant, len(rows), patience):
+        if not await shares.acquire(tenant, len(rows)):
             return _unavailable(
                 coordinator,
                 f"tenant {tenant} holds its share of the write queue; retry later",

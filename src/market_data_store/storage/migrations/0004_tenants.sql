@@ -31,7 +31,7 @@ ALTER TABLE bars
 
 -- The reader role: one per database, named after it (roles are cluster-wide; a role
 -- shared by two stores of one cluster would let the user of one read the other's
--- bars), recorded here for the service to read at start. Creating it needs
+-- bars), recorded here for the service to read at its first read. Creating it needs
 -- CREATEROLE; where the service's user has none, an administrator creates it
 -- beforehand (docs/tenants.md: its name is mds_reader_ and the first 16 hex digits of
 -- md5(<database name>)) and grants it to that user, and this skips both.
@@ -42,6 +42,10 @@ DO $$
 DECLARE
     reader text := (SELECT name FROM mds_reader_role);
     sixteen boolean := current_setting('server_version_num')::int >= 160000;
+    -- the service's user must be able to SET ROLE to it: PostgreSQL 16 makes the
+    -- creator of a role a member that may not SET it (and knows the 'SET' privilege)
+    needed text := CASE WHEN sixteen THEN 'SET' ELSE 'MEMBER' END;
+    option text := CASE WHEN sixteen THEN ' WITH SET TRUE' ELSE '' END;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = reader) THEN
         BEGIN
@@ -53,22 +57,11 @@ BEGIN
                                         reader, reader, current_user);
         END;
     END IF;
-    -- the service's user must be able to SET ROLE to it. PostgreSQL 16 makes the
-    -- creator of a role a member that may not SET it: grant that explicitly.
-    IF sixteen THEN  -- (pg_has_role knows 'SET' from 16 on)
-        IF NOT pg_has_role(current_user, reader, 'SET') THEN
-            BEGIN
-                EXECUTE format('GRANT %I TO %I WITH SET TRUE', reader, current_user);
-            EXCEPTION WHEN insufficient_privilege THEN
-                RAISE EXCEPTION '% may not SET ROLE % and may not grant it', current_user, reader
-                    USING HINT = format('as an administrator: GRANT %I TO %I', reader, current_user);
-            END;
-        END IF;
-    ELSIF NOT pg_has_role(current_user, reader, 'MEMBER') THEN
+    IF NOT pg_has_role(current_user, reader, needed) THEN
         BEGIN
-            EXECUTE format('GRANT %I TO %I', reader, current_user);
+            EXECUTE format('GRANT %I TO %I', reader, current_user) || option;
         EXCEPTION WHEN insufficient_privilege THEN
-            RAISE EXCEPTION '% is no member of % and may not grant it', current_user, reader
+            RAISE EXCEPTION '% may not SET ROLE % and may not grant it', current_user, reader
                 USING HINT = format('as an administrator: GRANT %I TO %I', reader, current_user);
         END;
     END IF;
