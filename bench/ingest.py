@@ -44,12 +44,20 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import msgspec
 
-from market_data_store.storage import BarRow, BarsSink, apply_migrations, open_pool
+from market_data_store.ingest import FactDecoder
+from market_data_store.storage import (
+    FACT_TABLES,
+    BarRow,
+    BarsSink,
+    apply_migrations,
+    open_pool,
+)
 from market_data_store.storage.bars_sink import (
     _MERGE,
     COLUMNS,
@@ -60,6 +68,7 @@ from market_data_store.storage.bars_sink import (
     prepare_connection,
 )
 from market_data_store.storage.embedded import EmbeddedPostgres
+from market_data_store.storage.facts import encode_rows
 
 T0 = datetime(2024, 1, 2, tzinfo=UTC)
 JSON, MSGPACK = "application/json", "application/msgpack"
@@ -111,10 +120,10 @@ async def settle(url: str) -> None:
         await conn.close()
 
 
-async def count(url: str) -> int:
+async def count(url: str, table: str = "bars") -> int:
     conn = await asyncpg.connect(url)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM bars"))
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
     finally:
         await conn.close()
 
@@ -205,6 +214,121 @@ def psql_copy(url: str, rows: list[BarRow], tmp: Path) -> float | None:
     return len(rows) / elapsed
 
 
+# -- the other kinds (options, quotes, trades, fundamentals, news) -------------------------
+
+
+def kind_items(kind: str, n: int) -> list[dict[str, Any]]:
+    """``n`` items of ``kind``, each its own key: 500 symbols, then time steps."""
+    made: list[dict[str, Any]] = []
+    for i in range(n):
+        s, step = i % 500, i // 500
+        at = (T0 + timedelta(seconds=step)).isoformat()
+        price = f"{100 + s % 50 + (step % 60) / 100:.2f}"
+        if kind == "options":  # a chain: 2 types x 20 strikes per symbol and snapshot time
+            at = (T0 + timedelta(minutes=step // 40)).isoformat()
+            item = {"symbol": f"SYM{s:04d}", "expiry": "2025-01-17T00:00:00+00:00",
+                    "strike": f"{100 + (step % 20) * 2.5:.1f}", "option_type": "CP"[step // 20 % 2],
+                    "ts": at, "bid": price, "ask": price, "last": price, "volume": step,
+                    "open_interest": 1000 + s, "implied_volatility": "0.2512", "delta": "0.55",
+                    "gamma": "0.012", "theta": "-0.034", "vega": "0.101"}  # fmt: skip
+        elif kind == "quotes":
+            item = {"symbol": f"SYM{s:04d}", "timestamp": at, "bid": price, "ask": price,
+                    "last": price, "bid_size": 300, "ask_size": 200,
+                    "volume": 1000 + step}  # fmt: skip
+        elif kind == "trades":
+            item = {"symbol": f"SYM{s:04d}", "ts": at, "trade_id": f"T{i}", "price": price,
+                    "size": 100, "exchange": "XNAS", "conditions": ["@", "F"]}  # fmt: skip
+        elif kind == "fundamentals":
+            item = {"symbol": f"SYM{s:04d}", "asof": (T0 + timedelta(days=step)).date().isoformat(),
+                    "total_assets": "352583000000.00", "total_liabilities": "290437000000",
+                    "net_income": "96995000000", "eps": price}  # fmt: skip
+        else:
+            item = {"article_id": f"art-{i}", "symbols": [f"SYM{s:04d}", "SPY"],
+                    "title": f"Company {s} beats estimates, shares up {price} % in early trade",
+                    "url": f"https://news.example.com/markets/{i}", "published_at": at,
+                    "sentiment_score": "0.25"}  # fmt: skip
+        made.append(item)
+    return made
+
+
+def kind_bodies(kind: str, items: list[dict[str, Any]], per_request: int) -> list[bytes]:
+    encoder = msgspec.json.Encoder()
+    return [
+        encoder.encode({"provider": "bench", kind: items[lo : lo + per_request]})
+        for lo in range(0, len(items), per_request)
+    ]
+
+
+async def reset_table(url: str, table: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await apply_migrations(conn)
+        await conn.execute(f"TRUNCATE {table}")
+        await conn.execute(f"VACUUM ANALYZE {table}")
+    finally:
+        await conn.close()
+
+
+def kind_copy(url: str, kind: str, bodies: list[bytes], tmp: Path) -> float | None:
+    """``psql \\copy`` of the rows the bodies hold, as the service writes them (COPY
+    text), straight into the kind's table."""
+    if not shutil.which("psql"):
+        return None
+    asyncio.run(reset_table(url, kind))
+    decoder = FactDecoder()
+    rows = [r for body in bodies for r in decoder.rows_of(kind, body, JSON, 10**6)]
+    path = tmp / f"{kind}.copy"
+    path.write_bytes(encode_rows(rows))
+    columns = ",".join(
+        f'"{c}"' for c in ("tenant_id", "provider", *FACT_TABLES[kind].names, "ingested_at",
+                           "updated_at")
+    )  # fmt: skip
+    started = time.perf_counter()
+    subprocess.run(["psql", url, "-v", "ON_ERROR_STOP=1", "-qc",
+                    f"\\copy {kind}({columns}) FROM '{path}'"], check=True)  # fmt: skip
+    elapsed = time.perf_counter() - started
+    assert asyncio.run(count(url, kind)) == len(rows)
+    return len(rows) / elapsed
+
+
+def kinds_bench(url: str, tmp: str, args: argparse.Namespace) -> dict[str, float]:
+    """Each kind's new rows: ``psql \\copy`` into its table and HTTP JSON until
+    committed, alternating, best of ``--repeat`` rounds (keys ``<kind> copy``,
+    ``<kind> http``, ``<kind> cpu``: the service's CPU us per row)."""
+    kinds = [k for k in FACT_TABLES if k in args.kinds.split(",")]
+    bodies = {k: kind_bodies(k, kind_items(k, args.kind_rows), args.per_request) for k in kinds}
+    results: dict[str, float] = {}
+    service = Service(url, tmp)
+    try:
+        for _ in range(args.repeat):
+            for kind in kinds:
+                copied = kind_copy(url, kind, bodies[kind], Path(tmp))
+                if copied is not None:
+                    results[f"{kind} copy"] = max(results.get(f"{kind} copy", 0.0), copied)
+                asyncio.run(reset_table(url, kind))
+                rate = service.post(url, args.kind_rows, bodies[kind], JSON, args.clients,
+                                    kind=kind)  # fmt: skip
+                results[f"{kind} http"] = max(results.get(f"{kind} http", 0.0), rate)
+                cpu = service.cpu_per_row * 1e6
+                results[f"{kind} cpu"] = min(results.get(f"{kind} cpu", cpu), cpu)
+    finally:
+        service.stop()
+    return results
+
+
+def print_kinds(results: dict[str, float], args: argparse.Namespace) -> None:
+    print(f"\nother kinds: {args.kind_rows:,} new rows each, {args.per_request:,} per request, "
+          f"{args.clients} clients, JSON until committed; best of {args.repeat}")  # fmt: skip
+    for kind in FACT_TABLES:
+        if f"{kind} http" not in results:
+            continue
+        http, copied = results[f"{kind} http"], results.get(f"{kind} copy")
+        ratio = f"{http / copied:>7.1%} of psql \\copy (target >= 80 %)" if copied else ""
+        print(f"{kind:13} HTTP {http:>9,.0f} rows/s  psql \\copy "
+              f"{copied or 0:>9,.0f} rows/s  {ratio}  service CPU "
+              f"{results[f'{kind} cpu']:.2f} us/row")  # fmt: skip
+
+
 def _py_spy() -> str:
     beside = Path(sys.executable).with_name("py-spy")
     return str(beside) if beside.exists() else "py-spy"
@@ -223,7 +347,12 @@ TENANTS = {
 
 
 async def post_all(
-    base: str, bodies: list[bytes], media: str, clients: int, tokens: list[str] | None = None
+    base: str,
+    bodies: list[bytes],
+    media: str,
+    clients: int,
+    tokens: list[str] | None = None,
+    path: str = "/v1/bars",
 ) -> float:
     shares = [bodies[i::clients] for i in range(clients)]
 
@@ -235,12 +364,10 @@ async def post_all(
             for n, body in enumerate(share):
                 last = n == len(share) - 1
                 params = {"wait": "commit"} if last else {}
-                response = await http.post("/v1/bars", content=body, headers=headers, params=params)
+                response = await http.post(path, content=body, headers=headers, params=params)
                 if response.status_code == 503:  # backpressure: honour Retry-After
                     await asyncio.sleep(int(response.headers["retry-after"]))
-                    response = await http.post(
-                        "/v1/bars", content=body, headers=headers, params=params
-                    )
+                    response = await http.post(path, content=body, headers=headers, params=params)
                 expected = 201 if last else 202
                 assert response.status_code == expected, response.text
 
@@ -279,7 +406,7 @@ class Service:
             time.sleep(0.2)
 
     def post(self, url: str, rows: int, bodies: list[bytes], media: str, clients: int,
-             profile: str | None = None) -> float:  # fmt: skip
+             profile: str | None = None, kind: str = "bars") -> float:  # fmt: skip
         profiler = None
         if profile:
             profiler = subprocess.Popen(
@@ -290,13 +417,15 @@ class Service:
             time.sleep(1)
         cpu_before = self.cpu_seconds()
         try:
-            elapsed = asyncio.run(post_all(self.base, bodies, media, clients, self.tokens))
+            elapsed = asyncio.run(
+                post_all(self.base, bodies, media, clients, self.tokens, f"/v1/{kind}")
+            )
         finally:
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(timeout=60)
         self.cpu_per_row = (self.cpu_seconds() - cpu_before) / rows
-        assert asyncio.run(count(url)) == rows
+        assert asyncio.run(count(url, kind)) == rows
         return rows / elapsed
 
     def cpu_seconds(self) -> float:
@@ -324,9 +453,16 @@ def main() -> None:
         help="rounds of the new-row cases (psql \\copy, HTTP), the best of each kept",
     )
     parser.add_argument(
+        "--kinds",
+        default=",".join(FACT_TABLES),
+        help="the other kinds to measure (comma-separated; '' for none)",
+    )
+    parser.add_argument("--kind-rows", type=int, default=200_000, help="new rows per kind")
+    parser.add_argument("--skip-bars", action="store_true", help="the other kinds only")
+    parser.add_argument(
         "--truncate",
         action="store_true",
-        help="with DATABASE_URL: allow emptying its bars table (again and again)",
+        help="with DATABASE_URL: allow emptying its tables (bars, the other kinds) again and again",
     )
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL")
@@ -337,7 +473,7 @@ def main() -> None:
             "an embedded PostgreSQL"
         )
 
-    rows = make_rows(args.symbols, args.minutes)
+    rows = make_rows(args.symbols, 1 if args.skip_bars else args.minutes)
     per = args.per_request
     json_bodies = request_bodies(rows, per)
     msgpack_bodies = request_bodies(rows, per, MSGPACK)
@@ -350,6 +486,10 @@ def main() -> None:
             embedded = EmbeddedPostgres(Path(tmp) / "pgdata")
             url = asyncio.run(embedded.start())
         try:
+            kinds = kinds_bench(url, tmp, args) if args.kinds else {}
+            if args.skip_bars:
+                print_kinds(kinds, args)
+                return
             asyncio.run(reset(url))
             results["upsert"] = asyncio.run(in_process(url, rows, per, fast_path=False))
             asyncio.run(settle(url))
@@ -444,6 +584,8 @@ def main() -> None:
     for label, top, bottom in ratios:
         if top in results and bottom in results:
             print(f"{label:54} {results[top] / results[bottom]:>10.1%}")
+    if kinds:
+        print_kinds(kinds, args)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ def test_coordinator_benchmark_prints_each_case() -> None:
 
 def test_ingest_benchmark_runs_end_to_end(database_url: str) -> None:
     command = [sys.executable, "bench/ingest.py", "--symbols", "5", "--minutes", "40",
-               "--per-request", "50", "--clients", "2", "--repeat", "2"]  # fmt: skip
+               "--per-request", "50", "--clients", "2", "--repeat", "2",
+               "--kind-rows", "1000"]  # fmt: skip
     env = {**os.environ, "DATABASE_URL": database_url}
     refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert refused.returncode != 0
@@ -56,6 +57,10 @@ def test_ingest_benchmark_runs_end_to_end(database_url: str) -> None:
         assert case in proc.stdout
     assert "HTTP JSON new / psql \\copy" in proc.stdout
     assert "HTTP new, two tenants / one" in proc.stdout
+    for kind in ("options", "quotes", "trades", "fundamentals", "news"):  # each vs its \copy
+        assert re.search(
+            rf"^{kind} +HTTP +[\d,]+ rows/s +psql \\copy +[\d,]+ rows/s +\d", proc.stdout, re.M
+        ), proc.stdout
 
 
 def test_migration_benchmark_loses_no_write(pg_server_url: str) -> None:

@@ -45,13 +45,13 @@ async def test_schema_version_and_idempotent_migrate(service: RunningService) ->
     response = await service.client.get("/admin/schema/version", headers=auth)
     assert response.status_code == 200
     body = response.json()
-    assert body["version"] == "0004"
-    assert [m["version"] for m in body["applied"]] == ["0001", "0002", "0003", "0004"]
+    assert body["version"] == "0005"
+    assert [m["version"] for m in body["applied"]] == ["0001", "0002", "0003", "0004", "0005"]
     assert body["pending"] == []
 
     response = await service.client.post("/admin/migrate", headers=auth)
     assert response.status_code == 200
-    assert response.json() == {"applied": [], "version": "0004"}
+    assert response.json() == {"applied": [], "version": "0005"}
 
 
 async def test_migrate_applies_what_is_pending(database_url: str, tmp_path: Path) -> None:
@@ -61,7 +61,7 @@ async def test_migrate_applies_what_is_pending(database_url: str, tmp_path: Path
     auth = {"Authorization": f"Bearer {TOKEN}"}
     async with running_service(settings) as svc:
         before = (await svc.client.get("/admin/schema/version", headers=auth)).json()
-        pending = ["0001", "0002", "0003", "0004"]
+        pending = ["0001", "0002", "0003", "0004", "0005"]
         assert before == {"version": None, "applied": [], "pending": pending}
         response = await svc.client.post("/admin/migrate", headers=auth)
         assert response.json() == {
@@ -70,8 +70,9 @@ async def test_migrate_applies_what_is_pending(database_url: str, tmp_path: Path
                 "0002_timescale_hypertable",
                 "0003_bars_checks",
                 "0004_tenants",
+                "0005_facts",
             ],
-            "version": "0004",
+            "version": "0005",
         }
 
 

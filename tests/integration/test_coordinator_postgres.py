@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from market_data_store.coordinator import DeadLetterQueue, WriteCoordinator
-from market_data_store.storage import BarRow
+from market_data_store.storage import BarRow, Row
 from tests.support.bars import rows
 from tests.support.postgres import count_bars
 from tests.support.service import RunningService, running_service, service_settings
@@ -34,7 +34,7 @@ async def service(
 async def test_accepted_rows_survive_a_database_outage(
     service: RunningService, proxy: TcpProxy, database_url: str
 ) -> None:
-    coordinator: WriteCoordinator[BarRow] = service.components.coordinator
+    coordinator: WriteCoordinator[Row] = service.components.coordinator
     await coordinator.submit_many(rows(500, volume=str))
     await asyncio.wait_for(coordinator.wait_idle(), 30)
     assert await count_bars(database_url) == 500
@@ -58,7 +58,7 @@ async def test_accepted_rows_survive_a_database_outage(
 async def test_bad_rows_are_dead_lettered_good_rows_written(
     service: RunningService, database_url: str, tmp_path: Path
 ) -> None:
-    coordinator: WriteCoordinator[BarRow] = service.components.coordinator
+    coordinator: WriteCoordinator[Row] = service.components.coordinator
     await coordinator.submit_many(rows(300, bad={17, 250}, volume=str))
     await asyncio.wait_for(coordinator.wait_idle(), 30)
     assert await count_bars(database_url) == 298
@@ -97,7 +97,7 @@ async def test_rows_a_trigger_refuses_are_dead_lettered_not_retried_forever(
                 FOR EACH ROW EXECUTE FUNCTION refuse_17();
             """
         )
-        coordinator: WriteCoordinator[BarRow] = service.components.coordinator
+        coordinator: WriteCoordinator[Row] = service.components.coordinator
         await coordinator.submit_many(rows(100, volume=str))
         await asyncio.wait_for(coordinator.wait_idle(), 30)
         assert await count_bars(database_url) == 99

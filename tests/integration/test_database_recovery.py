@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from market_data_store.coordinator import WriteCoordinator
-from market_data_store.storage import BarRow
+from market_data_store.storage import Row
 from market_data_store.storage.embedded import EmbeddedPostgres
 from tests.support.bars import rows
 from tests.support.postgres import count_bars
@@ -42,7 +42,7 @@ async def owned_postgres() -> AsyncIterator[EmbeddedPostgres]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def breaker_opened(coordinator: WriteCoordinator[BarRow]) -> None:
+async def breaker_opened(coordinator: WriteCoordinator[Row]) -> None:
     """Wait (at most 10 s) until the failing writes opened the breaker."""
     await until(
         lambda: coordinator.breaker.state == "open",
@@ -80,7 +80,7 @@ async def test_readiness_is_back_within_2s_of_the_database(
         MDS_DATABASE_HEALTH_TIMEOUT="1",
     )
     async with running_service(settings) as svc:
-        coordinator: WriteCoordinator[BarRow] = svc.components.coordinator
+        coordinator: WriteCoordinator[Row] = svc.components.coordinator
         assert await readiness(svc.client) == 200
 
         await owned_postgres.stop()
@@ -113,7 +113,7 @@ async def test_readiness_is_back_after_an_outage_the_monitor_did_not_see(
         MDS_DATABASE_HEALTH_TIMEOUT="1",
     )
     async with running_service(settings) as svc:
-        coordinator: WriteCoordinator[BarRow] = svc.components.coordinator
+        coordinator: WriteCoordinator[Row] = svc.components.coordinator
         await owned_postgres.stop()
         await coordinator.submit_many(rows(50))
         await breaker_opened(coordinator)
@@ -144,7 +144,7 @@ async def test_a_database_back_during_the_drain_gets_the_queue_written(
     )
     back: asyncio.Task[None] | None = None
     async with running_service(settings) as svc:
-        coordinator: WriteCoordinator[BarRow] = svc.components.coordinator
+        coordinator: WriteCoordinator[Row] = svc.components.coordinator
         await owned_postgres.stop()
         await coordinator.submit_many(rows(30))
         await breaker_opened(coordinator)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from market_data_store.coordinator import DeadLetterQueue, WriteCoordinator
-from market_data_store.storage import BarRow
+from market_data_store.storage import BarRow, Row
 from tests.support.bars import rows
 from tests.support.postgres import stored_bars
 from tests.support.service import RunningService, running_service, service_settings
@@ -72,7 +72,7 @@ async def poison(database_url: str) -> AsyncIterator[asyncpg.Connection[asyncpg.
         await conn.close()
 
 
-async def seed(service: RunningService) -> DeadLetterQueue[BarRow]:
+async def seed(service: RunningService) -> DeadLetterQueue[Row]:
     """The service's own queue (one process owns a dead-letter path), filled."""
     dlq = service_queue(service)
     for item in [*GOOD, *BAD]:  # one record per bar, as bisection leaves them
@@ -80,8 +80,8 @@ async def seed(service: RunningService) -> DeadLetterQueue[BarRow]:
     return dlq
 
 
-def service_queue(service: RunningService) -> DeadLetterQueue[BarRow]:
-    coordinator: WriteCoordinator[BarRow] = service.components.coordinator
+def service_queue(service: RunningService) -> DeadLetterQueue[Row]:
+    coordinator: WriteCoordinator[Row] = service.components.coordinator
     dlq = coordinator.dead_letter_queue
     assert dlq is not None
     return dlq
@@ -94,12 +94,12 @@ async def replay(client: httpx.AsyncClient) -> dict[str, object]:
     return body
 
 
-async def dead_lettered(dlq: DeadLetterQueue[BarRow]) -> Counter[BarRow]:
+async def dead_lettered(dlq: DeadLetterQueue[Row]) -> Counter[Row]:
     return Counter(item for record in await dlq.records() for item in record.items)
 
 
 async def settled(service: RunningService) -> None:
-    coordinator: WriteCoordinator[BarRow] = service.components.coordinator
+    coordinator: WriteCoordinator[Row] = service.components.coordinator
     await asyncio.wait_for(coordinator.wait_idle(), 30)
 
 

@@ -40,6 +40,13 @@ async def scrape(service: RunningService) -> dict[str, list[Sample]]:
     return {f.name: f.samples for f in text_string_to_metric_families(response.text)}
 
 
+def paths(families: dict[str, list[Sample]], sink: str = "bars") -> dict[str, float]:
+    """``mds_sink_batches`` of one sink, by path."""
+    return {
+        s.labels["path"]: s.value for s in families["mds_sink_batches"] if s.labels["sink"] == sink
+    }
+
+
 async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningService) -> None:
     coordinator = service.components.coordinator
     await coordinator.submit_many(rows(30, received_at=datetime.now(UTC)))
@@ -65,14 +72,18 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
         assert name in families, name
 
     def value(name: str, suffix: str = "") -> float:
-        (sample,) = [s for s in families[name] if s.name == name + suffix]
+        (sample,) = [
+            s
+            for s in families[name]
+            if s.name == name + suffix and s.labels.get("sink", "bars") == "bars"
+        ]
         return sample.value
 
     assert value("mds_coordinator_items_submitted", "_total") == 30
     assert value("mds_coordinator_queue_capacity") == 10_000
     assert value("mds_coordinator_workers_alive") == 4
     assert value("mds_sink_rows_written", "_total") == 30
-    batches = {s.labels["path"]: s.value for s in families["mds_sink_batches"]}
+    batches = paths(families)
     assert batches["copy"] >= 1  # new bars: straight into the table
     assert batches["merge"] == 0
     # existing keys, accepted later: merged
@@ -80,7 +91,8 @@ async def test_metrics_expose_coordinator_and_sink_instruments(service: RunningS
     await coordinator.wait_idle()
     families = await scrape(service)
     assert value("mds_sink_conflicts", "_total") == 1
-    assert {s.labels["path"]: s.value for s in families["mds_sink_batches"]}["merge"] == 1
+    assert paths(families)["merge"] == 1
+    assert paths(families, "facts") == {"copy": 0, "merge": 0}  # the other kinds' sink
     assert value("mds_coordinator_write_duration_seconds", "_count") >= 1
     labels = families["mds_coordinator_queue_depth"][0].labels
     assert labels["coordinator_id"] == "test/bars"  # <server.instance_id>/bars
@@ -95,10 +107,7 @@ async def test_the_fast_path_can_be_turned_off(database_url: str, tmp_path: Path
         await svc.components.coordinator.submit_many(rows(10))
         await svc.components.coordinator.wait_idle()
         families = await scrape(svc)
-    assert {s.labels["path"]: s.value for s in families["mds_sink_batches"]} == {
-        "copy": 0,
-        "merge": 1,
-    }
+    assert paths(families) == {"copy": 0, "merge": 1}
 
 
 async def test_http_duration_is_labelled_by_route_template(service: RunningService) -> None:

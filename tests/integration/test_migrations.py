@@ -29,7 +29,7 @@ async def ledger(url: str) -> list[str]:
 
 def test_shipped_migrations_are_ordered_plain_sql() -> None:
     migrations = load_migrations()
-    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004"]
+    assert [m.version for m in migrations] == ["0001", "0002", "0003", "0004", "0005"]
     assert migrations[0].name == "create_bars"
     assert "CREATE TABLE bars" in migrations[0].sql
     assert len(migrations[0].checksum) == 64
@@ -39,7 +39,7 @@ async def test_apply_creates_bars_and_records_each_file(database_url: str) -> No
     conn = await asyncpg.connect(database_url)
     try:
         applied = await apply_migrations(conn)
-        assert [m.version for m in applied] == ["0001", "0002", "0003", "0004"]
+        assert [m.version for m in applied] == ["0001", "0002", "0003", "0004", "0005"]
         columns = {
             r["column_name"]: r["data_type"]
             for r in await conn.fetch(
@@ -56,7 +56,7 @@ async def test_apply_creates_bars_and_records_each_file(database_url: str) -> No
         )
         assert pk == "PRIMARY KEY (provider, symbol, resolution, ts, tenant_id)"
         state = await schema_state(conn)
-        assert state.version == "0004"
+        assert state.version == "0005"
         assert state.pending == []
     finally:
         await conn.close()
@@ -65,11 +65,11 @@ async def test_apply_creates_bars_and_records_each_file(database_url: str) -> No
 async def test_apply_is_idempotent(database_url: str) -> None:
     conn = await asyncpg.connect(database_url)
     try:
-        assert len(await apply_migrations(conn)) == 4
+        assert len(await apply_migrations(conn)) == 5
         assert await apply_migrations(conn) == []
     finally:
         await conn.close()
-    assert sorted(await ledger(database_url)) == ["0001", "0002", "0003", "0004"]
+    assert sorted(await ledger(database_url)) == ["0001", "0002", "0003", "0004", "0005"]
 
 
 async def test_concurrent_connections_apply_once(database_url: str) -> None:
@@ -79,8 +79,8 @@ async def test_concurrent_connections_apply_once(database_url: str) -> None:
     finally:
         for c in conns:
             await c.close()
-    assert sorted(len(r) for r in results) == [0, 0, 0, 4]
-    assert sorted(await ledger(database_url)) == ["0001", "0002", "0003", "0004"]
+    assert sorted(len(r) for r in results) == [0, 0, 0, 5]
+    assert sorted(await ledger(database_url)) == ["0001", "0002", "0003", "0004", "0005"]
 
 
 def test_two_processes_migrating_at_once(database_url: str) -> None:
@@ -93,9 +93,9 @@ def test_two_processes_migrating_at_once(database_url: str) -> None:
     outputs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     said = sorted(out for out, _ in outputs)
-    assert said[0].startswith("schema version 0004: 0001_create_bars, 0002_timescale")
-    assert said[1] == "schema version 0004: nothing to apply\n"
-    assert sorted(asyncio.run(ledger(database_url))) == ["0001", "0002", "0003", "0004"]
+    assert said[0].startswith("schema version 0005: 0001_create_bars, 0002_timescale")
+    assert said[1] == "schema version 0005: nothing to apply\n"
+    assert sorted(asyncio.run(ledger(database_url))) == ["0001", "0002", "0003", "0004", "0005"]
 
 
 async def test_failing_migration_rolls_back_entirely(database_url: str) -> None:

@@ -1,8 +1,11 @@
 """Schemathesis hooks for the contract run (loaded through ``SCHEMATHESIS_HOOKS``):
-``POST /v1/bars`` also takes MessagePack, which schemathesis cannot encode itself."""
+the ingest routes also take MessagePack, which schemathesis cannot encode itself; and
+``ast.parse`` one thread at a time (below)."""
 
 from __future__ import annotations
 
+import ast
+import threading
 from typing import Any
 
 import msgspec
@@ -24,3 +27,19 @@ def _fit(value: Any) -> Any:
 @schemathesis.serializer("application/msgpack")
 def msgpack_serializer(_ctx: Any, value: Any) -> bytes:
     return msgspec.msgpack.encode(_fit(value))
+
+
+# CPython 3.11 counts the depth of the syntax tree it is converting in state that every
+# thread shares: two threads parsing at once (schemathesis' two workers, each with
+# Hypothesis describing a filter's lambda by parsing its source) can fail with
+# "SystemError: AST constructor recursion depth mismatch", a runtime error of the run.
+_parsing = threading.Lock()
+_parse = ast.parse
+
+
+def _parse_one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+    with _parsing:
+        return _parse(*args, **kwargs)
+
+
+ast.parse = _parse_one_at_a_time

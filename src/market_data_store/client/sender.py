@@ -44,6 +44,7 @@ from .wire import (
     decode_feedback,
     decode_problem,
     encode_body,
+    encode_records,
     retry_after,
 )
 
@@ -212,17 +213,90 @@ class Sender:
 
     async def _send(self, bars: list[WireBar], batch: Batch) -> list[list[WireBar]] | None:
         """One part until it is accepted (None) or must be split (its halves)."""
-        body = encode_body(self.provider, bars)
-        params = {"wait": "commit"} if self.wait_commit else None
+        split = await self._attempts(
+            BARS_PATH,
+            encode_body(self.provider, bars),
+            batch,
+            lambda: as_dicts(bars),
+            lambda answer: self._delivered(bars, answer),
+        )
+        if split:
+            half = len(bars) // 2
+            return [bars[:half], bars[half:]]
+        return None
+
+    async def send_records(self, path: str, records: list[dict[str, Any]], size: int) -> int:
+        """Records of another kind than bars (plain dicts: ``POST path``, ``size`` per
+        request, one request at a time, paced and retried as bars are, until
+        ``deadline`` s from now): the count committed (with ``wait_commit=False``:
+        queued). Raises ``BatchFailedError`` (its ``bars``: every record of the call not
+        known to be stored, those of the parts not sent yet included) at the first part
+        that fails."""
+        started = time.monotonic()
+        parts = [records[i : i + size] for i in range(0, len(records), size)]
+        stored = 0
+        while parts:
+            part = parts.pop(0)
+            batch = Batch(0, [], started + self.deadline)
+            answered: list[IngestAnswer] = []
+            try:
+                split = await self._attempts(
+                    path,
+                    encode_records(self.provider, path.rsplit("/", 1)[1], part),
+                    batch,
+                    lambda part=part: part,  # type: ignore[misc]
+                    answered.append,
+                )
+                if split:
+                    half = len(part) // 2
+                    parts[:0] = [part[:half], part[half:]]
+                    continue
+                stored += self._records_stored(part, answered[-1])
+            except BatchFailedError as failed:
+                failed.bars = failed.bars + [r for later in parts for r in later]
+                raise
+        return stored
+
+    def _records_stored(self, part: list[dict[str, Any]], answer: IngestAnswer) -> int:
+        """Records an answer took; ``BarsDeadLetteredError`` for those the database refused."""
+        self._stats.bars_accepted += answer.accepted
+        if answer.committed is None and answer.dead_lettered is None:
+            return answer.accepted  # 202: queued
+        lost = min(answer.dead_lettered or 0, len(part))
+        if lost:
+            indices = answer.dead_lettered_indices
+            if (
+                indices is None
+                or sorted(set(indices)) != sorted(indices)
+                or not all(0 <= i < len(part) for i in indices)
+                or len(indices) != lost
+            ):
+                indices = None
+            chosen = part if indices is None else [part[i] for i in indices]
+            raise BarsDeadLetteredError(chosen, indices)
+        return answer.committed or 0
+
+    async def _attempts(
+        self,
+        path: str,
+        body: bytes,
+        batch: Batch,
+        items: Callable[[], list[dict[str, Any]]],
+        delivered: Callable[[IngestAnswer], None],
+    ) -> bool:
+        """``body`` sent to ``path`` until accepted (False; ``delivered`` told the
+        answer) or refused as too large with more than one item in it (True: split it).
+        Raises ``BatchFailedError`` (with ``items()``)."""
+        count = max(1, len(items()))
         attempt = 0
         while True:
             try:
-                await self._pace(len(bars), batch.deadline)
+                await self._pace(count, batch.deadline)
             except _OutOfTime:
-                raise self._out_of_time(bars, batch, "throttled by the store") from None
+                raise self._out_of_time(items(), batch, "throttled by the store") from None
             remaining = batch.deadline - time.monotonic()
             if remaining <= 0:
-                raise self._out_of_time(bars, batch, "retries ran out of time")
+                raise self._out_of_time(items(), batch, "retries ran out of time")
             attempt += 1
             batch.attempts += 1
             self._stats.requests += 1
@@ -230,8 +304,9 @@ class Sender:
                 self._stats.retries += 1
             hold: float | None = None
             budget = min(self.request_timeout, remaining)
+            params = {"wait": "commit"} if self.wait_commit else None
             try:
-                status, headers, content = await self._post(body, params, budget)
+                status, headers, content = await self._post(path, body, params, budget)
             except (httpx.RequestError, TimeoutError, OSError) as exc:
                 self._stats.transport_errors += 1
                 batch.last_error = (
@@ -247,23 +322,22 @@ class Sender:
                         raise BarsRejectedError(
                             status,
                             {"detail": "a success answer that is not the store's (check base_url)"},
-                            as_dicts(bars),
+                            items(),
                         ) from None
                     if not (self.wait_commit and status == 202):
-                        self._delivered(bars, answer)
-                        return None
+                        delivered(answer)
+                        return False
                     # ?wait=commit outlived the store's commit_timeout (``pending``): the
-                    # bars are queued there, not known to be committed; send them again
+                    # rows are queued there, not known to be committed; send them again
                     self._stats.commits_pending += 1
                     batch.last_error = "HTTP 202: the commit outlived the store's commit_timeout"
                 else:
                     problem = decode_problem(status, content)
-                    if status == 413 and len(bars) > 1:
+                    if status == 413 and count > 1:
                         self._stats.splits += 1
-                        half = len(bars) // 2
-                        return [bars[:half], bars[half:]]
+                        return True
                     if status not in RETRIED_STATUSES:
-                        raise BarsRejectedError(status, problem, as_dicts(bars))
+                        raise BarsRejectedError(status, problem, items())
                     batch.last_error = f"HTTP {status}: {problem.get('detail', '')}".rstrip(": ")
                     if status in (503, 429):
                         hold = self._refused(headers.get("retry-after"), problem) or None
@@ -272,20 +346,20 @@ class Sender:
                     attempt, initial=self.initial_backoff, maximum=self.max_backoff, jitter=True
                 )
                 if time.monotonic() + delay >= batch.deadline:
-                    raise self._out_of_time(bars, batch, "retries ran out of time")
+                    raise self._out_of_time(items(), batch, "retries ran out of time")
                 await asyncio.sleep(delay)
             else:
                 await self._hold(hold, batch.deadline)
 
     async def _post(
-        self, body: bytes, params: dict[str, str] | None, budget: float
+        self, path: str, body: bytes, params: dict[str, str] | None, budget: float
     ) -> tuple[int, Mapping[str, str], bytes]:
         if self._lean is not None:
-            return await self._lean.post(BARS_PATH, body, params, self._headers, budget)
+            return await self._lean.post(path, body, params, self._headers, budget)
         async with (
             asyncio.timeout(budget),  # the whole attempt, not per phase
             self._http.stream(
-                "POST", BARS_PATH, content=body, params=params, headers=self._headers
+                "POST", path, content=body, params=params, headers=self._headers
             ) as response,
         ):
             content = b""
@@ -327,11 +401,13 @@ class Sender:
         finally:
             self._stats.throttled_seconds += waited
 
-    def _out_of_time(self, bars: list[WireBar], batch: Batch, why: str) -> DeadlineExceededError:
+    def _out_of_time(
+        self, items: list[dict[str, Any]], batch: Batch, why: str
+    ) -> DeadlineExceededError:
         return DeadlineExceededError(
-            f"{len(bars)} bar(s) not stored within {self.deadline:g}s ({why}; last error: "
+            f"{len(items)} row(s) not stored within {self.deadline:g}s ({why}; last error: "
             f"{batch.last_error or 'none'})",
-            as_dicts(bars),
+            items,
             attempts=batch.attempts,
             last_error=batch.last_error,
         )

@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
@@ -29,7 +30,7 @@ from .options import ClientStats
 from .sender import MAX_ANSWER_BYTES, Sender
 from .stream import FeedbackFollower
 from .throttle import MAX_HOLD, LevelBoard, Throttle
-from .wire import Feedback, Level, to_wire_all
+from .wire import RECORD_KINDS, Feedback, Level, to_records, to_wire_all
 
 log = logging.getLogger(__name__)
 
@@ -356,6 +357,61 @@ class StoreClient:
         unreported failure; ``take_failures()`` has the others."""
         await self._close(timeout)
         self._failures.raise_oldest()
+
+    # -- the other kinds ------------------------------------------------------------------
+
+    async def write_options(self, snapshots: Iterable[Any], *, ts: datetime | None = None) -> int:
+        """Store option snapshots (Core ``OptionSnapshot``s or mappings of their fields
+        and ``ts``); ``ts``: the snapshot time of those without one (Core has none).
+        See ``write_records``."""
+        return await self.write_records("options", snapshots, defaults={"ts": ts} if ts else None)
+
+    async def write_quotes(self, quotes: Iterable[Any]) -> int:
+        """Store quotes (Core ``Quote``s or mappings; ``timestamp`` aware). See
+        ``write_records``."""
+        return await self.write_records("quotes", quotes)
+
+    async def write_trades(self, trades: Iterable[Any]) -> int:
+        """Store trades (mappings of Core ``Trade``'s fields and ``trade_id``: the
+        venue's id or your sequence number; two identical prints are two trades). See
+        ``write_records``."""
+        return await self.write_records("trades", trades)
+
+    async def write_fundamentals(self, fundamentals: Iterable[Any]) -> int:
+        """Store fundamentals (mappings: ``symbol``, ``asof`` (a date), ``total_assets``,
+        ``total_liabilities``, ``net_income``, ``eps``). See ``write_records``."""
+        return await self.write_records("fundamentals", fundamentals)
+
+    async def write_news(self, articles: Iterable[Any]) -> int:
+        """Store news articles (mappings: ``article_id``, ``symbols``, ``title``, ``url``,
+        ``published_at``, ``sentiment_score``). See ``write_records``."""
+        return await self.write_records("news", articles)
+
+    async def write_records(
+        self, kind: str, items: Iterable[Any], *, defaults: Mapping[str, Any] | None = None
+    ) -> int:
+        """Store ``items`` of ``kind`` (options, quotes, trades, fundamentals, news) and
+        return how many the store committed, once it did: unlike ``write`` (bars), this
+        waits. The same rules as bars: ``batch_size`` per request, one request at a time
+        for the call (call it from several tasks for more), paced by the store's
+        feedback and ``Retry-After``, retried until ``deadline`` s, a 413 split in
+        halves; delivered means committed (``wait_commit=True``, the default: with
+        ``False`` the count is what the store queued). Raises ``InvalidBarError`` for an
+        item that cannot be sent (nothing sent), else ``BatchFailedError`` at the first
+        part that fails, with every item of the call not known to be stored
+        (``BarsRejectedError``: refused, e.g. a 422 naming each problem by index within
+        its part; ``BarsDeadLetteredError``: refused by the database, dead-lettered;
+        ``DeadlineExceededError``)."""
+        if kind not in RECORD_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(RECORD_KINDS)}, not {kind!r}")
+        if self._accumulator.closing:
+            raise ClientClosedError("the client is closed")
+        records = to_records(items, defaults=defaults)
+        if not records:
+            return 0
+        await self.start()
+        assert self._sender is not None
+        return await self._sender.send_records(f"/v1/{kind}", records, self.batch_size)
 
     def take_failures(self) -> list[BatchFailedError]:
         """Every failure not raised yet (oldest first); they will not be raised."""

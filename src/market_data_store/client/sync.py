@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
 
@@ -75,6 +75,20 @@ class SyncStoreClient:
         self._check_open()
         bars = list(bars)  # iterated in the caller's thread, not the loop's
         self._call(self._client.write(bars, timeout=timeout), timeout)
+
+    def write_records(
+        self,
+        kind: str,
+        items: Iterable[Any],
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """``StoreClient.write_records`` (options, quotes, trades, fundamentals, news):
+        the count committed, once committed; ``items`` is read before anything is sent."""
+        self._check_open()
+        listed = list(items)
+        return self._call(self._client.write_records(kind, listed, defaults=defaults), timeout)
 
     def flush(self, timeout: float | None = None) -> None:
         """``StoreClient.flush``."""

@@ -21,7 +21,7 @@ import math
 import operator
 import re
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
@@ -488,3 +488,64 @@ def as_dicts(bars: list[WireBar]) -> list[dict[str, Any]]:
     return [
         {name: _sent_text(value) for name, value in msgspec.structs.asdict(b).items()} for b in bars
     ]
+
+
+RECORD_KINDS = ("options", "quotes", "trades", "fundamentals", "news")
+"""The other kinds the store keeps (``POST /v1/<kind>``)."""
+
+
+def to_records(
+    items: Iterable[Any], *, defaults: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Items of another kind than bars as plain dicts for the wire: Core models
+    (``OptionSnapshot``, ``Quote``, ``Trade``) or mappings of their fields; ``Decimal``s as
+    their text in plain notation, times as RFC 3339 text (an aware time in UTC), dates
+    as ``YYYY-MM-DD``; ``defaults`` fill fields an item does not have (an option
+    chain's snapshot ``ts``). ``InvalidBarError`` for an item that is neither, or has
+    a naive time (the store would refuse it)."""
+    records: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        if hasattr(item, "model_dump"):  # a pydantic model (Core's)
+            fields = dict(item.model_dump())
+        elif isinstance(item, Mapping):
+            fields = dict(item)
+        else:
+            raise InvalidBarError(
+                index, "$", f"a Core model or a mapping, not {type(item).__name__}"
+            )
+        for name, value in (defaults or {}).items():
+            if fields.get(name) is None:
+                fields[name] = value
+        record: dict[str, Any] = {}
+        for name, value in fields.items():
+            if not isinstance(name, str):
+                raise InvalidBarError(index, "$", "field names must be strings")
+            record[name] = _record_value(value, index, name)
+        try:  # what MessagePack cannot carry fails here, before anything is sent
+            _records_encoder.encode(record)
+        except (TypeError, OverflowError, ValueError) as exc:
+            raise InvalidBarError(index, "$", f"cannot be sent: {exc}") from None
+        records.append(record)
+    return records
+
+
+def _record_value(value: Any, index: int, name: str) -> Any:
+    if type(value) is Decimal:
+        return format(value, "f")
+    if isinstance(value, datetime):
+        if value.utcoffset() is None:
+            raise InvalidBarError(index, name, "must be timezone-aware")
+        return _utc_text(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_record_value(v, index, name) for v in value]
+    return value
+
+
+def encode_records(provider: str, kind: str, records: list[dict[str, Any]]) -> bytes:
+    """The MessagePack body of ``POST /v1/<kind>``."""
+    return _records_encoder.encode({"provider": provider, kind: records})
+
+
+_records_encoder = msgspec.msgpack.Encoder()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .bus import FeedbackBus, FeedbackSubscriber, feedback_bus
 from .completions import Ticket
 from .credits import Credits
-from .dlq import DeadLetterQueue, DLQRecord
+from .dlq import DeadLetterQueue, DLQRecord, ItemDecoder
 from .events import BackpressureLevel, FeedbackEvent
 from .policy import CircuitBreaker, CircuitOpenError, RetryPolicy, default_retry_classifier
 from .queue import BoundedQueue
@@ -59,6 +59,7 @@ __all__ = [
     "FeedbackEvent",
     "FeedbackSubscriber",
     "HttpFeedbackBroadcaster",
+    "ItemDecoder",
     "OverflowStrategy",
     "QueueClosedError",
     "QueueFullError",

@@ -78,6 +78,15 @@ def _encode_other(obj: Any) -> Any:
     return str(obj)
 
 
+class ItemDecoder(Generic[T]):
+    """An ``item_type`` that decodes items itself (``decode``: JSON builtins -> item;
+    ``ValueError`` or ``msgspec.ValidationError`` for one it cannot read), e.g. for a
+    union msgspec cannot tell apart by type alone."""
+
+    def __init__(self, decode: Callable[[Any], T]) -> None:
+        self.decode = decode
+
+
 _encoder = msgspec.json.Encoder(enc_hook=_encode_other, decimal_format="string")
 _line_decoder = msgspec.json.Decoder(_Line)
 
@@ -428,6 +437,8 @@ def _latest_once(records: list[DLQRecord[T]]) -> tuple[list[DLQRecord[T]], int]:
 
 
 def _decode_item(raw: Any, item_type: Any) -> Any:
+    if isinstance(item_type, ItemDecoder):
+        return item_type.decode(raw)
     if isinstance(item_type, type) and issubclass(item_type, BaseModel):
         return item_type.model_validate(raw)
     return msgspec.convert(raw, item_type, strict=False)

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
-from litestar import Controller, Litestar
+from litestar import Controller, Litestar, Router
 from litestar.di import Provide
 from litestar.exceptions import MethodNotAllowedException
 from litestar.utils import normalize_path
@@ -25,6 +25,7 @@ from .controllers import (
     HealthController,
     MetricsController,
     StatusPageController,
+    fact_routers,
 )
 from .framework import FrameworkFixes, openapi_without_null
 from .openapi import describe_bars_cap, openapi_config
@@ -50,9 +51,10 @@ def create_app(
     check_startup_safety(settings)
     telemetry = build_telemetry(__version__)
     service = ServicePlugin(settings, lifecycle=Lifecycle(), telemetry=telemetry)
-    handlers: list[type[Controller]] = [
+    handlers: list[type[Controller] | Router] = [
         HealthController,
         BarsController,
+        *fact_routers(),
         FeedbackStateController,
         AdminController,
         DeadLetterController,

@@ -1,5 +1,5 @@
 """What controllers receive, and only this way: one ``Provide`` per component, under
-the name a handler declares it by (``coordinator: NamedDependency[WriteCoordinator[BarRow]]``).
+the name a handler declares it by (``coordinator: NamedDependency[WriteCoordinator[Row]]``).
 Tests replace any of them by name (``create_app(settings, dependencies=...)``).
 
 The providers take no parameters: a provider without parameters skips Litestar's
@@ -17,10 +17,12 @@ from litestar.di import Provide
 from market_data_store.config import Settings
 from market_data_store.coordinator import FeedbackBus, Shares, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
-from market_data_store.ingest import BarDecoder
+from market_data_store.ingest import BarDecoder, FactDecoder
 from market_data_store.service import Components, HealthSources, Lifecycle, Tenants
-from market_data_store.storage import BarReader, BarRow, DbPool
+from market_data_store.storage import BarReader, DbPool, FactReader, Row
 from market_data_store.telemetry import Telemetry
+
+from .writes import Ingest
 
 
 def providers(
@@ -49,8 +51,23 @@ def providers(
     def provide_bar_decoder() -> BarDecoder:
         return running().bar_decoder
 
-    def provide_coordinator() -> WriteCoordinator[BarRow]:
+    def provide_fact_reader() -> FactReader:
+        return running().fact_reader
+
+    def provide_fact_decoder() -> FactDecoder:
+        return running().fact_decoder
+
+    def provide_coordinator() -> WriteCoordinator[Row]:
         return running().coordinator
+
+    built: list[tuple[Components, Ingest]] = []  # the ingest of the running components
+
+    def provide_ingest() -> Ingest:
+        components = running()
+        if not built or built[0][0] is not components:
+            c = components
+            built[:] = [(c, Ingest(c.coordinator, lifecycle, settings, c.tenants, c.tenant_shares))]
+        return built[0][1]
 
     def provide_tenants() -> Tenants:
         return running().tenants
@@ -77,7 +94,10 @@ def providers(
         "db_pool": provide_db_pool,
         "bar_reader": provide_bar_reader,
         "bar_decoder": provide_bar_decoder,
+        "fact_reader": provide_fact_reader,
+        "fact_decoder": provide_fact_decoder,
         "coordinator": provide_coordinator,
+        "ingest": provide_ingest,
         "tenants": provide_tenants,
         "tenant_shares": provide_tenant_shares,
         "feedback_bus": provide_feedback_bus,

@@ -27,13 +27,16 @@ from litestar.openapi.spec import OpenAPIMediaType as MediaTypeSpec
 from market_data_store import __version__
 from market_data_store.ingest import (
     JSON,
+    KINDS,
     MAX_INTEGER_DIGITS,
     MAX_SCALE,
     MSGPACK,
     PROVIDER_SCHEMA,
     TS_RANGE_RULE,
+    FactKind,
     IngestRequest,
     bar_field_schemas,
+    fact_field_schemas,
 )
 
 _REF = "#/$defs/{name}"
@@ -51,37 +54,48 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
-def ingest_request_schema() -> dict[str, Any]:
-    """msgspec's JSON Schema of what ``POST /v1/bars`` decodes its body into, self-contained
-    (Litestar builds ``components/schemas`` from its own registry only), with the rules
-    of each field (``ingest.rules``): what msgspec sees of them is only their types. The
-    cap on ``bars`` is the app's setting (``describe_bars_cap``)."""
-    (root,), defs = msgspec.json.schema_components((IngestRequest,), ref_template=_REF)
+def ingest_request_schema(
+    request: type[msgspec.Struct] = IngestRequest,
+    key: str = "bars",
+    field_schemas: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """msgspec's JSON Schema of what an ingest route decodes its body into (``request``:
+    ``provider`` and the list ``key``), self-contained (Litestar builds
+    ``components/schemas`` from its own registry only), with the rules of each field
+    (``field_schemas``; bars': ``ingest.rules``): what msgspec sees of them is only their
+    types. The cap on the list is the app's setting (``describe_bars_cap``)."""
+    (root,), defs = msgspec.json.schema_components((request,), ref_template=_REF)
     schema: dict[str, Any] = _inline(root, defs)
     properties = schema["properties"]
     properties["provider"] = {**properties["provider"], **PROVIDER_SCHEMA}
-    bars = properties["bars"]
-    bars["minItems"] = 1  # "must not be empty"
-    fields = bars["items"]["properties"]
-    for name, rules in bar_field_schemas().items():
-        kept = {key: value for key, value in fields[name].items() if key == "default"}
-        fields[name] = {**rules, **kept}
+    items = properties[key]
+    items["minItems"] = 1  # "must not be empty"
+    fields = items["items"]["properties"]
+    rules = bar_field_schemas() if field_schemas is None else field_schemas
+    for name, rule in rules.items():
+        kept = {k: value for k, value in fields[name].items() if k == "default"}
+        fields[name] = {**rule, **kept}
     return schema
 
 
+INGEST_PATHS = ("/v1/bars", *(f"/v1/{kind}" for kind in KINDS))
+
+
 def describe_bars_cap(app: Litestar, max_bars: int) -> None:
-    """``maxItems`` of ``bars`` in ``POST /v1/bars``'s body: ``ingest.max_bars_per_request``
-    (more is a 413). Called when the document is built, and again when the app starts
-    (Litestar may build it anew)."""
+    """``maxItems`` of the list in every ingest route's body (``POST /v1/bars`` and
+    ``/v1/<kind>``): ``ingest.max_bars_per_request`` (more is a 413). Called when the
+    document is built, and again when the app starts (Litestar may build it anew)."""
     if app.openapi_config is None:
         return
     paths = app.openapi_schema.paths or {}
-    operation = paths["/v1/bars"].post if "/v1/bars" in paths else None
-    body = operation.request_body if operation is not None else None
-    if isinstance(body, RequestBody):
-        for media in body.content.values():
-            schema = cast(dict[str, Any], media.schema)
-            schema["properties"]["bars"]["maxItems"] = max_bars
+    for path in INGEST_PATHS:
+        operation = paths[path].post if path in paths else None
+        body = operation.request_body if operation is not None else None
+        if isinstance(body, RequestBody):
+            key = path.rsplit("/", 1)[1]
+            for media in body.content.values():
+                schema = cast(dict[str, Any], media.schema)
+                schema["properties"][key]["maxItems"] = max_bars
 
 
 @dataclass
@@ -89,21 +103,51 @@ class IngestOperation(Operation):
     """``POST /v1/bars``: the request body, in both media types it is accepted in."""
 
     def __post_init__(self) -> None:
-        # a plain JSON Schema object (OpenAPI 3.1 schemas are JSON Schema 2020-12)
-        schema = cast(Schema, ingest_request_schema())
-        self.request_body = RequestBody(
-            content={JSON: MediaTypeSpec(schema=schema), MSGPACK: MediaTypeSpec(schema=schema)},
-            description=(
-                "A provider and its bars (Core Bar fields). Prices and volume: decimal "
-                "strings or numbers, kept exact. Rules JSON Schema cannot say (high >= "
-                "max(open, close) >= min(open, close) >= low; ts as an instant, after its "
-                f"offset: {TS_RANGE_RULE}; at most {MAX_SCALE} digits after the point as "
-                "written, trailing zeros too; decimal strings below "
-                f"10^{MAX_INTEGER_DIGITS} in magnitude, exponent included) are answered "
-                "422 with every error listed."
-            ),
-            required=True,
+        self.request_body = _request_body(
+            ingest_request_schema(),
+            "A provider and its bars (Core Bar fields). Prices and volume: decimal "
+            "strings or numbers, kept exact. Rules JSON Schema cannot say (high >= "
+            "max(open, close) >= min(open, close) >= low; ts as an instant, after its "
+            f"offset: {TS_RANGE_RULE}; at most {MAX_SCALE} digits after the point as "
+            "written, trailing zeros too; decimal strings below "
+            f"10^{MAX_INTEGER_DIGITS} in magnitude, exponent included) are answered "
+            "422 with every error listed.",
         )
+
+
+def _request_body(schema: dict[str, Any], description: str) -> RequestBody:
+    # a plain JSON Schema object (OpenAPI 3.1 schemas are JSON Schema 2020-12)
+    shown = cast(Schema, schema)
+    return RequestBody(
+        content={JSON: MediaTypeSpec(schema=shown), MSGPACK: MediaTypeSpec(schema=shown)},
+        description=description,
+        required=True,
+    )
+
+
+def fact_operation(kind: FactKind) -> type[Operation]:
+    """The ``Operation`` of ``POST /v1/<kind>``: its request body in both media types."""
+    request = msgspec.defstruct(
+        f"{kind.item.__name__}Request",
+        [("provider", str), (kind.kind, list[kind.item])],  # type: ignore[name-defined]
+        forbid_unknown_fields=True,
+    )
+    schema = ingest_request_schema(request, kind.kind, fact_field_schemas(kind))
+    about = " ".join((kind.item.__doc__ or "").split())
+    description = (
+        f"A provider and its {kind.kind} ({about}). Decimals: strings "
+        "or numbers, kept exact. Rules JSON Schema cannot say (instants after their "
+        f"offset: {TS_RANGE_RULE}; at most {MAX_SCALE} digits after the point as "
+        f"written; decimal strings below 10^{MAX_INTEGER_DIGITS} in magnitude, exponent "
+        "included; a strike above 0) are answered 422 with every error listed."
+    )
+
+    @dataclass
+    class FactIngestOperation(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = _request_body(schema, description)
+
+    return FactIngestOperation
 
 
 def openapi_config() -> OpenAPIConfig:

@@ -9,6 +9,8 @@ checked before decoding, the msgspec codec and its error report, row building, a
   decoding, and re-reading what does not type for a complete 422.
 - ``rows``: bars checked and built into ``BarRow``s, in steps.
 - ``decoder``: ``BarDecoder``, one per app (clock, known values, decode gate).
+- ``facts``: the other kinds (options, quotes, trades, fundamentals, news): their wire
+  structs, rules and ``FactDecoder``.
 """
 
 from .bounds import ENVELOPE_BYTES, MAX_BAR_BYTES
@@ -22,6 +24,7 @@ from .errors import (
     MalformedBodyError,
     TooManyBarsError,
 )
+from .facts import KINDS, FactDecoder, FactKind, fact_field_schemas
 from .rows import CHUNK_BARS
 from .rules import (
     EARLIEST,
@@ -50,6 +53,7 @@ __all__ = [
     "ENVELOPE_BYTES",
     "INLINE_DECODE_BYTES",
     "JSON",
+    "KINDS",
     "LATEST",
     "MAX_BAR_BYTES",
     "MAX_INTEGER_DIGITS",
@@ -71,12 +75,15 @@ __all__ = [
     "BarDecoder",
     "BarError",
     "BarIn",
+    "FactDecoder",
+    "FactKind",
     "IngestError",
     "IngestRequest",
     "InvalidBodyError",
     "MalformedBodyError",
     "TooManyBarsError",
     "bar_field_schemas",
+    "fact_field_schemas",
     "provider_ok",
     "symbol_ok",
     "trim",

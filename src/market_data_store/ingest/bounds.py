@@ -35,9 +35,18 @@ class JsonBound:
     Braces and commas inside strings count too: a body close to the cap with many of
     them in its symbols may be refused (documented)."""
 
-    def __init__(self, max_bars: int) -> None:
+    def __init__(
+        self,
+        max_bars: int,
+        *,
+        item_bytes: int = MAX_BAR_BYTES,
+        commas_per_item: int = _COMMAS_PER_BAR,
+        what: str = "bar",
+    ) -> None:
         self.max_bars = max_bars
-        self.max_commas = _COMMAS_PER_BAR * max_bars + _COMMAS_SLACK
+        self.max_commas = commas_per_item * max_bars + _COMMAS_SLACK
+        self.item_bytes = item_bytes
+        self.what = what
         self.objects = self.commas = self.size = 0
 
     def feed(self, data: bytes | bytearray, start: int = 0, end: int | None = None) -> None:
@@ -46,38 +55,41 @@ class JsonBound:
         self.commas += data.count(b",", start, end)
         self.size += len(data) - start if end is None else min(end, len(data)) - start
         # every bar is an object: the envelope, then at most objects - 1 bars so far
-        check_body_size(self.size, max(self.objects - 1, 0))
+        check_body_size(self.size, max(self.objects - 1, 0), self.item_bytes, self.what)
         if self.objects > self.max_bars + 1:
             raise TooManyBarsError(
-                f"{self.objects} objects in the body: more bars than one request may carry; "
-                f"at most {self.max_bars}"
+                f"{self.objects} objects in the body: more {self.what}s than one request "
+                f"may carry; at most {self.max_bars}"
             )
         if self.commas > self.max_commas:
             raise TooManyBarsError(
-                f"{self.commas} commas in the body: more values than {self.max_bars} bars "
-                f"may hold; at most {self.max_bars} bars"
+                f"{self.commas} commas in the body: more values than {self.max_bars} "
+                f"{self.what}s may hold; at most {self.max_bars} {self.what}s"
             )
 
 
-def check_body_size(size: int, bars: int) -> None:
+def check_body_size(
+    size: int, bars: int, item_bytes: int = MAX_BAR_BYTES, what: str = "bar"
+) -> None:
     """413 for a body larger than ``bars`` bars (as counted before decoding) may be:
-    ``ENVELOPE_BYTES`` plus ``MAX_BAR_BYTES`` per bar."""
-    if size > ENVELOPE_BYTES + bars * MAX_BAR_BYTES:
+    ``ENVELOPE_BYTES`` plus ``MAX_BAR_BYTES`` per bar (``item_bytes`` per ``what``)."""
+    if size > ENVELOPE_BYTES + bars * item_bytes:
         raise TooManyBarsError(
-            f"body of {size} bytes for at most {bars} bar(s): a bar may take at most "
-            f"{MAX_BAR_BYTES} bytes, the rest of the body {ENVELOPE_BYTES}"
+            f"body of {size} bytes for at most {bars} {what}(s): a {what} may take at most "
+            f"{item_bytes} bytes, the rest of the body {ENVELOPE_BYTES}"
         )
 
 
-def check_bar_count(count: int, max_bars: int) -> None:
+def check_bar_count(count: int, max_bars: int, what: str = "bar") -> None:
     if count > max_bars:
-        raise TooManyBarsError(f"{count} bars in one request; at most {max_bars}")
+        raise TooManyBarsError(f"{count} {what}s in one request; at most {max_bars}")
 
 
-def msgpack_bars_bound(body: bytes | bytearray) -> int:
-    """The length of ``bars`` as a MessagePack body's header states it, read without
-    decoding anything (0 when it cannot be found in the map's first entries: such a
-    body holds no bar, and may only be small). Only fixed-size values, strings and
+def msgpack_bars_bound(body: bytes | bytearray, key: bytes = b"\xa4bars") -> int:
+    """The length of ``bars`` (``key``: the list's name, a MessagePack fixstr) as a
+    MessagePack body's header states it, read without decoding anything (0 when it
+    cannot be found in the map's first entries: such a body holds no bar, and may only
+    be small). Only fixed-size values, strings and
     binaries may precede ``bars``; a valid body's ``provider`` is a string."""
     view = memoryview(body)
     size = len(body)
@@ -88,9 +100,10 @@ def msgpack_bars_bound(body: bytes | bytearray) -> int:
         if at >= size:
             return 0
         first = body[at]
-        if bytes(view[at : at + 5]) == b"\xa4bars" and at + 5 < size:
-            length, _ = _msgpack_header(body, at + 5)
-            return length if body[at + 5] in _ARRAY_HEADS else 0
+        end = at + len(key)
+        if bytes(view[at:end]) == key and end < size:
+            length, _ = _msgpack_header(body, end)
+            return length if body[end] in _ARRAY_HEADS else 0
         if first in _SIZED or 0xA0 <= first <= 0xBF:  # a string or binary: skip it
             length, at = _msgpack_header(body, at)
             at += length

@@ -69,7 +69,7 @@ class BarDecoder:
         more than ``max_bars`` bars may (the rest is read and dropped). A body over
         ``INLINE_DECODE_BYTES`` is decoded in steps, one such body at a time, the event
         loop running between two steps."""
-        data = await _read_body(body, JsonBound(max_bars) if media_type == JSON else None)
+        data = await read_body(body, JsonBound(max_bars) if media_type == JSON else None)
         if len(data) <= INLINE_DECODE_BYTES:
             return self.rows_of(data, media_type, max_bars, self.clock.now(), tenant=tenant)
         async with self._gate():
@@ -124,7 +124,7 @@ class BarDecoder:
         return self._decoding[1]
 
 
-async def _read_body(pieces: AsyncIterable[bytes], bound: JsonBound | None) -> bytearray:
+async def read_body(pieces: AsyncIterable[bytes], bound: JsonBound | None) -> bytearray:
     """The body in one buffer, grown in place as its pieces arrive (collecting them
     and joining would hold twice the body at its peak). A JSON body is pre-counted
     piece by piece: once it holds more than the cap allows, the rest is read and

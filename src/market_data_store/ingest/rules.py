@@ -209,3 +209,14 @@ def _number_problem(value: Decimal) -> str | None:
     if value and value.adjusted() >= MAX_INTEGER_DIGITS:
         return _TOO_LARGE
     return None
+
+
+def exact_number(value: Any) -> tuple[Decimal, str] | str:
+    """A number as sent (a decimal string, a JSON number's text, an int or a
+    MessagePack float) within the columns' domain: its exact value and the text to
+    store (plain notation); else what is wrong with it."""
+    decimal = _decimal(value)
+    if isinstance(decimal, str):
+        return decimal
+    problem = _number_problem(decimal)
+    return problem if problem is not None else (decimal, _plain(decimal))

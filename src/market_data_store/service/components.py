@@ -27,12 +27,13 @@ from market_data_store import __version__
 from market_data_store.config import Settings, redact_url
 from market_data_store.coordinator import CircuitBreaker, FeedbackBus, Shares, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
-from market_data_store.ingest import BarDecoder
+from market_data_store.ingest import BarDecoder, FactDecoder
 from market_data_store.storage import (
     BarReader,
-    BarRow,
     DatabaseMonitor,
     DbPool,
+    FactReader,
+    Row,
     prepare_connection,
 )
 from market_data_store.telemetry import Telemetry, build_telemetry
@@ -59,11 +60,13 @@ class Components:
     feedback_bus: FeedbackBus
     feedback_channels: FeedbackChannels
     db_monitor: DatabaseMonitor
-    coordinator: WriteCoordinator[BarRow]
+    coordinator: WriteCoordinator[Row]
     tenants: Tenants
     tenant_shares: Shares
     bar_reader: BarReader
     bar_decoder: BarDecoder
+    fact_reader: FactReader
+    fact_decoder: FactDecoder
     health_sources: HealthSources
 
     @property
@@ -117,6 +120,13 @@ async def components(
         instruments.service.track(lambda: health.render("readiness")[1])
         stack.callback(instruments.service.untrack)
         d = settings.database
+        # leave the writers their connections (and one for admin calls)
+        bar_decoder = BarDecoder()
+        bar_reader = BarReader(
+            db.pool,
+            max_concurrent=d.pool_max_size - settings.coordinator.workers - 1,
+            acquire_timeout=d.connect_timeout,
+        )
         built = Components(
             settings=settings,
             lifecycle=lifecycle,
@@ -128,13 +138,10 @@ async def components(
             coordinator=coordinator,
             tenants=Tenants.of_settings(settings),
             tenant_shares=tenant_shares(settings, coordinator),
-            # leave the writers their connections (and one for admin calls)
-            bar_reader=BarReader(
-                db.pool,
-                max_concurrent=d.pool_max_size - settings.coordinator.workers - 1,
-                acquire_timeout=d.connect_timeout,
-            ),
-            bar_decoder=BarDecoder(),  # its clock, known symbols, one-large-body gate
+            bar_reader=bar_reader,
+            bar_decoder=bar_decoder,  # its clock, known symbols, one-large-body gate
+            fact_reader=FactReader(bar_reader.reads),  # one share of the pool for reads
+            fact_decoder=FactDecoder(bar_decoder.clock),
             health_sources=health,
         )
         log.info("market-data-store ready (instance %s)", settings.server.resolved_instance_id)

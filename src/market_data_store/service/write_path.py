@@ -1,6 +1,8 @@
-"""The write path: the bars coordinator (bounded queue, batching workers, retries,
-breaker, dead letters) writing to PostgreSQL through ``BarsSink``. Settings are mapped
-to the library's plain arguments here, and only here."""
+"""The write path: the coordinator (bounded queue, batching workers, retries, breaker,
+dead letters) writing every kind to PostgreSQL through ``StoreSink`` (bars to
+``BarsSink``, options, quotes, trades, fundamentals and news to ``FactSink``): one
+queue, one capacity, one feedback ``coordinator_id`` for the store's one database.
+Settings are mapped to the library's plain arguments here, and only here."""
 
 from __future__ import annotations
 
@@ -12,21 +14,31 @@ from market_data_store.coordinator import (
     CircuitBreaker,
     DeadLetterQueue,
     FeedbackBus,
+    ItemDecoder,
     RetryPolicy,
     Shares,
     WriteCoordinator,
 )
-from market_data_store.storage import BarRow, BarsSink, DbPool, is_retryable
+from market_data_store.storage import (
+    BarsSink,
+    DbPool,
+    FactSink,
+    Row,
+    StoreSink,
+    decode_row,
+    is_retryable,
+)
 from market_data_store.telemetry import Instruments
 
 BARS = "bars"
+FACTS = "facts"  # the sink of options, quotes, trades, fundamentals and news
 
 
 def build_coordinator(
-    settings: Settings, sink: BarsSink, bus: FeedbackBus
-) -> WriteCoordinator[BarRow]:
+    settings: Settings, sink: StoreSink, bus: FeedbackBus
+) -> WriteCoordinator[Row]:
     c, r, breaker = settings.coordinator, settings.retry, settings.circuit_breaker
-    return WriteCoordinator[BarRow](
+    return WriteCoordinator[Row](
         sink=sink,
         capacity=c.capacity,
         workers=c.workers,
@@ -48,7 +60,9 @@ def build_coordinator(
             half_open_after_sec=breaker.half_open_after_sec,
         ),
         coord_id=f"{settings.server.resolved_instance_id}/{BARS}",
-        dead_letter_queue=DeadLetterQueue[BarRow](c.dead_letter_path),
+        dead_letter_queue=DeadLetterQueue[Row](
+            c.dead_letter_path, item_type=ItemDecoder(decode_row)
+        ),
         bus=bus,
         submit_timeout=_submit_wait(settings),
     )
@@ -60,7 +74,7 @@ def _submit_wait(settings: Settings) -> float | None:
     return c.submit_timeout if c.overflow_strategy == "block" else None
 
 
-def tenant_shares(settings: Settings, coordinator: WriteCoordinator[BarRow]) -> Shares:
+def tenant_shares(settings: Settings, coordinator: WriteCoordinator[Row]) -> Shares:
     """Each tenant's part of the coordinator: ``coordinator.tenant_share`` of its
     capacity once two or more tenants are configured; unbounded otherwise."""
     several = len(settings.auth.tenants) > 1
@@ -72,11 +86,12 @@ def tenant_shares(settings: Settings, coordinator: WriteCoordinator[BarRow]) -> 
 @asynccontextmanager
 async def write_path(
     settings: Settings, pool: DbPool, bus: FeedbackBus, instruments: Instruments
-) -> AsyncIterator[WriteCoordinator[BarRow]]:
+) -> AsyncIterator[WriteCoordinator[Row]]:
     """The started coordinator; on the way out it drains (bounded by
     ``coordinator.drain_timeout``; the rest is dead-lettered), its counts still exported."""
     async with AsyncExitStack() as stack:
-        sink = BarsSink(pool, fast_path=settings.database.copy_fast_path)
+        fast = settings.database.copy_fast_path
+        sink = StoreSink(BarsSink(pool, fast_path=fast), FactSink(pool, fast_path=fast))
         coordinator = build_coordinator(settings, sink, bus)
         instruments.coordinator.track(coordinator)
         stack.callback(instruments.coordinator.untrack, coordinator)  # after the drain
@@ -84,5 +99,6 @@ async def write_path(
         stack.push_async_callback(
             coordinator.stop, drain=True, timeout=settings.coordinator.drain_timeout
         )
-        instruments.sink.track(sink, BARS)
+        instruments.sink.track(sink.bars, BARS)
+        instruments.sink.track(sink.facts, FACTS)
         yield coordinator

@@ -69,17 +69,46 @@ class StoredBar(msgspec.Struct, frozen=True):
     delayed: bool
 
 
-class BarReader:
-    """Reads bars on the shared pool, never on more connections at once than
-    ``max_concurrent``, so readers cannot take the writers' connections. A read
-    that cannot get one within ``acquire_timeout``, or whose database fails, raises
-    ``DatabaseUnavailableError``; a value the database refuses, ``InvalidQueryError``."""
+class TenantReads:
+    """Reads on the shared pool, each as the reader role for one tenant, never on more
+    connections at once than ``max_concurrent`` (every reader of the store shares one:
+    readers cannot take the writers' connections). A read that cannot get one within
+    ``acquire_timeout``, or whose database fails, raises ``DatabaseUnavailableError``;
+    a value the database refuses, ``InvalidQueryError``. A schema without a reader role
+    (migration 0004 not applied: ``database.auto_migrate = false``) is
+    ``DatabaseUnavailableError`` (permanent) until it is migrated."""
 
     def __init__(self, pool: DbPool, *, max_concurrent: int, acquire_timeout: float) -> None:
         self._pool = pool
         self._role: str | None = None  # read once, at the first read
         self._slots = asyncio.Semaphore(max(1, max_concurrent))
         self._timeout = acquire_timeout
+
+    async def fetch(self, tenant: str, query: str, *args: object) -> list[asyncpg.Record]:
+        """``query``'s rows, run in a read-only transaction as ``tenant``'s reader."""
+        with translated():
+            async with asyncio.timeout(self._timeout):
+                await self._slots.acquire()
+            try:
+                async with (
+                    self._pool.acquire(timeout=self._timeout) as conn,
+                    conn.transaction(readonly=True),
+                ):
+                    if self._role is None:
+                        self._role = await _reader_role(conn)
+                    await conn.execute(_AS_READER, self._role, tenant)
+                    return await conn.fetch(query, *args)
+            finally:
+                self._slots.release()
+
+
+class BarReader:
+    """Reads bars (``TenantReads``: as the reader role, bounded, translated errors)."""
+
+    def __init__(self, pool: DbPool, *, max_concurrent: int, acquire_timeout: float) -> None:
+        self.reads = TenantReads(
+            pool, max_concurrent=max_concurrent, acquire_timeout=acquire_timeout
+        )
 
     async def fetch(
         self,
@@ -93,23 +122,8 @@ class BarReader:
         limit: int = 1000,
     ) -> list[StoredBar]:
         """``tenant``'s bars of one provider, symbol and resolution in ``[start, end)``,
-        oldest first (a range scan of the primary key), read as the reader role. A schema
-        without one (migration 0004 not applied: ``database.auto_migrate = false``) is
-        ``DatabaseUnavailableError`` (permanent) until it is migrated."""
-        with translated():
-            async with asyncio.timeout(self._timeout):
-                await self._slots.acquire()
-            try:
-                async with (
-                    self._pool.acquire(timeout=self._timeout) as conn,
-                    conn.transaction(readonly=True),
-                ):
-                    if self._role is None:
-                        self._role = await _reader_role(conn)
-                    await conn.execute(_AS_READER, self._role, tenant)
-                    records = await conn.fetch(
-                        _SELECT_BARS, provider, symbol, resolution, start, end, limit, tenant
-                    )
-            finally:
-                self._slots.release()
+        oldest first (a range scan of the primary key)."""
+        records = await self.reads.fetch(
+            tenant, _SELECT_BARS, provider, symbol, resolution, start, end, limit, tenant
+        )
         return [StoredBar(*r.values()) for r in records]

@@ -3,6 +3,7 @@
 from .admin import AdminController
 from .bars import BarsController
 from .dead_letters import DeadLetterController
+from .facts import fact_routers
 from .feedback import FeedbackStateController, FeedbackStreamController
 from .health import HealthController
 from .metrics import MetricsController
@@ -17,4 +18,5 @@ __all__ = [
     "HealthController",
     "MetricsController",
     "StatusPageController",
+    "fact_routers",
 ]

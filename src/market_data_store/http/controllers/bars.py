@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import re
+from collections.abc import AsyncIterable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, ValidationException
+from litestar.exceptions import ValidationException
 from litestar.openapi import ResponseSpec
-from litestar.params import FromQuery, HeaderParameter, QueryParameter
+from litestar.params import FromQuery, QueryParameter
 
-from market_data_store.config import Settings
-from market_data_store.coordinator import (
-    QueueClosedError,
-    QueueFullError,
-    Shares,
-    WriteCoordinator,
-)
 from market_data_store.ingest import (
     EARLIEST,
     LATEST,
-    MEDIA_TYPES,
     PROVIDER_PATTERN,
     PROVIDER_RULE,
     RESOLUTION,
@@ -32,84 +24,30 @@ from market_data_store.ingest import (
     SYMBOL_RULE,
     TS_RANGE_RULE,
     BarDecoder,
-    InvalidBodyError,
-    MalformedBodyError,
-    TooManyBarsError,
     provider_ok,
     symbol_ok,
     trim,
 )
-from market_data_store.service import Lifecycle, Tenants
+from market_data_store.service import Tenants
 from market_data_store.storage import BarReader, BarRow, StoredBar
 
 from ..openapi import IngestOperation
-from ..problems import problem, problem_responses
-
-DEFAULT_LIMIT = 1_000
-MAX_LIMIT = 10_000
-SHUTDOWN_RETRY_AFTER = 5
-
-
-PRODUCER_HEADER = "x-mds-producer"
-PRODUCER_ID = re.compile(r"^[!-~]{1,64}$")
-ANONYMOUS = ""
-"""Producers that do not name themselves share one credit."""
-ProducerHeader = Annotated[
-    str | None,
-    HeaderParameter(
-        name=PRODUCER_HEADER,
-        pattern=PRODUCER_ID.pattern,
-        required=False,
-        description=(
-            "Who sends (1-64 printable ASCII characters, no space; e.g. a UUID per "
-            "client): the store shares its credit evenly among the producers it has "
-            "seen lately. Without it, requests share one credit."
-        ),
-    ),
-]
-
-
-class IngestResult(msgspec.Struct, omit_defaults=True):
-    accepted: int
-    level: str
-    queue_size: int
-    capacity: int
-    coordinator_id: str  # whose feedback (GET /v1/feedback/stream) a producer follows
-    credit: int  # bars this producer may have sent and not yet had answered
-    committed: int | None = None  # ?wait=commit: rows written
-    dead_lettered: int | None = None  # ?wait=commit: rows rejected by the database
-    dead_lettered_indices: list[int] | None = None  # ?wait=commit: which bars, by index
-    pending: bool = False  # ?wait=commit timed out: accepted, not yet all written
+from ..problems import problem_responses
+from ..writes import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    UNAUTHORIZED,
+    Ingest,
+    IngestResult,
+    ProducerHeader,
+    tenant_of,
+)
 
 
 class BarsPage(msgspec.Struct):
     bars: list[StoredBar]
     count: int
     truncated: bool  # limit reached: more bars may follow the last ts
-
-
-UNAUTHORIZED = "No or unknown bearer token, tenants being configured (`WWW-Authenticate: Bearer`)"
-
-
-def tenant_of(request: Request[Any, Any, Any], tenants: Tenants) -> str:
-    """The request's tenant (``default`` without tenants configured); 401 otherwise."""
-    given = request.headers.getall("authorization", [])
-    # two headers: which one would it be? neither
-    tenant = None if len(given) > 1 else tenants.tenant(given[0] if given else None)
-    if tenant is None:
-        raise NotAuthorizedException("a bearer token naming a tenant is required")
-    return tenant
-
-
-def _unavailable(coordinator: WriteCoordinator[BarRow], detail: str, reason: str) -> Response[Any]:
-    retry_after = SHUTDOWN_RETRY_AFTER if reason == "shutting_down" else coordinator.retry_after()
-    return problem(
-        503,
-        detail,
-        headers={"Retry-After": str(retry_after)},
-        retry_after=retry_after,
-        feedback=coordinator.feedback_event(reason).model_dump(mode="json"),
-    )
 
 
 class BarsController(Controller):
@@ -157,116 +95,17 @@ class BarsController(Controller):
     async def ingest(
         self,
         request: Request[Any, Any, Any],
-        coordinator: NamedDependency[WriteCoordinator[BarRow]],
+        ingest: NamedDependency[Ingest],
         bar_decoder: NamedDependency[BarDecoder],
-        lifecycle: NamedDependency[Lifecycle],
-        settings: NamedDependency[Settings],
-        tenants: NamedDependency[Tenants],
-        tenant_shares: NamedDependency[Shares],
         wait: FromQuery[Literal["commit"] | None] = None,
         x_mds_producer: ProducerHeader = None,
     ) -> Response[Any]:
-        tenant = tenant_of(request, tenants)
-        credits = coordinator.credits
-        # producers of two tenants never share a name (nor the anonymous credit)
-        name = (
-            f"{tenant}/{x_mds_producer or ANONYMOUS}"
-            if tenants.enabled
-            else (x_mds_producer or ANONYMOUS)
-        )
-        credits.enter(name)
-        try:
-            return await self._ingest(
-                request, coordinator, bar_decoder, lifecycle, settings, wait, tenant, tenant_shares
-            )
-        finally:
-            credits.leave(name)
+        async def decode(
+            body: AsyncIterable[bytes], media_type: str, most: int, tenant: str
+        ) -> list[BarRow]:
+            return await bar_decoder.rows(body, media_type, most, tenant=tenant)
 
-    async def _ingest(
-        self,
-        request: Request[Any, Any, Any],
-        coordinator: WriteCoordinator[BarRow],
-        bar_decoder: BarDecoder,
-        lifecycle: Lifecycle,
-        settings: Settings,
-        wait: str | None,
-        tenant: str,
-        shares: Shares,
-    ) -> Response[Any]:
-        if lifecycle.shutting_down:
-            return _unavailable(coordinator, "the service is shutting down", "shutting_down")
-        limits = settings.ingest
-        raw_type = request.headers.get("content-type", "")
-        media_type = MEDIA_TYPES.get(raw_type.split(";", 1)[0].strip().lower())
-        if media_type is None:
-            supported = ", ".join(sorted(MEDIA_TYPES))
-            return problem(415, f"content type {raw_type!r} is not accepted; use {supported}")
-        codings = [
-            coding.strip().lower()
-            for value in request.headers.getall("transfer-encoding", [])
-            for coding in value.split(",")
-        ]
-        if codings and codings != ["chunked"]:  # RFC 9112 6.1: a coding not understood
-            shown = ", ".join(codings)
-            return problem(501, f"transfer coding {shown!r} is not supported; only chunked")
-        encoding = request.headers.get("content-encoding", "identity").strip().lower()
-        if encoding != "identity":
-            return problem(415, f"content encoding {encoding!r} is not accepted; send it plain")
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-            return problem(413, f"body larger than {limits.max_body_bytes} bytes")
-        try:
-            rows = await bar_decoder.rows(
-                request.stream(), media_type, limits.max_bars_per_request, tenant=tenant
-            )
-        except MalformedBodyError as exc:
-            return problem(400, str(exc))
-        except TooManyBarsError as exc:
-            return problem(413, str(exc))
-        except InvalidBodyError as exc:
-            return _invalid(exc)
-        if shares.cap is not None and len(rows) > shares.cap:
-            return problem(
-                413,
-                f"{len(rows)} bars are more than a tenant's share of the write queue "
-                f"({shares.cap}); send at most {shares.cap} per request",
-            )
-        if not await shares.acquire(tenant, len(rows)):
-            return _unavailable(
-                coordinator,
-                f"tenant {tenant} holds its share of the write queue; retry later",
-                "tenant_share",
-            )
-        try:
-            ticket = await coordinator.submit_all(rows)
-        except QueueFullError:
-            return _unavailable(coordinator, "the write queue is full; retry later", "queue_full")
-        except QueueClosedError:
-            return _unavailable(coordinator, "the service is shutting down", "shutting_down")
-        finally:
-            shares.release(tenant, len(rows))
-        shares.track(tenant, ticket)
-        queue = coordinator.queue
-        committing = wait == "commit"
-        finished = committing and await coordinator.wait_finished(ticket, limits.commit_timeout)
-        # the queue as it is when answered: what the producer acts on
-        result = IngestResult(
-            len(rows),
-            queue.level.value,
-            queue.size,
-            queue.capacity,
-            coordinator.coord_id,
-            coordinator.credits.per_producer(),
-        )
-        if not committing:
-            return Response(result, status_code=202)
-        if not finished:
-            result.pending = True
-            return Response(result, status_code=202)
-        result.committed, result.dead_lettered = ticket.written, ticket.lost
-        if ticket.lost:
-            result.dead_lettered_indices = ticket.lost_offsets()
-        return Response(result, status_code=201)
+        return await ingest(request, decode, wait, x_mds_producer, "bars")
 
     @get(
         "/",
@@ -312,14 +151,6 @@ class BarsController(Controller):
             limit=limit,
         )
         return Response(BarsPage(bars, len(bars), len(bars) == limit))
-
-
-def _invalid(exc: InvalidBodyError) -> Response[Any]:
-    shown = [msgspec.to_builtins(e) for e in exc.errors]
-    extra: dict[str, Any] = {"errors": shown}
-    if exc.total > len(shown):
-        extra["more_errors"] = exc.total - len(shown)
-    return problem(422, f"{exc.total} invalid field(s); nothing was stored", **extra)
 
 
 # a query bound may be LATEST itself: ``end`` is exclusive

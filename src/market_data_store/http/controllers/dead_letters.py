@@ -14,17 +14,35 @@ from litestar.params import QueryParameter
 from market_data_store.config import Settings
 from market_data_store.coordinator import DLQRecord, WriteCoordinator
 from market_data_store.coordinator.replay import replay_dead_letters
-from market_data_store.storage import BarRow
+from market_data_store.storage import BarRow, FactRow, Row
 
 from ..guards import admin_token_guard
 from ..problems import problem_responses
+
+
+class DeadLetterFactBody(msgspec.Struct):
+    """A dead-lettered row of another kind than bars: its columns by name, as text."""
+
+    kind: str  # options, quotes, trades, fundamentals or news
+    tenant: str
+    provider: str
+    columns: dict[str, str | None]
+    received_at: datetime
 
 
 class DeadLetterRecordBody(msgspec.Struct):
     ts: datetime
     error: str
     metadata: dict[str, Any]
-    items: list[BarRow]
+    items: list[BarRow | DeadLetterFactBody]
+
+
+def _item(row: Row) -> BarRow | DeadLetterFactBody:
+    if isinstance(row, FactRow):
+        return DeadLetterFactBody(
+            row.kind, row.tenant, row.provider, row.columns(), row.received_at
+        )
+    return row
 
 
 class DeadLetterSummary(msgspec.Struct):
@@ -38,9 +56,10 @@ class DeadLetterSummary(msgspec.Struct):
     in_flight_items: int = 0
 
 
-def _body(record: DLQRecord[BarRow]) -> DeadLetterRecordBody:
+def _body(record: DLQRecord[Row]) -> DeadLetterRecordBody:
     ts = datetime.fromtimestamp(record.ts, UTC)
-    return DeadLetterRecordBody(ts, record.error, record.metadata, list(record.items))
+    items = [_item(row) for row in record.items]
+    return DeadLetterRecordBody(ts, record.error, record.metadata, items)
 
 
 class DeadLetterController(Controller):
@@ -60,7 +79,7 @@ class DeadLetterController(Controller):
     )
     async def summary(
         self,
-        coordinator: NamedDependency[WriteCoordinator[BarRow]],
+        coordinator: NamedDependency[WriteCoordinator[Row]],
         recent: Annotated[int, QueryParameter(ge=0, le=1000)] = 20,
     ) -> Response[Any]:
         dlq = coordinator.dead_letter_queue
@@ -81,10 +100,11 @@ class DeadLetterController(Controller):
 
     @post(
         "/replay",
-        summary="Re-submit dead-lettered bars; those that land are removed (idempotent)",
+        summary="Re-submit dead-lettered rows; those that land are removed (idempotent)",
         description=(
-            "Bars rejected again come back into the file once, with their new error; "
-            "records not submitted go back untouched. Safe to repeat and to run concurrently."
+            "Rows (bars and the other kinds) rejected again come back into the file once, "
+            "with their new error; records not submitted go back untouched. Safe to "
+            "repeat and to run concurrently."
         ),
         status_code=200,
         responses=problem_responses(
@@ -94,7 +114,7 @@ class DeadLetterController(Controller):
     )
     async def replay(
         self,
-        coordinator: NamedDependency[WriteCoordinator[BarRow]],
+        coordinator: NamedDependency[WriteCoordinator[Row]],
         settings: NamedDependency[Settings],
     ) -> Response[Any]:
         dlq = coordinator.dead_letter_queue

@@ -1,0 +1,225 @@
+"""What every ingest route shares (``POST /v1/bars`` and ``POST /v1/<kind>``): the
+tenant a request's token names, the producer's credit, the body's framing checks, the
+tenant's share, the submit to the one write coordinator and the answer."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import NotAuthorizedException
+from litestar.params import HeaderParameter
+
+from market_data_store.config import Settings
+from market_data_store.coordinator import (
+    QueueClosedError,
+    QueueFullError,
+    Shares,
+    WriteCoordinator,
+)
+from market_data_store.ingest import (
+    MEDIA_TYPES,
+    InvalidBodyError,
+    MalformedBodyError,
+    TooManyBarsError,
+)
+from market_data_store.service import Lifecycle, Tenants
+from market_data_store.storage import Row
+
+from .problems import problem
+
+DEFAULT_LIMIT = 1_000
+MAX_LIMIT = 10_000
+SHUTDOWN_RETRY_AFTER = 5
+
+
+PRODUCER_HEADER = "x-mds-producer"
+PRODUCER_ID = re.compile(r"^[!-~]{1,64}$")
+ANONYMOUS = ""
+"""Producers that do not name themselves share one credit."""
+ProducerHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name=PRODUCER_HEADER,
+        pattern=PRODUCER_ID.pattern,
+        required=False,
+        description=(
+            "Who sends (1-64 printable ASCII characters, no space; e.g. a UUID per "
+            "client): the store shares its credit evenly among the producers it has "
+            "seen lately. Without it, requests share one credit."
+        ),
+    ),
+]
+
+
+class IngestResult(msgspec.Struct, omit_defaults=True):
+    accepted: int
+    level: str
+    queue_size: int
+    capacity: int
+    coordinator_id: str  # whose feedback (GET /v1/feedback/stream) a producer follows
+    credit: int  # rows (bars or items) this producer may have sent and not yet had answered
+    committed: int | None = None  # ?wait=commit: rows written
+    dead_lettered: int | None = None  # ?wait=commit: rows rejected by the database
+    dead_lettered_indices: list[int] | None = None  # ?wait=commit: which rows, by index
+    pending: bool = False  # ?wait=commit timed out: accepted, not yet all written
+
+
+UNAUTHORIZED = "No or unknown bearer token, tenants being configured (`WWW-Authenticate: Bearer`)"
+
+
+def tenant_of(request: Request[Any, Any, Any], tenants: Tenants) -> str:
+    """The request's tenant (``default`` without tenants configured); 401 otherwise."""
+    given = request.headers.getall("authorization", [])
+    # two headers: which one would it be? neither
+    tenant = None if len(given) > 1 else tenants.tenant(given[0] if given else None)
+    if tenant is None:
+        raise NotAuthorizedException("a bearer token naming a tenant is required")
+    return tenant
+
+
+def unavailable(coordinator: WriteCoordinator[Row], detail: str, reason: str) -> Response[Any]:
+    retry_after = SHUTDOWN_RETRY_AFTER if reason == "shutting_down" else coordinator.retry_after()
+    return problem(
+        503,
+        detail,
+        headers={"Retry-After": str(retry_after)},
+        retry_after=retry_after,
+        feedback=coordinator.feedback_event(reason).model_dump(mode="json"),
+    )
+
+
+def invalid(exc: InvalidBodyError) -> Response[Any]:
+    shown = [msgspec.to_builtins(e) for e in exc.errors]
+    extra: dict[str, Any] = {"errors": shown}
+    if exc.total > len(shown):
+        extra["more_errors"] = exc.total - len(shown)
+    return problem(422, f"{exc.total} invalid field(s); nothing was stored", **extra)
+
+
+Decode = Callable[[AsyncIterable[bytes], str, int, str], Awaitable[Sequence[Row]]]
+"""(body pieces, media type, most rows, tenant) -> the rows, or an ``IngestError``."""
+
+
+class Ingest:
+    """One ingest request from its decoded rows to its answer."""
+
+    def __init__(
+        self,
+        coordinator: WriteCoordinator[Row],
+        lifecycle: Lifecycle,
+        settings: Settings,
+        tenants: Tenants,
+        shares: Shares,
+    ) -> None:
+        self.coordinator = coordinator
+        self.lifecycle = lifecycle
+        self.settings = settings
+        self.tenants = tenants
+        self.shares = shares
+
+    async def __call__(
+        self,
+        request: Request[Any, Any, Any],
+        decode: Decode,
+        wait: str | None,
+        producer: str | None,
+        what: str,
+    ) -> Response[Any]:
+        """Answer ``request`` (``what``: the rows' name in messages, e.g. ``bars``)."""
+        tenant = tenant_of(request, self.tenants)
+        credits = self.coordinator.credits
+        # producers of two tenants never share a name (nor the anonymous credit)
+        name = (
+            f"{tenant}/{producer or ANONYMOUS}" if self.tenants.enabled else (producer or ANONYMOUS)
+        )
+        credits.enter(name)
+        try:
+            return await self._ingest(request, decode, wait, tenant, what)
+        finally:
+            credits.leave(name)
+
+    async def _ingest(
+        self,
+        request: Request[Any, Any, Any],
+        decode: Decode,
+        wait: str | None,
+        tenant: str,
+        what: str,
+    ) -> Response[Any]:
+        coordinator, shares = self.coordinator, self.shares
+        if self.lifecycle.shutting_down:
+            return unavailable(coordinator, "the service is shutting down", "shutting_down")
+        limits = self.settings.ingest
+        raw_type = request.headers.get("content-type", "")
+        media_type = MEDIA_TYPES.get(raw_type.split(";", 1)[0].strip().lower())
+        if media_type is None:
+            supported = ", ".join(sorted(MEDIA_TYPES))
+            return problem(415, f"content type {raw_type!r} is not accepted; use {supported}")
+        codings = [
+            coding.strip().lower()
+            for value in request.headers.getall("transfer-encoding", [])
+            for coding in value.split(",")
+        ]
+        if codings and codings != ["chunked"]:  # RFC 9112 6.1: a coding not understood
+            shown = ", ".join(codings)
+            return problem(501, f"transfer coding {shown!r} is not supported; only chunked")
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            return problem(415, f"content encoding {encoding!r} is not accepted; send it plain")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            return problem(413, f"body larger than {limits.max_body_bytes} bytes")
+        try:
+            rows = await decode(request.stream(), media_type, limits.max_bars_per_request, tenant)
+        except MalformedBodyError as exc:
+            return problem(400, str(exc))
+        except TooManyBarsError as exc:
+            return problem(413, str(exc))
+        except InvalidBodyError as exc:
+            return invalid(exc)
+        if shares.cap is not None and len(rows) > shares.cap:
+            return problem(
+                413,
+                f"{len(rows)} {what} are more than a tenant's share of the write queue "
+                f"({shares.cap}); send at most {shares.cap} per request",
+            )
+        if not await shares.acquire(tenant, len(rows)):
+            return unavailable(
+                coordinator,
+                f"tenant {tenant} holds its share of the write queue; retry later",
+                "tenant_share",
+            )
+        try:
+            ticket = await coordinator.submit_all(rows)
+        except QueueFullError:
+            return unavailable(coordinator, "the write queue is full; retry later", "queue_full")
+        except QueueClosedError:
+            return unavailable(coordinator, "the service is shutting down", "shutting_down")
+        finally:
+            shares.release(tenant, len(rows))
+        shares.track(tenant, ticket)
+        queue = coordinator.queue
+        committing = wait == "commit"
+        finished = committing and await coordinator.wait_finished(ticket, limits.commit_timeout)
+        # the queue as it is when answered: what the producer acts on
+        result = IngestResult(
+            len(rows),
+            queue.level.value,
+            queue.size,
+            queue.capacity,
+            coordinator.coord_id,
+            coordinator.credits.per_producer(),
+        )
+        if not committing:
+            return Response(result, status_code=202)
+        if not finished:
+            result.pending = True
+            return Response(result, status_code=202)
+        result.committed, result.dead_lettered = ticket.written, ticket.lost
+        if ticket.lost:
+            result.dead_lettered_indices = ticket.lost_offsets()
+        return Response(result, status_code=201)
