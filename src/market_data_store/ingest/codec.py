@@ -110,6 +110,7 @@ class Codec:
         self.json = media_type == JSON
         self.max_bars = max_bars
         self.key, self.what, self.item_bytes = key, what, item_bytes
+        self.msgpack_key = msgspec.msgpack.encode(key)  # how a MessagePack body names it
         self.top_fields = ("provider", key)
         self.item_fields = msgspec.structs.fields(item)
         self.item_names = tuple(f.name for f in self.item_fields)
@@ -173,7 +174,7 @@ def open_envelope(
     MessagePack body is first bounded by the length its ``bars`` header states (a
     JSON body was by ``JsonBound``)."""
     if not codec.json:
-        bound = msgpack_bars_bound(body, msgspec.msgpack.encode(codec.key))
+        bound = msgpack_bars_bound(body, codec.msgpack_key)
         check_body_size(len(body), min(bound, codec.max_bars + 1), codec.item_bytes, codec.what)
     try:
         envelope = codec.envelope.decode(body)

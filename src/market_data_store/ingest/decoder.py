@@ -8,8 +8,9 @@ so two apps in one process share none of it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Generator
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from market_data_store.storage import DEFAULT_TENANT, BarRow
 
@@ -53,7 +54,7 @@ class BarDecoder:
         self.clock = AcceptClock()
         self.known = KnownValues()
         self._codecs: dict[tuple[str, int], Codec] = {}
-        self._decoding: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+        self.gate = DecodeGate()
 
     async def rows(
         self,
@@ -72,7 +73,7 @@ class BarDecoder:
         data = await read_body(body, JsonBound(max_bars) if media_type == JSON else None)
         if len(data) <= INLINE_DECODE_BYTES:
             return self.rows_of(data, media_type, max_bars, self.clock.now(), tenant=tenant)
-        async with self._gate():
+        async with self.gate():
             steps = rows_in_steps(
                 self._codec(media_type, max_bars),
                 data,
@@ -82,13 +83,7 @@ class BarDecoder:
                 tenant=tenant,
             )
             del data  # the generator holds it as long as it needs it
-            while True:
-                try:
-                    next(steps)
-                except StopIteration as done:
-                    rows: list[BarRow] = done.value
-                    return rows
-                await asyncio.sleep(0)
+            return await drive_steps(steps)
 
     def rows_of(
         self,
@@ -100,14 +95,11 @@ class BarDecoder:
         tenant: str = DEFAULT_TENANT,
     ) -> list[BarRow]:
         """The rows of a body in memory (``rows_in_steps`` run to the end in one go)."""
-        steps = rows_in_steps(
-            self._codec(media_type, max_bars), body, received_at, self.known, tenant=tenant
+        return run_steps(
+            rows_in_steps(
+                self._codec(media_type, max_bars), body, received_at, self.known, tenant=tenant
+            )
         )
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                return done.value  # type: ignore[no-any-return]
 
     def _codec(self, media_type: str, max_bars: int) -> Codec:
         codec = self._codecs.get((media_type, max_bars))
@@ -115,13 +107,43 @@ class BarDecoder:
             codec = self._codecs[(media_type, max_bars)] = Codec(media_type, max_bars)
         return codec
 
-    def _gate(self) -> asyncio.Semaphore:
-        """One large body decoded at a time (per event loop: a test may run an app in
-        several)."""
+
+class DecodeGate:
+    """One large body decoded at a time, of any kind (per event loop: a test may run an
+    app in several): ``async with gate():``."""
+
+    def __init__(self) -> None:
+        self._decoding: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    def __call__(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if self._decoding is None or self._decoding[0] is not loop:
             self._decoding = (loop, asyncio.Semaphore(1))
         return self._decoding[1]
+
+
+R = TypeVar("R")
+
+
+def run_steps(steps: Generator[None, None, R]) -> R:
+    """A decoding generator run to its end in one go: its return value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: R = done.value
+            return result
+
+
+async def drive_steps(steps: Generator[None, None, R]) -> R:
+    """A decoding generator run to its end, the event loop running between two steps."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: R = done.value
+            return result
+        await asyncio.sleep(0)
 
 
 async def read_body(pieces: AsyncIterable[bytes], bound: JsonBound | None) -> bytearray:

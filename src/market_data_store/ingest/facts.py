@@ -14,7 +14,6 @@ body keeps its last item.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterable, Callable, Generator
 from dataclasses import dataclass
@@ -28,10 +27,17 @@ from market_data_store.storage import DEFAULT_TENANT, FACT_TABLES, FactRow, Fact
 from market_data_store.storage.facts import NULL
 
 from .bounds import PRESCAN_STEP, JsonBound
-from .codec import JSON, MALFORMED, Codec, Number, item_or_fields, open_envelope
-from .decoder import INLINE_DECODE_BYTES, AcceptClock, read_body
+from .codec import MALFORMED, Codec, Number, item_or_fields, open_envelope
+from .decoder import (
+    INLINE_DECODE_BYTES,
+    AcceptClock,
+    DecodeGate,
+    drive_steps,
+    read_body,
+    run_steps,
+)
 from .errors import Errors, InvalidBodyError
-from .rows import CHUNK_BARS, MAX_KNOWN_SYMBOLS
+from .rows import CHUNK_BARS, MAX_KNOWN_SYMBOLS, plain_values
 from .rules import (
     EARLIEST,
     LATEST,
@@ -430,6 +436,16 @@ class _Plan:
         self.key = _key_getter(kind.table)
         self.codecs: dict[tuple[str, int], Codec] = {}
 
+    def bound(self, codec: Codec) -> JsonBound:
+        """The pre-count of a JSON body of this kind."""
+        spec = self.kind
+        return JsonBound(
+            codec.max_bars,
+            item_bytes=spec.item_bytes,
+            commas_per_item=spec.commas_per_item,
+            what=codec.what,
+        )
+
     def codec(self, media_type: str, max_items: int) -> Codec:
         codec = self.codecs.get((media_type, max_items))
         if codec is None:
@@ -480,10 +496,10 @@ class FactDecoder:
     clock shared with the bars' decoder: ``received_at`` orders every version the app
     accepts). One large body is decoded at a time, in steps, as bars are."""
 
-    def __init__(self, clock: AcceptClock | None = None) -> None:
+    def __init__(self, clock: AcceptClock | None = None, gate: DecodeGate | None = None) -> None:
         self.clock = clock or AcceptClock()
+        self.gate = gate or DecodeGate()  # the bars' decoder's: one large body of any kind
         self._plans = {kind: _Plan(spec) for kind, spec in KINDS.items()}
-        self._decoding: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
 
     async def rows(
         self,
@@ -495,29 +511,18 @@ class FactDecoder:
         tenant: str = DEFAULT_TENANT,
     ) -> list[FactRow]:
         """The rows of a body read from ``body``; ``MalformedBodyError`` (400),
-        ``TooManyBarsError`` (413) or ``InvalidBodyError`` (422) otherwise."""
+        ``TooManyBarsError`` (413) or ``InvalidBodyError`` (422) otherwise. A body over
+        ``INLINE_DECODE_BYTES`` is decoded in steps, one large body at a time."""
         plan = self._plans[kind]
-        spec = plan.kind
-        bound = (
-            JsonBound(
-                max_items,
-                item_bytes=spec.item_bytes,
-                commas_per_item=spec.commas_per_item,
-                what=plan.codec(media_type, max_items).what,
-            )
-            if media_type == JSON
-            else None
-        )
-        data = await read_body(body, bound)
+        codec = plan.codec(media_type, max_items)
+        data = await read_body(body, plan.bound(codec) if codec.json else None)
         size = len(data)
-        steps = _rows_in_steps(
-            plan, plan.codec(media_type, max_items), data, self.clock.now(), tenant
-        )
+        steps = _rows_in_steps(plan, codec, data, self.clock.now(), tenant)
         del data  # the generator holds it as long as it needs it
         if size > INLINE_DECODE_BYTES:
-            async with self._gate():
-                return await _drive(steps)
-        return _run(steps)
+            async with self.gate():
+                return await drive_steps(steps)
+        return run_steps(steps)
 
     def rows_of(
         self,
@@ -532,42 +537,13 @@ class FactDecoder:
         plan = self._plans[kind]
         codec = plan.codec(media_type, max_items)
         if codec.json:
-            spec = plan.kind
-            bound = JsonBound(
-                max_items,
-                item_bytes=spec.item_bytes,
-                commas_per_item=spec.commas_per_item,
-                what=codec.what,
-            )
+            bound = plan.bound(codec)
             for start in range(0, len(body), PRESCAN_STEP):
                 bound.feed(body, start, start + PRESCAN_STEP)
-        return _run(_rows_in_steps(plan, codec, body, self.clock.now(), tenant))
-
-    def _gate(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        if self._decoding is None or self._decoding[0] is not loop:
-            self._decoding = (loop, asyncio.Semaphore(1))
-        return self._decoding[1]
+        return run_steps(_rows_in_steps(plan, codec, body, self.clock.now(), tenant))
 
 
 Steps = Generator[None, None, list[FactRow]]
-
-
-def _run(steps: Steps) -> list[FactRow]:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-
-async def _drive(steps: Steps) -> list[FactRow]:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-        await asyncio.sleep(0)
 
 
 def _rows_in_steps(
@@ -617,13 +593,15 @@ def _rows(
 ) -> None:
     """Each item through every rule of its kind."""
     rules, get, key, kind = plan.rules, plan.get, plan.key, plan.kind.kind
+    ok = not errors
     for index, item in enumerate(typed, start):
         try:
-            values = tuple([rule(value) for rule, value in zip(rules, get(item), strict=True)])
+            values = tuple(map(call, rules, get(item)))
         except _Bad:
             _report(plan, get(item), index, errors)
+            ok = False
             continue
-        if not errors:
+        if ok:
             latest[key(values)] = FactRow(kind, tenant, provider, values, received_at)
 
 
@@ -662,11 +640,6 @@ def _fast_rows(
             latest[key(values)] = FactRow(kind, tenant, provider, values, received_at)
 
 
-_FLOATS = msgspec.json.Decoder(list[float])
-_NOT_PLAIN = "eE+ \t\r\n"  # what JSON numbers may hold and plain decimals may not
-_MAX_PLAIN_LENGTH = 19  # no fraction beyond 18 digits, nothing reaching 10^20
-
-
 def _plain_numbers(plan: _Plan, numbers: list[tuple[Any, ...]]) -> bool:
     """Whether every number of a chunk (``numbers``: each item's, in its kind's order;
     None for one not sent) is a plain decimal string within the columns' domain and
@@ -683,13 +656,8 @@ def _plain_numbers(plan: _Plan, numbers: list[tuple[Any, ...]]) -> bool:
         joined = ",".join(texts)
     except TypeError:  # a JSON integer, a MessagePack float: the rules decide
         return False
-    if any(character in joined for character in _NOT_PLAIN):
-        return False
-    try:
-        values = _FLOATS.decode(f"[{joined}]")
-    except msgspec.DecodeError:
-        return False
-    if len(values) != len(texts) or max(map(len, texts)) > _MAX_PLAIN_LENGTH:
+    values = plain_values(joined, texts)
+    if values is None:
         return False
     width = plan.width
     # strictly inside (-1, 1) as floats means inside exactly (rounding is monotonic); a

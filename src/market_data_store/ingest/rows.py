@@ -235,15 +235,23 @@ def _plain_numbers(bars: list[BarIn]) -> tuple[list[str], list[float]] | None:
         joined = ",".join([f"{b.open},{b.high},{b.low},{b.close},{b.volume}" for b in bars])
     except RecursionError:  # a price nested too deeply to print: ``check_bar`` refuses it
         return None
+    texts = joined.split(",")
+    values = plain_values(joined, texts)
+    if values is None or len(values) != 5 * len(bars):
+        return None
+    return texts, values
+
+
+def plain_values(joined: str, texts: list[str]) -> list[float] | None:
+    """The numbers ``texts`` (``joined``: the same, comma-separated) as floats, when each
+    one is a plain decimal within the columns' domain; None otherwise. One call in C
+    (see ``_plain_numbers``); a comma inside a value shows as a wrong count."""
     if any(character in joined for character in _NOT_PLAIN):
         return None
     try:
         values = _FLOATS.decode(f"[{joined}]")
     except msgspec.DecodeError:
         return None
-    texts = joined.split(",")
-    if len(values) != 5 * len(bars) or len(texts) != len(values):
+    if len(values) != len(texts) or max(map(len, texts)) > _MAX_PLAIN_LENGTH:
         return None
-    if max(map(len, texts)) > _MAX_PLAIN_LENGTH:
-        return None
-    return texts, values
+    return values

@@ -141,7 +141,7 @@ async def components(
             bar_reader=bar_reader,
             bar_decoder=bar_decoder,  # its clock, known symbols, one-large-body gate
             fact_reader=FactReader(bar_reader.reads),  # one share of the pool for reads
-            fact_decoder=FactDecoder(bar_decoder.clock),
+            fact_decoder=FactDecoder(bar_decoder.clock, bar_decoder.gate),
             health_sources=health,
         )
         log.info("market-data-store ready (instance %s)", settings.server.resolved_instance_id)

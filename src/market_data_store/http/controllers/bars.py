@@ -14,18 +14,10 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
 from market_data_store.ingest import (
-    EARLIEST,
-    LATEST,
     PROVIDER_PATTERN,
-    PROVIDER_RULE,
-    RESOLUTION,
     RESOLUTION_PATTERN,
     SYMBOL_PATTERN,
-    SYMBOL_RULE,
-    TS_RANGE_RULE,
     BarDecoder,
-    provider_ok,
-    symbol_ok,
     trim,
 )
 from market_data_store.service import Tenants
@@ -33,6 +25,7 @@ from market_data_store.storage import BarReader, BarRow, StoredBar
 
 from ..openapi import IngestOperation
 from ..problems import problem_responses
+from ..reads import query_errors
 from ..writes import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -137,7 +130,7 @@ class BarsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     ) -> Response[Any]:
         tenant = tenant_of(request, tenants)
-        errors = _query_errors(provider, symbol, resolution, start, end)
+        errors = query_errors(provider, symbol, start, end, resolution=resolution)
         if errors:
             raise ValidationException("invalid query parameters", extra=errors)
         # the database unavailable (503) or refusing a value (400): raised, mapped in problems.py
@@ -151,28 +144,3 @@ class BarsController(Controller):
             limit=limit,
         )
         return Response(BarsPage(bars, len(bars), len(bars) == limit))
-
-
-# a query bound may be LATEST itself: ``end`` is exclusive
-QUERY_TS_RULE = "must be from 1800-01-01T00:00:00Z to 2200-01-01T00:00:00Z"
-assert TS_RANGE_RULE.startswith(QUERY_TS_RULE.replace(" to ", " to before "))
-
-
-def _query_errors(
-    provider: str, symbol: str, resolution: str, start: datetime | None, end: datetime | None
-) -> list[dict[str, str]]:
-    errors: list[dict[str, str]] = []
-    if not provider_ok(provider):
-        errors.append({"key": "provider", "message": PROVIDER_RULE})
-    if not symbol_ok(symbol, trim(symbol).upper()):
-        errors.append({"key": "symbol", "message": SYMBOL_RULE})
-    if not RESOLUTION.fullmatch(resolution):
-        errors.append({"key": "resolution", "message": "must be <n><s|m|h|d|w|mo>, e.g. 1m"})
-    for key, moment in (("start", start), ("end", end)):
-        if moment is not None and moment.utcoffset() is None:
-            errors.append({"key": key, "message": "must include a timezone"})
-        elif moment is not None and not EARLIEST <= moment <= LATEST:
-            errors.append({"key": key, "message": QUERY_TS_RULE})
-    if not errors and start is not None and end is not None and start >= end:
-        errors.append({"key": "end", "message": "must be after start"})
-    return errors

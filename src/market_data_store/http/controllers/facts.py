@@ -16,17 +16,11 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery, QueryParameter
 
 from market_data_store.ingest import (
-    EARLIEST,
     KINDS,
-    LATEST,
     PROVIDER_PATTERN,
-    PROVIDER_RULE,
     SYMBOL_PATTERN,
-    SYMBOL_RULE,
     FactDecoder,
     FactKind,
-    provider_ok,
-    symbol_ok,
     trim,
 )
 from market_data_store.service import Tenants
@@ -34,6 +28,7 @@ from market_data_store.storage import FactReader, FactRow
 
 from ..openapi import fact_operation
 from ..problems import problem_responses
+from ..reads import query_errors
 from ..writes import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -43,9 +38,6 @@ from ..writes import (
     ProducerHeader,
     tenant_of,
 )
-
-QUERY_TS_RULE = "must be from 1800-01-01T00:00:00Z to 2200-01-01T00:00:00Z"
-QUERY_DAY_RULE = "must be from 1800-01-01 to 2200-01-01"
 
 
 def _stored(kind: FactKind) -> type[msgspec.Struct]:
@@ -83,30 +75,6 @@ def _page(kind: FactKind, stored: type[msgspec.Struct]) -> type[msgspec.Struct]:
             ("truncated", bool),  # limit reached: more may follow the last one's time
         ],
     )
-
-
-def _query_errors(
-    provider: str,
-    symbol: str | None,
-    start: datetime | date | None,
-    end: datetime | date | None,
-) -> list[dict[str, str]]:
-    errors: list[dict[str, str]] = []
-    if not provider_ok(provider):
-        errors.append({"key": "provider", "message": PROVIDER_RULE})
-    if symbol is not None and not symbol_ok(symbol, trim(symbol).upper()):
-        errors.append({"key": "symbol", "message": SYMBOL_RULE})
-    for key, moment in (("start", start), ("end", end)):
-        if isinstance(moment, datetime):
-            if moment.utcoffset() is None:
-                errors.append({"key": key, "message": "must include a timezone"})
-            elif not EARLIEST <= moment <= LATEST:
-                errors.append({"key": key, "message": QUERY_TS_RULE})
-        elif moment is not None and not EARLIEST.date() <= moment <= LATEST.date():
-            errors.append({"key": key, "message": QUERY_DAY_RULE})
-    if not errors and start is not None and end is not None and start >= end:
-        errors.append({"key": "end", "message": "must be after start"})
-    return errors
 
 
 def fact_router(kind: FactKind) -> Router:
@@ -189,7 +157,7 @@ def fact_router(kind: FactKind) -> Router:
         limit: int,
     ) -> Response[Any]:
         tenant = tenant_of(request, tenants)
-        errors = _query_errors(provider, symbol, start, end)
+        errors = query_errors(provider, symbol, start, end)
         if errors:
             raise ValidationException("invalid query parameters", extra=errors)
         rows = await fact_reader.fetch(
