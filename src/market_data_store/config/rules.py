@@ -34,6 +34,14 @@ def _check_rules(s: Settings, sources: _Sources) -> None:
             f"database.pool_min_size ({d.pool_min_size}) must not exceed database.pool_max_size "
             f"({d.pool_max_size})"
         )
+    readers = d.pool_max_size - c.workers - 1 - s.reads.max_exports
+    if readers < 1:
+        problems.append(
+            f"database.pool_max_size ({d.pool_max_size}) must exceed coordinator.workers "
+            f"({c.workers}) + reads.max_exports ({s.reads.max_exports}) + 1: the writers, "
+            "the exports and the admin calls each need their connections, and the other "
+            "reads at least one"
+        )
     if d.health_timeout > d.health_interval:
         problems.append(
             f"database.health_timeout ({d.health_timeout}) must not exceed "

@@ -165,6 +165,25 @@ class AuthSettings(_Section, kw_only=True, frozen=True):
         }
 
 
+class ReadsSettings(_Section, kw_only=True, frozen=True):
+    max_exports: Positive
+
+
+Retention = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}[smhdw]\Z")]
+"""How long rows are kept: a count and a unit (s, m, h, d, w), e.g. ``365d``."""
+
+
+class RetentionSettings(_Section, kw_only=True, frozen=True):
+    bars: Retention | None = None
+    options: Retention | None = None
+    quotes: Retention | None = None
+    trades: Retention | None = None
+    fundamentals: Retention | None = None
+    news: Retention | None = None
+    batch_rows: Positive
+    max_seconds: Seconds
+
+
 class Settings(_Section, kw_only=True, frozen=True):
     env: Literal["dev", "production"]
     admin_token: Annotated[str, msgspec.Meta(min_length=1)]
@@ -177,6 +196,8 @@ class Settings(_Section, kw_only=True, frozen=True):
     retry: RetrySettings
     circuit_breaker: CircuitBreakerSettings
     feedback: FeedbackSettings
+    reads: ReadsSettings
+    retention: RetentionSettings
 
     @property
     def admin_token_is_default(self) -> bool:

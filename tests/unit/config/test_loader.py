@@ -56,9 +56,9 @@ def test_every_setting_is_documented_in_default_toml() -> None:
 def test_file_then_environment_layering(tmp_path: Path) -> None:
     cfg = tmp_path / "mds.toml"
     cfg.write_text('[coordinator]\ncapacity = 2000\nworkers = 2\n[feedback.redis]\nchannel = "x"\n')
-    s = load_settings({"MDS_CONFIG": str(cfg), "MDS_COORDINATOR_WORKERS": "8"})
+    s = load_settings({"MDS_CONFIG": str(cfg), "MDS_COORDINATOR_WORKERS": "6"})
     assert s.coordinator.capacity == 2000  # from the file
-    assert s.coordinator.workers == 8  # the environment wins over the file
+    assert s.coordinator.workers == 6  # the environment wins over the file
     assert s.coordinator.batch_size == 5000  # untouched default...
     assert s.coordinator.resolved_batch_size == 2000  # ...at most the capacity
     assert s.feedback.redis.channel == "x"
