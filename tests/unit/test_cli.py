@@ -16,11 +16,11 @@ from market_data_store.cli import main
 def test_config_prints_effective_settings(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MDS_COORDINATOR_WORKERS", "7")
+    monkeypatch.setenv("MDS_COORDINATOR_WORKERS", "6")
     monkeypatch.setenv("ADMIN_TOKEN", "very-secret")
     assert main(["config"]) == 0
     out = capsys.readouterr().out
-    assert json.loads(out)["coordinator"]["workers"] == 7
+    assert json.loads(out)["coordinator"]["workers"] == 6
     assert "very-secret" not in out
 
 
