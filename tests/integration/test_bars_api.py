@@ -385,15 +385,18 @@ async def test_get_filters_orders_and_limits(service: RunningService) -> None:
             "/v1/bars", params={"provider": "a", "symbol": "MSFT", "resolution": "1m"}
         )
     ).json()
-    assert empty == {"bars": [], "count": 0, "truncated": False}
+    assert empty == {"bars": [], "count": 0, "truncated": False, "next": None}
 
 
 @pytest.mark.parametrize(
     "params",
     [
         {"symbol": "AAPL", "resolution": "1m"},
-        {"provider": "a", "resolution": "1m"},
         {"provider": "a", "symbol": "AAPL"},
+        {"provider": "a", "resolution": "1m", "symbol": "AAPL", "symbols": "AAPL"},
+        {"provider": "a", "resolution": "1m", "symbols": "AAPL,,MSFT"},
+        {"provider": "a", "resolution": "1m", "cursor": "bm90IGEgY3Vyc29y"},
+        {"provider": "a", "resolution": "1h", "resample_from": "7m"},
         {"provider": " ", "symbol": "AAPL", "resolution": "1m"},
         {"provider": "a", "symbol": "AAPL", "resolution": "1x"},
         {"provider": "a", "symbol": " ", "resolution": "1m"},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from market_data_store.service import StartupError, components, migrate, open_database
-from market_data_store.storage import Migration, apply_migrations, load_migrations
+from market_data_store.storage import BARS, Migration, ReadQuery, apply_migrations, load_migrations
 from tests.support.bars import rows
 from tests.support.service import service_settings
 
@@ -25,10 +25,11 @@ async def test_components_store_bars_and_end_in_order_without_http(
         assert built.feedback_fanout.snapshot()  # the coordinator's level, published at start
         await built.coordinator.submit_many(rows(3))
         await built.coordinator.wait_idle()
-        stored = await built.bar_reader.fetch(
-            tenant="default", provider="ibkr", symbol="AAPL", resolution="1m"
+        page = await built.reader.page(
+            BARS, ReadQuery("default", "ibkr", symbols=("AAPL",), fixed=("1m",), limit=10)
         )
-        assert len(stored) == 3
+        assert len(page.rows) == 3
+        assert page.after is None
         assert not built.lifecycle.shutting_down
     # leaving: shutdown announced first, then everything stopped, the pool closed last
     assert built.lifecycle.shutting_down

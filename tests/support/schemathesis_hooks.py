@@ -1,5 +1,6 @@
 """Schemathesis hooks for the contract run (loaded through ``SCHEMATHESIS_HOOKS``):
-the ingest routes also take MessagePack, which schemathesis cannot encode itself; and
+the ingest routes also take MessagePack (and ``POST /v1/bars`` CSV), which schemathesis
+cannot encode itself; and
 ``ast.parse`` one thread at a time (below)."""
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ def _fit(value: Any) -> Any:
 @schemathesis.serializer("application/msgpack")
 def msgpack_serializer(_ctx: Any, value: Any) -> bytes:
     return msgspec.msgpack.encode(_fit(value))
+
+
+@schemathesis.serializer("text/csv")
+def csv_serializer(_ctx: Any, value: Any) -> bytes:
+    """A restore's body (``POST /v1/bars``): a string as it is (any other value, of a
+    negative case, as its JSON text); what cannot be UTF-8 replaced."""
+    text = value if isinstance(value, str) else msgspec.json.encode(_fit(value)).decode()
+    return text.encode("utf-8", "replace")
 
 
 # CPython 3.11 counts the depth of the syntax tree it is converting in state that every

@@ -167,6 +167,7 @@ class AuthSettings(_Section, kw_only=True, frozen=True):
 
 class ReadsSettings(_Section, kw_only=True, frozen=True):
     max_exports: Positive
+    export_timeout: Seconds
 
 
 Retention = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}[smhdw]\Z")]

@@ -24,6 +24,7 @@ from .controllers import (
     FeedbackStreamController,
     HealthController,
     MetricsController,
+    RetentionController,
     StatusPageController,
     fact_routers,
 )
@@ -58,6 +59,7 @@ def create_app(
         FeedbackStateController,
         AdminController,
         DeadLetterController,
+        RetentionController,
         MetricsController,
     ]
     if settings.feedback.sse.enabled:

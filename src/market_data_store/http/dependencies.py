@@ -19,7 +19,7 @@ from market_data_store.coordinator import FeedbackBus, Shares, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
 from market_data_store.ingest import BarDecoder, FactDecoder
 from market_data_store.service import Components, HealthSources, Lifecycle, Tenants
-from market_data_store.storage import BarReader, DbPool, FactReader, Row
+from market_data_store.storage import DbPool, Reader, Retention, Row
 from market_data_store.telemetry import Telemetry
 
 from .writes import Ingest
@@ -45,14 +45,11 @@ def providers(
     def provide_db_pool() -> DbPool:
         return running().db_pool
 
-    def provide_bar_reader() -> BarReader:
-        return running().bar_reader
+    def provide_reader() -> Reader:
+        return running().reader
 
     def provide_bar_decoder() -> BarDecoder:
         return running().bar_decoder
-
-    def provide_fact_reader() -> FactReader:
-        return running().fact_reader
 
     def provide_fact_decoder() -> FactDecoder:
         return running().fact_decoder
@@ -87,14 +84,16 @@ def providers(
     def provide_health_sources() -> HealthSources:
         return running().health_sources
 
+    def provide_retention() -> Retention:
+        return running().retention
+
     functions: dict[str, Callable[[], object]] = {
         "settings": provide_settings,
         "lifecycle": provide_lifecycle,
         "telemetry": provide_telemetry,
         "db_pool": provide_db_pool,
-        "bar_reader": provide_bar_reader,
+        "reader": provide_reader,
         "bar_decoder": provide_bar_decoder,
-        "fact_reader": provide_fact_reader,
         "fact_decoder": provide_fact_decoder,
         "coordinator": provide_coordinator,
         "ingest": provide_ingest,
@@ -104,5 +103,6 @@ def providers(
         "feedback_channels": provide_feedback_channels,
         "feedback_fanout": provide_feedback_fanout,
         "health_sources": provide_health_sources,
+        "retention": provide_retention,
     }
     return {name: Provide(fn, sync_to_thread=False) for name, fn in functions.items()}

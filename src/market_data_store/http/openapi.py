@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
     Components,
     OpenAPI,
+    OpenAPIResponse,
     OpenAPIType,
     Operation,
     Parameter,
@@ -26,6 +27,8 @@ from litestar.openapi.spec import OpenAPIMediaType as MediaTypeSpec
 
 from market_data_store import __version__
 from market_data_store.ingest import (
+    CSV,
+    CSV_COLUMNS,
     JSON,
     KINDS,
     MAX_INTEGER_DIGITS,
@@ -95,12 +98,41 @@ def describe_bars_cap(app: Litestar, max_bars: int) -> None:
             key = path.rsplit("/", 1)[1]
             for media in body.content.values():
                 schema = cast(dict[str, Any], media.schema)
-                schema["properties"][key]["maxItems"] = max_bars
+                if "properties" in schema:  # not text/csv's string
+                    schema["properties"][key]["maxItems"] = max_bars
+
+
+_CSV_EXAMPLE = (
+    f"{','.join(CSV_COLUMNS)}\n"
+    "ibkr,AAPL,1m,2024-01-02T14:30:00Z,187.15,187.40,186.90,187.02,120034,false,"
+    "2024-01-02T14:31:00.123456Z\n"
+)
+CSV_BODY_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "description": (
+        "A restore: bars as `GET /v1/bars` exports them with `Accept: text/csv`. UTF-8 "
+        "CSV (RFC 4180: double quotes where needed; `\\n` or `\\r\\n` line ends; one "
+        "line per row; blank lines skipped). A header row names the columns, in any "
+        "order: provider, symbol, resolution, ts, open, high, low, close, volume "
+        "(required), delayed (`true`/`false`, default false), updated_at (default: when "
+        "the store accepts the request). An unknown, repeated or missing column is a "
+        "422 naming it. ts and updated_at: RFC 3339 instants as JSON bars' ts; prices "
+        "and volume: plain decimals (as PostgreSQL prints them); every value under the "
+        "same rules as a JSON bar's, every problem listed by data row index (the first "
+        "row after the header is 0). updated_at is the version a row restores: a row "
+        "never overwrites a stored one updated later, restoring twice changes nothing, "
+        "and an updated_at after now is refused. At most "
+        "`ingest.max_bars_per_request` rows (line ends are counted as the body "
+        "arrives: 413)."
+    ),
+    "example": _CSV_EXAMPLE,
+}
 
 
 @dataclass
 class IngestOperation(Operation):
-    """``POST /v1/bars``: the request body, in both media types it is accepted in."""
+    """``POST /v1/bars``: the request body, in every media type it is accepted in (a
+    provider and its bars in JSON or MessagePack; a restore's CSV)."""
 
     def __post_init__(self) -> None:
         self.request_body = _request_body(
@@ -111,8 +143,10 @@ class IngestOperation(Operation):
             f"offset: {TS_RANGE_RULE}; at most {MAX_SCALE} digits after the point as "
             "written, trailing zeros too; decimal strings below "
             f"10^{MAX_INTEGER_DIGITS} in magnitude, exponent included) are answered "
-            "422 with every error listed.",
+            "422 with every error listed. Or text/csv: a restore of the export, with "
+            "the same rules.",
         )
+        self.request_body.content[CSV] = MediaTypeSpec(schema=cast(Schema, CSV_BODY_SCHEMA))
 
 
 def _request_body(schema: dict[str, Any], description: str) -> RequestBody:
@@ -212,3 +246,19 @@ def _without_null(schema: Schema) -> Schema:
             schema, enum=[value for value in schema.enum if value is not None]
         )
     return schema
+
+
+class ReadOperation(Operation):
+    """A read (``GET /v1/bars``, ``GET /v1/<kind>``): its 200 is a JSON page, or with
+    ``Accept: text/csv`` / ``application/x-ndjson`` a stream of every row."""
+
+    def __post_init__(self) -> None:
+        ok = self.responses.get("200") if self.responses else None
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            text = Schema(type=OpenAPIType.STRING)
+            ok.content["text/csv"] = MediaTypeSpec(schema=text)
+            ok.content["application/x-ndjson"] = MediaTypeSpec(schema=text)
+            ok.description += (
+                "; with `Accept: text/csv`, CSV with a header row; with "
+                "`Accept: application/x-ndjson`, one JSON object per line"
+            )

@@ -5,7 +5,7 @@ tenant's share, the submit to the one write coordinator and the answer."""
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 import msgspec
@@ -21,6 +21,7 @@ from market_data_store.coordinator import (
     WriteCoordinator,
 )
 from market_data_store.ingest import (
+    CSV,
     MEDIA_TYPES,
     InvalidBodyError,
     MalformedBodyError,
@@ -100,6 +101,15 @@ def invalid(exc: InvalidBodyError) -> Response[Any]:
     return problem(422, f"{exc.total} invalid field(s); nothing was stored", **extra)
 
 
+def _charset(content_type: str) -> str | None:
+    """The ``charset`` parameter of a content type (lower case, unquoted), if any."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
 Decode = Callable[[AsyncIterable[bytes], str, int, str], Awaitable[Sequence[Row]]]
 """(body pieces, media type, most rows, tenant) -> the rows, or an ``IngestError``."""
 
@@ -128,8 +138,11 @@ class Ingest:
         wait: str | None,
         producer: str | None,
         what: str,
+        media_types: Mapping[str, str] = MEDIA_TYPES,
     ) -> Response[Any]:
-        """Answer ``request`` (``what``: the rows' name in messages, e.g. ``bars``)."""
+        """Answer ``request`` (``what``: the rows' name in messages, e.g. ``bars``;
+        ``media_types``: the content types the route takes, each to what ``decode``
+        is told)."""
         tenant = tenant_of(request, self.tenants)
         credits = self.coordinator.credits
         # producers of two tenants never share a name (nor the anonymous credit)
@@ -138,7 +151,7 @@ class Ingest:
         )
         credits.enter(name)
         try:
-            return await self._ingest(request, decode, wait, tenant, what)
+            return await self._ingest(request, decode, wait, tenant, what, media_types)
         finally:
             credits.leave(name)
 
@@ -149,16 +162,20 @@ class Ingest:
         wait: str | None,
         tenant: str,
         what: str,
+        media_types: Mapping[str, str],
     ) -> Response[Any]:
         coordinator, shares = self.coordinator, self.shares
         if self.lifecycle.shutting_down:
             return unavailable(coordinator, "the service is shutting down", "shutting_down")
         limits = self.settings.ingest
         raw_type = request.headers.get("content-type", "")
-        media_type = MEDIA_TYPES.get(raw_type.split(";", 1)[0].strip().lower())
+        media_type = media_types.get(raw_type.split(";", 1)[0].strip().lower())
         if media_type is None:
-            supported = ", ".join(sorted(MEDIA_TYPES))
+            supported = ", ".join(sorted(media_types))
             return problem(415, f"content type {raw_type!r} is not accepted; use {supported}")
+        charset = _charset(raw_type)
+        if media_type == CSV and charset not in (None, "utf-8", "us-ascii"):
+            return problem(415, f"charset {charset!r} is not accepted for {CSV}; send utf-8")
         codings = [
             coding.strip().lower()
             for value in request.headers.getall("transfer-encoding", [])

@@ -8,6 +8,8 @@ checked before decoding, the msgspec codec and its error report, row building, a
 - ``codec``: the wire structs (``IngestRequest``, ``BarIn``: the OpenAPI schema),
   decoding, and re-reading what does not type for a complete 422.
 - ``rows``: bars checked and built into ``BarRow``s, in steps.
+- ``csv_body``: CSV bodies (``text/csv``, a restore of the export) into the same rows,
+  through the same rules, in steps.
 - ``decoder``: ``BarDecoder``, one per app (clock, known values, decode gate).
 - ``facts``: the other kinds (options, quotes, trades, fundamentals, news): their wire
   structs, rules and ``FactDecoder``.
@@ -15,6 +17,7 @@ checked before decoding, the msgspec codec and its error report, row building, a
 
 from .bounds import ENVELOPE_BYTES, MAX_BAR_BYTES
 from .codec import JSON, MEDIA_TYPES, MSGPACK, BarIn, IngestRequest
+from .csv_body import BAR_MEDIA_TYPES, CSV, CSV_COLUMNS, REQUIRED_COLUMNS
 from .decoder import INLINE_DECODE_BYTES, AcceptClock, BarDecoder
 from .errors import (
     MAX_REPORTED_ERRORS,
@@ -48,7 +51,10 @@ from .rules import (
 )
 
 __all__ = [
+    "BAR_MEDIA_TYPES",
     "CHUNK_BARS",
+    "CSV",
+    "CSV_COLUMNS",
     "EARLIEST",
     "ENVELOPE_BYTES",
     "INLINE_DECODE_BYTES",
@@ -66,6 +72,7 @@ __all__ = [
     "PROVIDER_PATTERN",
     "PROVIDER_RULE",
     "PROVIDER_SCHEMA",
+    "REQUIRED_COLUMNS",
     "RESOLUTION",
     "RESOLUTION_PATTERN",
     "SYMBOL_PATTERN",

@@ -2,8 +2,9 @@
 hold, and their count against the cap (413, ``TooManyBarsError``).
 
 A JSON body is counted in C (``{`` and ``,``) as it arrives or in slices
-(``JsonBound``); a MessagePack body states the length of ``bars`` in its header
-(``msgpack_bars_bound``), read without decoding anything.
+(``JsonBound``), a CSV body's line ends likewise (``CsvBound``); a MessagePack body
+states the length of ``bars`` in its header (``msgpack_bars_bound``), read without
+decoding anything.
 """
 
 from __future__ import annotations
@@ -65,6 +66,36 @@ class JsonBound:
             raise TooManyBarsError(
                 f"{self.commas} commas in the body: more values than {self.max_bars} "
                 f"{self.what}s may hold; at most {self.max_bars} {self.what}s"
+            )
+
+
+# Lines a CSV body may hold beyond its bars: the header, and blank lines (a trailing one).
+_CSV_SPARE_LINES = 64
+
+
+class CsvBound:
+    """The pre-count of a CSV body (``text/csv``), fed in pieces as ``JsonBound`` is:
+    ``feed`` raises ``TooManyBarsError`` as soon as the body holds more line ends than
+    ``max_bars`` bars, the header and ``_CSV_SPARE_LINES`` blank lines may, or more bytes
+    than the lines so far may take (``check_body_size``). A line break inside a quoted
+    value counts too (no valid value holds one)."""
+
+    def __init__(self, max_bars: int, *, item_bytes: int = MAX_BAR_BYTES) -> None:
+        self.max_bars = max_bars
+        self.max_lines = max_bars + 1 + _CSV_SPARE_LINES
+        self.item_bytes = item_bytes
+        self.lines = self.size = 0
+
+    def feed(self, data: bytes | bytearray, start: int = 0, end: int | None = None) -> None:
+        """Count ``data[start:end]`` (without copying it)."""
+        self.lines += data.count(b"\n", start, end)
+        self.size += len(data) - start if end is None else min(end, len(data)) - start
+        # the last line may have no line end: one more line than line ends
+        check_body_size(self.size, self.lines + 1, self.item_bytes)
+        if self.lines > self.max_lines:
+            raise TooManyBarsError(
+                f"{self.lines} lines in the body: more bars than one request may carry; "
+                f"at most {self.max_bars} (and a header row)"
             )
 
 

@@ -14,8 +14,9 @@ from typing import TypeVar
 
 from market_data_store.storage import DEFAULT_TENANT, BarRow
 
-from .bounds import JsonBound
+from .bounds import CsvBound, JsonBound
 from .codec import JSON, Codec
+from .csv_body import CSV, csv_rows_in_steps
 from .errors import TooManyBarsError
 from .rows import KnownValues, rows_in_steps
 
@@ -66,10 +67,21 @@ class BarDecoder:
     ) -> list[BarRow]:
         """The rows of a body read from ``body`` (its pieces as they arrive), accepted
         now, ``tenant``'s; ``MalformedBodyError``, ``TooManyBarsError`` or ``InvalidBodyError``
-        otherwise (400, 413, 422). A JSON body is refused as soon as its pieces hold
-        more than ``max_bars`` bars may (the rest is read and dropped). A body over
+        otherwise (400, 413, 422). A JSON or CSV body is refused as soon as its pieces
+        hold more than ``max_bars`` bars may (the rest is read and dropped). A body over
         ``INLINE_DECODE_BYTES`` is decoded in steps, one such body at a time, the event
         loop running between two steps."""
+        if media_type == CSV:
+            data = await read_body(body, CsvBound(max_bars))
+            size = len(data)
+            rows = csv_rows_in_steps(
+                data, max_bars, self.clock.now(), self.known, counted=True, tenant=tenant
+            )
+            del data  # the generator holds it as long as it needs it
+            if size <= INLINE_DECODE_BYTES:
+                return run_steps(rows)
+            async with self.gate():
+                return await drive_steps(rows)
         data = await read_body(body, JsonBound(max_bars) if media_type == JSON else None)
         if len(data) <= INLINE_DECODE_BYTES:
             return self.rows_of(data, media_type, max_bars, self.clock.now(), tenant=tenant)
@@ -94,7 +106,12 @@ class BarDecoder:
         *,
         tenant: str = DEFAULT_TENANT,
     ) -> list[BarRow]:
-        """The rows of a body in memory (``rows_in_steps`` run to the end in one go)."""
+        """The rows of a body in memory (``rows_in_steps``, or ``csv_rows_in_steps``, run
+        to the end in one go)."""
+        if media_type == CSV:
+            return run_steps(
+                csv_rows_in_steps(body, max_bars, received_at, self.known, tenant=tenant)
+            )
         return run_steps(
             rows_in_steps(
                 self._codec(media_type, max_bars), body, received_at, self.known, tenant=tenant
@@ -146,10 +163,10 @@ async def drive_steps(steps: Generator[None, None, R]) -> R:
         await asyncio.sleep(0)
 
 
-async def read_body(pieces: AsyncIterable[bytes], bound: JsonBound | None) -> bytearray:
+async def read_body(pieces: AsyncIterable[bytes], bound: JsonBound | CsvBound | None) -> bytearray:
     """The body in one buffer, grown in place as its pieces arrive (collecting them
-    and joining would hold twice the body at its peak). A JSON body is pre-counted
-    piece by piece: once it holds more than the cap allows, the rest is read and
+    and joining would hold twice the body at its peak). A JSON or CSV body is
+    pre-counted piece by piece: once it holds more than the cap allows, the rest is read and
     dropped, and ``TooManyBarsError`` raised."""
     body = bytearray()
     refused: TooManyBarsError | None = None

@@ -155,7 +155,7 @@ def _rows_into(
             zip(bars, fives, floats, strict=True), first
         ):
             symbol = symbols.get(bar.symbol)
-            ts = bar.ts if bar.ts.tzinfo is utc else _utc(bar.ts)
+            ts = bar.ts if bar.ts.tzinfo is utc else utc_in_range(bar.ts)
             if (
                 symbol is not None
                 and ts is not None
@@ -206,7 +206,7 @@ def _check_into(
         append(BarRow(provider, *checked, bar.delayed, received_at, tenant))
 
 
-def _utc(ts: datetime) -> datetime | None:
+def utc_in_range(ts: datetime) -> datetime | None:
     """``ts`` in UTC; None when it has no offset or is out of range (``check_bar`` says
     which). Compared before converted: near year 1 or 9999 converting overflows."""
     if ts.utcoffset() is None or not EARLIEST <= ts < LATEST:

@@ -29,10 +29,10 @@ from market_data_store.coordinator import CircuitBreaker, FeedbackBus, Shares, W
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
 from market_data_store.ingest import BarDecoder, FactDecoder
 from market_data_store.storage import (
-    BarReader,
     DatabaseMonitor,
     DbPool,
-    FactReader,
+    Reader,
+    Retention,
     Row,
     prepare_connection,
 )
@@ -42,6 +42,7 @@ from .database import migrate, open_database
 from .delivery import feedback_delivery
 from .health import HealthSources
 from .lifecycle import Lifecycle
+from .retention import build_retention
 from .tenants import Tenants
 from .write_path import tenant_shares, write_path
 
@@ -63,11 +64,11 @@ class Components:
     coordinator: WriteCoordinator[Row]
     tenants: Tenants
     tenant_shares: Shares
-    bar_reader: BarReader
+    reader: Reader
     bar_decoder: BarDecoder
-    fact_reader: FactReader
     fact_decoder: FactDecoder
     health_sources: HealthSources
+    retention: Retention
 
     @property
     def feedback_fanout(self) -> FeedbackFanout:
@@ -120,12 +121,14 @@ async def components(
         instruments.service.track(lambda: health.render("readiness")[1])
         stack.callback(instruments.service.untrack)
         d = settings.database
-        # leave the writers their connections (and one for admin calls)
         bar_decoder = BarDecoder()
-        bar_reader = BarReader(
+        exports = settings.reads.max_exports
+        reader = Reader(  # the writers' connections, the exports', one for admin calls
             db.pool,
-            max_concurrent=d.pool_max_size - settings.coordinator.workers - 1,
+            max_concurrent=d.pool_max_size - settings.coordinator.workers - 1 - exports,
             acquire_timeout=d.connect_timeout,
+            max_exports=exports,
+            export_timeout=settings.reads.export_timeout,
         )
         built = Components(
             settings=settings,
@@ -138,12 +141,13 @@ async def components(
             coordinator=coordinator,
             tenants=Tenants.of_settings(settings),
             tenant_shares=tenant_shares(settings, coordinator),
-            bar_reader=bar_reader,
+            reader=reader,
             bar_decoder=bar_decoder,  # its clock, known symbols, one-large-body gate
-            fact_reader=FactReader(bar_reader.reads),  # one share of the pool for reads
             fact_decoder=FactDecoder(bar_decoder.clock, bar_decoder.gate),
             health_sources=health,
+            retention=build_retention(settings, db.pool),
         )
+        instruments.retention.track(built.retention.stats)
         log.info("market-data-store ready (instance %s)", settings.server.resolved_instance_id)
         try:
             yield built

@@ -9,7 +9,7 @@ the coordinator's retry policy by the application that wires them together.
 from .bars_sink import BarsSink, prepare_connection
 from .embedded import EmbeddedDatabaseInUseError
 from .errors import DatabaseUnavailableError, InvalidQueryError, StorageError, is_retryable
-from .facts import FACT_TABLES, FactReader, FactRow, FactSink, FactTable, copy_text
+from .facts import FACT_TABLES, FactRow, FactSink, FactTable, copy_text
 from .migrate import (
     Migration,
     MigrationError,
@@ -20,17 +20,21 @@ from .migrate import (
 )
 from .monitor import DatabaseMonitor, DatabaseStatus
 from .pool import connection, open_pool
-from .queries import BarReader, StoredBar
+from .queries import Export, ExportsBusyError, Page, Reader, StoredBar
+from .reads import BARS, SHAPES, Bucket, Format, ReadQuery, ReadShape, resample_problem
+from .retention import Retention, RetentionBusyError, RetentionResult, RetentionRule
 from .rows import DEFAULT_TENANT, BarRow
 from .sink import Row, StoreSink, decode_row
 from .types import ConnectionInit, DbConnection, DbPool
 
 __all__ = [
+    "BARS",
     "DEFAULT_TENANT",
     "FACT_TABLES",
-    "BarReader",
+    "SHAPES",
     "BarRow",
     "BarsSink",
+    "Bucket",
     "ConnectionInit",
     "DatabaseMonitor",
     "DatabaseStatus",
@@ -38,13 +42,23 @@ __all__ = [
     "DbConnection",
     "DbPool",
     "EmbeddedDatabaseInUseError",
-    "FactReader",
+    "Export",
+    "ExportsBusyError",
     "FactRow",
     "FactSink",
     "FactTable",
+    "Format",
     "InvalidQueryError",
     "Migration",
     "MigrationError",
+    "Page",
+    "ReadQuery",
+    "ReadShape",
+    "Reader",
+    "Retention",
+    "RetentionBusyError",
+    "RetentionResult",
+    "RetentionRule",
     "Row",
     "SchemaState",
     "StorageError",
@@ -58,5 +72,6 @@ __all__ = [
     "load_migrations",
     "open_pool",
     "prepare_connection",
+    "resample_problem",
     "schema_state",
 ]

@@ -3,7 +3,8 @@
 Each kind is one table (migration 0005) described once here (``FactTable``): its value
 columns in order, its natural key, the column reads range over. Every row also holds
 ``tenant_id`` and ``provider`` (both in the key: the tenant last, as in ``bars``) and
-``ingested_at``/``updated_at`` (when the store accepted the version).
+``ingested_at``/``updated_at`` (when the store accepted the version). Reads of every
+kind are ``reads.py``'s.
 
 A row travels as a ``FactRow``: its kind, tenant, provider and value columns as the
 text COPY's text format reads (``\\N`` for NULL, backslashes doubled; ingest checks that
@@ -11,8 +12,7 @@ no value holds a tab, newline or other control character), so writing a batch is
 join per row and one COPY. ``FactSink`` writes them the way ``BarsSink`` writes bars:
 an optimistic COPY straight into the table; on a key that exists, COPY into a
 per-connection staging table and one ``INSERT ... ON CONFLICT DO UPDATE`` that keeps
-the most recently accepted version and skips unchanged rows. ``FactReader`` reads as
-the database's reader role for one tenant (row-level security).
+the most recently accepted version and skips unchanged rows.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import asyncpg
 import msgspec
 
 from .bars_sink import SinkStats, _count, _source
-from .queries import TenantReads
 from .types import DbPool
 
 log = logging.getLogger(__name__)
@@ -49,12 +48,16 @@ class FactTable:
     key: tuple[str, ...]
     time: str
     symbol: str
+    order: tuple[str, ...]
+    """The primary key's columns after the provider, the tenant left out: what reads
+    are ordered by (news: its time index, then the article)."""
     names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "names", tuple(name for name, _ in self.columns))
         assert set(self.key) <= set(self.names)
         assert self.time in self.names
+        assert set(self.order) <= set(self.names)
 
     @property
     def staging(self) -> str:
@@ -85,6 +88,7 @@ OPTIONS = FactTable(
     key=("symbol", "expiry", "option_type", "strike", "ts"),
     time="ts",
     symbol="symbol",
+    order=("symbol", "ts", "expiry", "option_type", "strike"),
 )
 QUOTES = FactTable(
     "quotes",
@@ -100,6 +104,7 @@ QUOTES = FactTable(
     key=("symbol", "timestamp"),
     time="timestamp",
     symbol="symbol",
+    order=("symbol", "timestamp"),
 )
 TRADES = FactTable(
     "trades",
@@ -115,6 +120,7 @@ TRADES = FactTable(
     key=("symbol", "ts", "trade_id"),
     time="ts",
     symbol="symbol",
+    order=("symbol", "ts", "trade_id"),
 )
 FUNDAMENTALS = FactTable(
     "fundamentals",
@@ -126,6 +132,7 @@ FUNDAMENTALS = FactTable(
     key=("symbol", "asof"),
     time="asof",
     symbol="symbol",
+    order=("symbol", "asof"),
 )
 NEWS = FactTable(
     "news",
@@ -140,6 +147,7 @@ NEWS = FactTable(
     key=("article_id",),
     time="published_at",
     symbol="symbols",
+    order=("published_at", "article_id"),
 )
 FACT_TABLES: dict[str, FactTable] = {
     t.kind: t for t in (OPTIONS, QUOTES, TRADES, FUNDAMENTALS, NEWS)
@@ -301,52 +309,3 @@ class FactSink:
             status = await conn.execute(plan.merge)
         self.stats.merged_batches += 1
         return _count(status)
-
-
-def _select(table: FactTable) -> str:
-    shown = ", ".join(
-        f"{_ident(name)}::text" if sql == "numeric" else _ident(name) for name, sql in table.columns
-    )
-    if table.symbol == "symbol":
-        symbol = '"symbol" = $2'
-    else:  # news: an article about the symbol (any article when none is asked for)
-        symbol = f"($2::text IS NULL OR $2 = ANY({_ident(table.symbol)}))"
-    time = _ident(table.time)
-    order = ", ".join(map(_ident, (table.time, *(k for k in table.key if k != table.time))))
-    return f"""
-SELECT provider, {shown}
-FROM {table.kind}
-WHERE tenant_id = $6 AND provider = $1 AND {symbol}
-  AND ($3::{table.sql_type(table.time)} IS NULL OR {time} >= $3)
-  AND ($4::{table.sql_type(table.time)} IS NULL OR {time} < $4)
-ORDER BY {order}
-LIMIT $5
-"""
-
-
-class FactReader:
-    """Reads one kind's rows as ``BarReader`` reads bars (``TenantReads``: as the reader
-    role for one tenant, on the readers' share of the pool)."""
-
-    def __init__(self, reads: TenantReads) -> None:
-        self._reads = reads
-        self._selects = {kind: _select(table) for kind, table in FACT_TABLES.items()}
-
-    async def fetch(
-        self,
-        kind: str,
-        *,
-        tenant: str,
-        provider: str,
-        symbol: str | None,
-        start: object = None,
-        end: object = None,
-        limit: int = 1000,
-    ) -> list[tuple[Any, ...]]:
-        """``tenant``'s rows of ``kind`` from ``provider`` about ``symbol`` with their time
-        in ``[start, end)``, oldest first, ties in key order: each row is the provider and
-        the table's columns in order (numerics as PostgreSQL's exact text)."""
-        records = await self._reads.fetch(
-            tenant, self._selects[kind], provider, symbol, start, end, limit, tenant
-        )
-        return [tuple(r.values()) for r in records]

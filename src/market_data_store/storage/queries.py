@@ -1,4 +1,4 @@
-"""Reads of the bars table, each as the reader role for one tenant.
+"""Reads, each as the reader role for one tenant: pages, latest rows, exports.
 
 A read runs in a transaction of its own that first becomes the database's reader role
 (``reader_role``) with ``app.tenant_id`` set to its tenant (``SET LOCAL``, in one
@@ -9,13 +9,26 @@ primary key's index."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import msgspec
 
 from .errors import DatabaseUnavailableError, translated
+from .reads import (
+    Format,
+    ReadQuery,
+    ReadShape,
+    Statement,
+    latest_statement,
+    order_values,
+    statements,
+)
 
 if TYPE_CHECKING:
     from .types import DbConnection, DbPool
@@ -38,18 +51,6 @@ async def _reader_role(conn: DbConnection) -> str:
             permanent=True,
         )
     return name
-
-
-_SELECT_BARS = """
-SELECT provider, symbol, resolution, ts, open::text, high::text, low::text, close::text,
-       volume::text, delayed
-FROM bars
-WHERE tenant_id = $7 AND provider = $1 AND symbol = $2 AND resolution = $3
-  AND ($4::timestamptz IS NULL OR ts >= $4)
-  AND ($5::timestamptz IS NULL OR ts < $5)
-ORDER BY ts
-LIMIT $6
-"""
 
 
 class StoredBar(msgspec.Struct, frozen=True):
@@ -84,11 +85,14 @@ class TenantReads:
         self._slots = asyncio.Semaphore(max(1, max_concurrent))
         self._timeout = acquire_timeout
 
-    async def fetch(self, tenant: str, query: str, *args: object) -> list[asyncpg.Record]:
-        """``query``'s rows, run in a read-only transaction as ``tenant``'s reader."""
+    @asynccontextmanager
+    async def transaction(self, tenant: str, *, share: bool = True) -> AsyncIterator[DbConnection]:
+        """A connection in a read-only transaction as ``tenant``'s reader; ``share``: on
+        the readers' share (False: the caller bounds its own use, as exports do)."""
         with translated():
-            async with asyncio.timeout(self._timeout):
-                await self._slots.acquire()
+            if share:
+                async with asyncio.timeout(self._timeout):
+                    await self._slots.acquire()
             try:
                 async with (
                     self._pool.acquire(timeout=self._timeout) as conn,
@@ -97,33 +101,165 @@ class TenantReads:
                     if self._role is None:
                         self._role = await _reader_role(conn)
                     await conn.execute(_AS_READER, self._role, tenant)
-                    return await conn.fetch(query, *args)
+                    yield conn
             finally:
-                self._slots.release()
+                if share:
+                    self._slots.release()
 
 
-class BarReader:
-    """Reads bars (``TenantReads``: as the reader role, bounded, translated errors)."""
+class ExportsBusyError(DatabaseUnavailableError):
+    """As many exports as allowed are streaming (``max_exports``): nothing was started;
+    try again shortly."""
 
-    def __init__(self, pool: DbPool, *, max_concurrent: int, acquire_timeout: float) -> None:
+
+@dataclass(frozen=True)
+class Page:
+    """A page of rows (the provider, then the shape's columns); ``after`` the last
+    row's order values when the limit cut the read short (more may follow)."""
+
+    rows: list[tuple[Any, ...]]
+    after: tuple[str, ...] | None
+
+
+_EXPORT_QUEUE = 8  # chunks of COPY output waiting for the client (each up to ~64 KiB)
+_JOIN_BYTES = 1 << 18  # chunks waiting are sent as one, up to this
+
+
+class Export:
+    """A running export: COPY output relayed through a bounded queue. Iterate
+    ``chunks()`` (once); its end, or ``close()``, stops the COPY and frees the slot and
+    the connection. A failure after the first chunk ends the iteration with the
+    ``StorageError``."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_EXPORT_QUEUE)
+        self._task: asyncio.Task[None] | None = None
+        self._first: bytes | BaseException | None = None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            item = self._first
+            while item is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                parts = [item]
+                size = len(item)
+                follows: bytes | BaseException | None = None
+                ended = False
+                while size < _JOIN_BYTES and not self._queue.empty():
+                    more = self._queue.get_nowait()
+                    if not isinstance(more, bytes):  # the end, or a failure: after these
+                        follows, ended = more, True
+                        break
+                    parts.append(more)
+                    size += len(more)
+                yield b"".join(parts) if len(parts) > 1 else item
+                item = follows if ended else await self._queue.get()
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+class Reader:
+    """Every read of every kind (``reads.ReadShape``), as the reader role for one
+    tenant (``TenantReads``). Pages and latest rows on the readers' share of the pool;
+    exports on connections of their own, at most ``max_exports`` at once (beyond:
+    ``ExportsBusyError``), each bounded by ``export_timeout`` in all."""
+
+    def __init__(
+        self,
+        pool: DbPool,
+        *,
+        max_concurrent: int,
+        acquire_timeout: float,
+        max_exports: int,
+        export_timeout: float,
+    ) -> None:
         self.reads = TenantReads(
             pool, max_concurrent=max_concurrent, acquire_timeout=acquire_timeout
         )
+        self._pool = pool
+        self._exports = max(1, max_exports)
+        self._exporting = 0
+        self._acquire_timeout = acquire_timeout
+        self._export_timeout = export_timeout
 
-    async def fetch(
-        self,
-        *,
-        tenant: str,
-        provider: str,
-        symbol: str,
-        resolution: str,
-        start: datetime | None = None,
-        end: datetime | None = None,
-        limit: int = 1000,
-    ) -> list[StoredBar]:
-        """``tenant``'s bars of one provider, symbol and resolution in ``[start, end)``,
-        oldest first (a range scan of the primary key)."""
-        records = await self.reads.fetch(
-            tenant, _SELECT_BARS, provider, symbol, resolution, start, end, limit, tenant
-        )
-        return [StoredBar(*r.values()) for r in records]
+    async def page(self, shape: ReadShape, query: ReadQuery) -> Page:
+        """``query``'s rows (at most ``query.limit``), as one page: ``after`` is set only
+        when more rows follow (one more is read to know)."""
+        plan = statements(shape, query, "rows")
+        most = None if query.limit is None else query.limit + 1
+        records: list[asyncpg.Record] = []
+        if plan:
+            async with self.reads.transaction(query.tenant) as conn:
+                for statement in plan:
+                    left = None if most is None else most - len(records)
+                    if left == 0:
+                        break
+                    records += await conn.fetch(statement.sql, *statement.args[:-1], left)
+        after = None
+        if most is not None and len(records) == most:
+            records.pop()
+            after = order_values(shape, dict(records[-1].items()))
+        return Page([tuple(r.values()) for r in records], after)
+
+    async def latest(self, shape: ReadShape, query: ReadQuery) -> list[tuple[Any, ...]]:
+        """The newest row of each of ``query.symbols`` that has one, in their order."""
+        statement = latest_statement(shape, query)
+        async with self.reads.transaction(query.tenant) as conn:
+            records = await conn.fetch(statement.sql, *statement.args)
+        return [tuple(r.values()) for r in records]
+
+    async def export(self, shape: ReadShape, query: ReadQuery, fmt: Format) -> Export:
+        """Start exporting ``query`` in ``fmt`` (``csv``: a header row first): returns
+        once the first chunk is there (or the export ended), so that a database that
+        cannot be used raises here, before anything is answered."""
+        if self._exporting >= self._exports:
+            raise ExportsBusyError(f"{self._exports} export(s) already streaming")
+        plan = statements(shape, query, fmt)
+        export = Export()
+        self._exporting += 1
+        export._task = asyncio.create_task(self._copy(export, plan, query, fmt))
+        first = await export._queue.get()
+        if isinstance(first, BaseException):
+            await export.close()
+            raise first
+        export._first = first  # None: no rows, and no header (NDJSON): an empty body
+        return export
+
+    async def _copy(
+        self, export: Export, plan: list[Statement], query: ReadQuery, fmt: Format
+    ) -> None:
+        put = export._queue.put
+
+        async def relay(data: bytes | bytearray) -> None:  # asyncpg hands bytearrays
+            await put(bytes(data))
+
+        try:
+            with translated():
+                async with asyncio.timeout(self._export_timeout):
+                    async with self.reads.transaction(query.tenant, share=False) as conn:
+                        left = query.limit
+                        for n, statement in enumerate(plan):
+                            if left == 0:
+                                break
+                            options: dict[str, Any] = (
+                                {"format": "csv", "header": n == 0}
+                                if fmt == "csv"
+                                else {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
+                            )
+                            status = await conn.copy_from_query(
+                                statement.sql, *statement.args[:-1], left, output=relay, **options
+                            )
+                            if left is not None:
+                                left -= int(status.rsplit(" ", 1)[-1])
+            await put(None)
+        except Exception as exc:
+            await put(exc)
+        finally:
+            self._exporting -= 1

@@ -448,6 +448,34 @@ class TransportInstruments:
         ]
 
 
+class _RetentionStats(Protocol):
+    @property
+    def deleted(self) -> dict[str, int]: ...
+
+
+class RetentionInstruments:
+    """``mds.retention.rows.deleted{table}``: rows retention deleted (dropped chunks'
+    rows included), every table from start-up (at 0 until its first delete)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._stats: _RetentionStats | None = None
+        meter.create_observable_counter(
+            "mds.retention.rows.deleted",
+            callbacks=[self._observe],
+            unit="{row}",
+            description="Rows deleted by retention (POST /admin/retention/apply), by table",
+        )
+
+    def track(self, stats: _RetentionStats) -> None:
+        self._stats = stats
+
+    def _observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        stats = self._stats
+        if stats is None:
+            return []
+        return [Observation(n, {"table": table}) for table, n in tuple(stats.deleted.items())]
+
+
 @dataclass(frozen=True)
 class Instruments:
     """Every instrument set of one service, registered on one meter when the service is
@@ -459,6 +487,7 @@ class Instruments:
     feedback: FeedbackInstruments
     service: ServiceInstruments
     transport: TransportInstruments
+    retention: RetentionInstruments
 
     @classmethod
     def on(cls, meter: Meter) -> Instruments:
@@ -468,4 +497,5 @@ class Instruments:
             FeedbackInstruments(meter),
             ServiceInstruments(meter),
             TransportInstruments(meter),
+            RetentionInstruments(meter),
         )

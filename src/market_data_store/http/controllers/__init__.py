@@ -7,6 +7,7 @@ from .facts import fact_routers
 from .feedback import FeedbackStateController, FeedbackStreamController
 from .health import HealthController
 from .metrics import MetricsController
+from .retention import RetentionController
 from .status_page import StatusPageController
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "FeedbackStreamController",
     "HealthController",
     "MetricsController",
+    "RetentionController",
     "StatusPageController",
     "fact_routers",
 ]

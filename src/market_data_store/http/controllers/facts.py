@@ -6,32 +6,32 @@ Litestar reads their annotations, which name the kind's own types, as objects.)"
 
 from collections.abc import AsyncIterable
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.di import NamedDependency
-from litestar.exceptions import ValidationException
 from litestar.openapi import ResponseSpec
-from litestar.params import FromQuery, QueryParameter
+from litestar.params import FromQuery
+from litestar.response import Stream
 
-from market_data_store.ingest import (
-    KINDS,
-    PROVIDER_PATTERN,
-    SYMBOL_PATTERN,
-    FactDecoder,
-    FactKind,
-    trim,
-)
+from market_data_store.ingest import KINDS, FactDecoder, FactKind
 from market_data_store.service import Tenants
-from market_data_store.storage import FactReader, FactRow
+from market_data_store.storage import SHAPES, FactRow, Reader
 
-from ..openapi import fact_operation
+from ..openapi import ReadOperation, fact_operation
 from ..problems import problem_responses
-from ..reads import query_errors
+from ..reads import (
+    Cursor,
+    Limit,
+    OptionalSymbol,
+    Provider,
+    RequiredSymbols,
+    Symbols,
+    answer_read,
+    latest_rows,
+)
 from ..writes import (
-    DEFAULT_LIMIT,
-    MAX_LIMIT,
     UNAUTHORIZED,
     Ingest,
     IngestResult,
@@ -72,7 +72,8 @@ def _page(kind: FactKind, stored: type[msgspec.Struct]) -> type[msgspec.Struct]:
         [
             (kind.kind, list[stored]),  # type: ignore[valid-type]
             ("count", int),
-            ("truncated", bool),  # limit reached: more may follow the last one's time
+            ("truncated", bool),  # more follow (read them from ``next``)
+            ("next", str | None, None),  # the cursor of the following page, when truncated
         ],
     )
 
@@ -132,90 +133,111 @@ def fact_router(kind: FactKind) -> Router:
         return await ingest(request, decode, wait, x_mds_producer, name)
 
     read_description = (
-        f"One provider's {name} "
-        + ("of one symbol " if by_symbol else "(naming `symbol`, when given) ")
-        + f"with `{table.time}` in [start, end), ordered by it (then by key); decimals "
-        "as exact strings. With tenants configured, the bearer token's tenant's only."
+        f"One provider's {name}: "
+        + (
+            "of `symbol`, of a list (`symbols=A,B`) or of all its symbols, ordered by "
+            f"symbol (in the list's order), then by key ({', '.join(table.order[1:])})"
+            if by_symbol
+            else "naming `symbol` or any of `symbols` (all, when neither is given), "
+            f"ordered by key ({', '.join(table.order)})"
+        )
+        + f", with `{table.time}` in [start, end); decimals as exact strings. A JSON page "
+        "holds at most `limit` (default 1000, at most 10000); a full page carries `next` "
+        "for `cursor`. `Accept: text/csv` or `application/x-ndjson` streams every match "
+        "(as `GET /v1/bars`). With tenants configured, the bearer token's tenant's only."
     )
     read_responses = {
-        200: ResponseSpec(data_container=page, description=f"{name}, oldest first"),
+        200: ResponseSpec(data_container=page, description=f"{name}, in key order"),
         **problem_responses(
             s400="Bad, missing or repeated query parameters: each one listed",
             s401=UNAUTHORIZED,
-            s503="The database cannot be used right now; retry after `Retry-After`",
+            s503="The database cannot be used right now, or every export slot is taken "
+            "(`reads.max_exports`); retry after `Retry-After`",
         ),
     }
+    shape = SHAPES[name]
 
-    async def read(
+    @get(
+        "/",
+        summary=f"Read {name}",
+        description=read_description,
+        responses=read_responses,
+        operation_id=f"V1{name.capitalize()}Read",
+        operation_class=ReadOperation,
+    )
+    async def read_items(
         request: Request[Any, Any, Any],
-        fact_reader: FactReader,
-        tenants: Tenants,
-        provider: str,
-        symbol: str | None,
-        start: Any,
-        end: Any,
-        limit: int,
-    ) -> Response[Any]:
-        tenant = tenant_of(request, tenants)
-        errors = query_errors(provider, symbol, start, end)
-        if errors:
-            raise ValidationException("invalid query parameters", extra=errors)
-        rows = await fact_reader.fetch(
-            name,
-            tenant=tenant,
-            provider=trim(provider),
-            symbol=None if symbol is None else trim(symbol).upper(),
+        reader: NamedDependency[Reader],
+        tenants: NamedDependency[Tenants],
+        provider: Provider,
+        symbol: OptionalSymbol = None,
+        symbols: Symbols = None,
+        start: FromQuery[Time | None] = None,
+        end: FromQuery[Time | None] = None,
+        limit: Limit = None,
+        cursor: Cursor = None,
+    ) -> Response[Any] | Stream:
+        def answer(rows: list[tuple[Any, ...]], following: str | None) -> msgspec.Struct:
+            items = [stored(*row) for row in rows]
+            return page(items, len(items), following is not None, following)
+
+        return await answer_read(
+            request,
+            reader,
+            shape,
+            tenant=tenant_of(request, tenants),
+            provider=provider,
+            symbol=symbol,
+            symbols=symbols,
             start=start,
             end=end,
             limit=limit,
+            cursor=cursor,
+            page=answer,
         )
-        items = [stored(*row) for row in rows]
-        return Response(page(items, len(items), len(items) == limit))
 
-    Provider = Annotated[str, QueryParameter(schema_extra={"pattern": PROVIDER_PATTERN})]
-    Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT)]
-    Symbol = Annotated[str, QueryParameter(schema_extra={"pattern": SYMBOL_PATTERN})]
-    OptionalSymbol = Annotated[str | None, QueryParameter(schema_extra={"pattern": SYMBOL_PATTERN})]
-    get_options: dict[str, Any] = {
-        "summary": f"Read {name}",
-        "description": read_description,
-        "responses": read_responses,
-        "operation_id": f"V1{name.capitalize()}Read",
-    }
+    handlers: list[Any] = [ingest_items, read_items]
+    if name == "quotes":
+        latest_page = msgspec.defstruct(
+            "LatestQuotes",
+            [("quotes", list[stored]), ("count", int), ("missing", list[str])],  # type: ignore[valid-type]
+        )
 
-    if by_symbol:
-
-        @get("/", **get_options)
-        async def read_items(
+        @get(
+            "/latest",
+            summary="Latest quotes",
+            description=(
+                "The newest quote of each listed symbol (`symbols=A,B,...`, at most 1000) of "
+                "one provider, in the list's order; `missing` lists the symbols with none. "
+                "With tenants configured, the bearer token's tenant's only."
+            ),
+            responses={
+                200: ResponseSpec(data_container=latest_page, description="The newest quotes"),
+                **problem_responses(
+                    s400="Bad, missing or repeated query parameters: each one listed",
+                    s401=UNAUTHORIZED,
+                    s503="The database cannot be used right now; retry after `Retry-After`",
+                ),
+            },
+            operation_id="V1QuotesLatest",
+        )
+        async def latest_items(
             request: Request[Any, Any, Any],
-            fact_reader: NamedDependency[FactReader],
+            reader: NamedDependency[Reader],
             tenants: NamedDependency[Tenants],
             provider: Provider,
-            symbol: Symbol,
-            start: FromQuery[Time | None] = None,
-            end: FromQuery[Time | None] = None,
-            limit: Limit = DEFAULT_LIMIT,
+            symbols: RequiredSymbols,
         ) -> Response[Any]:
-            return await read(request, fact_reader, tenants, provider, symbol, start, end, limit)
+            tenant = tenant_of(request, tenants)
+            rows, missing = await latest_rows(reader, shape, tenant, provider, symbols)
+            items = [stored(*row) for row in rows]
+            return Response(latest_page(items, len(items), missing))
 
-    else:
-
-        @get("/", **get_options)
-        async def read_items(
-            request: Request[Any, Any, Any],
-            fact_reader: NamedDependency[FactReader],
-            tenants: NamedDependency[Tenants],
-            provider: Provider,
-            symbol: OptionalSymbol = None,
-            start: FromQuery[Time | None] = None,
-            end: FromQuery[Time | None] = None,
-            limit: Limit = DEFAULT_LIMIT,
-        ) -> Response[Any]:
-            return await read(request, fact_reader, tenants, provider, symbol, start, end, limit)
+        handlers.append(latest_items)
 
     return Router(
         path=f"/v1/{name}",
-        route_handlers=[ingest_items, read_items],
+        route_handlers=handlers,
         tags=[name],
         security=[{"TenantToken": []}, {}],  # {}: a store without tenants needs no token
     )
