@@ -247,6 +247,33 @@ async def test_schemathesis_finds_nothing_on_a_store_with_tenants(
     assert int(cases[1]) >= 150, text[-6000:]
 
 
+@pytest.mark.timeout(RUN_TIMEOUT + 60)
+@pytest.mark.parametrize("accept", ["text/csv", "application/x-ndjson"])
+async def test_schemathesis_finds_nothing_in_exports(
+    service: RunningService, tmp_path: Path, accept: str
+) -> None:
+    """Every read route asked for an export: its answers as documented (a stream of the
+    documented media type, or a problem)."""
+    await service.client.post(  # something to export
+        "/v1/bars", params={"wait": "commit"}, json={"provider": "x", "bars": [wire_bar(0)]}
+    )
+    text = await schemathesis(
+        service,
+        tmp_path,
+        TOKEN,
+        "15",
+        "--include-method",
+        "GET",
+        "--include-path-regex",
+        "^/v1/(bars|options|quotes|trades|fundamentals|news)$",
+        "--header",
+        f"Accept: {accept}",
+    )
+    cases = re.search(r"Test cases:\s*(\d+) generated", text)
+    assert cases is not None, text[-6000:]
+    assert int(cases[1]) >= 50, text[-6000:]
+
+
 TENANT_TOKEN = "contract-tenant-token-" + "y" * 16
 
 

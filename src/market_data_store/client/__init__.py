@@ -37,6 +37,11 @@ coordinators are learned from the ``coordinator_id`` of the store's answers
 the stream is down the levels reported in answers and 503s are used instead;
 writes never wait for the stream.
 
+Reads: ``async for bar in store.read_bars(provider, resolution, symbols, start,
+end)`` streams a range as Core ``Bar``s (NDJSON, gzip, bounded memory), resuming
+from the last bar received when the export breaks; ``await store.latest(provider,
+symbols, resolution)`` is the newest bar of each symbol.
+
 ``SyncStoreClient`` runs a ``StoreClient`` on an event loop in a thread of its
 own, for code without asyncio.
 """
@@ -48,6 +53,7 @@ from .errors import (
     ClientClosedError,
     DeadlineExceededError,
     InvalidBarError,
+    ReadFailedError,
     StoreClientError,
 )
 from .options import ClientOptions, ClientStats
@@ -68,6 +74,7 @@ __all__ = [
     "InvalidBarError",
     "Level",
     "LevelBoard",
+    "ReadFailedError",
     "StoreClient",
     "StoreClientError",
     "SyncStoreClient",

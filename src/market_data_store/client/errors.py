@@ -87,12 +87,44 @@ class DeadlineExceededError(BatchFailedError):
         self.last_error = last_error
 
 
+class ReadFailedError(StoreClientError):
+    """A read (``read_bars``, ``latest``) ended without its answer: the store refused it
+    with a 4xx problem (a bad query, a 401 without the tenant's token), answered
+    something that is not the store's (a proxy's page, a wrong ``base_url``), or could
+    not be reached, or kept refusing (503), for ``deadline`` s since the last bar
+    arrived.
+
+    What a ``read_bars`` yielded before it stands: every bar of the range up to the
+    last one yielded, in order, none twice (``received`` counts them). ``status`` is
+    the last answer's HTTP status (None: no answer), ``problem`` its RFC 9457 body as
+    received, ``attempts`` the requests made, ``last_error`` what the last one met.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        problem: dict[str, Any] | None = None,
+        attempts: int = 1,
+        last_error: str | None = None,
+        received: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem: dict[str, Any] = problem if problem is not None else {}
+        self.attempts = attempts
+        self.last_error = last_error
+        self.received = received
+
+
 __all__ = [
     "BarsRejectedError",
     "BatchFailedError",
     "ClientClosedError",
     "DeadlineExceededError",
     "InvalidBarError",
+    "ReadFailedError",
     "StoreClientError",
 ]
 

@@ -34,6 +34,9 @@ class ClientStats:
     feedback_events: int = 0  # stream events received
     stream_connects: int = 0
     unreported_discarded: int = 0  # failures beyond MAX_UNREPORTED (still counted above)
+    bars_read: int = 0  # yielded by read_bars
+    read_requests: int = 0  # every GET of read_bars and latest
+    read_retries: int = 0  # of those, asked again (a broken export resumed, a 503 waited out)
 
 
 class ClientOptions(TypedDict, total=False):

@@ -10,7 +10,7 @@ import asyncio
 import functools
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from types import TracebackType
@@ -27,6 +27,7 @@ from .errors import BatchFailedError, ClientClosedError
 from .http1 import Http1Pool, lean_pool
 from .options import ClientOptions as ClientOptions  # where 0.4.0 defined it
 from .options import ClientStats
+from .reads import BarQuery, BarReader, symbol_list
 from .sender import MAX_ANSWER_BYTES, Sender
 from .stream import FeedbackFollower
 from .throttle import MAX_HOLD, LevelBoard, Throttle
@@ -99,6 +100,11 @@ class StoreClient:
 
     **Tenants.** ``token``: the tenant's bearer token, for a store with tenants
     (``auth.tenants``); the bars are that tenant's. A 401 fails a batch at once.
+
+    **Reads.** ``read_bars`` streams a range as Core ``Bar``s (an NDJSON export, in
+    bounded memory, resumed from the last bar received when it breaks or the store
+    refuses it for now); ``latest`` is the newest bar of each symbol. Neither starts
+    the senders or the feedback stream (``reads.py``).
 
     Concurrency reorders batches: two versions of one bar key written in
     different batches may be stored in either order unless ``max_in_flight=1``.
@@ -204,6 +210,7 @@ class StoreClient:
         self._http: httpx.AsyncClient | None = None
         self._lean: Http1Pool | None = None
         self._sender: Sender | None = None
+        self._reader: BarReader | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._follower: FeedbackFollower | None = None
         self._started = False
@@ -268,16 +275,7 @@ class StoreClient:
         if self._started:
             return
         self._started = True
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            transport=self._transport,
-            timeout=self.request_timeout,
-            limits=httpx.Limits(
-                max_connections=self.max_in_flight + 1,
-                max_keepalive_connections=self.max_in_flight + 1,
-            ),
-            follow_redirects=False,
-        )
+        http = self._http_client()
         # the POSTs without httpx where it would make the same plain request
         self._lean = lean_pool(
             self.base_url,
@@ -287,7 +285,7 @@ class StoreClient:
         )
         self._sender = Sender(
             self._accumulator,
-            self._http,
+            http,
             self._throttle,
             self._board,
             stats=self._stats,
@@ -308,7 +306,7 @@ class StoreClient:
         self._tasks = [asyncio.create_task(self._adjust(), name="store-client-adjust")]
         if self.follow_feedback:
             self._follower = FeedbackFollower(
-                self._http,
+                http,
                 on_event=self._on_stream_event,
                 on_reset=self._on_stream_reset,
                 on_live=self._on_stream_live,
@@ -431,6 +429,88 @@ class StoreClient:
         if exc_type is None:
             self._failures.raise_oldest()  # with an exception on the way out, do not mask it
 
+    # -- reads -----------------------------------------------------------------------------
+
+    def read_bars(
+        self,
+        provider: str,
+        resolution: str,
+        symbols: str | Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        resample_from: str | None = None,
+        limit: int | None = None,
+    ) -> AsyncGenerator[Bar, None]:
+        """Every bar of ``provider`` and ``resolution`` in [``start``, ``end``) (aware
+        datetimes; None: unbounded), as Core ``Bar``s with the store's exact
+        ``Decimal``s: of ``symbols`` (a str is one symbol; a list is read in its order;
+        None: all of the provider's, in symbol order), each symbol's oldest first; at
+        most ``limit``. ``resample_from``: these ``resolution`` bars computed by the
+        store from its finer ones of that resolution.
+
+        ``async for bar in client.read_bars(...)``: an NDJSON export streamed (gzip) and
+        decoded as it arrives, in memory bounded whatever the range's size. An export
+        that breaks (connection dropped, body cut short, timeout) or that the store
+        refuses for now (503: its export slots taken, after ``Retry-After``; 429, 408,
+        5xx) is asked for again after the backoff, from the last bar received: no bar
+        twice, none skipped. ``ReadFailedError`` when ``deadline`` s pass without a bar
+        arriving, at once for a 4xx (a bad query, 401 without the tenant's ``token``).
+        ``ValueError`` at the call for a blank provider or resolution, a naive time, a
+        bad ``limit``. Leaving the loop early: close the generator (``aclose()``, or
+        ``contextlib.aclosing``) to end the export at once.
+
+        Reading does not start the write machinery (no senders, no feedback stream).
+        """
+        if self._accumulator.closing:
+            raise ClientClosedError("the client is closed")
+        query = BarQuery.of(provider, resolution, symbols, start, end, resample_from, limit)
+        return self._reads().bars(query)
+
+    async def latest(
+        self, provider: str, symbols: str | Sequence[str], resolution: str
+    ) -> dict[str, Bar]:
+        """The newest bar of each of ``symbols`` (a str is one symbol) of ``provider``
+        and ``resolution``, by symbol (as the store spells it: upper case), in their
+        order; a symbol without a bar is absent. Retried as ``read_bars`` is;
+        ``ReadFailedError`` when it cannot be had."""
+        if self._accumulator.closing:
+            raise ClientClosedError("the client is closed")
+        if not provider.strip() or not resolution.strip():
+            raise ValueError("provider and resolution must not be blank")
+        listed = symbol_list(symbols) or ()
+        return await self._reads().latest(provider, listed, resolution)
+
+    def _reads(self) -> BarReader:
+        if self._reader is None:
+            self._reader = BarReader(
+                self._http_client,
+                self._headers,
+                stats=self._stats,
+                deadline=self.deadline,
+                initial_backoff=self.initial_backoff,
+                max_backoff=self.max_backoff,
+                max_hold=self._throttle.max_hold,
+            )
+        return self._reader
+
+    def _http_client(self) -> httpx.AsyncClient:
+        """The httpx client (made at ``start`` or at the first read)."""
+        if self._close_task is not None:
+            raise ClientClosedError("the client is closed")
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                base_url=self.base_url,
+                transport=self._transport,
+                timeout=self.request_timeout,
+                limits=httpx.Limits(
+                    max_connections=self.max_in_flight + 1,
+                    max_keepalive_connections=self.max_in_flight + 1,
+                ),
+                follow_redirects=False,
+            )
+        return self._http
+
     # -- feedback --------------------------------------------------------------------------
 
     def _observe(self, event: Feedback, *, learn: bool) -> None:
@@ -503,6 +583,8 @@ class StoreClient:
     async def _shut(self, timeout: float | None) -> None:
         await self._accumulator.close()
         if not self._started:
+            if self._http is not None:  # made for reads alone
+                await self._http.aclose()
             return
         try:
             if self._sender is not None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Generator, Iterable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, Unpack
+
+from market_data_store.contracts import Bar
 
 from .errors import BatchFailedError, ClientClosedError
 from .options import ClientOptions, ClientStats
@@ -17,6 +20,8 @@ R = TypeVar("R")
 
 CLOSE_GRACE = 5.0
 """Seconds the loop thread may take to stop after the client closed."""
+READ_BATCH = 1000
+"""Bars ``read_bars`` hands from the client's loop to the caller's thread at once."""
 
 
 class SyncStoreClient:
@@ -90,6 +95,47 @@ class SyncStoreClient:
         listed = list(items)
         return self._call(self._client.write_records(kind, listed, defaults=defaults), timeout)
 
+    def read_bars(
+        self,
+        provider: str,
+        resolution: str,
+        symbols: str | Sequence[str] | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        *,
+        resample_from: str | None = None,
+        limit: int | None = None,
+    ) -> Generator[Bar, None, None]:
+        """``StoreClient.read_bars`` as an iterator: the bars come from the client's
+        loop ``READ_BATCH`` at a time (memory stays bounded). Leaving the loop early:
+        ``close()`` the iterator (or let it go) to end the export."""
+        self._check_open()
+        bars = self._client.read_bars(
+            provider,
+            resolution,
+            symbols,
+            start,
+            end,
+            resample_from=resample_from,
+            limit=limit,
+        )
+        return self._iterate(bars)
+
+    def _iterate(self, bars: AsyncGenerator[Bar, None]) -> Generator[Bar, None, None]:
+        try:
+            while taken := self._call(_take(bars, READ_BATCH), None):
+                yield from taken
+        finally:
+            if self._loop.is_running() and threading.current_thread() is not self._thread:
+                self._call(bars.aclose(), CLOSE_GRACE)
+
+    def latest(
+        self, provider: str, symbols: str | Sequence[str], resolution: str
+    ) -> dict[str, Bar]:
+        """``StoreClient.latest``."""
+        self._check_open()
+        return self._call(self._client.latest(provider, symbols, resolution), None)
+
     def flush(self, timeout: float | None = None) -> None:
         """``StoreClient.flush``."""
         self._check_open()
@@ -155,3 +201,13 @@ class SyncStoreClient:
         self._thread.join(CLOSE_GRACE)
         if not self._thread.is_alive():
             self._loop.close()
+
+
+async def _take(bars: AsyncGenerator[Bar, None], most: int) -> list[Bar]:
+    """The next ``most`` bars (fewer at the end; none: the end)."""
+    taken: list[Bar] = []
+    async for bar in bars:  # leaving the loop does not close the generator
+        taken.append(bar)
+        if len(taken) >= most:
+            break
+    return taken

@@ -248,6 +248,7 @@ def _without_null(schema: Schema) -> Schema:
     return schema
 
 
+@dataclass
 class ReadOperation(Operation):
     """A read (``GET /v1/bars``, ``GET /v1/<kind>``): its 200 is a JSON page, or with
     ``Accept: text/csv`` / ``application/x-ndjson`` a stream of every row."""

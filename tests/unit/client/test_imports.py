@@ -34,7 +34,8 @@ def test_the_package_exports_what_it_always_did() -> None:
     assert sorted(client.__all__) == [
         "BarsDeadLetteredError", "BarsRejectedError", "BatchFailedError", "ClientClosedError",
         "ClientOptions", "ClientStats", "DeadlineExceededError", "Feedback", "InvalidBarError",
-        "Level", "LevelBoard", "StoreClient", "StoreClientError", "SyncStoreClient", "Throttle",
+        "Level", "LevelBoard", "ReadFailedError", "StoreClient", "StoreClientError",
+        "SyncStoreClient", "Throttle",
     ]  # fmt: skip
     assert all(hasattr(client, name) for name in client.__all__)
 
