@@ -434,3 +434,130 @@ async def test_a_reader_that_stops_reading_is_cut_and_frees_its_slot(
             await until(slot_free, timeout=15, what="the stalled export cut")
         finally:
             writer.close()
+
+
+async def test_exports_and_pages_follow_the_key_not_its_text(service: RunningService) -> None:
+    # whole and fractional seconds (the text of .25 sorts before that of :00Z), and
+    # strikes whose text sorts otherwise than their numbers
+    stamps = ["2024-01-02T14:30:00.25Z", "2024-01-02T14:30:00Z", "2024-01-02T14:30:01Z",
+              "2024-01-02T14:30:00.75Z"]  # fmt: skip
+    quotes = fact_body("quotes", 4, timestamp=lambda i: stamps[i])
+    assert (
+        await service.client.post("/v1/quotes", params={"wait": "commit"}, json=quotes)
+    ).status_code == 201
+    ordered = ["2024-01-02T14:30:00Z", "2024-01-02T14:30:00.250000Z",
+               "2024-01-02T14:30:00.750000Z", "2024-01-02T14:30:01Z"]  # fmt: skip
+    for accept in ("text/csv", "application/x-ndjson"):
+        got = await service.client.get(
+            "/v1/quotes", params={"provider": "ibkr", "symbol": "AAPL"}, headers={"Accept": accept}
+        )
+        rows = (
+            list(csv.DictReader(io.StringIO(got.text)))
+            if accept == "text/csv"
+            else [json.loads(line) for line in got.text.splitlines()]
+        )
+        assert [r["timestamp"] for r in rows] == ordered
+        # two, then resumed after the second: the other two
+        first = await service.client.get(
+            "/v1/quotes",
+            params={"provider": "ibkr", "symbol": "AAPL", "limit": "2"},
+            headers={"Accept": "text/csv"},
+        )
+        last = list(csv.DictReader(io.StringIO(first.text)))[-1]
+        rest = await service.client.get(
+            "/v1/quotes",
+            params={
+                "provider": "ibkr",
+                "symbol": "AAPL",
+                "cursor": encode_cursor(["AAPL", last["timestamp"]]),
+            },
+            headers={"Accept": "text/csv"},
+        )
+        assert [r["timestamp"] for r in csv.DictReader(io.StringIO(rest.text))] == ordered[2:]
+    strikes = ["99.9", "150.5", "1000", "20", "3"]
+    options = fact_body("options", 5, ts="2024-01-02T14:30:00Z", strike=lambda i: strikes[i])
+    assert (
+        await service.client.post("/v1/options", params={"wait": "commit"}, json=options)
+    ).status_code == 201
+    params = {"provider": "ibkr", "symbol": "AAPL", "limit": "2"}
+    seen: list[str] = []
+    while True:
+        page = (await service.client.get("/v1/options", params=params)).json()
+        seen += [o["strike"] for o in page["options"]]
+        if not page["next"]:
+            break
+        params["cursor"] = page["next"]
+    assert seen == ["3", "20", "99.9", "150.5", "1000"]
+
+
+async def test_a_cursor_must_name_a_listed_symbol(service: RunningService) -> None:
+    cursor = encode_cursor(["ZZZ", "1m", "2024-01-01T00:00:00Z"])
+    answer = await service.client.get("/v1/bars", params=query(symbols="AAPL", cursor=cursor))
+    assert answer.status_code == 400
+    assert "cursor" in answer.text
+
+
+async def test_a_page_varies_with_accept(service: RunningService) -> None:
+    answer = await service.client.get("/v1/bars", params=query(symbol="AAPL"))
+    assert answer.headers["vary"] == "Accept"
+
+
+async def test_a_slow_reader_outlasting_the_command_timeout_gets_everything(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = service_settings(database_url, str(tmp_path), MDS_DATABASE_COMMAND_TIMEOUT="1")
+    async with running_service(settings) as svc:
+        await put(svc, minute_bars("AAPL", 60_000))
+        host, port = svc.base_url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 16)
+        writer.write(
+            b"GET /v1/bars?provider=ibkr&resolution=1m HTTP/1.1\r\nHost: x\r\n"
+            b"Accept: text/csv\r\nConnection: close\r\n\r\n"
+        )
+        received = 0
+        started = asyncio.get_running_loop().time()
+        try:
+            while chunk := await reader.read(1 << 16):
+                received += len(chunk)
+                await asyncio.sleep(0.05)  # 1.3 MB/s at most: the COPY waits for seconds
+        finally:
+            writer.close()
+        assert asyncio.get_running_loop().time() - started > 2
+        assert received > 60_000 * 70  # every row (each over 70 bytes)
+        # the body ended with its last chunk: not cut short
+        whole = await svc.client.get("/v1/bars", params=query(), headers={"Accept": "text/csv"})
+        assert received > len(whole.content)
+
+
+async def test_exports_end_when_shutdown_begins(service: RunningService) -> None:
+    await put(service, minute_bars("AAPL", 60_000))
+    host, port = service.base_url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        b"GET /v1/bars?provider=ibkr&resolution=1m HTTP/1.1\r\nHost: x\r\nAccept: text/csv\r\n\r\n"
+    )
+    try:
+        assert (await reader.read(64)).startswith(b"HTTP/1.1 200")
+        components = service.components
+        assert components.reader._exporting == 1
+        components.lifecycle.begin_shutdown()
+        await until(lambda: components.reader._exporting == 0, what="the export stopped")
+        # the client sees its answer end without its last chunk
+        rest = b""
+        while chunk := await asyncio.wait_for(reader.read(1 << 20), 10):
+            rest += chunk
+        assert not rest.endswith(b"0\r\n\r\n")
+        refused = await service.client.get(
+            "/v1/bars", params=query(), headers={"Accept": "text/csv"}
+        )
+        assert refused.status_code == 503
+    finally:
+        writer.close()

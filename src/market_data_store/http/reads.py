@@ -219,6 +219,8 @@ async def answer_read(
     errors = query_errors(provider, symbol, start, end, resolution=resolution)
     listed = symbols_of(symbol, symbols, errors)
     after = cursor_of(cursor, shape, errors)
+    if after is not None and listed is not None and shape.by_symbol and after[0] not in listed:
+        errors.append({"key": "cursor", "message": "names a symbol this read does not list"})
     most = check_limit(limit, fmt, errors)
     bucket = None
     if resample_from is not None and resolution is not None:
@@ -246,7 +248,7 @@ async def answer_read(
     # the database unavailable (503) or refusing a value (400): raised, mapped in problems.py
     found = await reader.page(shape, query)
     following = None if found.after is None else encode_cursor(found.after)
-    return Response(page(found.rows, following))
+    return Response(page(found.rows, following), headers={"Vary": "Accept"})
 
 
 async def latest_rows(

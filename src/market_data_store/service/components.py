@@ -18,8 +18,9 @@ the same parts without HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -130,6 +131,11 @@ async def components(
             max_exports=exports,
             export_timeout=settings.reads.export_timeout,
         )
+        # exports end when shutdown begins (as feedback streams do: uvicorn waits for
+        # open connections first); their clients resume elsewhere from their cursor
+        stopper = asyncio.create_task(_stop_at(lifecycle.shutdown_event, reader.stop))
+        stack.push_async_callback(_cancelled, stopper)
+        stack.callback(reader.stop)  # and before the pool closes, whatever happened
         built = Components(
             settings=settings,
             lifecycle=lifecycle,
@@ -153,6 +159,17 @@ async def components(
             yield built
         finally:
             lifecycle.begin_shutdown()
+
+
+async def _stop_at(event: asyncio.Event, stop: Callable[[], None]) -> None:
+    await event.wait()
+    stop()
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class _BreakerLink:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import msgspec
 
-from .errors import DatabaseUnavailableError, translated
+from .errors import DatabaseUnavailableError, StorageError, translated
 from .reads import (
     Format,
     ReadQuery,
@@ -125,16 +125,43 @@ _EXPORT_QUEUE = 8  # chunks of COPY output waiting for the client (each up to ~6
 _JOIN_BYTES = 1 << 18  # chunks waiting are sent as one, up to this
 
 
+class ExportStoppedError(StorageError):
+    """The export was stopped before its end (the service is stopping): what was sent
+    is a prefix of it; resume it from the last row received."""
+
+
 class Export:
-    """A running export: COPY output relayed through a bounded queue. Iterate
-    ``chunks()`` (once); its end, or ``close()``, stops the COPY and frees the slot and
-    the connection. A failure after the first chunk ends the iteration with the
-    ``StorageError``."""
+    """A running export: COPY output relayed through a queue that holds at most
+    ``_EXPORT_QUEUE`` chunks (the COPY waits for room: a client that stops reading
+    stops it). Iterate ``chunks()`` once; its end, or ``close()``, stops the COPY and
+    frees the slot and the connection. A failure after the first chunk ends the
+    iteration with the ``StorageError`` (the answer is then cut short)."""
 
     def __init__(self) -> None:
-        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(_EXPORT_QUEUE)
+        # unbounded for the end and for failures, which never wait; chunks take room
+        self._queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue()
+        self._room = asyncio.Semaphore(_EXPORT_QUEUE)
         self._task: asyncio.Task[None] | None = None
         self._first: bytes | BaseException | None = None
+
+    async def put(self, data: bytes | bytearray) -> None:  # asyncpg hands bytearrays
+        await self._room.acquire()
+        self._queue.put_nowait(bytes(data))
+
+    def end(self, outcome: BaseException | None) -> None:
+        self._queue.put_nowait(outcome)
+
+    async def get(self) -> bytes | BaseException | None:
+        item = await self._queue.get()
+        if isinstance(item, bytes):
+            self._room.release()
+        return item
+
+    def _get_nowait(self) -> bytes | BaseException | None:
+        item = self._queue.get_nowait()
+        if isinstance(item, bytes):
+            self._room.release()
+        return item
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
@@ -147,14 +174,14 @@ class Export:
                 follows: bytes | BaseException | None = None
                 ended = False
                 while size < _JOIN_BYTES and not self._queue.empty():
-                    more = self._queue.get_nowait()
+                    more = self._get_nowait()
                     if not isinstance(more, bytes):  # the end, or a failure: after these
                         follows, ended = more, True
                         break
                     parts.append(more)
                     size += len(more)
                 yield b"".join(parts) if len(parts) > 1 else item
-                item = follows if ended else await self._queue.get()
+                item = follows if ended else await self.get()
         finally:
             await self.close()
 
@@ -188,6 +215,8 @@ class Reader:
         self._exporting = 0
         self._acquire_timeout = acquire_timeout
         self._export_timeout = export_timeout
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopped = False
 
     async def page(self, shape: ReadShape, query: ReadQuery) -> Page:
         """``query``'s rows (at most ``query.limit``), as one page: ``after`` is set only
@@ -219,30 +248,42 @@ class Reader:
         """Start exporting ``query`` in ``fmt`` (``csv``: a header row first): returns
         once the first chunk is there (or the export ended), so that a database that
         cannot be used raises here, before anything is answered."""
+        if self._stopped:
+            raise ExportsBusyError("the service is stopping")
         if self._exporting >= self._exports:
             raise ExportsBusyError(f"{self._exports} export(s) already streaming")
         plan = statements(shape, query, fmt)
         export = Export()
-        self._exporting += 1
-        export._task = asyncio.create_task(self._copy(export, plan, query, fmt))
-        first = await export._queue.get()
+        self._exporting += 1  # given back by the task, however it ends
+        export._task = task = asyncio.create_task(self._copy(export, plan, query, fmt))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        try:
+            first = await export.get()
+        except BaseException:  # cancelled while waiting: nobody will read it
+            await export.close()
+            raise
         if isinstance(first, BaseException):
             await export.close()
             raise first
         export._first = first  # None: no rows, and no header (NDJSON): an empty body
         return export
 
+    def stop(self) -> None:
+        """Stop every export streaming (each client sees its answer cut short) and
+        refuse new ones: the service is stopping."""
+        self._stopped = True
+        for task in list(self._tasks):
+            task.cancel()
+
     async def _copy(
         self, export: Export, plan: list[Statement], query: ReadQuery, fmt: Format
     ) -> None:
-        put = export._queue.put
-
-        async def relay(data: bytes | bytearray) -> None:  # asyncpg hands bytearrays
-            await put(bytes(data))
-
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._export_timeout
         try:
             with translated():
-                async with asyncio.timeout(self._export_timeout):
+                async with asyncio.timeout_at(deadline):
                     async with self.reads.transaction(query.tenant, share=False) as conn:
                         left = query.limit
                         for n, statement in enumerate(plan):
@@ -254,12 +295,21 @@ class Reader:
                                 else {"format": "csv", "quote": "\x01", "delimiter": "\x02"}
                             )
                             status = await conn.copy_from_query(
-                                statement.sql, *statement.args[:-1], left, output=relay, **options
+                                statement.sql,
+                                *statement.args[:-1],
+                                left,
+                                output=export.put,
+                                # not the pool's command_timeout: the client's pace counts
+                                timeout=max(0.001, deadline - loop.time()),
+                                **options,
                             )
                             if left is not None:
                                 left -= int(status.rsplit(" ", 1)[-1])
-            await put(None)
+            export.end(None)
+        except asyncio.CancelledError:
+            export.end(ExportStoppedError("the export was stopped (the service is stopping)"))
+            raise
         except Exception as exc:
-            await put(exc)
+            export.end(exc)
         finally:
             self._exporting -= 1

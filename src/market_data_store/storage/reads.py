@@ -284,7 +284,7 @@ def _statement(
             where.append(f"{_ident(name)} = {p(value)}")
         if after is not None:
             where.append(_after(shape, order, after, p, ">"))
-        source = shape.kind
+        source = f"{shape.kind} AS t"
     else:  # bars only: the source bars from the start of the cursor's bucket on
         assert shape is BARS
         where.append(f"resolution = {p(query.bucket.source)}")
@@ -294,9 +294,10 @@ def _statement(
             inner_after = tuple(v for c, v in zip(order, after, strict=True) if c != "resolution")
             where.append(_after(shape, inner, inner_after, p, ">="))
             outer.append(_after(shape, order, after, p, ">"))
-        source = f"({_resampled(query.bucket, ' AND '.join(where), p)}) AS bars"
+        source = f"({_resampled(query.bucket, ' AND '.join(where), p)}) AS t"
         where = outer
-    ordering = ", ".join(map(_ident, order))
+    # the table's columns, not the select list's formatted text of the same name
+    ordering = ", ".join(f"t.{_ident(c)}" for c in order)
     conditions = f"WHERE {' AND '.join(where)}" if where else ""
     limit = p(query.limit, "bigint")
     sql = (
