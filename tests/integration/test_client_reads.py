@@ -154,8 +154,10 @@ async def test_an_interrupted_export_resumes_after_the_last_bar(
                 if len(read) in (100, n // 2 + 5):  # within AAPL, then within MSFT
                     proxy.cut()  # every connection reset, mid-stream
                     proxy.restore()
-            assert client.stats.read_retries >= 2
-            assert client.stats.read_requests >= 3
+            # the first cut always interrupts; the second may come after the rest of
+            # the body already sits in the proxy's and the kernel's buffers
+            assert client.stats.read_retries >= 1
+            assert client.stats.read_requests >= 2
     finally:
         await proxy.close()
     assert read == [key(b) for b in written]  # every bar, once, in order
