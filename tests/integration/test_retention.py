@@ -275,3 +275,29 @@ async def test_one_apply_at_a_time_in_a_process_and_across_replicas(
     finally:
         await blocker.close()
         await other_replica.close()
+
+
+async def test_a_table_held_by_another_session_ends_its_turn_not_the_apply(
+    pool: DbPool, database_url: str
+) -> None:
+    await add_bars(pool, [100, 100])
+    await add_quotes(pool, [100])
+    other = await asyncpg.connect(database_url)
+    try:
+        held = other.transaction()
+        await held.start()
+        await other.execute("LOCK TABLE bars IN SHARE MODE")  # an index build, say
+        apply = retention(
+            pool, RetentionRule("bars", "30d"), RetentionRule("quotes", "30d"), max_seconds=10
+        )
+        result = await asyncio.wait_for(apply.apply(), 20)  # a guard, not a measure
+        by_table = {t.table: t for t in result.tables}
+        assert (by_table["bars"].deleted, by_table["bars"].complete) == (0, False)
+        assert (by_table["quotes"].deleted, by_table["quotes"].complete) == (1, True)
+        assert result.complete is False
+        await held.rollback()
+    finally:
+        await other.close()
+    again = await apply.apply()
+    assert {t.table: t.deleted for t in again.tables} == {"bars": 2, "quotes": 0}
+    assert again.complete

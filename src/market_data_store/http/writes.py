@@ -174,7 +174,7 @@ class Ingest:
             supported = ", ".join(sorted(media_types))
             return problem(415, f"content type {raw_type!r} is not accepted; use {supported}")
         charset = _charset(raw_type)
-        if media_type == CSV and charset not in (None, "utf-8", "us-ascii"):
+        if media_type == CSV and charset not in (None, "utf-8", "utf8", "us-ascii"):
             return problem(415, f"charset {charset!r} is not accepted for {CSV}; send utf-8")
         codings = [
             coding.strip().lower()

@@ -259,7 +259,9 @@ def _typed(chunk: list[str], header: Header) -> tuple[list[Any], list[Any]] | No
     if max(map(len, chunk)) > MAX_BAR_BYTES:
         return None
     text = "\n".join(chunk)
-    if '"' not in text and "\\" not in text:
+    # every line exactly the header's fields (an array struct would take more: a row
+    # of ten values under a header of nine must not fill a column it does not name)
+    if '"' not in text and "\\" not in text and text.count(",") == (header.width - 1) * len(chunk):
         document = '[["' + text.replace(",", '","').replace("\n", '"],["') + '"]]'
         try:
             rows: list[Any] = header.json_rows.decode(document)

@@ -18,8 +18,10 @@ rows in several chunks). On a plain table each batch starts where the last one e
 (``ctid >``, a TID range scan): one apply reads the table once, not its dead rows
 again at every batch.
 
-Batches go on until one finds fewer than ``batch_rows`` rows (the table is done) or
-``max_seconds`` have passed since the apply began (checked after each batch: an apply
+Batches go on until one finds fewer than ``batch_rows`` rows (the table is done), or
+one waits for a lock more than ``DROP_LOCK_TIMEOUT`` or runs past the deadline (the
+table is not done: the next apply goes on with it), or ``max_seconds`` have passed
+since the apply began (checked after each batch: an apply
 always makes progress; tables not reached are reported not complete, and the next
 apply begins with the table after the last one worked on: round robin, so one table
 that outlasts ``max_seconds`` does not starve the others). Every statement
@@ -169,6 +171,7 @@ class Retention:
         self._max_seconds = max_seconds
         self._acquire_timeout = acquire_timeout
         self._statement_timeout = f"{max(1, round(statement_timeout * 1000))}ms"
+        self._statement_seconds = statement_timeout
         self._clock = clock
         self._now = now
         self._running = asyncio.Lock()
@@ -254,9 +257,18 @@ class Retention:
         after: tuple[int, int] = (0, 0)  # no row has this ctid: every row is after it
         deleted = 0
         while True:
-            async with conn.transaction():
-                await _bound(conn, self._statement_timeout)
-                row = await conn.fetchrow(sql, cutoff, self._batch_rows, after)
+            # a batch waits for a lock at most DROP_LOCK_TIMEOUT and runs no later than
+            # a moment past the deadline: a table another session holds (an index
+            # build, LOCK TABLE) ends this table's turn, not the whole apply
+            left = max(0.0, deadline - self._clock()) + DROP_LOCK_TIMEOUT
+            timeout = f"{max(1, round(min(self._statement_seconds, left) * 1000))}ms"
+            try:
+                async with conn.transaction():
+                    await _bound(conn, timeout, DROP_LOCK_TIMEOUT)
+                    row = await conn.fetchrow(sql, cutoff, self._batch_rows, after)
+            except (asyncpg.LockNotAvailableError, asyncpg.QueryCanceledError) as exc:
+                log.info("retention: %s not done this time (%s)", rule.table, type(exc).__name__)
+                return deleted, False
             assert row is not None  # an aggregate's one row
             found, gone, last = row
             deleted += gone

@@ -337,3 +337,13 @@ def test_an_error_in_one_chunk_keeps_the_indices_of_all() -> None:
     lines.insert(5, "")  # a blank line moves no index
     found = errors_of(body(*lines), 10_000)
     assert found == [(CSV_CHUNK_ROWS + 7, "low", "must be <= min(open, close)")]
+
+
+@pytest.mark.parametrize("extra", [",true", ",true,2024-06-01T00:00:00Z", ","])
+def test_fields_beyond_the_header_are_refused_on_the_fast_path_too(extra: str) -> None:
+    # no quote anywhere in the chunk (the fast path): the row of more fields than the
+    # header names must not fill the columns the header leaves out
+    lines = ["ibkr,XTRA,1m,2024-01-02T00:00:07Z,1,2,0.5,1.5,10" + extra]
+    found = errors_of(body(*lines))
+    assert [(index, field) for index, field, _ in found] == [(0, "$")]
+    assert found[0][2].endswith("fields; the header row names 9")
