@@ -32,7 +32,7 @@ from typing import Any
 
 import msgspec
 
-from market_data_store.storage import DEFAULT_TENANT, BarRow
+from market_data_store.storage import BARS, DEFAULT_TENANT, BarRow
 
 from .bounds import MAX_BAR_BYTES, PRESCAN_STEP, CsvBound, check_bar_count
 from .codec import MEDIA_TYPES, BarIn
@@ -43,19 +43,7 @@ from .rules import EARLIEST, LATEST, PROVIDER_RULE, TS_RANGE_RULE, check_bar, pr
 CSV = "text/csv"
 BAR_MEDIA_TYPES = {**MEDIA_TYPES, CSV: CSV}
 """What ``POST /v1/bars`` takes (the other kinds: ``MEDIA_TYPES``)."""
-CSV_COLUMNS = (
-    "provider",
-    "symbol",
-    "resolution",
-    "ts",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "delayed",
-    "updated_at",
-)
+CSV_COLUMNS = BARS.names
 """The columns of a bars CSV, in the export's order."""
 REQUIRED_COLUMNS = CSV_COLUMNS[:9]
 # Rows converted, checked and built per step (about a millisecond, as JSON's 128 bars).

@@ -210,10 +210,8 @@ class Reader:
         self.reads = TenantReads(
             pool, max_concurrent=max_concurrent, acquire_timeout=acquire_timeout
         )
-        self._pool = pool
         self._exports = max(1, max_exports)
         self._exporting = 0
-        self._acquire_timeout = acquire_timeout
         self._export_timeout = export_timeout
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = False
