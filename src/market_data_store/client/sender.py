@@ -216,6 +216,7 @@ class Sender:
         split = await self._attempts(
             BARS_PATH,
             encode_body(self.provider, bars),
+            len(bars),
             batch,
             lambda: as_dicts(bars),
             lambda answer: self._delivered(bars, answer),
@@ -243,6 +244,7 @@ class Sender:
                 split = await self._attempts(
                     path,
                     encode_records(self.provider, path.rsplit("/", 1)[1], part),
+                    len(part),
                     batch,
                     lambda part=part: part,  # type: ignore[misc]
                     answered.append,
@@ -280,14 +282,16 @@ class Sender:
         self,
         path: str,
         body: bytes,
+        count: int,
         batch: Batch,
         items: Callable[[], list[dict[str, Any]]],
         delivered: Callable[[IngestAnswer], None],
     ) -> bool:
-        """``body`` sent to ``path`` until accepted (False; ``delivered`` told the
-        answer) or refused as too large with more than one item in it (True: split it).
-        Raises ``BatchFailedError`` (with ``items()``)."""
-        count = max(1, len(items()))
+        """``body`` (of ``count`` items) sent to ``path`` until accepted (False;
+        ``delivered`` told the answer) or refused as too large with more than one item
+        in it (True: split it). Raises ``BatchFailedError`` (with ``items()``, built only
+        then: turning a part back into dicts costs more than encoding it)."""
+        count = max(1, count)
         attempt = 0
         while True:
             try:
