@@ -171,6 +171,21 @@ def window_rate(curve: Curve, start: float, end: float) -> float:
     return (committed_by(curve, end) - committed_by(curve, start)) / (end - start)
 
 
+def dips(
+    curve: Curve, start: float, end: float, target: float, window: float = 0.5, grain: float = 0.01
+) -> float:
+    """Share of the ``window`` s windows starting in [``start``, ``end`` - ``window``] (on a
+    ``grain`` grid) whose commit rate is under ``target`` bars/s."""
+    starts = round((end - window - start) / grain) + 1
+    if starts <= 0:
+        return 0.0
+    low = sum(
+        window_rate(curve, start + i * grain, start + i * grain + window) < target
+        for i in range(starts)
+    )
+    return low / starts
+
+
 def recovery_time(
     curve: Curve,
     step: float,

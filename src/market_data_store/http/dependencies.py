@@ -17,7 +17,6 @@ from litestar.di import Provide
 from market_data_store.config import Settings
 from market_data_store.coordinator import FeedbackBus, Shares, WriteCoordinator
 from market_data_store.feedback import FeedbackChannels, FeedbackFanout
-from market_data_store.ingest import BarDecoder, FactDecoder
 from market_data_store.service import Components, HealthSources, Lifecycle, Tenants
 from market_data_store.storage import DbPool, Reader, Retention, Row
 from market_data_store.telemetry import Telemetry
@@ -48,12 +47,6 @@ def providers(
     def provide_reader() -> Reader:
         return running().reader
 
-    def provide_bar_decoder() -> BarDecoder:
-        return running().bar_decoder
-
-    def provide_fact_decoder() -> FactDecoder:
-        return running().fact_decoder
-
     def provide_coordinator() -> WriteCoordinator[Row]:
         return running().coordinator
 
@@ -63,7 +56,16 @@ def providers(
         components = running()
         if not built or built[0][0] is not components:
             c = components
-            built[:] = [(c, Ingest(c.coordinator, lifecycle, settings, c.tenants, c.tenant_shares))]
+            ingest = Ingest(
+                c.coordinator,
+                lifecycle,
+                settings,
+                c.tenants,
+                c.tenant_shares,
+                c.bar_decoder,
+                c.fact_decoder,
+            )
+            built[:] = [(c, ingest)]
         return built[0][1]
 
     def provide_tenants() -> Tenants:
@@ -93,8 +95,6 @@ def providers(
         "telemetry": provide_telemetry,
         "db_pool": provide_db_pool,
         "reader": provide_reader,
-        "bar_decoder": provide_bar_decoder,
-        "fact_decoder": provide_fact_decoder,
         "coordinator": provide_coordinator,
         "ingest": provide_ingest,
         "tenants": provide_tenants,

@@ -37,3 +37,31 @@ def test_hooks_guards_and_dependencies_run_on_the_event_loop() -> None:
             assert not (provider.has_sync_callable and provider.sync_to_thread), (name, key)
         if handler.has_sync_callable:
             assert handler.sync_to_thread is False, name
+
+
+def test_write_routes_resolve_one_dependency_without_a_task_group() -> None:
+    """Litestar resolves two or more dependencies of a handler concurrently, in an anyio
+    task group (a task each): on ``POST /v1/bars`` that was about a quarter of a small
+    request's CPU in the service (0.27 -> 0.21 ms for a 1-bar body, measured from
+    ``/proc``). The write routes take ``Ingest``, which carries the decoders."""
+    app = create_app(load_settings({}))
+    writes = [
+        (route.path, handler)
+        for route in app.routes
+        if isinstance(route, HTTPRoute) and route.path.startswith("/v1/")
+        for method, (handler, _) in route.route_handler_map.items()
+        if method == "POST" and handler.handler_name.startswith("ingest")
+    ]
+    assert {path for path, _ in writes} >= {
+        "/v1/bars",
+        "/v1/options",
+        "/v1/quotes",
+        "/v1/trades",
+        "/v1/fundamentals",
+        "/v1/news",
+    }
+    for path, handler in writes:
+        assert isinstance(handler, HTTPRouteHandler)
+        provided = handler.resolve_dependencies()
+        used = [name for name in handler.parsed_fn_signature.parameters if name in provided]
+        assert used == ["ingest"], (path, used)

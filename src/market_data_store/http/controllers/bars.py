@@ -13,7 +13,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery
 from litestar.response import Stream
 
-from market_data_store.ingest import BAR_MEDIA_TYPES, BarDecoder
+from market_data_store.ingest import BAR_MEDIA_TYPES
 from market_data_store.service import Tenants
 from market_data_store.storage import BARS, BarRow, Reader, StoredBar
 
@@ -104,10 +104,11 @@ class BarsController(Controller):
         self,
         request: Request[Any, Any, Any],
         ingest: NamedDependency[Ingest],
-        bar_decoder: NamedDependency[BarDecoder],
         wait: FromQuery[Literal["commit"] | None] = None,
         x_mds_producer: ProducerHeader = None,
     ) -> Response[Any]:
+        bar_decoder = ingest.bar_decoder  # one dependency: see ``Ingest``
+
         async def decode(
             body: AsyncIterable[bytes], media_type: str, most: int, tenant: str
         ) -> list[BarRow]:

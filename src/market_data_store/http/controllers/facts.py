@@ -15,7 +15,7 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromQuery
 from litestar.response import Stream
 
-from market_data_store.ingest import KINDS, FactDecoder, FactKind
+from market_data_store.ingest import KINDS, FactKind
 from market_data_store.service import Tenants
 from market_data_store.storage import SHAPES, FactRow, Reader
 
@@ -121,10 +121,11 @@ def fact_router(kind: FactKind) -> Router:
     async def ingest_items(
         request: Request[Any, Any, Any],
         ingest: NamedDependency[Ingest],
-        fact_decoder: NamedDependency[FactDecoder],
         wait: FromQuery[Literal["commit"] | None] = None,
         x_mds_producer: ProducerHeader = None,
     ) -> Response[Any]:
+        fact_decoder = ingest.fact_decoder  # one dependency: see ``Ingest``
+
         async def decode(
             body: AsyncIterable[bytes], media_type: str, most: int, tenant: str
         ) -> list[FactRow]:
