@@ -515,7 +515,7 @@ def phases(row: Row, window: float, sustain: float, length: float) -> list[dict[
     return out
 
 
-def steadiness(run: Run, window: float) -> float:
+def steadiness(run: Run, window: float) -> float | None:
     """Share of ``window`` s windows of a raw run (its first window, the ramp, left out)
     whose commit rate is under 0.9 of the run's own goodput: how steady the store is
     under clients that ignore it, the yardstick for the phases' dips."""
@@ -587,8 +587,8 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         print(f"  K={r.producers:<2} #{r.round} ceiling {r.ceiling.goodput:,.0f}, halved "
               f"{r.halved.goodput:,.0f} bars/s ({r.halved.goodput / r.ceiling.goodput:.2f}; "
               f"link capped at {r.cap / 1e6:.1f} MB/s); raw clients' own windows under 0.9 "
-              f"of their goodput: {100 * steadiness(r.ceiling, args.window):.0f} % as is, "
-              f"{100 * steadiness(r.halved, args.window):.0f} % capped")  # fmt: skip
+              f"of their goodput: {share(steadiness(r.ceiling, args.window))} as is, "
+              f"{share(steadiness(r.halved, args.window))} capped")  # fmt: skip
         if not r.phases:
             print("    the producers finished before the drain was restored")
         for p in r.phases:
@@ -600,7 +600,7 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
                     else "; not back above 0.9"
                 )
                 back += "; never stays" if settled is None else f"; stays from {settled:.2f} s"
-                back += f"; windows under 0.9 from the step: {100 * p['dips']:.0f} %"
+                back += f"; windows under 0.9 from the step: {share(p['dips'])}"
             print(f"    {p['phase']:<8} {p['seconds']:5.2f} s {p['goodput']:>9,.0f} bars/s "
                   f"= {p['ratio']:.3f} of {p['ceiling']:,.0f}{back}")  # fmt: skip
     print("\ntargets: (a),(b) ratio >= 0.95, no 503, hard <= 1 %, jain >= 0.95; (c) ratio "
@@ -610,6 +610,11 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
         missed = misses(r)
         print(f"  ({r.regime}) K={r.producers:<2} #{r.round} "
               + ("met" if not missed else "missed: " + "; ".join(missed)))  # fmt: skip
+
+
+def share(part: float | None) -> str:
+    """A share as a percentage, ``n/a`` for none (no window fitted)."""
+    return "n/a" if part is None else f"{100 * part:.0f} %"
 
 
 def _groups(rows: list[Row]) -> dict[tuple[str, int], list[Row]]:

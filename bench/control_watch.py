@@ -173,12 +173,12 @@ def window_rate(curve: Curve, start: float, end: float) -> float:
 
 def dips(
     curve: Curve, start: float, end: float, target: float, window: float = 0.5, grain: float = 0.01
-) -> float:
+) -> float | None:
     """Share of the ``window`` s windows starting in [``start``, ``end`` - ``window``] (on a
-    ``grain`` grid) whose commit rate is under ``target`` bars/s."""
-    starts = round((end - window - start) / grain) + 1
+    ``grain`` grid) whose commit rate is under ``target`` bars/s; None: no window fits."""
+    starts = int((end - window - start) / grain + 1e-9) + 1
     if starts <= 0:
-        return 0.0
+        return None
     low = sum(
         window_rate(curve, start + i * grain, start + i * grain + window) < target
         for i in range(starts)

@@ -1,6 +1,8 @@
 """What controllers receive, and only this way: one ``Provide`` per component, under
-the name a handler declares it by (``coordinator: NamedDependency[WriteCoordinator[Row]]``).
-Tests replace any of them by name (``create_app(settings, dependencies=...)``).
+the name a handler declares it by (``coordinator: NamedDependency[WriteCoordinator[Row]]``);
+the decoders are no dependency of their own, the write routes reach them through
+``ingest`` (see ``Ingest``). Tests replace any of them by name
+(``create_app(settings, dependencies=...)``).
 
 The providers take no parameters: a provider without parameters skips Litestar's
 per-request argument parsing, which for a probe costs more than the probe itself.

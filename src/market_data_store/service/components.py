@@ -53,7 +53,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Components:
     """The running service's parts; each is one dependency of the HTTP controllers,
-    under its field name."""
+    under its field name, except ``db_monitor`` (the health sources read it) and the
+    decoders, which the write routes reach through ``ingest`` (one dependency per
+    write route: see ``http.writes.Ingest``)."""
 
     settings: Settings
     lifecycle: Lifecycle

@@ -41,7 +41,7 @@ def test_hooks_guards_and_dependencies_run_on_the_event_loop() -> None:
 
 def test_write_routes_resolve_one_dependency_without_a_task_group() -> None:
     """Litestar resolves two or more dependencies of a handler concurrently, in an anyio
-    task group (a task each): on ``POST /v1/bars`` that was about a quarter of a small
+    task group (a task each): on ``POST /v1/bars`` that was about a fifth of a small
     request's CPU in the service (0.27 -> 0.21 ms for a 1-bar body, measured from
     ``/proc``). The write routes take ``Ingest``, which carries the decoders."""
     app = create_app(load_settings({}))
