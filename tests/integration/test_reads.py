@@ -49,6 +49,19 @@ async def tenants(database_url: str, tmp_path: Path) -> AsyncIterator[RunningSer
         yield svc
 
 
+async def every_page(
+    service: RunningService, path: str, params: dict[str, str], key: str
+) -> list[dict[str, Any]]:
+    """Every row of a JSON read, following ``next`` from page to page."""
+    params, rows = dict(params), []
+    while True:
+        page = (await service.client.get(path, params=params)).json()
+        rows += page[key]
+        if not page["next"]:
+            return rows
+        params["cursor"] = page["next"]
+
+
 def minute_bars(symbol: str, n: int, *, start: int = 0, step: int = 1) -> list[dict[str, Any]]:
     """``n`` 1-minute bars of ``symbol`` from ``T0 + start`` minutes, prices by number."""
     out = []
@@ -194,14 +207,8 @@ async def test_json_pages_through_the_cursor_are_every_bar_once(service: Running
 
 async def test_pages_of_all_symbols_follow_the_key(service: RunningService) -> None:
     await put(service, minute_bars("B", 3) + minute_bars("A", 3))
-    params = query(limit="2")
-    seen = []
-    while True:
-        page = (await service.client.get("/v1/bars", params=params)).json()
-        seen += [(b["symbol"], b["ts"]) for b in page["bars"]]
-        if not page["next"]:
-            break
-        params["cursor"] = page["next"]
+    bars = await every_page(service, "/v1/bars", query(limit="2"), "bars")
+    seen = [(b["symbol"], b["ts"]) for b in bars]
     assert seen == sorted(seen)
     assert len(seen) == 6
 
@@ -328,14 +335,8 @@ async def test_resampling_is_exact(service: RunningService) -> None:
     assert months[0]["volume"] == str(sum(10 + i for i in range(3 * 1440)))
     # the same through the cursor, in pages of 5, and as CSV
     params = query(resolution="1h", resample_from="1m", limit="5")
-    paged: list[str] = []
-    while True:
-        page = (await service.client.get("/v1/bars", params=params)).json()
-        paged += [b["ts"] for b in page["bars"]]
-        if not page["next"]:
-            break
-        params["cursor"] = page["next"]
-    assert paged == [h["ts"] for h in hour]
+    paged = await every_page(service, "/v1/bars", params, "bars")
+    assert [b["ts"] for b in paged] == [h["ts"] for h in hour]
     exported = await service.client.get(
         "/v1/bars",
         params=query(resolution="1h", resample_from="1m"),
@@ -480,14 +481,8 @@ async def test_exports_and_pages_follow_the_key_not_its_text(service: RunningSer
         await service.client.post("/v1/options", params={"wait": "commit"}, json=options)
     ).status_code == 201
     params = {"provider": "ibkr", "symbol": "AAPL", "limit": "2"}
-    seen: list[str] = []
-    while True:
-        page = (await service.client.get("/v1/options", params=params)).json()
-        seen += [o["strike"] for o in page["options"]]
-        if not page["next"]:
-            break
-        params["cursor"] = page["next"]
-    assert seen == ["3", "20", "99.9", "150.5", "1000"]
+    seen = await every_page(service, "/v1/options", params, "options")
+    assert [o["strike"] for o in seen] == ["3", "20", "99.9", "150.5", "1000"]
 
 
 async def test_a_cursor_must_name_a_listed_symbol(service: RunningService) -> None:

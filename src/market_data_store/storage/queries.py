@@ -152,14 +152,13 @@ class Export:
         self._queue.put_nowait(outcome)
 
     async def get(self) -> bytes | BaseException | None:
-        item = await self._queue.get()
-        if isinstance(item, bytes):
-            self._room.release()
-        return item
+        return self._taken(await self._queue.get())
 
     def _get_nowait(self) -> bytes | BaseException | None:
-        item = self._queue.get_nowait()
-        if isinstance(item, bytes):
+        return self._taken(self._queue.get_nowait())
+
+    def _taken(self, item: bytes | BaseException | None) -> bytes | BaseException | None:
+        if isinstance(item, bytes):  # a chunk gives its room back
             self._room.release()
         return item
 
