@@ -643,6 +643,98 @@ async def test_201_names_the_dead_lettered_bars_by_index(
     assert all(symbol == "AAPL" for symbol, _ in stored)
 
 
+async def _posted_with_poison(
+    service: RunningService, database_url: str, **request: Any
+) -> httpx.Response:
+    """A POST to /v1/bars?wait=commit (``request``: httpx's arguments) while the
+    database refuses every bar of a symbol starting with POISON."""
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(REJECT_POISON)
+        try:
+            return await service.client.post("/v1/bars", params={"wait": "commit"}, **request)
+        finally:
+            await connection.execute(ALLOW_POISON)
+    finally:
+        await connection.close()
+
+
+async def test_201_names_bars_by_their_index_in_the_request_when_a_key_came_twice(
+    service: RunningService, database_url: str
+) -> None:
+    # bar 2 is bar 0 again (a correction): the store writes one row for the key, so
+    # the rows after it sit one place earlier than the bars that made them
+    sent = [
+        bar(0, close="187.1"),
+        bar(1),
+        bar(0, close="187.2"),
+        wire_bar(3, symbol="POISON"),
+        bar(4),
+        wire_bar(5, symbol="POISON"),
+        wire_bar(5, symbol="POISON", close="187.3"),
+    ]
+    response = await _posted_with_poison(service, database_url, json=payload(*sent))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert (body["accepted"], body["committed"], body["dead_lettered"]) == (5, 3, 2)
+    # the key sent twice is named by the bar whose values were written: the later one
+    assert body["dead_lettered_indices"] == [3, 6]
+    stored = [(b["symbol"], b["ts"] - T0, str(b["close"])) for b in await stored_bars(database_url)]
+    minute = timedelta(minutes=1)
+    assert stored == [("AAPL", 0 * minute, "187.2"), ("AAPL", minute, "187.02"),
+                      ("AAPL", 4 * minute, "187.02")]  # fmt: skip
+
+
+async def test_the_client_hands_back_the_refused_bar_of_a_batch_with_a_key_twice(
+    service: RunningService, database_url: str
+) -> None:
+    import asyncpg
+
+    from market_data_store.client import BarsDeadLetteredError, StoreClient
+
+    sent = [bar(0), bar(1), bar(0, close="187.3"), wire_bar(3, symbol="POISON"), bar(4)]
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(REJECT_POISON)
+        client = StoreClient(service.base_url, provider="ibkr", follow_feedback=False)
+        await client.write(sent)
+        with pytest.raises(BarsDeadLetteredError) as lost:
+            await client.aclose(timeout=10)
+    finally:
+        await connection.execute(ALLOW_POISON)
+        await connection.close()
+    assert lost.value.indices == [3]
+    assert [(b["symbol"], b["ts"]) for b in lost.value.bars] == [("POISON", sent[3]["ts"])]
+    assert len(await stored_bars(database_url)) == 3
+
+
+async def test_201_names_csv_rows_by_their_index_among_the_bodys_rows(
+    service: RunningService, database_url: str
+) -> None:
+    header = "provider,symbol,resolution,ts,open,high,low,close,volume,delayed,updated_at"
+    line = "ibkr,{},1m,2024-01-02T14:{:02d}:00Z,1,2,1,{},10,false,2024-02-01T00:00:{:02d}Z"
+    lines = [
+        line.format("AAPL", 0, "1.5", 9),  # row 0: older than row 2, which replaces it
+        line.format("AAPL", 1, "1.5", 0),
+        line.format("AAPL", 0, "1.6", 10),
+        "",  # a blank line is no row
+        line.format("POISON", 3, "1.5", 0),  # row 3
+        line.format("POISON", 4, "1.7", 5),  # row 4: newer than row 5, kept
+        line.format("POISON", 4, "1.8", 4),
+        line.format("AAPL", 6, "1.5", 0),
+    ]
+    body = "\n".join([header, *lines]) + "\n"
+    response = await _posted_with_poison(
+        service, database_url, content=body, headers={"content-type": "text/csv"}
+    )
+    assert response.status_code == 201, response.text
+    answer = response.json()
+    assert (answer["accepted"], answer["committed"], answer["dead_lettered"]) == (5, 3, 2)
+    assert answer["dead_lettered_indices"] == [3, 4]
+
+
 async def test_every_answer_carries_a_credit_shared_by_named_producers(
     service: RunningService,
 ) -> None:

@@ -28,6 +28,7 @@ from market_data_store.ingest import (
     InvalidBodyError,
     MalformedBodyError,
     TooManyBarsError,
+    item_indices,
 )
 from market_data_store.service import Lifecycle, Tenants
 from market_data_store.storage import Row
@@ -67,7 +68,8 @@ class IngestResult(msgspec.Struct, omit_defaults=True):
     credit: int  # rows (bars or items) this producer may have sent and not yet had answered
     committed: int | None = None  # ?wait=commit: rows written
     dead_lettered: int | None = None  # ?wait=commit: rows rejected by the database
-    dead_lettered_indices: list[int] | None = None  # ?wait=commit: which rows, by index
+    # ?wait=commit: which rows, by the index of the item of the request each was made from
+    dead_lettered_indices: list[int] | None = None
     pending: bool = False  # ?wait=commit timed out: accepted, not yet all written
 
 
@@ -248,5 +250,5 @@ class Ingest:
             return Response(result, status_code=202)
         result.committed, result.dead_lettered = ticket.written, ticket.lost
         if ticket.lost:
-            result.dead_lettered_indices = ticket.lost_offsets()
+            result.dead_lettered_indices = item_indices(rows, ticket.lost_offsets())
         return Response(result, status_code=201)

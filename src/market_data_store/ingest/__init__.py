@@ -11,6 +11,8 @@ checked before decoding, the msgspec codec and its error report, row building, a
 - ``csv_body``: CSV bodies (``text/csv``, a restore of the export) into the same rows,
   through the same rules, in steps.
 - ``decoder``: ``BarDecoder``, one per app (clock, known values, decode gate).
+- ``origins``: one row per key of a request, and which item of it each row is (a 201
+  names dead-lettered rows by their item's index).
 - ``facts``: the other kinds (options, quotes, trades, fundamentals, news): their wire
   structs, rules and ``FactDecoder``.
 """
@@ -28,6 +30,7 @@ from .errors import (
     TooManyBarsError,
 )
 from .facts import KINDS, FactDecoder, FactKind, fact_field_schemas
+from .origins import OnePerKey, item_indices, one_per_key
 from .rows import CHUNK_BARS
 from .rules import (
     EARLIEST,
@@ -88,9 +91,12 @@ __all__ = [
     "IngestRequest",
     "InvalidBodyError",
     "MalformedBodyError",
+    "OnePerKey",
     "TooManyBarsError",
     "bar_field_schemas",
     "fact_field_schemas",
+    "item_indices",
+    "one_per_key",
     "provider_ok",
     "symbol_ok",
     "trim",

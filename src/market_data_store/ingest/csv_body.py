@@ -37,6 +37,7 @@ from market_data_store.storage import BARS, DEFAULT_TENANT, BarRow
 from .bounds import MAX_BAR_BYTES, PRESCAN_STEP, CsvBound, check_bar_count
 from .codec import MEDIA_TYPES, BarIn
 from .errors import Errors, InvalidBodyError, MalformedBodyError
+from .origins import one_per_key
 from .rows import KnownValues, plain_values, utc_in_range
 from .rules import EARLIEST, LATEST, PROVIDER_RULE, TS_RANGE_RULE, check_bar, provider_ok, trim
 
@@ -221,13 +222,11 @@ class _Context:
 
 def _latest_versions(rows: list[BarRow]) -> list[BarRow]:
     """One row per key: the latest ``updated_at`` (``received_at``), of two alike the later."""
-    latest: dict[Any, BarRow] = {}
-    for row in rows:
-        key = _KEY(row)
-        kept = latest.get(key)
-        if kept is None or row.received_at >= kept.received_at:
-            latest[key] = row
-    return list(latest.values())
+    return one_per_key(rows, _KEY, _newer)
+
+
+def _newer(row: BarRow, kept: BarRow) -> bool:
+    return row.received_at >= kept.received_at
 
 
 _NUMBER_TEXTS = attrgetter(*_NUMBERS)

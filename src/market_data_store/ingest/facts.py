@@ -37,6 +37,7 @@ from .decoder import (
     run_steps,
 )
 from .errors import Errors, InvalidBodyError
+from .origins import one_per_key
 from .rows import CHUNK_BARS, MAX_KNOWN_SYMBOLS, plain_values
 from .rules import (
     EARLIEST,
@@ -557,7 +558,7 @@ def _rows_in_steps(
         errors.add(None, codec.key, "must not be empty")
     yield
     text = trim(provider) if provider is not None else ""  # encode_rows escapes it
-    latest: dict[Any, FactRow] = {}
+    rows: list[FactRow] = []  # item i of the request made row i
     for start in range(0, len(raws or ()), CHUNK_BARS):
         assert raws is not None
         chunk = raws[start : start + CHUNK_BARS]
@@ -568,17 +569,18 @@ def _rows_in_steps(
                 _examine(plan, codec, raw, start + offset, errors)
         else:
             if _plain_numbers(plan, numbers := [plan.get_numbers(t) for t in typed]):
-                _fast_rows(plan, typed, numbers, start, errors, latest, tenant, text, received_at)
+                _fast_rows(plan, typed, numbers, start, errors, rows, tenant, text, received_at)
             else:
-                _rows(plan, typed, start, errors, latest, tenant, text, received_at)
+                _rows(plan, typed, start, errors, rows, tenant, text, received_at)
             del typed
         if errors:
-            latest.clear()
+            rows.clear()
         del chunk
         yield
     if errors or raws is None:
         raise InvalidBodyError(errors.kept, errors.total)
-    return list(latest.values())
+    key = plan.key
+    return one_per_key(rows, lambda row: key(row.values))  # a key sent twice: the later
 
 
 def _rows(
@@ -586,13 +588,13 @@ def _rows(
     typed: list[Any],
     start: int,
     errors: Errors,
-    latest: dict[Any, FactRow],
+    rows: list[FactRow],
     tenant: str,
     provider: str,
     received_at: datetime,
 ) -> None:
     """Each item through every rule of its kind."""
-    rules, get, key, kind = plan.rules, plan.get, plan.key, plan.kind.kind
+    rules, get, kind = plan.rules, plan.get, plan.kind.kind
     ok = not errors
     for index, item in enumerate(typed, start):
         try:
@@ -602,7 +604,7 @@ def _rows(
             ok = False
             continue
         if ok:
-            latest[key(values)] = FactRow(kind, tenant, provider, values, received_at)
+            rows.append(FactRow(kind, tenant, provider, values, received_at))
 
 
 def _fast_rows(
@@ -611,20 +613,14 @@ def _fast_rows(
     numbers: list[tuple[Any, ...]],
     start: int,
     errors: Errors,
-    latest: dict[Any, FactRow],
+    rows: list[FactRow],
     tenant: str,
     provider: str,
     received_at: datetime,
 ) -> None:
     """Items whose numbers are all plain and in their domain (``_plain_numbers``):
     their numbers kept as sent, the other rules run."""
-    rules, get, key, order, kind = (
-        plan.other_rules,
-        plan.get_others,
-        plan.key,
-        plan.order,
-        plan.kind.kind,
-    )
+    rules, get, order, kind = plan.other_rules, plan.get_others, plan.order, plan.kind.kind
     width = plan.width
     texts = [NULL if v is None else v for sent in numbers for v in sent]
     ok = not errors
@@ -637,7 +633,7 @@ def _fast_rows(
             continue
         if ok:
             values = order((*texts[offset * width : (offset + 1) * width], *others))
-            latest[key(values)] = FactRow(kind, tenant, provider, values, received_at)
+            rows.append(FactRow(kind, tenant, provider, values, received_at))
 
 
 def _plain_numbers(plan: _Plan, numbers: list[tuple[Any, ...]]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from datetime import UTC, datetime
+from operator import attrgetter
 
 import msgspec
 
@@ -24,6 +25,7 @@ from market_data_store.storage import DEFAULT_TENANT, BarRow
 from .bounds import PRESCAN_STEP, JsonBound
 from .codec import MALFORMED, BarIn, Codec, bar_or_errors, open_envelope
 from .errors import Errors, InvalidBodyError
+from .origins import one_per_key
 from .rules import EARLIEST, LATEST, check_bar, trim
 
 # Bars typed, validated and turned into rows per step of ``rows_in_steps``: about a
@@ -34,6 +36,7 @@ MAX_KNOWN_SYMBOLS = 100_000
 MAX_KNOWN_RESOLUTIONS = 1000
 
 Steps = Generator[None, None, list[BarRow]]
+_ROW_KEY = attrgetter("symbol", "resolution", "ts")  # of one request's rows
 
 
 class KnownValues:
@@ -118,7 +121,7 @@ def rows_in_steps(
         raise InvalidBodyError(errors.kept, errors.total)
     # Rows of one request share received_at, so the sink could not tell which of two
     # copies is newer: the later one in the request wins here.
-    return rows if len(latest) == len(rows) else list(latest.values())
+    return rows if len(latest) == len(rows) else one_per_key(rows, _ROW_KEY)
 
 
 def _rows_into(
