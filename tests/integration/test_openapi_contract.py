@@ -104,6 +104,16 @@ async def test_the_document_describes_bodies_statuses_and_problems(
                     )
                     schema = response["content"]["application/problem+json"]["schema"]
                     assert schema == {"$ref": "#/components/schemas/ProblemBody"}, (path, status)
+                    # every 503 problem says when to come back; the probes' reports do not
+                    retry_after = response.get("headers", {}).get("Retry-After")
+                    if status == "503":
+                        assert retry_after is not None, (method, path)
+                        assert retry_after["required"] is True
+                        assert retry_after["schema"] == {"type": "integer", "minimum": 0}
+                    else:
+                        assert retry_after is None, (method, path, status)
+    for path, status in READINESS_REPORTS:
+        assert "headers" not in paths[path]["get"]["responses"][status], path
 
 
 _BIG = 10**MAX_INTEGER_DIGITS

@@ -16,7 +16,7 @@ from litestar.plugins import InitPlugin, ReceiveRoutePlugin
 from litestar.routes import BaseRoute, HTTPRoute
 
 from .allow import point_options_at_route
-from .openapi import parameters_never_null
+from .openapi import parameters_never_null, retry_after_declared
 from .query_params import ScalarQueryCheck
 
 
@@ -42,9 +42,11 @@ class FrameworkFixes(InitPlugin, ReceiveRoutePlugin):
 def openapi_without_null(app: Litestar) -> None:
     """Build the document now, without ``null`` in parameter schemas: ``create_app`` calls
     it once its routes exist; the plugin again when the app starts (a route registered
-    in between makes Litestar build the document anew). Fixing it twice is harmless."""
+    in between makes Litestar build the document anew). Fixing it twice is harmless.
+    Every 503 problem declares its ``Retry-After`` too."""
     if app.openapi_config is not None:
         parameters_never_null(app.openapi_schema)
+        retry_after_declared(app.openapi_schema)
 
 
 __all__ = ["FrameworkFixes", "openapi_without_null"]

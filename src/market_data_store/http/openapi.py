@@ -15,6 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
     Components,
     OpenAPI,
+    OpenAPIHeader,
     OpenAPIResponse,
     OpenAPIType,
     Operation,
@@ -41,6 +42,8 @@ from market_data_store.ingest import (
     bar_field_schemas,
     fact_field_schemas,
 )
+
+from .problems import PROBLEM_JSON
 
 _REF = "#/$defs/{name}"
 
@@ -221,6 +224,27 @@ def parameters_never_null(document: OpenAPI) -> None:
             for parameter in (operation.parameters or []) if operation else []:
                 if isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema):
                     parameter.schema = _without_null(parameter.schema)
+
+
+RETRY_AFTER = OpenAPIHeader(
+    schema=Schema(type=OpenAPIType.INTEGER, minimum=0),
+    required=True,
+    description="Seconds to wait before trying again (RFC 9110 10.2.3)",
+)
+
+
+def retry_after_declared(document: OpenAPI) -> None:
+    """Every 503 problem (a full queue, a tenant's share, the database down, no export
+    slot, stopping) carries ``Retry-After`` (``problems``, ``writes``): the document
+    says so, on each of them. The probes' 503 (a health report) has none."""
+    for path_item in (document.paths or {}).values():
+        for method in _METHODS:
+            operation: Operation | None = getattr(path_item, method)
+            unavailable = (operation.responses or {}).get("503") if operation else None
+            if isinstance(unavailable, OpenAPIResponse) and PROBLEM_JSON in (
+                unavailable.content or {}
+            ):
+                unavailable.headers = {**(unavailable.headers or {}), "Retry-After": RETRY_AFTER}
 
 
 def _is_null(schema: object) -> bool:
