@@ -679,8 +679,9 @@ async def test_201_names_bars_by_their_index_in_the_request_when_a_key_came_twic
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["accepted"], body["committed"], body["dead_lettered"]) == (5, 3, 2)
-    # the key sent twice is named by the bar whose values were written: the later one
-    assert body["dead_lettered_indices"] == [3, 6]
+    # a refused key sent twice: both of its bars are named (neither is stored), so the
+    # indices name more bars than `dead_lettered` counts rows
+    assert body["dead_lettered_indices"] == [3, 5, 6]
     stored = [(b["symbol"], b["ts"] - T0, str(b["close"])) for b in await stored_bars(database_url)]
     minute = timedelta(minutes=1)
     assert stored == [("AAPL", 0 * minute, "187.2"), ("AAPL", minute, "187.02"),
@@ -694,7 +695,8 @@ async def test_the_client_hands_back_the_refused_bar_of_a_batch_with_a_key_twice
 
     from market_data_store.client import BarsDeadLetteredError, StoreClient
 
-    sent = [bar(0), bar(1), bar(0, close="187.3"), wire_bar(3, symbol="POISON"), bar(4)]
+    poison = partial(wire_bar, symbol="POISON")
+    sent = [bar(0), bar(1), bar(0, close="187.3"), poison(3), bar(4), poison(3, close="187.3")]
     connection = await asyncpg.connect(database_url)
     try:
         await connection.execute(REJECT_POISON)
@@ -705,8 +707,12 @@ async def test_the_client_hands_back_the_refused_bar_of_a_batch_with_a_key_twice
     finally:
         await connection.execute(ALLOW_POISON)
         await connection.close()
-    assert lost.value.indices == [3]
-    assert [(b["symbol"], b["ts"]) for b in lost.value.bars] == [("POISON", sent[3]["ts"])]
+    # both bars of the refused key come back: the earlier one is not stored either
+    assert lost.value.indices == [3, 5]
+    assert [(b["symbol"], b["close"]) for b in lost.value.bars] == [
+        ("POISON", sent[3]["close"]),
+        ("POISON", "187.3"),
+    ]
     assert len(await stored_bars(database_url)) == 3
 
 
@@ -732,7 +738,7 @@ async def test_201_names_csv_rows_by_their_index_among_the_bodys_rows(
     assert response.status_code == 201, response.text
     answer = response.json()
     assert (answer["accepted"], answer["committed"], answer["dead_lettered"]) == (5, 3, 2)
-    assert answer["dead_lettered_indices"] == [3, 4]
+    assert answer["dead_lettered_indices"] == [3, 4, 5]
 
 
 async def test_every_answer_carries_a_credit_shared_by_named_producers(

@@ -108,6 +108,32 @@ async def test_a_dead_lettered_item_is_raised_and_the_rest_committed(
         await conn.close()
 
 
+async def test_a_dead_lettered_item_is_named_by_its_place_in_the_call(
+    service: RunningService, database_url: str
+) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("ALTER TABLE news ADD CONSTRAINT no_poison CHECK (article_id <> 'a5')")
+        news = items("news", 11)
+        async with StoreClient(service.base_url, provider="ibkr", follow_feedback=False) as client:
+            # parts of at most 4 (the store's cap): a5 is in the second
+            with pytest.raises(BarsDeadLetteredError) as lost:
+                await client.write_news(news)
+        # a5, then the records of the parts never sent: positions in the call's list
+        assert lost.value.indices is not None
+        assert lost.value.indices[0] == 5
+        assert [a["article_id"] for a in lost.value.bars] == [
+            news[i]["article_id"] for i in lost.value.indices
+        ]
+        stored_ids = {a["article_id"] for a in await stored(service, "news")}
+        assert "a5" not in stored_ids
+        assert stored_ids | {a["article_id"] for a in lost.value.bars} == {
+            a["article_id"] for a in news
+        }
+    finally:
+        await conn.close()
+
+
 def _sync_records(base_url: str) -> int:
     with SyncStoreClient(base_url, provider="ibkr", follow_feedback=False) as client:
         return client.write_records("fundamentals", iter(items("fundamentals", 3)), timeout=20)

@@ -313,13 +313,15 @@ async def test_a_refused_row_is_named_by_its_items_index_when_a_key_came_twice(
     try:
         await conn.execute("ALTER TABLE quotes ADD CONSTRAINT no_poison CHECK (symbol <> 'POISON')")
         first, second = items("quotes", 2)
+        (poison,) = items("quotes", 1, symbol="POISON")
         # item 2 is item 0 again: one row for their key, so the refused row is the
-        # third row but the fourth item
-        sent = [first, second, first, *items("quotes", 1, symbol="POISON")]
+        # third row but the fourth item; and item 4 is item 3 again, refused with it
+        sent = [first, second, first, poison, {**poison, "bid": "187.02"}]
         answer = await post(tenants, "quotes", {"provider": "ibkr", "quotes": sent}, token=BETA)
         assert answer.status_code == 201
         assert (answer.json()["accepted"], answer.json()["committed"]) == (3, 2)
-        assert answer.json()["dead_lettered_indices"] == [3]
+        assert answer.json()["dead_lettered"] == 1
+        assert answer.json()["dead_lettered_indices"] == [3, 4]
     finally:
         await conn.execute("ALTER TABLE quotes DROP CONSTRAINT IF EXISTS no_poison")
         await conn.close()

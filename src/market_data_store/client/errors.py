@@ -135,7 +135,8 @@ class BarsDeadLetteredError(BatchFailedError):
     database's reason, not in the table. ``bars`` are exactly those bars; every other
     bar of the request is committed. ``indices`` are their positions in the request
     (None when the store did not say which: then ``bars`` is the whole request, and
-    some of it may be stored)."""
+    some of it may be stored). A key sent twice in one request is one row: when the
+    database refuses it, both bars come back (neither is stored)."""
 
     def __init__(self, bars: list[dict[str, Any]], indices: list[int] | None) -> None:
         which = "" if indices is not None else " (the store did not say which: all handed back)"

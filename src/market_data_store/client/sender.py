@@ -57,6 +57,18 @@ RETRIED_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 """Answers that say "not now": the batch is sent again (writes are idempotent)."""
 
 
+def sound_indices(indices: list[int] | None, lost: int, sent: int) -> bool:
+    """Whether a 201's ``dead_lettered_indices`` can be about ``sent`` items of which
+    ``lost`` rows were refused: distinct, each an item, at least one per row (a key
+    sent twice is one row, and its refusal names every item of the key)."""
+    return (
+        indices is not None
+        and lost <= len(indices) <= sent
+        and len(set(indices)) == len(indices)
+        and all(0 <= i < sent for i in indices)
+    )
+
+
 class _NotTheStore(Exception):
     """A 2xx whose body is not the store's ingest answer."""
 
@@ -232,12 +244,13 @@ class Sender:
         ``deadline`` s from now): the count committed (with ``wait_commit=False``:
         queued). Raises ``BatchFailedError`` (its ``bars``: every record of the call not
         known to be stored, those of the parts not sent yet included) at the first part
-        that fails."""
+        that fails; a ``BarsDeadLetteredError``'s ``indices`` are those records'
+        positions in ``records``."""
         started = time.monotonic()
-        parts = [records[i : i + size] for i in range(0, len(records), size)]
+        parts = [(i, records[i : i + size]) for i in range(0, len(records), size)]
         stored = 0
         while parts:
-            part = parts.pop(0)
+            offset, part = parts.pop(0)
             batch = Batch(0, [], started + self.deadline)
             answered: list[IngestAnswer] = []
             try:
@@ -251,11 +264,15 @@ class Sender:
                 )
                 if split:
                     half = len(part) // 2
-                    parts[:0] = [part[:half], part[half:]]
+                    parts[:0] = [(offset, part[:half]), (offset + half, part[half:])]
                     continue
                 stored += self._records_stored(part, answered[-1])
             except BatchFailedError as failed:
-                failed.bars = failed.bars + [r for later in parts for r in later]
+                failed.bars = failed.bars + [r for _, later in parts for r in later]
+                if isinstance(failed, BarsDeadLetteredError) and failed.indices is not None:
+                    failed.indices = [offset + i for i in failed.indices] + [
+                        start + j for start, later in parts for j in range(len(later))
+                    ]
                 raise
         return stored
 
@@ -267,12 +284,7 @@ class Sender:
         lost = min(answer.dead_lettered or 0, len(part))
         if lost:
             indices = answer.dead_lettered_indices
-            if (
-                indices is None
-                or sorted(set(indices)) != sorted(indices)
-                or not all(0 <= i < len(part) for i in indices)
-                or len(indices) != lost
-            ):
+            if not sound_indices(indices, lost, len(part)):
                 indices = None
             chosen = part if indices is None else [part[i] for i in indices]
             raise BarsDeadLetteredError(chosen, indices)
@@ -443,11 +455,7 @@ class Sender:
             return
         stats.bars_dead_lettered += lost
         indices = answer.dead_lettered_indices
-        if indices is not None and (
-            len(indices) != lost
-            or len(set(indices)) != lost
-            or not all(0 <= i < len(bars) for i in indices)
-        ):
+        if not sound_indices(indices, lost, len(bars)):
             indices = None  # not an answer about these bars: hand them all back
         chosen = bars if indices is None else [bars[i] for i in indices]
         self._failures.add(BarsDeadLetteredError(as_dicts(chosen), indices))

@@ -68,7 +68,7 @@ class IngestResult(msgspec.Struct, omit_defaults=True):
     credit: int  # rows (bars or items) this producer may have sent and not yet had answered
     committed: int | None = None  # ?wait=commit: rows written
     dead_lettered: int | None = None  # ?wait=commit: rows rejected by the database
-    # ?wait=commit: which rows, by the index of the item of the request each was made from
+    # ?wait=commit: the request's items the refused rows stand for (a key sent twice: both)
     dead_lettered_indices: list[int] | None = None
     pending: bool = False  # ?wait=commit timed out: accepted, not yet all written
 
@@ -223,6 +223,8 @@ class Ingest:
                 "tenant_share",
             )
         try:
+            # ``rows`` as decoded, not a copy: a ``OnePerKey`` knows which items each
+            # row stands for (``item_indices`` below)
             ticket = await coordinator.submit_all(rows)
         except QueueFullError:
             return unavailable(coordinator, "the write queue is full; retry later", "queue_full")

@@ -559,6 +559,7 @@ def _rows_in_steps(
     yield
     text = trim(provider) if provider is not None else ""  # encode_rows escapes it
     rows: list[FactRow] = []  # item i of the request made row i
+    keys: set[Any] = set()  # of the rows: fewer than rows when a key came twice
     for start in range(0, len(raws or ()), CHUNK_BARS):
         assert raws is not None
         chunk = raws[start : start + CHUNK_BARS]
@@ -569,16 +570,21 @@ def _rows_in_steps(
                 _examine(plan, codec, raw, start + offset, errors)
         else:
             if _plain_numbers(plan, numbers := [plan.get_numbers(t) for t in typed]):
-                _fast_rows(plan, typed, numbers, start, errors, rows, tenant, text, received_at)
+                _fast_rows(
+                    plan, typed, numbers, start, errors, rows, keys, tenant, text, received_at
+                )
             else:
-                _rows(plan, typed, start, errors, rows, tenant, text, received_at)
+                _rows(plan, typed, start, errors, rows, keys, tenant, text, received_at)
             del typed
         if errors:
             rows.clear()
+            keys.clear()
         del chunk
         yield
     if errors or raws is None:
         raise InvalidBodyError(errors.kept, errors.total)
+    if len(keys) == len(rows):
+        return rows
     key = plan.key
     return one_per_key(rows, lambda row: key(row.values))  # a key sent twice: the later
 
@@ -589,12 +595,13 @@ def _rows(
     start: int,
     errors: Errors,
     rows: list[FactRow],
+    keys: set[Any],
     tenant: str,
     provider: str,
     received_at: datetime,
 ) -> None:
     """Each item through every rule of its kind."""
-    rules, get, kind = plan.rules, plan.get, plan.kind.kind
+    rules, get, key, kind = plan.rules, plan.get, plan.key, plan.kind.kind
     ok = not errors
     for index, item in enumerate(typed, start):
         try:
@@ -604,6 +611,7 @@ def _rows(
             ok = False
             continue
         if ok:
+            keys.add(key(values))
             rows.append(FactRow(kind, tenant, provider, values, received_at))
 
 
@@ -614,13 +622,20 @@ def _fast_rows(
     start: int,
     errors: Errors,
     rows: list[FactRow],
+    keys: set[Any],
     tenant: str,
     provider: str,
     received_at: datetime,
 ) -> None:
     """Items whose numbers are all plain and in their domain (``_plain_numbers``):
     their numbers kept as sent, the other rules run."""
-    rules, get, order, kind = plan.other_rules, plan.get_others, plan.order, plan.kind.kind
+    rules, get, key, order, kind = (
+        plan.other_rules,
+        plan.get_others,
+        plan.key,
+        plan.order,
+        plan.kind.kind,
+    )
     width = plan.width
     texts = [NULL if v is None else v for sent in numbers for v in sent]
     ok = not errors
@@ -633,6 +648,7 @@ def _fast_rows(
             continue
         if ok:
             values = order((*texts[offset * width : (offset + 1) * width], *others))
+            keys.add(key(values))
             rows.append(FactRow(kind, tenant, provider, values, received_at))
 
 

@@ -1,11 +1,14 @@
-"""Which item of a request each row is, where a key came more than once.
+"""Which items of a request each row stands for, where a key came more than once.
 
 A request may carry one key twice (a correction sent after the bar it corrects): the
-store writes one row per key, so from the first repeated key on, the rows' positions
-are not the items'. A 201 names the rows the database refused by the index of their
-item in the request (``dead_lettered_indices``), which the client maps back to what
-it sent: ``origins`` keeps that mapping. It exists only for such a request, built
-once after the rows; a request without a repeated key is its rows, as they are.
+store writes one row per key, with the values of one of its items (the later; for a
+CSV restore, the latest ``updated_at``). From the first repeated key on, the rows'
+positions are not the items', and a row stands for every item of its key: if the
+database refuses it, none of them is stored (an item replaced in the same request is
+not written on its own). A 201 names what the database refused by the items of the
+request (``dead_lettered_indices``), which the client hands back to its caller:
+``origins`` keeps that mapping. It exists only for such a request, built once after
+the rows; a request without a repeated key is its rows, as they are.
 """
 
 from __future__ import annotations
@@ -18,12 +21,12 @@ T = TypeVar("T")
 
 class OnePerKey(list[T]):
     """The rows of a request in which some key came more than once: one per key, in
-    the order of each key's first item; row ``i`` holds the values of item
-    ``origins[i]`` of the request (the one kept)."""
+    the order of each key's first item; row ``i`` stands for the items
+    ``origins[i]`` of the request (ascending; it holds the values of one of them)."""
 
     __slots__ = ("origins",)
 
-    def __init__(self, rows: Iterable[T], origins: list[int]) -> None:
+    def __init__(self, rows: Iterable[T], origins: list[list[int]]) -> None:
         super().__init__(rows)
         self.origins = origins
 
@@ -38,19 +41,25 @@ def one_per_key(
     the later is kept, or, with ``replaces``, the later only if ``replaces(later,
     kept)``."""
     kept: dict[Hashable, int] = {}
+    items: dict[Hashable, list[int]] = {}
     for index, row in enumerate(rows):
         k = key(row)
         at = kept.get(k)
-        if at is None or replaces is None or replaces(row, rows[at]):
+        if at is None:
+            kept[k], items[k] = index, [index]
+            continue
+        items[k].append(index)
+        if replaces is None or replaces(row, rows[at]):
             kept[k] = index
     if len(kept) == len(rows):
         return rows
-    origins = list(kept.values())
-    return OnePerKey([rows[i] for i in origins], origins)
+    return OnePerKey([rows[i] for i in kept.values()], list(items.values()))
 
 
 def item_indices(rows: Sequence[object], offsets: Iterable[int]) -> list[int]:
-    """The request's items (by index, ascending) whose values rows ``offsets`` of
-    ``rows`` hold (what ``one_per_key`` returned)."""
-    origins = rows.origins if isinstance(rows, OnePerKey) else None
-    return sorted(offsets) if origins is None else sorted(origins[i] for i in offsets)
+    """The request's items (by index, ascending) that rows ``offsets`` of ``rows``
+    (what ``one_per_key`` returned) stand for."""
+    if not isinstance(rows, OnePerKey):
+        return sorted(offsets)
+    origins = rows.origins
+    return sorted(item for offset in offsets for item in origins[offset])

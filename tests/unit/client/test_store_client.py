@@ -520,7 +520,24 @@ async def test_dead_lettered_bars_come_back_exactly() -> None:
     assert (c.stats.bars_committed, c.stats.bars_dead_lettered, c.stats.bars_failed) == (3, 2, 2)
 
 
-@pytest.mark.parametrize("indices", [None, [7], [1, 1], [-1, 0]], ids=str)
+async def test_a_refused_key_sent_twice_comes_back_as_both_of_its_bars() -> None:
+    # one row refused, standing for bars 0 and 2 (one key): both come back
+    store = Store(
+        lambda r, b: accepted(
+            3, status=201, committed=1, dead_lettered=1, dead_lettered_indices=[0, 2]
+        )
+    )
+    c = durable(store)
+    sent = wire_bars(3)
+    await c.write(sent)
+    with pytest.raises(BarsDeadLetteredError) as info:
+        await c.aclose(timeout=5)
+    assert info.value.indices == [0, 2]
+    assert [b["ts"] for b in info.value.bars] == [sent[0]["ts"], sent[2]["ts"]]
+    assert (c.stats.bars_dead_lettered, c.stats.bars_failed) == (1, 2)
+
+
+@pytest.mark.parametrize("indices", [None, [7], [1, 1], [-1, 0], [2]], ids=str)
 async def test_without_a_sound_list_of_indices_every_bar_comes_back(
     indices: list[int] | None,
 ) -> None:
