@@ -22,7 +22,7 @@ from market_data_core.telemetry import FeedbackEvent as CoreFeedbackEvent
 from market_data_store.coordinator import DeadLetterQueue
 from market_data_store.storage import BarRow
 from tests.support.bars import T0, row, wire_bar
-from tests.support.postgres import stored_bars
+from tests.support.postgres import refusing, stored_bars
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waits import until
@@ -604,36 +604,17 @@ async def test_a_busy_pool_is_not_an_unreachable_database(service: RunningServic
 
 # -- credit and what 201 names --------------------------------------------------
 
-REJECT_POISON = """
-CREATE FUNCTION reject_poison() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF NEW.symbol LIKE 'POISON%' THEN
-        RAISE EXCEPTION 'poison row % rejected by test trigger', NEW.symbol;
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER reject_poison BEFORE INSERT OR UPDATE ON bars
-    FOR EACH ROW EXECUTE FUNCTION reject_poison();
-"""
-ALLOW_POISON = "DROP TRIGGER reject_poison ON bars; DROP FUNCTION reject_poison();"
+POISON_REFUSED = "symbol NOT LIKE 'POISON%'"
+"""What the database refuses in these tests (``refusing``): a fault caused for real."""
 
 
 async def test_201_names_the_dead_lettered_bars_by_index(
     service: RunningService, database_url: str
 ) -> None:
-    import asyncpg
-
     poison_at = [0, 5, 6, 7, 149]
     sent = [wire_bar(i, symbol="POISON" if i in poison_at else "AAPL") for i in range(150)]
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute(REJECT_POISON)
-        try:
-            response = await post(service.client, payload(*sent), wait=True)
-        finally:
-            await connection.execute(ALLOW_POISON)
-    finally:
-        await connection.close()
+    async with refusing(database_url, "bars", POISON_REFUSED):
+        response = await post(service.client, payload(*sent), wait=True)
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["committed"], body["dead_lettered"]) == (145, 5)
@@ -641,24 +622,6 @@ async def test_201_names_the_dead_lettered_bars_by_index(
     stored = {(b["symbol"], b["ts"]) for b in await stored_bars(database_url)}
     assert len(stored) == 145
     assert all(symbol == "AAPL" for symbol, _ in stored)
-
-
-async def _posted_with_poison(
-    service: RunningService, database_url: str, **request: Any
-) -> httpx.Response:
-    """A POST to /v1/bars?wait=commit (``request``: httpx's arguments) while the
-    database refuses every bar of a symbol starting with POISON."""
-    import asyncpg
-
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute(REJECT_POISON)
-        try:
-            return await service.client.post("/v1/bars", params={"wait": "commit"}, **request)
-        finally:
-            await connection.execute(ALLOW_POISON)
-    finally:
-        await connection.close()
 
 
 async def test_201_names_bars_by_their_index_in_the_request_when_a_key_came_twice(
@@ -675,7 +638,8 @@ async def test_201_names_bars_by_their_index_in_the_request_when_a_key_came_twic
         wire_bar(5, symbol="POISON"),
         wire_bar(5, symbol="POISON", close="187.3"),
     ]
-    response = await _posted_with_poison(service, database_url, json=payload(*sent))
+    async with refusing(database_url, "bars", POISON_REFUSED):
+        response = await post(service.client, payload(*sent), wait=True)
     assert response.status_code == 201, response.text
     body = response.json()
     assert (body["accepted"], body["committed"], body["dead_lettered"]) == (5, 3, 2)
@@ -691,22 +655,15 @@ async def test_201_names_bars_by_their_index_in_the_request_when_a_key_came_twic
 async def test_the_client_hands_back_the_refused_bar_of_a_batch_with_a_key_twice(
     service: RunningService, database_url: str
 ) -> None:
-    import asyncpg
-
     from market_data_store.client import BarsDeadLetteredError, StoreClient
 
     poison = partial(wire_bar, symbol="POISON")
     sent = [bar(0), bar(1), bar(0, close="187.3"), poison(3), bar(4), poison(3, close="187.3")]
-    connection = await asyncpg.connect(database_url)
-    try:
-        await connection.execute(REJECT_POISON)
+    async with refusing(database_url, "bars", POISON_REFUSED):
         client = StoreClient(service.base_url, provider="ibkr", follow_feedback=False)
         await client.write(sent)
         with pytest.raises(BarsDeadLetteredError) as lost:
             await client.aclose(timeout=10)
-    finally:
-        await connection.execute(ALLOW_POISON)
-        await connection.close()
     # both bars of the refused key come back: the earlier one is not stored either
     assert lost.value.indices == [3, 5]
     assert [(b["symbol"], b["close"]) for b in lost.value.bars] == [
@@ -732,9 +689,10 @@ async def test_201_names_csv_rows_by_their_index_among_the_bodys_rows(
         line.format("AAPL", 6, "1.5", 0),
     ]
     body = "\n".join([header, *lines]) + "\n"
-    response = await _posted_with_poison(
-        service, database_url, content=body, headers={"content-type": "text/csv"}
-    )
+    async with refusing(database_url, "bars", POISON_REFUSED):
+        response = await post(
+            service.client, None, wait=True, content=body, headers={"content-type": "text/csv"}
+        )
     assert response.status_code == 201, response.text
     answer = response.json()
     assert (answer["accepted"], answer["committed"], answer["dead_lettered"]) == (5, 3, 2)

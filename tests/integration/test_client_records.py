@@ -9,7 +9,6 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
-import asyncpg
 import pytest
 from market_data_core import OptionSnapshot, Quote
 
@@ -21,6 +20,7 @@ from market_data_store.client import (
     SyncStoreClient,
 )
 from tests.support.facts import items, query
+from tests.support.postgres import refusing
 from tests.support.service import RunningService, running_service, service_settings
 
 
@@ -95,43 +95,39 @@ async def test_a_refused_item_is_raised_with_what_was_not_stored(service: Runnin
 async def test_a_dead_lettered_item_is_raised_and_the_rest_committed(
     service: RunningService, database_url: str
 ) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("ALTER TABLE news ADD CONSTRAINT no_poison CHECK (article_id <> 'a1')")
-        async with StoreClient(service.base_url, provider="ibkr", follow_feedback=False) as client:
-            with pytest.raises(BarsDeadLetteredError) as lost:
-                await client.write_news(items("news", 3))
-        assert lost.value.indices == [1]
-        assert [a["article_id"] for a in lost.value.bars] == ["a1"]
-        assert [a["article_id"] for a in await stored(service, "news")] == ["a0", "a2"]
-    finally:
-        await conn.close()
+    async with (
+        refusing(database_url, "news", "article_id <> 'a1'"),
+        StoreClient(service.base_url, provider="ibkr", follow_feedback=False) as client,
+    ):
+        with pytest.raises(BarsDeadLetteredError) as lost:
+            await client.write_news(items("news", 3))
+    assert lost.value.indices == [1]
+    assert [a["article_id"] for a in lost.value.bars] == ["a1"]
+    assert [a["article_id"] for a in await stored(service, "news")] == ["a0", "a2"]
 
 
 async def test_a_dead_lettered_item_is_named_by_its_place_in_the_call(
     service: RunningService, database_url: str
 ) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("ALTER TABLE news ADD CONSTRAINT no_poison CHECK (article_id <> 'a5')")
-        news = items("news", 11)
-        async with StoreClient(service.base_url, provider="ibkr", follow_feedback=False) as client:
-            # parts of at most 4 (the store's cap): a5 is in the second
-            with pytest.raises(BarsDeadLetteredError) as lost:
-                await client.write_news(news)
-        # a5, then the records of the parts never sent: positions in the call's list
-        assert lost.value.indices is not None
-        assert lost.value.indices[0] == 5
-        assert [a["article_id"] for a in lost.value.bars] == [
-            news[i]["article_id"] for i in lost.value.indices
-        ]
-        stored_ids = {a["article_id"] for a in await stored(service, "news")}
-        assert "a5" not in stored_ids
-        assert stored_ids | {a["article_id"] for a in lost.value.bars} == {
-            a["article_id"] for a in news
-        }
-    finally:
-        await conn.close()
+    news = items("news", 11)
+    async with (
+        refusing(database_url, "news", "article_id <> 'a5'"),
+        StoreClient(service.base_url, provider="ibkr", follow_feedback=False) as client,
+    ):
+        # parts of at most 4 (the store's cap): a5 is in the second
+        with pytest.raises(BarsDeadLetteredError) as lost:
+            await client.write_news(news)
+    # a5, then the records of the parts never sent: positions in the call's list
+    assert lost.value.indices is not None
+    assert lost.value.indices[0] == 5
+    assert [a["article_id"] for a in lost.value.bars] == [
+        news[i]["article_id"] for i in lost.value.indices
+    ]
+    stored_ids = {a["article_id"] for a in await stored(service, "news")}
+    assert "a5" not in stored_ids
+    assert stored_ids | {a["article_id"] for a in lost.value.bars} == {
+        a["article_id"] for a in news
+    }
 
 
 def _sync_records(base_url: str) -> int:

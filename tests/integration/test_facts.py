@@ -15,6 +15,7 @@ import msgspec
 import pytest
 
 from tests.support.facts import KINDS, body, items, query
+from tests.support.postgres import refusing
 from tests.support.service import RunningService, running_service, service_settings
 
 ADMIN = "admin-token-for-fact-tests"
@@ -309,22 +310,17 @@ async def test_attack_pass_nothing_crosses_tenants(tenants: RunningService) -> N
 async def test_a_refused_row_is_named_by_its_items_index_when_a_key_came_twice(
     tenants: RunningService, database_url: str
 ) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("ALTER TABLE quotes ADD CONSTRAINT no_poison CHECK (symbol <> 'POISON')")
-        first, second = items("quotes", 2)
-        (poison,) = items("quotes", 1, symbol="POISON")
-        # item 2 is item 0 again: one row for their key, so the refused row is the
-        # third row but the fourth item; and item 4 is item 3 again, refused with it
-        sent = [first, second, first, poison, {**poison, "bid": "187.02"}]
+    first, second = items("quotes", 2)
+    (poison,) = items("quotes", 1, symbol="POISON")
+    # item 2 is item 0 again: one row for their key, so the refused row is the third
+    # row but the fourth item; and item 4 is item 3 again, refused with it
+    sent = [first, second, first, poison, {**poison, "bid": "187.02"}]
+    async with refusing(database_url, "quotes", "symbol <> 'POISON'"):
         answer = await post(tenants, "quotes", {"provider": "ibkr", "quotes": sent}, token=BETA)
-        assert answer.status_code == 201
-        assert (answer.json()["accepted"], answer.json()["committed"]) == (3, 2)
-        assert answer.json()["dead_lettered"] == 1
-        assert answer.json()["dead_lettered_indices"] == [3, 4]
-    finally:
-        await conn.execute("ALTER TABLE quotes DROP CONSTRAINT IF EXISTS no_poison")
-        await conn.close()
+    assert answer.status_code == 201
+    assert (answer.json()["accepted"], answer.json()["committed"]) == (3, 2)
+    assert answer.json()["dead_lettered"] == 1
+    assert answer.json()["dead_lettered_indices"] == [3, 4]
 
 
 async def test_a_row_the_database_refuses_is_dead_lettered_and_replayed_as_its_tenants(

@@ -11,6 +11,8 @@ import hashlib
 import os
 import uuid
 import warnings
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -116,3 +118,19 @@ async def count_bars(url: str) -> int:
 async def stored_at_least(url: str, n: int) -> bool:
     """Whether ``bars`` holds ``n`` rows or more (a condition for ``waits.until``)."""
     return await count_bars(url) >= n
+
+
+@asynccontextmanager
+async def refusing(url: str, table: str, check: str) -> AsyncIterator[None]:
+    """While in the block, the database refuses rows of ``table`` that fail ``check``
+    (a CHECK constraint ``no_poison`` the service does not know of: a fault caused for
+    real, so the rows are dead-lettered with the constraint's name as their reason)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"ALTER TABLE {table} ADD CONSTRAINT no_poison CHECK ({check})")
+        try:
+            yield
+        finally:
+            await conn.execute(f"ALTER TABLE {table} DROP CONSTRAINT no_poison")
+    finally:
+        await conn.close()

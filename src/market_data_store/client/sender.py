@@ -63,8 +63,7 @@ def sound_indices(indices: list[int] | None, lost: int, sent: int) -> bool:
     sent twice is one row, and its refusal names every item of the key)."""
     return (
         indices is not None
-        and lost <= len(indices) <= sent
-        and len(set(indices)) == len(indices)
+        and len(set(indices)) == len(indices) >= lost
         and all(0 <= i < sent for i in indices)
     )
 

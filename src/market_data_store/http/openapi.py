@@ -6,6 +6,7 @@ is decoded into (``ingest.codec``), by msgspec's own JSON Schema."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -218,12 +219,19 @@ def parameters_never_null(document: OpenAPI) -> None:
     not ``oneOf [string, null]`` (a generator sent ``last-event-id: null``, ``?end=null``
     as valid values). What the parameter's declaration adds (description, pattern...)
     is kept."""
+    for operation in _operations(document):
+        for parameter in operation.parameters or []:
+            if isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema):
+                parameter.schema = _without_null(parameter.schema)
+
+
+def _operations(document: OpenAPI) -> Iterator[Operation]:
+    """Every operation of the document."""
     for path_item in (document.paths or {}).values():
         for method in _METHODS:
             operation: Operation | None = getattr(path_item, method)
-            for parameter in (operation.parameters or []) if operation else []:
-                if isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema):
-                    parameter.schema = _without_null(parameter.schema)
+            if operation is not None:
+                yield operation
 
 
 RETRY_AFTER = OpenAPIHeader(
@@ -237,14 +245,10 @@ def retry_after_declared(document: OpenAPI) -> None:
     """Every 503 problem (a full queue, a tenant's share, the database down, no export
     slot, stopping) carries ``Retry-After`` (``problems``, ``writes``): the document
     says so, on each of them. The probes' 503 (a health report) has none."""
-    for path_item in (document.paths or {}).values():
-        for method in _METHODS:
-            operation: Operation | None = getattr(path_item, method)
-            unavailable = (operation.responses or {}).get("503") if operation else None
-            if isinstance(unavailable, OpenAPIResponse) and PROBLEM_JSON in (
-                unavailable.content or {}
-            ):
-                unavailable.headers = {**(unavailable.headers or {}), "Retry-After": RETRY_AFTER}
+    for operation in _operations(document):
+        unavailable = (operation.responses or {}).get("503")
+        if isinstance(unavailable, OpenAPIResponse) and PROBLEM_JSON in (unavailable.content or {}):
+            unavailable.headers = {**(unavailable.headers or {}), "Retry-After": RETRY_AFTER}
 
 
 def _is_null(schema: object) -> bool:

@@ -11,8 +11,8 @@ checked before decoding, the msgspec codec and its error report, row building, a
 - ``csv_body``: CSV bodies (``text/csv``, a restore of the export) into the same rows,
   through the same rules, in steps.
 - ``decoder``: ``BarDecoder``, one per app (clock, known values, decode gate).
-- ``origins``: one row per key of a request, and which item of it each row is (a 201
-  names dead-lettered rows by their item's index).
+- ``origins``: one row per key of a request, and which of its items each row stands
+  for (a 201 names a dead-lettered row by those items' indices).
 - ``facts``: the other kinds (options, quotes, trades, fundamentals, news): their wire
   structs, rules and ``FactDecoder``.
 """

@@ -161,7 +161,7 @@ def csv_rows_in_steps(
     if header is None:
         raise InvalidBodyError(errors.kept, errors.total)
     rows: list[BarRow] = []
-    latest: dict[Any, BarRow] = {}
+    keys: set[Any] = set()  # fewer than rows: a key came twice
     providers: dict[str, str] = {}  # as sent -> as stored, of valid rows
     count = 0
     for start in range(at + 1, len(lines), CSV_CHUNK_ROWS):
@@ -182,17 +182,17 @@ def csv_rows_in_steps(
         del typed, chunk
         if errors:
             rows.clear()
-            latest.clear()
+            keys.clear()
         else:
             rows += new
-            latest.update(zip(map(_KEY, new), new, strict=True))
+            keys.update(map(_KEY, new))
         del new
         yield
     if not count and not errors:
         errors.add(None, "$", "no bars after the header row: must not be empty")
     if errors:
         raise InvalidBodyError(errors.kept, errors.total)
-    return rows if len(latest) == len(rows) else _latest_versions(rows)
+    return rows if len(keys) == len(rows) else _latest_versions(rows)
 
 
 _KEY = attrgetter("provider", "symbol", "resolution", "ts")

@@ -40,20 +40,24 @@ def one_per_key(
     ``rows`` itself when no key repeats, else a ``OnePerKey``. Of two rows of one key
     the later is kept, or, with ``replaces``, the later only if ``replaces(later,
     kept)``."""
-    kept: dict[Hashable, int] = {}
     items: dict[Hashable, list[int]] = {}
     for index, row in enumerate(rows):
-        k = key(row)
-        at = kept.get(k)
-        if at is None:
-            kept[k], items[k] = index, [index]
-            continue
-        items[k].append(index)
-        if replaces is None or replaces(row, rows[at]):
-            kept[k] = index
-    if len(kept) == len(rows):
+        items.setdefault(key(row), []).append(index)
+    if len(items) == len(rows):
         return rows
-    return OnePerKey([rows[i] for i in kept.values()], list(items.values()))
+    origins = list(items.values())
+    return OnePerKey([rows[_kept(group, rows, replaces)] for group in origins], origins)
+
+
+def _kept(group: list[int], rows: list[T], replaces: Callable[[T, T], bool] | None) -> int:
+    """Which of a key's rows (``group``, ascending) is written."""
+    if replaces is None:
+        return group[-1]
+    at = group[0]
+    for index in group[1:]:
+        if replaces(rows[index], rows[at]):
+            at = index
+    return at
 
 
 def item_indices(rows: Sequence[object], offsets: Iterable[int]) -> list[int]:

@@ -91,7 +91,7 @@ def rows_in_steps(
     yield
     text = trim(provider) if provider is not None else ""
     rows: list[BarRow] = []
-    latest: dict[tuple[str, str, datetime], BarRow] = {}
+    keys: set[tuple[str, str, datetime]] = set()  # fewer than rows: a key came twice
     for start in range(0, len(raws or ()), CHUNK_BARS):
         assert raws is not None
         chunk = raws[start : start + CHUNK_BARS]
@@ -110,18 +110,18 @@ def rows_in_steps(
             del typed
         if errors:
             rows.clear()
-            latest.clear()
+            keys.clear()
         else:
             rows += new
             for row in new:
-                latest[(row.symbol, row.resolution, row.ts)] = row
+                keys.add((row.symbol, row.resolution, row.ts))
         del new, chunk
         yield
     if errors or raws is None:
         raise InvalidBodyError(errors.kept, errors.total)
     # Rows of one request share received_at, so the sink could not tell which of two
     # copies is newer: the later one in the request wins here.
-    return rows if len(latest) == len(rows) else one_per_key(rows, _ROW_KEY)
+    return rows if len(keys) == len(rows) else one_per_key(rows, _ROW_KEY)
 
 
 def _rows_into(
