@@ -15,6 +15,7 @@ from tests.support.bars import rows
 from tests.support.postgres import count_bars
 from tests.support.service import RunningService, running_service, service_settings
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waits import until
 
 # Rows here have their number as volume (``volume=str``): the poison triggers below pick
 # a row by it, and the dead-lettered rows are told apart by it.
@@ -104,6 +105,10 @@ async def test_rows_a_trigger_refuses_are_dead_lettered_not_retried_forever(
         (record,) = await DeadLetterQueue[BarRow](tmp_path / "dlq.ndjson").records()
         assert [item.volume for item in record.items] == ["17"]
         assert coordinator.breaker.state == "closed"
-        assert (await service.client.get("/readyz")).status_code == 200
+
+        async def ready() -> bool:
+            return (await service.client.get("/readyz")).status_code == 200
+
+        await until(ready, what="/readyz answering 200")  # one check may miss its 0.1 s
     finally:
         await conn.close()

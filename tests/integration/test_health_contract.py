@@ -32,6 +32,9 @@ async def service(
 ) -> AsyncIterator[RunningService]:
     settings = service_settings(proxy.url_for(database_url), str(tmp_path))
     async with running_service(settings) as svc:
+        # the monitor's first check may miss the tests' 0.1 s health timeout on a loaded
+        # machine (it opens a connection); the tests below start from a ready service
+        await wait_for_status(svc.client, "/readyz", 200)
         yield svc
 
 

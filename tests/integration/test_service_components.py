@@ -12,6 +12,7 @@ from market_data_store.service import StartupError, components, migrate, open_da
 from market_data_store.storage import BARS, Migration, ReadQuery, apply_migrations, load_migrations
 from tests.support.bars import rows
 from tests.support.service import service_settings
+from tests.support.waits import until
 
 SECRET = "hunter2-Qx7"
 
@@ -21,7 +22,9 @@ async def test_components_store_bars_and_end_in_order_without_http(
 ) -> None:
     settings = service_settings(database_url, str(tmp_path))
     async with components(settings) as built:
-        assert built.health_sources.render("readiness")[1]  # database up, breaker closed
+        # database up, breaker closed: the first check may miss the tests' 0.1 s health
+        # timeout on a loaded machine (a fresh connection); the next one, 0.1 s on, counts
+        await until(lambda: built.health_sources.render("readiness")[1], what="readiness")
         assert built.feedback_fanout.snapshot()  # the coordinator's level, published at start
         await built.coordinator.submit_many(rows(3))
         await built.coordinator.wait_idle()
