@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from decimal import Decimal
@@ -20,6 +21,7 @@ from market_data_store.storage import (
 )
 from market_data_store.storage.bars_sink import encode_csv
 from tests.support.bars import ACCEPTED, T0, row
+from tests.support.waits import until
 
 
 @pytest.fixture
@@ -177,6 +179,55 @@ async def test_without_the_fast_path_every_batch_is_merged(pool: DbPool) -> None
     await sink.write([row(0), row(1)])
     assert (sink.stats.copied_batches, sink.stats.merged_batches) == (0, 1)
     assert len(await stored(pool)) == 2
+
+
+async def test_a_failed_or_cancelled_merge_leaves_nothing_on_its_connection(
+    database_url: str, pool: DbPool
+) -> None:
+    """The merge is one query (COPY into the staging table, then the upsert: one
+    implicit transaction). After it fails, or is cancelled while PostgreSQL works on
+    it, that connection has no transaction open and an empty staging table: the next
+    batch on it writes its own rows, not the refused or abandoned ones."""
+    one = await open_pool(database_url, min_size=1, max_size=1, init=prepare_connection)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            """
+            CREATE FUNCTION sleep_on_4242() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.volume = 4242 THEN PERFORM pg_sleep(30); END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER sleep_on_4242 BEFORE INSERT ON bars
+                FOR EACH ROW EXECUTE FUNCTION sleep_on_4242();
+            """
+        )
+        sink = BarsSink(one, fast_path=False)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await sink.write([row(0), row(1, low="999")])
+        writing = asyncio.create_task(sink.write([row(2), row(3, volume="4242")]))
+
+        async def sleeping() -> bool:
+            return bool(await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            ))  # fmt: skip
+
+        await until(sleeping, what="the merge at work in PostgreSQL")
+        writing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await writing
+        await sink.write([row(4)])
+        async with one.acquire() as same:
+            assert not same.is_in_transaction()
+            assert await same.fetchval("SELECT count(*) FROM bars_staging") == 0
+        assert [r["ts"] for r in await stored(pool)] == [T0 + timedelta(minutes=4)]
+        assert sink.stats.merged_batches == 1
+    finally:
+        await conn.execute(
+            "DROP TRIGGER IF EXISTS sleep_on_4242 ON bars; DROP FUNCTION IF EXISTS sleep_on_4242"
+        )
+        await conn.close()
+        await one.close()
 
 
 async def test_text_needing_csv_quoting_round_trips(pool: DbPool) -> None:

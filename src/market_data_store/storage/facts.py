@@ -26,7 +26,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from .bars_sink import SinkStats, _count, _source
+from .bars_sink import SinkStats, _count, _source, copy_then
 from .types import DbPool
 
 log = logging.getLogger(__name__)
@@ -225,14 +225,21 @@ def _create_staging(table: FactTable) -> str:
     return f"CREATE TEMP TABLE IF NOT EXISTS {table.staging} ({columns}) ON COMMIT DELETE ROWS"
 
 
+def _stage_and_merge(table: FactTable) -> str:
+    columns = ", ".join(map(_ident, _all_columns(table)))
+    copy = f"COPY {table.staging} ({columns}) FROM STDIN"
+    return f"{_create_staging(table)};\n{copy};\n{_merge(table)}"
+
+
 @dataclass
 class _Plan:
     """One table's statements and its fast-path state."""
 
     table: FactTable
     columns: tuple[str, ...]
-    create_staging: str
-    merge: str
+    stage_and_merge: str
+    """One query (``copy_then``): create the staging table if this connection has none,
+    COPY into it, merge."""
     skip: int = 0  # batches still to merge without trying the fast path
     penalty: int = 0  # what the next conflict sets ``skip`` to (doubling)
 
@@ -266,7 +273,7 @@ class FactSink:
         self._fast_path = fast_path
         self.stats = SinkStats()
         self._plans = {
-            kind: _Plan(table, _all_columns(table), _create_staging(table), _merge(table))
+            kind: _Plan(table, _all_columns(table), _stage_and_merge(table))
             for kind, table in FACT_TABLES.items()
         }
 
@@ -301,11 +308,6 @@ class FactSink:
                 return _count(status)
         elif plan.skip > 0:
             plan.skip -= 1
-        async with conn.transaction():
-            await conn.execute(plan.create_staging)
-            await conn.copy_to_table(
-                plan.table.staging, source=_source(payload), columns=plan.columns
-            )
-            status = await conn.execute(plan.merge)
+        status = await copy_then(conn, plan.stage_and_merge, payload)
         self.stats.merged_batches += 1
         return _count(status)
