@@ -19,7 +19,7 @@ from market_data_store.storage import (
     open_pool,
     prepare_connection,
 )
-from market_data_store.storage.bars_sink import encode_csv
+from market_data_store.storage.bars_sink import _STAGE_AND_MERGE, copy_then, encode_csv
 from tests.support.bars import ACCEPTED, T0, row
 from tests.support.waits import until
 
@@ -185,13 +185,15 @@ async def test_a_failed_or_cancelled_merge_leaves_nothing_on_its_connection(
     database_url: str, pool: DbPool
 ) -> None:
     """The merge is one query (COPY into the staging table, then the upsert: one
-    implicit transaction). After it fails, or is cancelled while PostgreSQL works on
-    it, that connection has no transaction open and an empty staging table: the next
-    batch on it writes its own rows, not the refused or abandoned ones."""
-    one = await open_pool(database_url, min_size=1, max_size=1, init=prepare_connection)
+    implicit transaction). Right after it fails, or is cancelled while PostgreSQL works
+    on it, its connection has no transaction open and an empty staging table (checked
+    on that connection before anything else runs on it), and the next batch on it
+    writes its own rows, not the refused or abandoned ones."""
     conn = await asyncpg.connect(database_url)
+    watch = await asyncpg.connect(database_url)
     try:
-        await conn.execute(
+        await prepare_connection(conn)
+        await watch.execute(
             """
             CREATE FUNCTION sleep_on_4242() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
@@ -202,32 +204,38 @@ async def test_a_failed_or_cancelled_merge_leaves_nothing_on_its_connection(
                 FOR EACH ROW EXECUTE FUNCTION sleep_on_4242();
             """
         )
-        sink = BarsSink(one, fast_path=False)
+
+        async def clean() -> bool:
+            staged = await conn.fetchval("SELECT count(*) FROM bars_staging")
+            return not conn.is_in_transaction() and staged == 0
+
         with pytest.raises(asyncpg.CheckViolationError):
-            await sink.write([row(0), row(1, low="999")])
-        writing = asyncio.create_task(sink.write([row(2), row(3, volume="4242")]))
+            await copy_then(conn, _STAGE_AND_MERGE, encode_csv([row(0), row(1, low="999")]))
+        assert await clean()
+
+        merging = copy_then(conn, _STAGE_AND_MERGE, encode_csv([row(2), row(3, volume="4242")]))
+        writing = asyncio.create_task(merging)
 
         async def sleeping() -> bool:
-            return bool(await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+            return bool(await watch.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event = 'PgSleep'",
+                conn.get_server_pid(),
             ))  # fmt: skip
 
         await until(sleeping, what="the merge at work in PostgreSQL")
         writing.cancel()
         with pytest.raises(asyncio.CancelledError):
             await writing
-        await sink.write([row(4)])
-        async with one.acquire() as same:
-            assert not same.is_in_transaction()
-            assert await same.fetchval("SELECT count(*) FROM bars_staging") == 0
+        assert await clean()
+
+        assert await copy_then(conn, _STAGE_AND_MERGE, encode_csv([row(4)])) == "INSERT 0 1"
         assert [r["ts"] for r in await stored(pool)] == [T0 + timedelta(minutes=4)]
-        assert sink.stats.merged_batches == 1
     finally:
-        await conn.execute(
+        await watch.execute(
             "DROP TRIGGER IF EXISTS sleep_on_4242 ON bars; DROP FUNCTION IF EXISTS sleep_on_4242"
         )
+        await watch.close()
         await conn.close()
-        await one.close()
 
 
 async def test_text_needing_csv_quoting_round_trips(pool: DbPool) -> None:

@@ -178,16 +178,21 @@ class BarsSink:
 
 async def copy_then(conn: object, statement: str, payload: bytes) -> str:
     """Run ``statement``: a ``COPY ... FROM STDIN`` (fed ``payload``) and the statements
-    after it, as one query; the status of the last (``INSERT 0 n``).
+    after it, as one query, on a connection in no transaction; the status of the last
+    (``INSERT 0 n``).
 
     The statements of one query are one implicit transaction: all land or none does,
     a staging table ``ON COMMIT DELETE ROWS`` is empty again after either, and the
-    connection is left idle (after an error or a cancellation too). That is two round
-    trips where BEGIN, COPY, the merge and COMMIT took five: the slow writer's ceiling
-    (100-row batches) rose by a third. asyncpg has no public call for a COPY followed by
-    more statements: ``_copy_in`` is the one ``copy_to_table`` ends in, taking the
-    statement as it is (the same in asyncpg 0.29 to 0.32, the versions allowed)."""
-    status: str = await cast(Any, conn)._copy_in(statement, _source(payload), None)
+    connection is left idle (after an error or a cancellation too). asyncpg sends the
+    query, the data and the COPY's end without waiting: one round trip where BEGIN,
+    COPY, the merge and COMMIT took four (1.1-1.2x the rows/s of 100-row batches,
+    ``bench/merge_query.py``). One ``command_timeout`` now bounds the whole query, not
+    each statement. asyncpg has no public call for a COPY followed by more statements:
+    ``_copy_in`` is the one ``copy_to_table`` ends in, taking the statement as it is
+    (the same in asyncpg 0.29 to 0.32, the versions allowed)."""
+    connection = cast(Any, conn)
+    assert not connection.is_in_transaction(), "copy_then is its own transaction"
+    status: str = await connection._copy_in(statement, _source(payload), None)
     return status
 
 
