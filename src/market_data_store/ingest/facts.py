@@ -566,8 +566,12 @@ def _rows_in_steps(
         try:
             typed: list[Any] = codec.typed(chunk)
         except (msgspec.ValidationError, *MALFORMED):
-            for offset, raw in enumerate(chunk):
+            alone = [
                 _examine(plan, codec, raw, start + offset, errors)
+                for offset, raw in enumerate(chunk)
+            ]
+            if not errors:  # every item typed on its own: kept, never dropped unsaid
+                _rows(plan, alone, start, errors, rows, keys, tenant, text, received_at)
         else:
             if _plain_numbers(plan, numbers := [plan.get_numbers(t) for t in typed]):
                 _fast_rows(
@@ -690,18 +694,23 @@ def _report(plan: _Plan, values: tuple[Any, ...], index: int, errors: Errors) ->
             errors.add(index, name, exc.message)
 
 
-def _examine(plan: _Plan, codec: Codec, raw: msgspec.Raw, index: int, errors: Errors) -> None:
-    """An item that did not type with its chunk: typed alone, or every problem of it."""
+def _examine(plan: _Plan, codec: Codec, raw: msgspec.Raw, index: int, errors: Errors) -> Any:
+    """An item that did not type with its chunk: typed alone (its rules' problems
+    added), or None and every problem of it (at least one)."""
+    before = errors.total
     item, typed = item_or_fields(codec, raw, index, errors)
     if item is not None:
         _report(plan, plan.get(item), index, errors)
-        return
+        return item
     for name, rule in zip(plan.kind.table.names, plan.rules, strict=True):
         if typed is not None and name in typed:
             try:
                 rule(typed[name])
             except _Bad as exc:
                 errors.add(index, name, exc.message)
+    if errors.total == before:  # not typed, yet no problem named: it must not vanish
+        errors.add(index, "$", f"this {codec.what} could not be read")
+    return None
 
 
 def fact_field_schemas(kind: FactKind) -> dict[str, dict[str, Any]]:

@@ -7,7 +7,9 @@ from typing import Any
 import msgspec
 import pytest
 
+import market_data_store.ingest.facts as fact_ingest
 from market_data_store.ingest import JSON, MSGPACK, FactDecoder, InvalidBodyError, TooManyBarsError
+from market_data_store.ingest.codec import Codec
 from market_data_store.storage import FACT_TABLES
 from market_data_store.storage.facts import NULL
 from tests.support.facts import KINDS, body, items
@@ -136,3 +138,23 @@ def test_one_strike_spelt_two_ways_is_one_item_the_later() -> None:
 def test_the_provider_is_kept_as_sent_and_escaped_only_for_copy() -> None:
     (row,) = decode("quotes", body("quotes", 1, provider=" a\\b "))
     assert row.provider == "a\\b"
+
+
+@pytest.mark.parametrize("media", [JSON, MSGPACK])
+def test_items_of_a_chunk_that_failed_as_a_whole_are_kept_when_each_types_alone(
+    media: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk that does not type as a whole has each item typed on its own. Were every
+    item then good (no input is known to do that: the fault is made here), they are the
+    request's rows, in order, as bars keep theirs: a 201 never leaves an item out."""
+    expected = [r.values for r in decode("quotes", body("quotes", 5), media)]
+
+    def refuse(self: Codec, raws: list[msgspec.Raw]) -> list[Any]:
+        raise msgspec.ValidationError("the chunk as a whole")
+
+    monkeypatch.setattr(Codec, "typed", refuse)
+    assert [r.values for r in decode("quotes", body("quotes", 5), media)] == expected
+    assert problems("quotes", body("quotes", 3, bid="x"), media) == {(i, "bid") for i in range(3)}
+    # and were an item then neither typed nor given a problem, the request is refused
+    monkeypatch.setattr(fact_ingest, "item_or_fields", lambda codec, raw, index, errors: (None, {}))
+    assert problems("quotes", body("quotes", 2), media) == {(0, "$"), (1, "$")}
