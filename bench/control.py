@@ -1,7 +1,8 @@
 """Flow control: K StoreClient producers against one store, against its raw ceiling.
 
     .venv/bin/python bench/control.py --truncate [--regimes a,b,c,d] [--producers 1,4,16]
-                                      [--seconds 3] [--bars N] [--rounds 1] [--json FILE]
+                                      [--seconds 3] [--bars N] [--rounds 1] [--aa]
+                                      [--json FILE]
 
 For each regime one ``mds-store serve`` (its own process, a free port, the regime's
 settings as ``MDS_*`` variables) on ``DATABASE_URL``, whose ``bars`` table is emptied
@@ -417,6 +418,7 @@ class Row:
     halved: Run | None = None  # (d): the ceiling with the link capped
     cap: float = 0.0  # (d): bytes/s
     phases: list[dict[str, Any]] = field(default_factory=list)
+    again: Run | None = None  # --aa: raw clients once more, right after the producers
 
     @property
     def expected(self) -> float:
@@ -471,6 +473,10 @@ async def regime(
                                     steps_after=steps, steps=timeline)  # fmt: skip
                 progress(f"{step} clients {run.bars:>9,} bars {run.goodput:>9,.0f} bars/s")
                 row = Row(name, k, round_, ceiling, run, halved, cap)
+                if args.aa and link is None:
+                    row.again = await measure(store, url, "raw", raw(store.base, bars))
+                    progress(f"{step} raw     {row.again.bars:>9,} bars "
+                             f"{row.again.goodput:>9,.0f} bars/s (again)")  # fmt: skip
                 if halved is not None:
                     row.phases = phases(row, args.window, args.sustain, s)
                 rows.append(row)
@@ -576,6 +582,15 @@ def report(rows: list[Row], args: argparse.Namespace) -> None:
                   f"{max(ratios):>6.3f} "
                   f"{statistics.median(100 * r.clients.hard for r in group):>6.1f} "
                   f"{statistics.median(r.clients.jain for r in group):>6.3f}")  # fmt: skip
+    if aa_rows := [r for r in rows if r.again is not None]:
+        print("\nA/A: the raw clients again, right after the producers, against their first "
+              "run (the same bars, the same store):\nwhat one ratio of two identical "
+              f"measurements spreads by here\n{'regime':<6} {'K':>2} {'median':>6} "
+              f"{'min':>6} {'max':>6}  per round")  # fmt: skip
+        for (name, k), group in _groups(aa_rows).items():
+            aa = [r.again.goodput / r.ceiling.goodput for r in group if r.again is not None]
+            print(f"{name:<6} {k:>2} {statistics.median(aa):>6.3f} {min(aa):>6.3f} "
+                  f"{max(aa):>6.3f}  {' '.join(f'{x:.3f}' for x in aa)}")  # fmt: skip
     d_rows = [r for r in rows if r.halved is not None]
     if d_rows:
         print(f"\n(d) ceiling column: each raw ceiling for the time it held; per phase, and the "
@@ -634,7 +649,8 @@ def to_json(rows: list[Row]) -> list[dict[str, Any]]:
     return [{"regime": r.regime, "producers": r.producers, "round": r.round,
              "ceiling_goodput": r.expected, "ratio": r.ratio, "misses": misses(r),
              "ceiling": run(r.ceiling), "clients": run(r.clients), "halved": run(r.halved),
-             "cap": r.cap, "phases": r.phases} for r in rows]  # fmt: skip
+             "cap": r.cap, "phases": r.phases, "again": run(r.again)}
+            for r in rows]  # fmt: skip
 
 
 # -- main -----------------------------------------------------------------------------
@@ -674,6 +690,10 @@ def main() -> None:
     parser.add_argument("--write-chunk", type=int, default=1000, help="bars per write()")
     parser.add_argument("--window", type=float, default=0.5, help="(d) recovery window, s")
     parser.add_argument("--sustain", type=float, default=0.5, help="(d) recovery held for, s")
+    parser.add_argument("--aa", action="store_true",
+                        help="(a)-(c): each round also runs the raw clients again after the "
+                        "producers and prints raw/raw, the spread of a ratio of identical "
+                        "runs")  # fmt: skip
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--truncate", action="store_true",
                         help="with DATABASE_URL: allow emptying its bars table, again and "

@@ -197,12 +197,12 @@ def test_durability_benchmark_runs_both_modes_in_both_regimes(database_url: str)
 
 
 def test_control_benchmark_runs_end_to_end(database_url: str, tmp_path: Path) -> None:
-    """Regimes (c) and (d), 1 and 2 producers, 6,000 bars: the table parses, every
-    ratio is a positive number (the figures themselves are not asserted); and it takes
-    --truncate to empty the table of DATABASE_URL."""
+    """Regimes (c) and (d), 1 and 2 producers, 6,000 bars, with the A/A runs: the table
+    parses, every ratio is a positive number (the figures themselves are not asserted);
+    and it takes --truncate to empty the table of DATABASE_URL."""
     out = tmp_path / "control.json"
     command = [sys.executable, "bench/control.py", "--regimes", "c,d", "--producers", "1,2",
-               "--bars", "6000", "--seconds", "0.5", "--json", str(out)]  # fmt: skip
+               "--bars", "6000", "--seconds", "0.5", "--aa", "--json", str(out)]  # fmt: skip
     env = {**os.environ, "DATABASE_URL": database_url}
     refused = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     assert refused.returncode != 0
@@ -234,3 +234,8 @@ def test_control_benchmark_runs_end_to_end(database_url: str, tmp_path: Path) ->
     for f in figures:
         assert f["ceiling"]["counted"] >= f["ceiling"]["ended"] > f["ceiling"]["started"]
     assert [f["halved"] is None for f in figures] == [True, True, False, False]
+    # --aa: (c) ran its raw clients twice, (d) (its link capped mid-run) did not
+    assert [f["again"] is None for f in figures] == [False, False, True, True]
+    assert [f["again"]["bars"] for f in figures[:2]] == [6000, 6000]
+    aa = proc.stdout.split("\nA/A: ", 1)[1].split("\n\n", 1)[0].splitlines()[3:]
+    assert [line.split()[:2] for line in aa] == [["c", "1"], ["c", "2"]]
