@@ -37,6 +37,7 @@ from market_data_store.storage.bars_sink import (
     _STAGE_AND_MERGE,
     COLUMNS,
     STAGING,
+    _count,
     _source,
     copy_then,
     encode_csv,
@@ -85,7 +86,7 @@ async def write(url: str, batches: list[bytes], one_query: bool) -> float:
                         STAGING, source=_source(payload), columns=COLUMNS, format="csv"
                     )
                     status = await conn.execute(_MERGE)
-            rows += int(status.rsplit(" ", 1)[-1])
+            rows += _count(status)
         elapsed = time.perf_counter() - started
     finally:
         await conn.close()

@@ -504,37 +504,36 @@ async def test_a_pending_202_is_not_a_delivery_and_is_sent_again() -> None:
     assert (c.stats.commits_pending, c.stats.bars_committed, c.stats.bars_failed) == (1, 3, 0)
 
 
-async def test_dead_lettered_bars_come_back_exactly() -> None:
+@pytest.mark.parametrize(
+    ("sent", "committed", "rows", "indices"),
+    [
+        (5, 3, 2, [1, 4]),
+        # one row refused, standing for bars 0 and 2 (one key sent twice): both come back
+        (3, 1, 1, [0, 2]),
+    ],
+    ids=["a row per bar", "a key sent twice"],
+)
+async def test_dead_lettered_bars_come_back_exactly(
+    sent: int, committed: int, rows: int, indices: list[int]
+) -> None:
     store = Store(
         lambda r, b: accepted(
-            5, status=201, committed=3, dead_lettered=2, dead_lettered_indices=[1, 4]
+            sent,
+            status=201,
+            committed=committed,
+            dead_lettered=rows,
+            dead_lettered_indices=indices,
         )
     )
     c = durable(store)
-    sent = wire_bars(5)
-    await c.write(sent)
+    bars = wire_bars(sent)
+    await c.write(bars)
     with pytest.raises(BarsDeadLetteredError) as info:
         await c.aclose(timeout=5)
-    assert info.value.indices == [1, 4]
-    assert [b["ts"] for b in info.value.bars] == [sent[1]["ts"], sent[4]["ts"]]
-    assert (c.stats.bars_committed, c.stats.bars_dead_lettered, c.stats.bars_failed) == (3, 2, 2)
-
-
-async def test_a_refused_key_sent_twice_comes_back_as_both_of_its_bars() -> None:
-    # one row refused, standing for bars 0 and 2 (one key): both come back
-    store = Store(
-        lambda r, b: accepted(
-            3, status=201, committed=1, dead_lettered=1, dead_lettered_indices=[0, 2]
-        )
-    )
-    c = durable(store)
-    sent = wire_bars(3)
-    await c.write(sent)
-    with pytest.raises(BarsDeadLetteredError) as info:
-        await c.aclose(timeout=5)
-    assert info.value.indices == [0, 2]
-    assert [b["ts"] for b in info.value.bars] == [sent[0]["ts"], sent[2]["ts"]]
-    assert (c.stats.bars_dead_lettered, c.stats.bars_failed) == (1, 2)
+    assert info.value.indices == indices
+    assert [b["ts"] for b in info.value.bars] == [bars[i]["ts"] for i in indices]
+    stats = (c.stats.bars_committed, c.stats.bars_dead_lettered, c.stats.bars_failed)
+    assert stats == (committed, rows, len(indices))
 
 
 @pytest.mark.parametrize("indices", [None, [7], [1, 1], [-1, 0], [2]], ids=str)
